@@ -1,0 +1,38 @@
+# The two commands in the README: `make demo` and `make test`. Both create .venv if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch is installed first (pip then keeps it); set TORCH_SPEC="torch" for a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+SHARED ?= $(abspath ../shared)
+export ACTLAB_MODELS_DIR ?= $(SHARED)/models
+export ACTLAB_DATA_DIR ?= $(SHARED)/data
+export HF_HUB_DISABLE_TELEMETRY = 1
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.actlab-installed
+
+.PHONY: demo test lint bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/actlab demo $(if $(OUT),--out $(OUT),)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+bench: $(STAMP)
+	cd bench && ../$(BIN)/python bench_capture.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

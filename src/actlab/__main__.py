@@ -1,0 +1,5 @@
+"""``python -m actlab`` runs the CLI."""
+
+from .cli import main
+
+main()

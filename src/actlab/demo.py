@@ -1,0 +1,83 @@
+"""``actlab demo``: the tour of what actlab does, on a real model, written to a report folder.
+
+Section 1 (foundation): the logit lens on factual prompts - JSON, a PNG heatmap of the target token's
+probability per layer and point, and an offline HTML page. Later capabilities add their sections here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .lens import logit_lens
+from .models import Model, load_model
+from .report import Page
+from .report.lens import lens_tables, target_heatmap
+from .runs import init_run_dir, write_json
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+FACT_PROMPTS: list[tuple[str, str]] = [
+    ("The capital of France is", " Paris"),
+    ("The Eiffel Tower is located in the city of", " Paris"),
+    ("The largest planet in our solar system is", " Jupiter"),
+    ("Water is made of hydrogen and", " oxygen"),
+]
+LENS_POINTS = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
+
+
+def lens_section(model: Model, out: Path, page: Page, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run the lens on each factual prompt; write lens.json and one heatmap per target."""
+    page.section("Logit lens on factual prompts", "lens")
+    page.text("Each point is decoded through the model's own final norm (recomputed for that vector) and "
+              "unembedding. attn_out and mlp_out are decoded on their own (what the sub-block writes); "
+              "resid_pre/resid_post show the cumulative residual stream.")
+    results = []
+    by_target: dict[str, list[str]] = {}
+    for prompt, target in FACT_PROMPTS:
+        by_target.setdefault(target, []).append(prompt)
+    summary = []
+    for target, prompts in by_target.items():
+        res = logit_lens(model, prompts, points=LENS_POINTS, position=-1, top_k=5, target=target)
+        results.append(res.to_dict())
+        png = target_heatmap(res, out / f"lens_{target.strip().lower()}.png")
+        page.image(png, f"p({target!r}) per layer and point")
+        lens_tables(page, res)
+        last = res.index(f"blocks.{model.n_layers - 1}.resid_post")
+        for b, prompt in enumerate(prompts):
+            post = [j for j, p in enumerate(res.points) if p.kind == "resid_post"]
+            first = next((res.points[j].layer for j in post if int(res.target_ranks[b, j]) == 1), None)  # type: ignore[index]
+            row = {"prompt": prompt, "target": target, "final_prob": float(res.target_probs[b, last]),  # type: ignore[index]
+                   "model_prediction": res.final_top_tokens[b], "first_layer_top1": first}
+            summary.append(row)
+            log(f"  {prompt!r} -> {res.final_top_tokens[b]!r}; p({target!r}) at the last layer "
+                f"{row['final_prob']:.3f}, top-1 from layer {first}")
+    write_json(out / "lens.json", {"results": results, "summary": summary})
+    page.heading("Summary")
+    page.table(["prompt", "target", "p(target), last layer", "model predicts", "first layer where top-1"],
+               [[r["prompt"], r["target"], r["final_prob"], r["model_prediction"],
+                 "-" if r["first_layer_top1"] is None else str(r["first_layer_top1"])] for r in summary])
+    return {"lens": summary}
+
+
+def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str = DEFAULT_MODEL,
+             log: Callable[[str], None] = print, dtype: str | None = None, device: str | None = None) -> Path:
+    """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir``."""
+    out = Path(out_dir) if out_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    init_run_dir(out, config={"command": "demo", "model": model_name, "dtype": dtype, "device": device})
+    log(f"loading {model_name} ...")
+    t0 = time.perf_counter()
+    model = load_model(model_name, dtype=dtype, device=device)
+    log(f"loaded {model!r} in {time.perf_counter() - t0:.1f}s")
+    page = Page(f"actlab demo: {model.name}",
+                f"{model.adapter.family}, {model.n_layers} layers, d_model {model.d_model}")
+    summary: dict[str, Any] = {"model": model.name}
+    log("logit lens ...")
+    summary.update(lens_section(model, out, page, log))
+    write_json(out / "summary.json", summary)
+    page.write(out / "index.html")
+    log(f"report: {out / 'index.html'}")
+    return out

@@ -1,0 +1,142 @@
+"""Capturing activations at named hook points, at chosen token positions.
+
+>>> with model.capture(["blocks.3.resid_post", "blocks.3.attn_out"], positions="last") as acts:
+...     model(**batch)
+>>> acts["blocks.3.resid_post"].shape          # [batch, d_model], on CPU
+
+Readers select positions on the model's device, then move only what is kept to ``device`` in ``dtype``.
+With ``stop=True`` the forward pass is aborted as soon as every requested point has been read (the
+context swallows the internal :class:`StopForward`), so asking for an early layer costs only the layers
+up to it. Several forward calls inside one context are concatenated along the batch dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .core import ForwardState, HookSession, StopForward
+from .points import HookPoint
+from .positions import PositionSpec, check_positions, lengths, select
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+
+class Activations(dict):
+    """Hook-point name -> tensor. ``lengths`` holds per-row real-token counts (for ``positions='all'``)."""
+
+    def __init__(self, *args: Any, positions: Any = None, lengths: torch.Tensor | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.positions = positions
+        self.lengths = lengths
+
+    def stack(self, names: Iterable[str] | None = None) -> torch.Tensor:
+        """Stack several points (e.g. one kind over layers) into ``[n_points, ...]``."""
+        names = list(self.keys()) if names is None else list(names)
+        return torch.stack([self[n] for n in names])
+
+
+def _cat_padded(parts: list[torch.Tensor], pad_dim: bool) -> torch.Tensor:
+    if len(parts) == 1:
+        return parts[0]
+    if pad_dim:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1])) for p in parts]
+    return torch.cat(parts, dim=0)
+
+
+class Capture:
+    """Context manager recording hook points of a :class:`~actlab.Model` (see module docstring)."""
+
+    def __init__(
+        self,
+        model: Model,
+        points: str | Iterable[str] | HookPoint,
+        positions: PositionSpec = "all",
+        *,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device = "cpu",
+        stop: bool = False,
+        detach: bool = True,
+    ):
+        self.model = model
+        self.points: list[HookPoint] = model.parse_points(points)
+        self.positions = check_positions(positions)
+        self.dtype, self.device, self.stop, self.detach = dtype, torch.device(device), stop, detach
+        self._calls: list[dict[str, torch.Tensor]] = []
+        self._lengths: list[torch.Tensor] = []
+        self._state_id: int | None = None
+        self._session: HookSession | None = None
+        self.result = Activations(positions=self.positions)
+
+    # -- per-forward bookkeeping -------------------------------------------------------------------
+    def _current(self, state: ForwardState | None) -> dict[str, torch.Tensor]:
+        sid = id(state)
+        if sid != self._state_id or not self._calls:
+            self._state_id = sid
+            self._calls.append({})
+            if state is not None and self.positions == "all":
+                self._lengths.append(lengths(state).cpu())
+        return self._calls[-1]
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.detach:
+            x = x.detach()
+        out = x.to(device=self.device, dtype=self.dtype or x.dtype)
+        return out
+
+    def _reader(self, name: str, derive: tuple[str, str] | None = None):
+        def read(x: torch.Tensor, state: ForwardState | None) -> None:
+            store = self._current(state)
+            sel = select(x, state, self.positions)
+            if derive is None:
+                store[name] = self._keep(sel)
+            else:  # resid_mid of a parallel block: resid_pre + attn_out, summed in the model's dtype
+                raw = store.setdefault("\0raw", {})
+                raw[derive[1]] = sel
+                if len(raw.keys() & {f"{name}\0pre", f"{name}\0attn"}) == 2:
+                    store[name] = self._keep(raw.pop(f"{name}\0pre") + raw.pop(f"{name}\0attn"))
+            if self.stop and all(p.name in store for p in self.points):
+                raise StopForward
+
+        return read
+
+    # -- context protocol --------------------------------------------------------------------------
+    def __enter__(self) -> Activations:
+        session = HookSession(self.model.base)
+        try:
+            for p in self.points:
+                site = self.model.read_site(p)
+                if site[0] == "derived":
+                    pre_mod, pre_where = self.model.read_site(HookPoint(p.layer, "resid_pre"))
+                    attn_mod, attn_where = self.model.read_site(HookPoint(p.layer, "attn_out"))
+                    session.add(pre_mod, pre_where, self._reader(p.name, (p.name, f"{p.name}\0pre")), write=False)
+                    session.add(attn_mod, attn_where, self._reader(p.name, (p.name, f"{p.name}\0attn")),
+                                write=False)
+                else:
+                    module, where = site
+                    session.add(module, where, self._reader(p.name), write=False)
+        except BaseException:
+            session.close()
+            raise
+        self._session = session
+        return self.result
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._finish()
+        return exc_type is not None and issubclass(exc_type, StopForward)
+
+    def _finish(self) -> None:
+        pad_dim = self.positions == "all"
+        for p in self.points:
+            parts = [c[p.name] for c in self._calls if p.name in c]
+            if parts:
+                self.result[p.name] = _cat_padded(parts, pad_dim)
+        if self._lengths:
+            self.result.lengths = torch.cat(self._lengths)

@@ -1,0 +1,246 @@
+"""Context-managed hooks on native modules: one dispatcher per (module, input|output) site.
+
+Every actlab feature that reads or writes activations (capture, steering, ablation, SAE splicing) adds
+*handlers* to sites through a :class:`HookSession`. A site gets one torch hook however many handlers it
+has; writers run first (in the order they were added), readers after them, so a capture always sees what
+the model really computed. A session removes its handlers on exit, also after an exception, and a site's
+torch hook goes away with its last handler.
+
+Handlers see activations as ``[batch, seq, ...]`` tensors even where a model flattens them (OPT's MLP
+works on ``[batch*seq, d]``), together with the :class:`ForwardState` of the current forward pass: the
+attention mask of the tokens being processed and how many tokens the KV cache already holds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+Handler = Callable[[torch.Tensor, "ForwardState | None"], "torch.Tensor | None"]
+
+
+class StopForward(Exception):
+    """Raised by a capture once it has everything it needs; caught by the capture's context."""
+
+
+@dataclass
+class ForwardState:
+    """What handlers need to know about the forward pass in flight.
+
+    ``mask`` is the attention mask of the tokens in this call (``[batch, seq]``, bool); ``past_len`` is the
+    number of tokens already in the KV cache (so the absolute index of token ``t`` is ``past_len + t``).
+    """
+
+    batch: int
+    seq: int
+    past_len: int
+    mask: torch.Tensor
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def padded(self) -> bool:
+        if "padded" not in self.cache:
+            self.cache["padded"] = not bool(self.mask.all())
+        return self.cache["padded"]
+
+
+class _StateTracker:
+    """Records a ForwardState on every call of a model's base module (the module owning the layers)."""
+
+    def __init__(self, base: nn.Module):
+        self.state: ForwardState | None = None
+        self.users = 0
+        try:
+            self._sig: inspect.Signature | None = inspect.signature(base.forward)
+        except (TypeError, ValueError):
+            self._sig = None
+        self._handle = base.register_forward_pre_hook(self._pre, with_kwargs=True)
+
+    def _arg(self, args: tuple, kwargs: dict, name: str) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        if self._sig is not None and args:
+            try:
+                bound = self._sig.bind_partial(*args)
+            except TypeError:
+                return None
+            return bound.arguments.get(name)
+        return None
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = self._arg(args, kwargs, "input_ids")
+        emb = self._arg(args, kwargs, "inputs_embeds")
+        ref = ids if ids is not None else emb
+        if ref is None:
+            self.state = None
+            return
+        batch, seq = int(ref.shape[0]), int(ref.shape[1])
+        am = self._arg(args, kwargs, "attention_mask")
+        if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == batch and am.shape[1] >= seq:
+            mask = am[:, am.shape[1] - seq:].bool()
+            past = int(am.shape[1] - seq)
+        else:
+            mask = torch.ones(batch, seq, dtype=torch.bool, device=ref.device)
+            past = 0
+            cache = self._arg(args, kwargs, "past_key_values")
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                past = int(cache.get_seq_length())
+        self.state = ForwardState(batch=batch, seq=seq, past_len=past, mask=mask)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+_TRACKERS: weakref.WeakKeyDictionary[nn.Module, _StateTracker] = weakref.WeakKeyDictionary()
+
+
+def _acquire_tracker(base: nn.Module) -> _StateTracker:
+    tr = _TRACKERS.get(base)
+    if tr is None:
+        tr = _StateTracker(base)
+        _TRACKERS[base] = tr
+    tr.users += 1
+    return tr
+
+
+def _release_tracker(base: nn.Module) -> None:
+    tr = _TRACKERS.get(base)
+    if tr is None:
+        return
+    tr.users -= 1
+    if tr.users <= 0:
+        tr.remove()
+        del _TRACKERS[base]
+
+
+_INPUT_KWARGS = ("hidden_states", "input", "x")
+
+
+def _to_3d(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+    if x.dim() == 2 and state is not None and x.shape[0] == state.batch * state.seq:
+        return x.view(state.batch, state.seq, x.shape[-1])
+    return x
+
+
+class _Dispatcher:
+    """The single torch hook of one site; runs its handlers in order."""
+
+    def __init__(self, module: nn.Module, where: str, tracker: _StateTracker):
+        self.module, self.where, self.tracker = module, where, tracker
+        self.writers: list[Handler] = []
+        self.readers: list[Handler] = []
+        if where == "in":
+            self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
+        else:
+            self.handle = module.register_forward_hook(self._post, with_kwargs=True)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor | None:
+        state = self.tracker.state
+        x3 = _to_3d(x, state)
+        changed = False
+        for fn in self.writers:
+            out = fn(x3, state)
+            if out is not None:
+                x3, changed = out, True
+        for fn in self.readers:
+            fn(x3, state)
+        if not changed:
+            return None
+        return x3.reshape(x.shape) if x3.shape != x.shape else x3
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if args and isinstance(args[0], torch.Tensor):
+            new = self._run(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        for key in _INPUT_KWARGS:
+            if isinstance(kwargs.get(key), torch.Tensor):
+                new = self._run(kwargs[key])
+                return None if new is None else (args, {**kwargs, key: new})
+        raise RuntimeError(f"cannot find the input tensor of {type(module).__name__} to hook")
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            return self._run(output)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            new = self._run(output[0])
+            if new is None:
+                return None
+            return type(output)([new, *output[1:]]) if isinstance(output, list) else (new, *output[1:])
+        raise RuntimeError(f"cannot find the output tensor of {type(module).__name__} ({type(output).__name__})")
+
+    def empty(self) -> bool:
+        return not self.writers and not self.readers
+
+
+_DISPATCHERS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Dispatcher]] = weakref.WeakKeyDictionary()
+
+
+class HookSession:
+    """Adds handlers to sites of one model and removes every one of them on exit.
+
+    ``base`` is the module owning the decoder layers; its inputs give each forward's :class:`ForwardState`.
+    Use as a context manager, or call :meth:`close` yourself (a handle-returning variant for long-lived use).
+    """
+
+    def __init__(self, base: nn.Module):
+        self.base = base
+        self._added: list[tuple[_Dispatcher, Handler, bool]] = []
+        self._tracker: _StateTracker | None = None
+
+    @property
+    def state(self) -> ForwardState | None:
+        return self._tracker.state if self._tracker is not None else None
+
+    def add(self, module: nn.Module, where: str, fn: Handler, *, write: bool) -> None:
+        """Run ``fn`` on ``module``'s input (``where='in'``) or output (``'out'``) at every forward."""
+        if where not in ("in", "out"):
+            raise ValueError(f"where must be 'in' or 'out', not {where!r}")
+        if self._tracker is None:
+            self._tracker = _acquire_tracker(self.base)
+        sites = _DISPATCHERS.setdefault(module, {})
+        disp = sites.get(where)
+        if disp is None:
+            disp = _Dispatcher(module, where, self._tracker)
+            sites[where] = disp
+        (disp.writers if write else disp.readers).append(fn)
+        self._added.append((disp, fn, write))
+
+    def close(self) -> None:
+        """Remove every handler this session added (idempotent)."""
+        while self._added:
+            disp, fn, write = self._added.pop()
+            lst = disp.writers if write else disp.readers
+            for k in range(len(lst) - 1, -1, -1):
+                if lst[k] is fn:
+                    del lst[k]
+                    break
+            if disp.empty():
+                disp.handle.remove()
+                sites = _DISPATCHERS.get(disp.module)
+                if sites is not None and sites.get(disp.where) is disp:
+                    del sites[disp.where]
+                    if not sites:
+                        del _DISPATCHERS[disp.module]
+        if self._tracker is not None:
+            _release_tracker(self.base)
+            self._tracker = None
+
+    def __enter__(self) -> HookSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def count_hooks(module: nn.Module) -> int:
+    """Number of forward (pre-)hooks registered anywhere under ``module`` (0 when nothing is left)."""
+    n = 0
+    for m in module.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
+    return n

@@ -1,0 +1,207 @@
+"""Unembedding and the logit lens.
+
+:class:`Unembed` = the model's own final norm (applied afresh to whatever it is given, so every layer is
+normalised by its own scale, never a cached one) + OPT's ``project_out`` where present + the unembedding
++ Gemma-2/3's final logit soft-capping. The logit lens, vocabulary projections of directions and later
+lenses share it.
+
+Attention and MLP outputs are decoded on their own ("direct" view of what the sub-block writes); decode
+``resid_mid``/``resid_post`` for the cumulative stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import InputError
+from .hooks.points import RESIDUAL_KINDS, HookPoint
+
+if TYPE_CHECKING:
+    from .models.model import Model
+
+
+class Unembed:
+    """Final norm + unembedding of a model, as a function of residual-stream vectors."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.norm = model.final_norm_module
+        self.head = model.lm_head
+        self.project_out = model.project_out
+        cap = getattr(model.config, model.adapter.softcap_attr, None) if model.adapter.softcap_attr else None
+        self.softcap: float | None = float(cap) if cap else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """Logits (float32, on ``x``'s device) for vectors ``x`` ``[..., d_model]``."""
+        w = self.head.weight
+        out_device = x.device
+        h = x.to(device=w.device, dtype=w.dtype)
+        if normalize:
+            h = self.norm(h.to(_module_device(self.norm, w.device)))
+        if self.project_out is not None:
+            h = self.project_out(h)
+        logits = self.head(h.to(w.device)).float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.to(out_device)
+
+
+def _module_device(m: torch.nn.Module, default: torch.device) -> torch.device:
+    for p in m.parameters():
+        return p.device
+    return default
+
+
+@dataclass
+class LensResult:
+    """Logit-lens output for a batch of prompts at one position.
+
+    ``top_ids``/``top_probs`` are ``[n_prompts, n_points, k]``; ``target_probs``/``target_ranks``
+    ``[n_prompts, n_points]`` (rank 1 = the most likely token), present when a target was given.
+    """
+
+    model: str
+    prompts: list[str]
+    position: int
+    position_tokens: list[str]
+    points: list[HookPoint]
+    top_ids: torch.Tensor
+    top_probs: torch.Tensor
+    top_tokens: list[list[list[str]]]
+    target_id: int | None = None
+    target_token: str | None = None
+    target_probs: torch.Tensor | None = None
+    target_ranks: torch.Tensor | None = None
+    final_top_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def kinds(self) -> list[str]:
+        seen: list[str] = []
+        for p in self.points:
+            if p.kind not in seen:
+                seen.append(p.kind)
+        return seen
+
+    def layers(self, kind: str) -> list[int | None]:
+        return [p.layer for p in self.points if p.kind == kind]
+
+    def index(self, point: str | HookPoint) -> int:
+        name = point.name if isinstance(point, HookPoint) else point
+        for k, p in enumerate(self.points):
+            if p.name == name:
+                return k
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: per prompt, per point kind, per layer: top-k tokens (string, id, prob) and target."""
+        prompts = []
+        for b, prompt in enumerate(self.prompts):
+            kinds: dict[str, list[dict[str, Any]]] = {}
+            for j, p in enumerate(self.points):
+                entry: dict[str, Any] = {
+                    "point": p.name,
+                    "layer": p.layer,
+                    "top": [
+                        {"token": self.top_tokens[b][j][r], "id": int(self.top_ids[b, j, r]),
+                         "prob": float(self.top_probs[b, j, r])}
+                        for r in range(self.top_ids.shape[-1])
+                    ],
+                }
+                if self.target_probs is not None and self.target_ranks is not None:
+                    entry["target_prob"] = float(self.target_probs[b, j])
+                    entry["target_rank"] = int(self.target_ranks[b, j])
+                kinds.setdefault(p.kind, []).append(entry)
+            prompts.append({
+                "prompt": prompt,
+                "position": self.position,
+                "token_at_position": self.position_tokens[b],
+                "model_top_token": self.final_top_tokens[b] if self.final_top_tokens else None,
+                "points": kinds,
+            })
+        return {
+            "model": self.model,
+            "target": None if self.target_id is None else {"token": self.target_token, "id": self.target_id},
+            "rank_convention": "1 = most likely token",
+            "prompts": prompts,
+        }
+
+
+def resolve_target(model: Model, target: str | int) -> tuple[int, str]:
+    """A target token given as an id or as text that encodes to exactly one token."""
+    tok = model.tokenizer
+    if isinstance(target, int):
+        if not 0 <= target < model.vocab_size:
+            raise InputError(f"target token id {target} is out of range 0..{model.vocab_size - 1}")
+        return target, tok.decode([target]) if tok is not None else str(target)
+    if tok is None:
+        raise InputError("this model has no tokenizer; give the target as a token id")
+    if target == "":
+        raise InputError("target token is empty")
+    ids = tok(target, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tok.decode([i]) for i in ids]
+        raise InputError(
+            f"target {target!r} is {len(ids)} tokens {pieces} ({ids}), not one; give a single token "
+            "(often with a leading space, e.g. ' Paris') or its id"
+        )
+    return int(ids[0]), tok.decode(ids)
+
+
+@torch.no_grad()
+def logit_lens(
+    model: Model,
+    text_or_batch: str | Sequence[str] | Any,
+    points: str | Iterable[str] = ("resid_post",),
+    *,
+    position: int = -1,
+    top_k: int = 5,
+    target: str | int | None = None,
+) -> LensResult:
+    """Decode hook points through the final norm and unembedding at one token position.
+
+    ``points`` may name residual-stream kinds at every layer (``'resid_post'``, ``'attn_out'``,
+    ``'mlp_out'``...), single points or ranges; ``position`` counts over real tokens (-1 = last).
+    """
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    pts = model.parse_points(points)
+    bad = [p.name for p in pts if p.kind not in (*RESIDUAL_KINDS, "embed", "final_norm")]
+    if bad:
+        raise InputError(f"cannot decode {bad[0]!r} through the unembedding (it is not d_model wide); "
+                         f"decodable kinds: embed, {', '.join(RESIDUAL_KINDS)}")
+    batch = model.as_batch(text_or_batch, padding_side="right")
+    prompts = ([text_or_batch] if isinstance(text_or_batch, str) else
+               list(text_or_batch) if isinstance(text_or_batch, (list, tuple)) else
+               [f"<prompt {i}>" for i in range(batch["input_ids"].shape[0])])
+    tgt = resolve_target(model, target) if target is not None else None
+    with model.capture(pts, positions=position, dtype=None, device=model.device) as acts:
+        out = model(**batch, use_cache=False)
+    lens_logits = torch.stack([model.unembed(acts[p.name], normalize=p.kind != "final_norm") for p in pts], dim=1)
+    probs = torch.softmax(lens_logits, dim=-1)  # [B, P, V]
+    top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    tok = model.tokenizer
+    decode = (lambda i: tok.decode([i])) if tok is not None else str
+    top_tokens = [[[decode(i) for i in row] for row in per_prompt] for per_prompt in top_i.tolist()]
+    # the token at the lens position, and the model's own prediction there
+    pos_tokens, final_top = [], []
+    for b in range(batch["input_ids"].shape[0]):
+        real_pos = batch["attention_mask"][b].nonzero()[:, 0]
+        j = int(real_pos[position])
+        pos_tokens.append(decode(int(batch["input_ids"][b, j])))
+        final_top.append(decode(int(out.logits[b, j].argmax())))
+    result = LensResult(
+        model=model.name, prompts=prompts, position=position, position_tokens=pos_tokens, points=pts,
+        top_ids=top_i.cpu(), top_probs=top_p.cpu(), top_tokens=top_tokens, final_top_tokens=final_top,
+    )
+    if tgt is not None:
+        tid, tstr = tgt
+        tl = lens_logits[..., tid]
+        result.target_id, result.target_token = tid, tstr
+        result.target_probs = probs[..., tid].cpu()
+        result.target_ranks = ((lens_logits > tl[..., None]).sum(-1) + 1).cpu()
+    return result

@@ -1,0 +1,158 @@
+"""Architecture adapters: one small declarative entry per model family.
+
+An adapter says where the native Hugging Face modules are; actlab never re-implements a model.
+Every path is a dotted ``get_submodule`` path: ``layers``, ``final_norm``, ``unembed``, ``base`` and
+``project_out`` from the CausalLM root (``unembed`` defaults to ``get_output_embeddings()``, whose name
+changes across transformers versions), the others from inside one decoder layer.
+
+Hook points are read from (and written to) these modules:
+
+=================  ===================================================================
+``resid_pre``      input of layer ``i`` (``embed`` is the input of layer 0)
+``attn_out``       output of ``attn`` (what the attention sub-block adds to the residual)
+``resid_mid``      input of ``mlp_norm`` (sequential); ``resid_pre + attn_out`` (parallel)
+``mlp_hidden``     input of ``mlp_down`` (after the nonlinearity / gating)
+``mlp_out``        output of ``mlp_out`` (what the MLP sub-block adds to the residual)
+``resid_post``     output of layer ``i``
+``final_norm``     output of ``final_norm``
+=================  ===================================================================
+
+To support a new family, build an :class:`ArchAdapter` and call :func:`register_adapter`; the adapter is
+validated when a model loads (see ``docs/adapters.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """Where a family keeps its layers, sub-blocks, final norm and unembedding."""
+
+    family: str
+    model_types: tuple[str, ...]
+    base: str
+    layers: str
+    attn: str
+    mlp: str | None
+    mlp_out: str
+    mlp_down: str
+    mlp_norm: str | None
+    final_norm: str
+    unembed: str | None = None  # None: the model's get_output_embeddings()
+    parallel: bool | Callable[[Any], bool] = False
+    project_out: str | None = None
+    softcap_attr: str | None = None
+    context_attrs: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx")
+    check: Callable[[Any], str | None] = field(default=lambda config: None)
+
+    def is_parallel(self, config: Any) -> bool:
+        """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""
+        return self.parallel(config) if callable(self.parallel) else bool(self.parallel)
+
+    def mlp_norm_path(self, config: Any) -> str | None:
+        """The pre-MLP norm, whose input is resid_mid; None for parallel-residual models."""
+        return None if self.is_parallel(config) else self.mlp_norm
+
+
+_LLAMA_LIKE = dict(
+    base="model",
+    layers="model.layers",
+    attn="self_attn",
+    mlp="mlp",
+    mlp_out="mlp",
+    mlp_down="mlp.down_proj",
+    mlp_norm="post_attention_layernorm",
+    final_norm="model.norm",
+)
+
+
+def _opt_check(config: Any) -> str | None:
+    if not getattr(config, "do_layer_norm_before", True):
+        return (
+            "OPT with do_layer_norm_before=False (e.g. facebook/opt-350m) is post-LayerNorm: its residual "
+            "stream is re-normalised inside each block, so resid_mid/resid_post do not decompose into "
+            "sums; use another OPT size"
+        )
+    return None
+
+
+ADAPTERS: dict[str, ArchAdapter] = {}
+
+
+def register_adapter(adapter: ArchAdapter, *, overwrite: bool = False) -> None:
+    """Register an adapter for ``adapter.model_types`` (``config.model_type`` values)."""
+    for mt in adapter.model_types:
+        if mt in ADAPTERS and not overwrite:
+            raise ValueError(f"an adapter for model_type {mt!r} exists ({ADAPTERS[mt].family}); "
+                             "pass overwrite=True to replace it")
+    for mt in adapter.model_types:
+        ADAPTERS[mt] = adapter
+
+
+for _a in (
+    ArchAdapter(family="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
+    ArchAdapter(family="gemma", model_types=("gemma",), **_LLAMA_LIKE),
+    ArchAdapter(
+        family="gemma2",
+        model_types=("gemma2", "gemma3_text"),
+        **{**_LLAMA_LIKE, "attn": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm",
+           "mlp_norm": "pre_feedforward_layernorm"},
+        softcap_attr="final_logit_softcapping",
+    ),
+    ArchAdapter(family="phi3", model_types=("phi3",), **_LLAMA_LIKE),
+    ArchAdapter(
+        family="gpt2", model_types=("gpt2",), base="transformer", layers="transformer.h", attn="attn",
+        mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
+    ),
+    ArchAdapter(
+        family="gpt_neox", model_types=("gpt_neox",), base="gpt_neox", layers="gpt_neox.layers",
+        attn="attention", mlp="mlp", mlp_out="mlp", mlp_down="mlp.dense_4h_to_h",
+        mlp_norm="post_attention_layernorm", final_norm="gpt_neox.final_layer_norm",
+        parallel=lambda config: bool(getattr(config, "use_parallel_residual", True)),
+    ),
+    ArchAdapter(
+        family="gpt_neo", model_types=("gpt_neo",), base="transformer", layers="transformer.h", attn="attn",
+        mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
+    ),
+    ArchAdapter(
+        family="gptj", model_types=("gptj",), base="transformer", layers="transformer.h", attn="attn",
+        mlp="mlp", mlp_out="mlp", mlp_down="mlp.fc_out", mlp_norm=None, final_norm="transformer.ln_f", parallel=True,
+    ),
+    ArchAdapter(
+        family="opt", model_types=("opt",), base="model.decoder", layers="model.decoder.layers",
+        attn="self_attn", mlp=None, mlp_out="fc2", mlp_down="fc2", mlp_norm="final_layer_norm",
+        final_norm="model.decoder.final_layer_norm",
+        project_out="model.decoder.project_out", check=_opt_check,
+    ),
+):
+    register_adapter(_a)
+
+
+def supported_families() -> dict[str, list[str]]:
+    """Family name -> the ``model_type`` values it covers."""
+    out: dict[str, list[str]] = {}
+    for mt, a in ADAPTERS.items():
+        out.setdefault(a.family, []).append(mt)
+    return out
+
+
+def get_adapter(config: Any) -> ArchAdapter:
+    """The adapter for ``config.model_type``; a clear error naming the supported families otherwise."""
+    mt = getattr(config, "model_type", None)
+    adapter = ADAPTERS.get(mt)
+    if adapter is None:
+        fams = "; ".join(f"{f} ({', '.join(mts)})" for f, mts in supported_families().items())
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture model_type={mt!r}. Supported families: {fams}. To add one, "
+            "register an adapter: actlab.register_adapter(actlab.ArchAdapter(...)) (see docs/adapters.md)."
+        )
+    problem = adapter.check(config)
+    if problem:
+        raise UnsupportedArchitectureError(f"unsupported configuration for model_type={mt!r}: {problem}")
+    return adapter

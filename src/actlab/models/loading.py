@@ -1,0 +1,225 @@
+"""Resolving and loading models: a local folder, a GGUF file, a short name in the local model
+directory (``ACTLAB_MODELS_DIR``), or a Hugging Face hub id.
+
+Lookup order for a name that is not an existing path: each folder of ``ACTLAB_MODELS_DIR`` is searched
+for a sub-folder named like the model (the whole id with ``/`` as ``--``, or its last part, any case,
+optionally followed by a quantisation suffix such as ``-q4_1``); then the hub is asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import settings
+from ..errors import ActlabError, ModelNotFoundError
+from . import gguf as gguf_mod
+from .adapters import get_adapter
+from .model import Model
+
+log = logging.getLogger(__name__)
+
+_QUANT_SUFFIX = re.compile(r"^[-_.](q\d[\w]*|iq\d[\w]*|f16|f32|bf16|fp16|gguf)$", re.IGNORECASE)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """Accept a torch dtype, a name (``bf16``, ``float32``...), ``'auto'`` or None."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ActlabError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+
+
+def local_models() -> dict[str, Path]:
+    """Folder name -> path for every model folder in ``ACTLAB_MODELS_DIR``."""
+    out: dict[str, Path] = {}
+    for d in settings.models_dirs():
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and ((sub / "config.json").exists() or any(sub.glob("*.gguf"))):
+                out.setdefault(sub.name, sub)
+    return out
+
+
+def find_local(name: str) -> Path | None:
+    """The local folder for a short name or hub id, or None."""
+    wanted = {name.lower(), name.replace("/", "--").lower(), name.split("/")[-1].lower()}
+    models = local_models()
+    for folder, path in models.items():
+        if folder.lower() in wanted:
+            return path
+    for folder, path in models.items():
+        for w in wanted:
+            if folder.lower().startswith(w) and _QUANT_SUFFIX.match(folder[len(w):]):
+                return path
+    return None
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(g)) for g in _WEIGHT_GLOBS)
+
+
+def _resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str, Path | None]:
+    """-> (kind, location, gguf path): kind is 'folder', 'gguf' or 'hub'."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        gguf_mod.check_gguf(p)
+        return "gguf", str(p.parent), p
+    if p.is_dir():
+        return _resolve_folder(p, gguf_file)
+    local = find_local(name_or_path)
+    if local is not None:
+        return _resolve_folder(local, gguf_file)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".gguf") or not _HUB_ID.match(name_or_path):
+        raise ModelNotFoundError(f"model {name_or_path!r} not found: no such file or folder." + _local_hint())
+    return "hub", name_or_path, None
+
+
+def _resolve_folder(folder: Path, gguf_file: str | None) -> tuple[str, str, Path | None]:
+    if gguf_file:
+        g = folder / gguf_file
+        gguf_mod.check_gguf(g)
+        return "gguf", str(folder), g
+    if (folder / "config.json").exists() and _has_weights(folder):
+        return "folder", str(folder), None
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) == 1:
+        gguf_mod.check_gguf(ggufs[0])
+        return "gguf", str(folder), ggufs[0]
+    if len(ggufs) > 1:
+        raise ModelNotFoundError(f"folder {str(folder)!r} holds several GGUF files; pick one with gguf_file=: "
+                                 + ", ".join(g.name for g in ggufs))
+    raise ModelNotFoundError(f"folder {str(folder)!r} has no model weights (config.json + safetensors/bin) "
+                             "and no .gguf file")
+
+
+def _local_hint() -> str:
+    names = list(local_models())
+    dirs = [str(d) for d in settings.models_dirs()]
+    if not dirs:
+        return " No local model directory is set (ACTLAB_MODELS_DIR)."
+    return f" Local models in {', '.join(dirs)}: {', '.join(names) or '(none)'}."
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    validate: bool = True,
+    cache_gguf: bool = True,
+    **hf_kwargs: Any,
+) -> Model:
+    """Load a causal LM by hub id, local folder, GGUF file or short name, and wrap it as a :class:`Model`.
+
+    ``dtype`` defaults to float32 on CPU and to the checkpoint's dtype (``'auto'``) on accelerators.
+    ``device_map='auto'`` spreads a large model over the available GPUs with accelerate (then ``device``
+    is ignored). ``validate`` checks the architecture adapter on a short probe (one tiny forward).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ModelNotFoundError(f"model name {name_or_path!r} is empty" + _local_hint())
+    kind, location, gguf_path = _resolve(name_or_path.strip(), gguf_file)
+    if device_map is None:
+        device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+    dt = parse_dtype(dtype)
+    if dt is None:
+        dt = torch.float32 if device_map is None and device.type == "cpu" else "auto"
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision:
+        common["revision"] = revision
+    t0 = time.perf_counter()
+    source: dict[str, Any] = {"requested": name_or_path, "kind": kind, "location": location}
+    model_kwargs: dict[str, Any] = dict(common, **hf_kwargs)
+    model_kwargs[_dtype_kwarg()] = dt
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
+
+    try:
+        if kind == "gguf":
+            assert gguf_path is not None
+            hf_model, tokenizer = _load_gguf(Path(location), gguf_path, dt, model_kwargs, cache_gguf, source)
+        else:
+            config = AutoConfig.from_pretrained(location, **common)
+            get_adapter(config)  # fail fast, before downloading or loading weights
+            hf_model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except ActlabError:
+        raise
+    except OSError as e:
+        if kind == "hub":
+            raise ModelNotFoundError(
+                f"model {name_or_path!r} not found locally and could not be loaded from the hub "
+                f"({str(e).splitlines()[0]})." + _local_hint()
+            ) from None
+        raise ModelNotFoundError(f"cannot load model from {location!r}: {str(e).splitlines()[0]}") from None
+    if device_map is None:
+        hf_model.to(device)
+    hf_model.eval()
+    source["load_seconds"] = round(time.perf_counter() - t0, 3)
+    name = name_or_path if kind == "hub" else Path(location).name
+    if gguf_path is not None:
+        name = f"{Path(location).name}/{gguf_path.name}"
+    return Model.wrap(hf_model, tokenizer, validate=validate, name=name, source=source)
+
+
+def _dtype_kwarg() -> str:
+    """transformers 5 renamed ``torch_dtype`` to ``dtype``."""
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+def _load_gguf(folder: Path, gguf_path: Path, dt: Any, model_kwargs: dict[str, Any], use_cache: bool,
+               source: dict[str, Any]) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source["gguf_file"] = str(gguf_path)
+    cached = gguf_mod.cached_folder(settings.cache_dir(), gguf_path, str(dt)) if use_cache else None
+    if cached is not None and cached.is_dir():
+        source["gguf_cache"] = str(cached)
+        source["gguf_cache_hit"] = True
+        model = AutoModelForCausalLM.from_pretrained(cached, **model_kwargs)
+        return model, AutoTokenizer.from_pretrained(cached)
+    kw = dict(model_kwargs)
+    device_map = kw.pop("device_map", None)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name, **kw)
+    except Exception as e:  # gguf readers raise struct/Value/Key errors on damaged files
+        raise ModelNotFoundError(f"cannot read GGUF file {str(gguf_path)!r} (truncated, corrupt or an "
+                                 f"architecture transformers cannot de-quantize): {str(e).splitlines()[0]}"
+                                 ) from None
+    if any((folder / f).exists() for f in _TOKENIZER_FILES):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        source["tokenizer"] = "folder"
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_path.name)
+        source["tokenizer"] = "gguf"
+        source["tokenizer_fixes"] = gguf_mod.fix_tokenizer(tokenizer, gguf_path)
+    if cached is not None:
+        gguf_mod.save_to_cache(cached, model, tokenizer, {"gguf_file": str(gguf_path), "dtype": str(dt)})
+        source["gguf_cache"] = str(cached)
+        source["gguf_cache_hit"] = False
+        if device_map is not None:  # reload from the cache so accelerate can place the weights
+            model = AutoModelForCausalLM.from_pretrained(cached, **model_kwargs)
+    return model, tokenizer

@@ -1,0 +1,292 @@
+"""The :class:`Model` wrapper: a native HF causal LM, its tokenizer and its adapter, with named hook points.
+
+The wrapper never changes the wrapped model; hooks live only inside ``capture``/intervention contexts.
+Calling the wrapper derives ``position_ids`` from the attention mask, so a left-padded row sees the same
+positions as the same row unpadded (HF's forward alone would shift them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HookPointError, InputError
+from ..hooks.capture import Activations, Capture
+from ..hooks.core import StopForward
+from ..hooks.points import BLOCK_KINDS, HookPoint, all_point_names, parse_points
+from ..hooks.positions import PositionSpec
+from .adapters import ArchAdapter, get_adapter
+
+TextBatch = str | Sequence[str]
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens: ``[0, 1, ...]`` from each row's first real token (pads get 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Model:
+    """A causal LM with named hook points. Build one with :func:`actlab.load_model` or :meth:`wrap`."""
+
+    def __init__(self, hf_model: nn.Module, tokenizer: Any, *, name: str = "", adapter: ArchAdapter | None = None,
+                 source: dict[str, Any] | None = None):
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        self.config = hf_model.config
+        self.adapter = adapter or get_adapter(self.config)
+        self.name = name or getattr(self.config, "_name_or_path", "") or type(hf_model).__name__
+        self.source = source or {}
+        a = self.adapter
+        self.base: nn.Module = hf_model.get_submodule(a.base)
+        self.layers: nn.ModuleList = hf_model.get_submodule(a.layers)  # type: ignore[assignment]
+        self.final_norm_module: nn.Module = hf_model.get_submodule(a.final_norm)
+        head = hf_model.get_submodule(a.unembed) if a.unembed else hf_model.get_output_embeddings()
+        if head is None:
+            raise HookPointError(f"{type(hf_model).__name__} has no output embedding (unembedding) module")
+        self.lm_head: nn.Module = head
+        self.project_out: nn.Module | None = None
+        if a.project_out:
+            try:
+                self.project_out = hf_model.get_submodule(a.project_out)
+            except AttributeError:
+                self.project_out = None
+        self.parallel = a.is_parallel(self.config)
+        self._mlp_norm = a.mlp_norm_path(self.config)
+        if tokenizer is not None and getattr(tokenizer, "pad_token", None) is None:
+            fallback = tokenizer.eos_token or getattr(tokenizer, "unk_token", None)
+            if fallback is not None:
+                tokenizer.pad_token = fallback
+
+    @classmethod
+    def wrap(cls, hf_model: nn.Module, tokenizer: Any = None, *, validate: bool = True, **kw: Any) -> Model:
+        """Wrap an already-loaded HF model (optionally validating the adapter on a probe input)."""
+        m = cls(hf_model, tokenizer, **kw)
+        if validate:
+            from .validate import validate_model
+
+            validate_model(m)
+        return m
+
+    # -- shape facts -------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.get_input_embeddings().weight.shape[1])
+
+    @property
+    def d_mlp(self) -> int:
+        down = self.layers[0].get_submodule(self.adapter.mlp_down)
+        if isinstance(down, nn.Linear):
+            return int(down.in_features)
+        return int(getattr(down, "nx", down.weight.shape[0]))  # GPT-2 Conv1D stores [in, out]
+
+    @property
+    def vocab_size(self) -> int:
+        w = getattr(self.lm_head, "weight", None)
+        return int(w.shape[0]) if w is not None else int(self.config.vocab_size)
+
+    @property
+    def context_length(self) -> int | None:
+        for attr in self.adapter.context_attrs:
+            v = getattr(self.config, attr, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf.get_input_embeddings().weight.dtype
+
+    @property
+    def hook_points(self) -> list[str]:
+        return all_point_names(self.n_layers)
+
+    def parse_points(self, spec: str | HookPoint | Iterable[str | HookPoint]) -> list[HookPoint]:
+        """Expand a hook-point spec (``'resid_post'``, ``'blocks.3.attn_out'``, ``'blocks.2:5.mlp_out'``...)."""
+        return parse_points(spec, self.n_layers)
+
+    def __repr__(self) -> str:
+        return (f"actlab.Model({self.name!r}, family={self.adapter.family}, layers={self.n_layers}, "
+                f"d_model={self.d_model}, parallel={self.parallel}, dtype={self.dtype}, device={self.device})")
+
+    # -- sites -------------------------------------------------------------------------------------
+    def layer(self, i: int) -> nn.Module:
+        return self.layers[i]
+
+    def attn(self, i: int) -> nn.Module:
+        return self.layers[i].get_submodule(self.adapter.attn)
+
+    def mlp(self, i: int) -> nn.Module:
+        return self.layers[i].get_submodule(self.adapter.mlp or self.adapter.mlp_out)
+
+    def read_site(self, p: HookPoint) -> tuple[Any, str]:
+        """``(module, 'in'|'out')`` where a point is read, or ``('derived', '')`` for parallel resid_mid."""
+        self._check_layer(p)
+        k, i, a = p.kind, p.layer, self.adapter
+        if k == "embed":
+            return self.layers[0], "in"
+        if k == "final_norm":
+            return self.final_norm_module, "out"
+        layer = self.layers[i]
+        if k == "resid_pre":
+            return layer, "in"
+        if k == "resid_post":
+            return layer, "out"
+        if k == "attn_out":
+            return layer.get_submodule(a.attn), "out"
+        if k == "mlp_out":
+            return layer.get_submodule(a.mlp_out), "out"
+        if k == "mlp_hidden":
+            return layer.get_submodule(a.mlp_down), "in"
+        if k == "resid_mid":
+            return (layer.get_submodule(self._mlp_norm), "in") if self._mlp_norm else ("derived", "")
+        raise HookPointError(f"unknown hook-point kind {k!r}")
+
+    def write_site(self, p: HookPoint) -> tuple[nn.Module, str]:
+        """Where an intervention on a point is applied. ``resid_mid`` is written through ``attn_out``."""
+        if p.kind == "resid_mid":
+            return self.read_site(HookPoint(p.layer, "attn_out"))  # type: ignore[return-value]
+        site = self.read_site(p)
+        return site  # type: ignore[return-value]
+
+    def _check_layer(self, p: HookPoint) -> None:
+        if p.layer is None:
+            return
+        if not 0 <= p.layer < self.n_layers:
+            raise HookPointError(f"layer {p.layer} of {p.name!r} is out of range; the model has layers "
+                                 f"0..{self.n_layers - 1}")
+        if p.kind not in BLOCK_KINDS:
+            raise HookPointError(f"unknown hook-point kind {p.kind!r}; valid: {', '.join(BLOCK_KINDS)}")
+
+    # -- text in -----------------------------------------------------------------------------------
+    def tokenize(self, texts: TextBatch, *, padding_side: str = "right", add_special_tokens: bool = True,
+                 check_context: bool = True) -> dict[str, torch.Tensor]:
+        """Tokenize one text or a batch into ``input_ids`` + ``attention_mask`` on the model's device."""
+        if self.tokenizer is None:
+            raise InputError("this model has no tokenizer; pass token ids instead of text")
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if not batch:
+            raise InputError("no prompt given (empty batch)")
+        for k, t in enumerate(batch):
+            if not isinstance(t, str):
+                raise InputError(f"prompt {k} is a {type(t).__name__}, not a string")
+            if not t.strip():
+                raise InputError(f"prompt {k} is empty; give some text")
+        if padding_side not in ("left", "right"):
+            raise InputError(f"padding_side {padding_side!r} is not one of: left, right")
+        tok = self.tokenizer
+        old = tok.padding_side
+        tok.padding_side = padding_side
+        try:
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        finally:
+            tok.padding_side = old
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        if ids.shape[1] == 0 or bool((mask.sum(1) == 0).any()):
+            raise InputError("a prompt tokenizes to no tokens")
+        ctx = self.context_length
+        if check_context and ctx is not None and ids.shape[1] > ctx:
+            lens = mask.sum(1)
+            k = int(torch.argmax(lens))
+            raise InputError(f"prompt {k} is {int(lens[k])} tokens, longer than the model's context of {ctx}")
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def as_batch(self, inputs: Any, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Accept text, a list of texts, a token-id tensor or a tokenizer output; return model inputs."""
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+            return self.tokenize(inputs, padding_side=padding_side)
+        if isinstance(inputs, torch.Tensor):
+            ids = inputs if inputs.dim() == 2 else inputs[None]
+            return {"input_ids": ids.to(self.device), "attention_mask": torch.ones_like(ids, device=self.device)}
+        if isinstance(inputs, dict) or hasattr(inputs, "keys"):
+            ids = inputs["input_ids"]
+            mask = inputs.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(ids)
+            return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise InputError("no prompt given (empty batch)")
+        raise InputError(f"cannot use {type(inputs).__name__} as model input; give text, a list of texts, "
+                         "a token-id tensor or a dict with input_ids/attention_mask")
+
+    def chat_prompt(self, user: str, *, system: str | None = None, history: Sequence[dict[str, str]] = ()) -> str:
+        """Format one user turn with the tokenizer's chat template (generation prompt appended)."""
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise InputError(f"model {self.name!r} has no chat template; use plain prompts")
+        msgs = [*([{"role": "system", "content": system}] if system else []), *history,
+                {"role": "user", "content": user}]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    # -- forward / generate ------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> Any:
+        """Run the HF forward with ``position_ids`` derived from the attention mask."""
+        if (attention_mask is not None and "position_ids" not in kwargs
+                and kwargs.get("past_key_values") is None):
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    forward = __call__
+
+    @torch.no_grad()
+    def generate_text(self, prompts: TextBatch, *, max_new_tokens: int = 32, do_sample: bool = False,
+                      add_special_tokens: bool = True, skip_special_tokens: bool = True, **gen_kwargs: Any
+                      ) -> list[str]:
+        """Generate continuations (new text only) for a batch of prompts, left-padded."""
+        batch = self.tokenize(prompts, padding_side="left", add_special_tokens=add_special_tokens)
+        out = self.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=skip_special_tokens)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+                 ) -> torch.Tensor:
+        """``hf.generate`` with the attention mask and a pad token always passed."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            raise InputError("batched generation needs left padding (a row ends in padding); "
+                             "tokenize with padding_side='left'")
+        kwargs.setdefault("pad_token_id", getattr(self.tokenizer, "pad_token_id", None)
+                          or getattr(self.config, "pad_token_id", None) or 0)
+        return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def capture(self, points: str | Iterable[str] | HookPoint, positions: PositionSpec = "all", *,
+                dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu",
+                stop: bool = False, detach: bool = True) -> Capture:
+        """Context manager capturing ``points`` at ``positions`` (see :mod:`actlab.hooks.capture`)."""
+        return Capture(self, points, positions, dtype=dtype, device=device, stop=stop, detach=detach)
+
+    @torch.no_grad()
+    def activations(self, inputs: Any, points: str | Iterable[str] | HookPoint, positions: PositionSpec = "all", *,
+                    batch_size: int | None = None, padding_side: str = "right",
+                    dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu") -> Activations:
+        """Run ``inputs`` and return the activations at ``points``; stops after the last one needed."""
+        batch = self.as_batch(inputs, padding_side=padding_side)
+        n = batch["input_ids"].shape[0]
+        step = batch_size or n
+        cap = self.capture(points, positions, dtype=dtype, device=device, stop=True)
+        with cap:
+            for s in range(0, n, step):
+                chunk = {k: v[s:s + step] for k, v in batch.items()}
+                with contextlib.suppress(StopForward):  # raised once the capture has all it needs
+                    self(**chunk, use_cache=False)
+        return cap.result
+
+    @property
+    def unembed(self):
+        """Final norm + unembedding (+ softcap) as one callable (see :class:`actlab.lens.Unembed`)."""
+        from ..lens import Unembed
+
+        return Unembed(self)

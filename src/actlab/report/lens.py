@@ -1,0 +1,70 @@
+"""Rendering logit-lens results: a target-probability heatmap (layers x points) and HTML tables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..lens import LensResult
+from .html import Page, esc, tok
+from .plots import heatmaps
+
+
+def _grid(result: LensResult, prompt: int, values) -> tuple[np.ndarray, list[str], list[str]]:
+    kinds = [k for k in result.kinds if k not in ("embed", "final_norm")]
+    layers = sorted({p.layer for p in result.points if p.layer is not None})
+    grid = np.full((len(layers), len(kinds)), np.nan)
+    for j, p in enumerate(result.points):
+        if p.layer is not None and p.kind in kinds:
+            grid[layers.index(p.layer), kinds.index(p.kind)] = float(values[prompt, j])
+    return grid, [str(i) for i in layers], kinds
+
+
+def target_heatmap(result: LensResult, path: str | os.PathLike[str]) -> Path:
+    """One panel per prompt: p(target) at each layer (rows) and point kind (columns)."""
+    if result.target_probs is None:
+        raise ValueError("the lens result has no target token")
+    mats, titles = [], []
+    rows: list[str] = []
+    cols: list[str] = []
+    for b, prompt in enumerate(result.prompts):
+        grid, rows, cols = _grid(result, b, result.target_probs)
+        mats.append(grid)
+        short = prompt if len(prompt) <= 40 else prompt[:37] + "..."
+        titles.append(short)
+    return heatmaps(mats, titles, row_labels=rows, col_labels=cols, path=path, vmin=0.0, vmax=1.0,
+                    suptitle=f"logit lens: p({result.target_token!r}) per layer and point ({result.model})",
+                    cbar_label="probability")
+
+
+def lens_tables(page: Page, result: LensResult, *, top_k: int = 3) -> Page:
+    """Per prompt: a layer x point table of the top tokens (and the target's probability and rank)."""
+    for b, prompt in enumerate(result.prompts):
+        page.heading(f"Prompt: {prompt}")
+        page.text(f"Position {result.position} (token {result.position_tokens[b]!r}); the model itself "
+                  f"predicts {result.final_top_tokens[b]!r} there.", muted=True)
+        kinds = result.kinds
+        layers: list[int | None] = []
+        for p in result.points:
+            if p.layer not in layers:
+                layers.append(p.layer)
+        rows = []
+        for layer in layers:
+            cells = ["-" if layer is None else str(layer)]
+            for kind in kinds:
+                try:
+                    j = result.index(kind if layer is None else f"blocks.{layer}.{kind}")
+                except KeyError:
+                    cells.append("")
+                    continue
+                toks = ", ".join(f"{tok(result.top_tokens[b][j][r])} {float(result.top_probs[b, j, r]):.2f}"
+                                 for r in range(min(top_k, result.top_ids.shape[-1])))
+                if result.target_probs is not None and result.target_ranks is not None:
+                    toks += (f"<br><span class=\"muted\">p(target)={float(result.target_probs[b, j]):.3f}, "
+                             f"rank {int(result.target_ranks[b, j])}</span>")
+                cells.append(toks)
+            rows.append([esc(cells[0]), *cells[1:]])
+        page.table(["layer", *kinds], rows, raw_cells=True)
+    return page
