@@ -11,7 +11,12 @@ export HF_HUB_DISABLE_TELEMETRY = 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.actlab-installed
 
-.PHONY: demo test lint bench venv clean
+# The oldest transformers line we support, tested on the version-sensitive parts (hooks, lens, loading).
+COMPAT_VENV ?= .venv-compat
+COMPAT_TRANSFORMERS ?= transformers==4.57.6
+COMPAT_TESTS ?= tests/test_hooks.py tests/test_lens.py tests/test_loading.py tests/test_stats.py
+
+.PHONY: demo test test-compat lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +33,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+$(COMPAT_VENV)/.actlab-installed: pyproject.toml
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/python -c "import torch" 2>/dev/null || $(COMPAT_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(COMPAT_VENV)/bin/python -m pip install --quiet "$(COMPAT_TRANSFORMERS)" -e ".[dev]"
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.actlab-installed
+	$(COMPAT_VENV)/bin/python -m pytest -q $(COMPAT_TESTS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
@@ -35,4 +50,4 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python bench_capture.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
