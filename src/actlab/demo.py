@@ -1,7 +1,8 @@
 """``actlab demo``: the tour of what actlab does, on a real model, written to a report folder.
 
-Section 1 (foundation): the logit lens on factual prompts - JSON, a PNG heatmap of the target token's
-probability per layer and point, and an offline HTML page. Later capabilities add their sections here.
+Sections: (1) the logit lens on factual prompts - JSON, a PNG heatmap of the target token's probability
+per layer and point; (2) steering - a sentiment vector from contrastive story openings steers story
+generation, scored by VADER at multipliers -m, 0, +m. Everything lands in one offline HTML page.
 """
 
 from __future__ import annotations
@@ -63,6 +64,62 @@ def lens_section(model: Model, out: Path, page: Page, log: Callable[[str], None]
     return {"lens": summary}
 
 
+STORY_PROMPTS = ["Once upon a time", "The day began", "My neighbour is", "I went to the park and",
+                 "The weather today", "When I opened the door,"]
+
+
+def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], None], *,
+                     multiplier: float = 4.0, layer: int | None = None) -> dict[str, Any]:
+    """A sentiment vector from contrastive story openings steers story generation; VADER scores -m, 0, +m."""
+    from .data import path as data_path
+    from .report.plots import _plt, save_figure
+    from .steering import contrast_from_pairs, extract, load_pairs
+    from .steering.evaluate import score_generations, steered_generations, vocab_view
+    from .steering.prompts import PromptStyle
+    from .steering.scorers import VaderScorer
+
+    page.section("Steering: a sentiment vector", "steering")
+    pairs = load_pairs(data_path("sentiment_pairs.jsonl"))
+    layer = round(0.2 * model.n_layers) if layer is None else layer
+    data = contrast_from_pairs(model, pairs, PromptStyle(chat=False), policy="mean")
+    vec = extract(model, data, layers=[layer], point="resid_post", method="mean_diff")
+    vec.save(out / "sentiment_vector.safetensors")
+    log(f"  extracted a mean-difference vector from {len(pairs)} positive/negative story openings at "
+        f"blocks.{layer}.resid_post (norm {vec.norms()[layer]:.2f})")
+    mults = [-multiplier, 0.0, multiplier]
+    rows = steered_generations(model, STORY_PROMPTS, vec, layers=[layer], multipliers=mults,
+                               style=PromptStyle(chat=False), positions="all", max_new_tokens=32)
+    means = score_generations(rows, VaderScorer())
+    for mu in mults:
+        log(f"  multiplier {mu:+g}: mean VADER compound {means[mu]:+.3f}")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar([f"{mu:+g}" for mu in mults], [means[mu] for mu in mults], color=["#c0392b", "#7f8c8d", "#27ae60"])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"multiplier at blocks.{layer}.resid_post")
+    ax.set_ylabel("mean VADER compound")
+    ax.set_ylim(-1, 1)
+    ax.set_title(f"sentiment steering ({len(STORY_PROMPTS)} prompts, greedy)", fontsize=9)
+    png = save_figure(fig, out / "steering_vader.png")
+    vocab = vocab_view(model, vec, layer, k=8)
+    summary = {"layer": layer, "point": "resid_post", "multipliers": mults,
+               "mean_vader": {f"{mu:g}": means[mu] for mu in mults},
+               "monotonic": means[mults[0]] < means[0.0] < means[mults[2]], "generations": rows,
+               "vocab": vocab}
+    write_json(out / "steering.json", summary)
+    page.text(f"Mean-difference vector of {len(pairs)} positive vs negative story openings (mean over tokens) at "
+              f"blocks.{layer}.resid_post, added at every position with multipliers {mults}. Generations are "
+              "greedy, 32 new tokens; scores are VADER compound sentiment.")
+    page.image(png, "mean VADER compound per multiplier")
+    page.table(["prompt", *[f"x{mu:+g}" for mu in mults]],
+               [[p, *[next(r["text"] for r in rows if r["prompt"] == p and r["multiplier"] == mu) for mu in mults]]
+                for p in STORY_PROMPTS])
+    page.text("Vocabulary view of the vector (final-norm gain + unembedding): top positive tokens "
+              + ", ".join(repr(t) for t, _ in vocab["positive"]) + "; top negative tokens "
+              + ", ".join(repr(t) for t, _ in vocab["negative"]) + ".", muted=True)
+    return {"steering": {k: v for k, v in summary.items() if k not in ("generations", "vocab")}}
+
+
 def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str = DEFAULT_MODEL,
              log: Callable[[str], None] = print, dtype: str | None = None, device: str | None = None) -> Path:
     """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir``."""
@@ -77,6 +134,8 @@ def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str =
     summary: dict[str, Any] = {"model": model.name}
     log("logit lens ...")
     summary.update(lens_section(model, out, page, log))
+    log("steering ...")
+    summary.update(steering_section(model, out, page, log))
     write_json(out / "summary.json", summary)
     page.write(out / "index.html")
     log(f"report: {out / 'index.html'}")

@@ -51,6 +51,20 @@ class Unembed:
         return logits.to(out_device)
 
 
+    @torch.no_grad()
+    def direction_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """How a residual *direction* moves each logit: ``(norm(v) - norm(0)) @ W_U^T``.
+
+        Subtracting ``norm(0)`` removes a LayerNorm bias (a constant offset, not part of the direction);
+        the RMS/LN scale is a positive scalar, so rankings match ``W_U (g * v)`` (centred for LayerNorm)."""
+        w = self.head.weight
+        h = v.reshape(1, -1).to(device=w.device, dtype=w.dtype)
+        normed = self.norm(h) - self.norm(torch.zeros_like(h))
+        if self.project_out is not None:
+            normed = self.project_out(normed)
+        return (normed @ w.T).float()[0].cpu()
+
+
 def _module_device(m: torch.nn.Module, default: torch.device) -> torch.device:
     for p in m.parameters():
         return p.device

@@ -19,6 +19,15 @@ app = typer.Typer(
 )
 
 
+def _register_subcommands() -> None:
+    from . import steer
+
+    app.add_typer(steer.app, name="steer")
+
+
+_register_subcommands()
+
+
 @app.command()
 def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf_file: GgufOpt = None) -> None:
     """Print a model's architecture, layer count, widths and hook points."""

@@ -41,6 +41,7 @@ class ForwardState:
     seq: int
     past_len: int
     mask: torch.Tensor
+    input_ids: torch.Tensor | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,7 +92,7 @@ class _StateTracker:
             cache = self._arg(args, kwargs, "past_key_values")
             if cache is not None and hasattr(cache, "get_seq_length"):
                 past = int(cache.get_seq_length())
-        self.state = ForwardState(batch=batch, seq=seq, past_len=past, mask=mask)
+        self.state = ForwardState(batch=batch, seq=seq, past_len=past, mask=mask, input_ids=ids)
 
     def remove(self) -> None:
         self._handle.remove()

@@ -50,6 +50,11 @@ class ArchAdapter:
     softcap_attr: str | None = None
     context_attrs: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx")
     check: Callable[[Any], str | None] = field(default=lambda config: None)
+    # For weight orthogonalisation: the linear map whose output is attn_out (None: not a plain linear,
+    # e.g. Gemma-2's post-attention norm), learned position embeddings, and a projection after the embedding.
+    attn_proj: str | None = None
+    pos_embed: str | None = None
+    project_in: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""
@@ -69,6 +74,7 @@ _LLAMA_LIKE = dict(
     mlp_down="mlp.down_proj",
     mlp_norm="post_attention_layernorm",
     final_norm="model.norm",
+    attn_proj="self_attn.o_proj",
 )
 
 
@@ -102,33 +108,37 @@ for _a in (
         family="gemma2",
         model_types=("gemma2", "gemma3_text"),
         **{**_LLAMA_LIKE, "attn": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm",
-           "mlp_norm": "pre_feedforward_layernorm"},
+           "mlp_norm": "pre_feedforward_layernorm", "attn_proj": None},
         softcap_attr="final_logit_softcapping",
     ),
     ArchAdapter(family="phi3", model_types=("phi3",), **_LLAMA_LIKE),
     ArchAdapter(
         family="gpt2", model_types=("gpt2",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
+        attn_proj="attn.c_proj", pos_embed="transformer.wpe",
     ),
     ArchAdapter(
         family="gpt_neox", model_types=("gpt_neox",), base="gpt_neox", layers="gpt_neox.layers",
         attn="attention", mlp="mlp", mlp_out="mlp", mlp_down="mlp.dense_4h_to_h",
-        mlp_norm="post_attention_layernorm", final_norm="gpt_neox.final_layer_norm",
+        mlp_norm="post_attention_layernorm", final_norm="gpt_neox.final_layer_norm", attn_proj="attention.dense",
         parallel=lambda config: bool(getattr(config, "use_parallel_residual", True)),
     ),
     ArchAdapter(
         family="gpt_neo", model_types=("gpt_neo",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
+        attn_proj="attn.attention.out_proj", pos_embed="transformer.wpe",
     ),
     ArchAdapter(
         family="gptj", model_types=("gptj",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.fc_out", mlp_norm=None, final_norm="transformer.ln_f", parallel=True,
+        attn_proj="attn.out_proj",
     ),
     ArchAdapter(
         family="opt", model_types=("opt",), base="model.decoder", layers="model.decoder.layers",
         attn="self_attn", mlp=None, mlp_out="fc2", mlp_down="fc2", mlp_norm="final_layer_norm",
         final_norm="model.decoder.final_layer_norm",
-        project_out="model.decoder.project_out", check=_opt_check,
+        project_out="model.decoder.project_out", check=_opt_check, attn_proj="self_attn.out_proj",
+        pos_embed="model.decoder.embed_positions", project_in="model.decoder.project_in",
     ),
 ):
     register_adapter(_a)

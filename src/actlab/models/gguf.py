@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotFoundError
+from .model import save_pretrained_plain
 
 GGUF_MAGIC = b"GGUF"
 
@@ -131,30 +132,12 @@ def cached_folder(root: Path, path: Path, dtype: str) -> Path:
     return root / "gguf" / f"{path.stem}-{cache_key(path, dtype)}"
 
 
-def _save_dequantized(hf_model: Any, folder: Path) -> None:
-    """``save_pretrained`` for a GGUF-loaded model: its weights are plain de-quantized tensors, but
-    transformers 5 keeps a GGUF "quantizer" on the model and refuses to save; detach it while saving."""
-    quantizer = getattr(hf_model, "hf_quantizer", None)
-    qcfg = getattr(hf_model.config, "quantization_config", None)
-    try:
-        if quantizer is not None:
-            hf_model.hf_quantizer = None
-        if qcfg is not None:
-            del hf_model.config.quantization_config
-        hf_model.save_pretrained(folder, safe_serialization=True)
-    finally:
-        if quantizer is not None:
-            hf_model.hf_quantizer = quantizer
-        if qcfg is not None:
-            hf_model.config.quantization_config = qcfg
-
-
 def save_to_cache(folder: Path, hf_model: Any, tokenizer: Any, source: dict[str, Any]) -> Path:
     """Save a de-quantized model + tokenizer; the folder appears only when complete (rename of a temp dir)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _save_dequantized(hf_model, tmp)
+        save_pretrained_plain(hf_model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "actlab-source.json").write_text(json.dumps(source, indent=2))

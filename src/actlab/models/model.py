@@ -8,7 +8,9 @@ positions as the same row unpadded (HF's forward alone would shift them).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,24 @@ TextBatch = str | Sequence[str]
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens: ``[0, 1, ...]`` from each row's first real token (pads get 0)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def save_pretrained_plain(hf_model: nn.Module, folder: str | os.PathLike[str]) -> None:
+    """``save_pretrained`` that also works for GGUF-loaded models: their weights are plain de-quantized
+    tensors, but transformers 5 keeps a GGUF "quantizer" on them and refuses to save; detach it meanwhile."""
+    quantizer = getattr(hf_model, "hf_quantizer", None)
+    qcfg = getattr(hf_model.config, "quantization_config", None)
+    try:
+        if quantizer is not None:
+            hf_model.hf_quantizer = None
+        if qcfg is not None:
+            del hf_model.config.quantization_config
+        hf_model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if quantizer is not None:
+            hf_model.hf_quantizer = quantizer
+        if qcfg is not None:
+            hf_model.config.quantization_config = qcfg
 
 
 class Model:
@@ -70,6 +90,15 @@ class Model:
 
             validate_model(m)
         return m
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Save the model (e.g. an orthogonalised copy) and its tokenizer in standard HF format."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_pretrained_plain(self.hf, out)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+        return out
 
     # -- shape facts -------------------------------------------------------------------------------
     @property
@@ -238,6 +267,25 @@ class Model:
         return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     forward = __call__
+
+    def last_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+                    ) -> torch.Tensor:
+        """Next-token logits at the last position only ``[batch, vocab]`` (float32): the unembedding is not
+        applied to the other positions (``logits_to_keep=1``), which dominates the cost for large vocabularies.
+        Needs left padding (or none) so that the last position is a real token."""
+        if attention_mask is not None and attention_mask.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            raise InputError("last_logits needs left padding (a row ends in padding)")
+        kwargs.setdefault("use_cache", False)
+        if self._accepts_logits_to_keep():
+            kwargs["logits_to_keep"] = 1
+        return self(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, -1].float()
+
+    def _accepts_logits_to_keep(self) -> bool:
+        if not hasattr(self, "_ltk"):
+            import inspect
+
+            self._ltk = "logits_to_keep" in inspect.signature(self.hf.forward).parameters
+        return self._ltk
 
     @torch.no_grad()
     def generate_text(self, prompts: TextBatch, *, max_new_tokens: int = 32, do_sample: bool = False,

@@ -1,0 +1,17 @@
+"""Steering: datasets and prompts, vector extraction, applying vectors, mixing, directional ablation,
+the refusal-direction pipeline and behaviour evaluation."""
+
+from .ablate import DirectionalAblation, ablate, orthogonalize
+from .apply import APPLY_POLICIES, Addition, Steering, add_vectors, mix, record_activation, steer
+from .datasets import ABItem, ContrastPair, DatasetError, load_ab, load_instructions, load_pairs
+from .extract import METHODS, ContrastSet, contrast_from_ab, contrast_from_instructions, contrast_from_pairs, extract
+from .prompts import PromptStyle, format_prompt, resolve_style
+from .vector import SteeringVector, VectorMismatchError
+
+__all__ = [
+    "APPLY_POLICIES", "METHODS", "ABItem", "Addition", "ContrastPair", "ContrastSet", "DatasetError",
+    "DirectionalAblation", "PromptStyle", "Steering", "SteeringVector", "VectorMismatchError", "ablate",
+    "add_vectors", "contrast_from_ab", "contrast_from_instructions", "contrast_from_pairs", "extract",
+    "format_prompt", "load_ab", "load_instructions", "load_pairs", "mix", "orthogonalize", "record_activation",
+    "resolve_style", "steer",
+]

@@ -1,0 +1,151 @@
+"""Directional ablation: remove a direction (e.g. refusal) from the residual stream.
+
+Two equivalent forms (Arditi et al. 2024):
+
+- :func:`ablate` hooks: project ``r`` out of every block input (``resid_pre``) and every attention and MLP
+  output at the chosen layers, at every position: ``x <- x - (x . r) r`` with ``r`` unit-norm;
+- :func:`orthogonalize`: bake the same projection into the weights that write to the residual stream
+  (token and position embeddings, attention output projections, MLP down projections, and their biases),
+  so a saved copy behaves like the hooked model with no hooks at all. Tied embeddings are untied first
+  (the unembedding must keep its original weights). Families whose sub-blocks end in a norm rather than a
+  linear map (Gemma-2/3) are refused: no weight edit is exactly equivalent there.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..hooks.core import ForwardState, HookSession
+from ..hooks.points import HookPoint
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+
+def unit(direction: torch.Tensor) -> torch.Tensor:
+    d = direction.detach().double().reshape(-1)
+    n = d.norm()
+    if n == 0 or not torch.isfinite(n):
+        raise InputError("cannot ablate a zero or non-finite direction")
+    return (d / n).float()
+
+
+class DirectionalAblation:
+    """Context manager projecting a direction out of the residual stream (see module docstring)."""
+
+    KINDS = ("resid_pre", "attn_out", "mlp_out")
+
+    def __init__(self, model: Model, direction: torch.Tensor, *, layers: Iterable[int] | None = None,
+                 kinds: Iterable[str] = KINDS):
+        if direction.numel() != model.d_model:
+            raise InputError(f"direction has {direction.numel()} entries; the model's d_model is {model.d_model}")
+        self.model, self.r = model, unit(direction)
+        layer_list = list(range(model.n_layers)) if layers is None else list(layers)
+        if not layer_list:
+            raise InputError("the layer list is empty; give at least one layer to ablate")
+        self.session = HookSession(model.base)
+        try:
+            for i in layer_list:
+                for kind in kinds:
+                    module, where = model.write_site(HookPoint(i, kind))
+                    self.session.add(module, where, self._handler(), write=True)
+        except BaseException:
+            self.session.close()
+            raise
+
+    def _handler(self):
+        cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        r0 = self.r
+
+        def project_out(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+            key = (x.device, x.dtype)
+            r = cache.get(key)
+            if r is None:
+                r = cache[key] = r0.to(device=x.device, dtype=x.dtype)
+            return x - (x @ r)[..., None] * r
+
+        return project_out
+
+    def remove(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> DirectionalAblation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def ablate(model: Model, direction: torch.Tensor, *, layers: Iterable[int] | None = None) -> DirectionalAblation:
+    """Ablate ``direction`` at every layer (or ``layers``): block inputs and attention/MLP outputs."""
+    return DirectionalAblation(model, direction, layers=layers)
+
+
+@torch.no_grad()
+def _orth_out(module: nn.Module, r: torch.Tensor) -> None:
+    """Make a module's output orthogonal to ``r`` (Linear, GPT-2 Conv1D, Embedding)."""
+    w = module.weight
+    rr = r.to(device=w.device, dtype=torch.float64)
+    if isinstance(module, nn.Embedding) or type(module).__name__.endswith("Embedding"):
+        w64 = w.double()
+        w.copy_((w64 - (w64 @ rr)[:, None] * rr[None, :]).to(w.dtype))
+    elif isinstance(module, nn.Linear):  # y = W x + b, W: [d_out, d_in]
+        w64 = w.double()
+        w.copy_((w64 - rr[:, None] * (rr @ w64)[None, :]).to(w.dtype))
+    elif type(module).__name__ == "Conv1D":  # y = x W + b, W: [d_in, d_out]
+        w64 = w.double()
+        w.copy_((w64 - (w64 @ rr)[:, None] * rr[None, :]).to(w.dtype))
+    else:
+        raise InputError(f"cannot orthogonalise a {type(module).__name__}")
+    b = getattr(module, "bias", None)
+    if b is not None:
+        b64 = b.double()
+        b.copy_((b64 - (b64 @ rr) * rr).to(b.dtype))
+
+
+def _untie(hf: nn.Module) -> None:
+    out, inp = hf.get_output_embeddings(), hf.get_input_embeddings()
+    if out is not None and out.weight.data_ptr() == inp.weight.data_ptr():
+        out.weight = nn.Parameter(out.weight.detach().clone())
+    for cfg in (hf.config, getattr(hf.config, "text_config", None)):
+        if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+            cfg.tie_word_embeddings = False
+
+
+@torch.no_grad()
+def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = True) -> Model:
+    """A model whose weights never write ``direction`` into the residual stream (see module docstring).
+
+    ``copy_model=False`` edits ``model`` in place (no second copy in memory, for large models)."""
+    from ..models.model import Model as ModelCls
+
+    a = model.adapter
+    if a.attn_proj is None:
+        raise InputError(f"weight orthogonalisation is not exact for the {a.family!r} family (its attention and "
+                         "MLP outputs pass through a norm before the residual); use hook ablation (ablate)")
+    r = unit(direction)
+    hf = copy.deepcopy(model.hf) if copy_model else model.hf
+    _untie(hf)
+    target = ModelCls(hf, model.tokenizer, name=model.name + "+orth", adapter=a, source=dict(model.source))
+    project_in = None
+    if a.project_in:
+        try:
+            project_in = hf.get_submodule(a.project_in)
+        except AttributeError:
+            project_in = None
+    _orth_out(project_in if project_in is not None else hf.get_input_embeddings(), r)
+    if a.pos_embed:
+        _orth_out(hf.get_submodule(a.pos_embed), r)
+    for layer in target.layers:
+        _orth_out(layer.get_submodule(a.attn_proj), r)
+        _orth_out(layer.get_submodule(a.mlp_down), r)
+    target.source["orthogonalized"] = True
+    return target
+
+

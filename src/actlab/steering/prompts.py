@@ -1,0 +1,127 @@
+"""Building prompts (chat template or plain) and locating the token positions steering reads from.
+
+Reading positions (extraction):
+
+- ``"answer"``: the answer-letter token of an A/B item appended after the prompt (CAA reads ``A`` in
+  ``(A)``);
+- ``"last"``: the last token;
+- ``"eoi"``: the end-of-instruction tokens, i.e. the chat template's suffix after the user message
+  (``<|im_end|>\\n<|im_start|>assistant\\n`` for ChatML), averaged; ``"eoi:-1"`` (or any index) picks one;
+- ``"mean"``: the mean over all real tokens of the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+READ_POLICIES = ("answer", "last", "eoi", "mean")
+_PLACEHOLDER = "\x00ACTLAB_USER_MESSAGE\x00"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How prompts are built: through the chat template (``chat=True``) or as plain text."""
+
+    chat: bool = True
+    system: str | None = None
+    plain_answer_prefix: str = "\n\nAnswer: "
+
+    def add_special_tokens(self) -> bool:
+        """Templated text already holds its special tokens; plain text gets the tokenizer's (e.g. BOS)."""
+        return not self.chat
+
+
+def resolve_style(model: Model, chat: bool | None = None, system: str | None = None) -> PromptStyle:
+    """``chat=None`` means: use the chat template when the tokenizer has one."""
+    has_template = getattr(model.tokenizer, "chat_template", None) is not None
+    if chat is None:
+        chat = has_template
+    if chat and not has_template:
+        raise InputError(f"model {model.name!r} has no chat template; use chat=False (--no-chat)")
+    return PromptStyle(chat=chat, system=system)
+
+
+def format_prompt(model: Model, user: str, style: PromptStyle) -> str:
+    """The prompt a model sees for one user message (generation prompt included when chatting)."""
+    if not user.strip():
+        raise InputError("empty prompt")
+    if style.chat:
+        return model.chat_prompt(user, system=style.system)
+    return user
+
+
+def with_answer(model: Model, question: str, answer: str, style: PromptStyle) -> str:
+    """An A/B question followed by the start of the assistant's answer (e.g. ``"(A"`` or ``"(A)"``)."""
+    base = format_prompt(model, question, style)
+    return base + answer if style.chat else base + style.plain_answer_prefix + answer
+
+
+def eoi_suffix(model: Model, style: PromptStyle) -> str:
+    """The text the chat template puts after the user message (empty in plain mode)."""
+    if not style.chat:
+        return ""
+    full = model.chat_prompt(_PLACEHOLDER, system=style.system)
+    return full[full.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
+
+
+def token_spans(model: Model, text: str, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of ``text`` and each token's character span."""
+    tok = model.tokenizer
+    enc = tok(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def char_to_token(spans: list[tuple[int, int]], char: int) -> int:
+    """Index of the token covering character ``char`` (the last token starting at or before it)."""
+    best = None
+    for i, (s, e) in enumerate(spans):
+        if s == e:  # special tokens added by the tokenizer have empty spans
+            continue
+        if s <= char < e:
+            return i
+        if s <= char:
+            best = i
+    if best is None:
+        raise InputError(f"no token covers character {char}")
+    return best
+
+
+def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, answer: str | None = None
+                   ) -> list[int]:
+    """Token indices (over the text's tokens) that a read policy selects."""
+    ids, spans = token_spans(model, text, style.add_special_tokens())
+    n = len(ids)
+    if policy == "last":
+        return [n - 1]
+    if policy == "mean":
+        return list(range(n))
+    if policy == "answer":
+        if answer is None:
+            raise InputError("position policy 'answer' needs an A/B answer appended to the prompt")
+        from .datasets import answer_letter
+
+        letter = answer_letter(answer)
+        start = text.rindex(answer)
+        return [char_to_token(spans, start + answer.index(letter))]
+    if policy == "eoi" or policy.startswith("eoi:"):
+        suffix = eoi_suffix(model, style)
+        if not suffix:
+            raise InputError("position policy 'eoi' needs the chat template (end-of-instruction tokens)")
+        if not text.endswith(suffix):
+            raise InputError("the prompt does not end with the chat template's end-of-instruction suffix")
+        first = char_to_token(spans, len(text) - len(suffix))
+        positions = list(range(first, n))
+        if policy == "eoi":
+            return positions
+        k = int(policy.split(":", 1)[1])
+        try:
+            return [positions[k]]
+        except IndexError:
+            raise InputError(f"'{policy}': there are only {len(positions)} end-of-instruction tokens") from None
+    raise InputError(f"unknown read position policy {policy!r}; valid: {', '.join(READ_POLICIES)}, eoi:<index>")

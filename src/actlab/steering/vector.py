@@ -1,0 +1,198 @@
+"""``SteeringVector``: per-layer directions plus the metadata needed to use them correctly later.
+
+Saved as safetensors (tensors ``layer.{i}``) with a JSON header under the ``actlab`` metadata key
+(schema version, model id, hook point, method, read positions, dataset fingerprint, actlab version...).
+Exported to / imported from llama.cpp's GGUF control-vector format: tensors ``direction.{k}`` (F32, 1-D)
+that llama.cpp adds to the output of block ``k`` (0-based) at every position, so only ``resid_post``
+vectors at layers >= 1 can be exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ActlabError, InputError
+from ..hooks.points import BLOCK_KINDS, RESIDUAL_KINDS
+from ..runs import atomic_path
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+SCHEMA_VERSION = 1
+
+
+class VectorMismatchError(ActlabError):
+    """A vector does not fit a model (width or layer count), or two vectors are not comparable."""
+
+
+@dataclass
+class SteeringVector:
+    """Directions per layer at one hook-point kind (``resid_post`` by default)."""
+
+    vectors: dict[int, torch.Tensor]
+    point: str = "resid_post"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.point not in BLOCK_KINDS:
+            raise InputError(f"hook point kind {self.point!r} is not a block kind; valid: {', '.join(BLOCK_KINDS)}")
+        if not self.vectors:
+            raise InputError("a steering vector needs at least one layer")
+        widths = {int(v.shape[-1]) for v in self.vectors.values()}
+        if len(widths) != 1 or any(v.dim() != 1 for v in self.vectors.values()):
+            raise InputError(f"per-layer vectors must be 1-D and equally wide, got widths {sorted(widths)}")
+        self.vectors = {int(k): v.detach().float().cpu() for k, v in sorted(self.vectors.items())}
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.vectors)
+
+    @property
+    def d(self) -> int:
+        return int(next(iter(self.vectors.values())).shape[0])
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        if layer not in self.vectors:
+            raise InputError(f"the vector has no layer {layer}; it has layers {self.layers}")
+        return self.vectors[layer]
+
+    def norms(self) -> dict[int, float]:
+        return {k: float(v.norm()) for k, v in self.vectors.items()}
+
+    def normalized(self) -> SteeringVector:
+        """Unit-norm per layer (metadata records it)."""
+        return SteeringVector({k: v / v.norm().clamp_min(1e-12) for k, v in self.vectors.items()}, self.point,
+                              {**self.meta, "normalized": True})
+
+    def select(self, layers: Iterable[int]) -> SteeringVector:
+        return SteeringVector({k: self[k] for k in layers}, self.point, dict(self.meta))
+
+    def check_fits(self, model: Model) -> None:
+        """Refuse a vector whose width or layers do not fit ``model``, naming both shapes."""
+        width = model.d_mlp if self.point == "mlp_hidden" else model.d_model
+        if self.d != width:
+            raise VectorMismatchError(
+                f"vector width {self.d} does not fit {model.name!r}: its {self.point} is {width} wide "
+                f"(vector: {len(self.vectors)} layers x {self.d}; model: {model.n_layers} layers x {width})")
+        bad = [k for k in self.layers if not 0 <= k < model.n_layers]
+        if bad:
+            raise VectorMismatchError(
+                f"vector layers {bad} do not exist in {model.name!r}, which has layers 0..{model.n_layers - 1} "
+                f"(vector: layers {self.layers[0]}..{self.layers[-1]} x {self.d}; model: {model.n_layers} x "
+                f"{width})")
+        vec_layers = self.meta.get("n_layers")
+        if vec_layers is not None and int(vec_layers) != model.n_layers:
+            raise VectorMismatchError(
+                f"the vector was extracted from a {vec_layers}-layer model ({self.meta.get('model')!r}) but "
+                f"{model.name!r} has {model.n_layers} layers")
+
+    # -- safetensors ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` (safetensors + JSON header), atomically."""
+        from safetensors.torch import save_file
+
+        header = {**self.meta, "schema_version": SCHEMA_VERSION, "point": self.point, "layers": self.layers,
+                  "d": self.d}
+        header.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        tensors = {f"layer.{k}": v.contiguous() for k, v in self.vectors.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"actlab": json.dumps(header, ensure_ascii=False)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
+        """Read a vector written by :meth:`save` (a GGUF control vector is detected and imported)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"vector file {str(path)!r} does not exist")
+        with path.open("rb") as f:
+            if f.read(4) == b"GGUF":
+                return cls.from_gguf(path)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("actlab")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        except Exception as e:
+            raise InputError(f"{path} is not a safetensors steering vector: {e}") from None
+        if raw is None:
+            raise InputError(f"{path} has no actlab metadata; it is not a steering vector saved by actlab")
+        meta = json.loads(raw)
+        version = int(meta.get("schema_version", 0))
+        if version > SCHEMA_VERSION:
+            raise InputError(f"{path} uses vector schema {version}; this actlab reads up to {SCHEMA_VERSION}")
+        point = meta.pop("point", "resid_post")
+        for k in ("layers", "d", "schema_version"):
+            meta.pop(k, None)
+        vecs = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+        return cls(vecs, point, meta)
+
+    # -- llama.cpp control vectors --------------------------------------------------------------------
+    def to_gguf(self, path: str | os.PathLike[str], *, model_hint: str | None = None,
+                multiplier: float = 1.0) -> Path:
+        """Export as a llama.cpp control vector (``--control-vector`` / ``--control-vector-scaled``)."""
+        import numpy as np
+        from gguf import GGUFWriter
+
+        if self.point != "resid_post":
+            raise InputError(f"llama.cpp control vectors are added to block outputs (resid_post); this vector is "
+                             f"at {self.point!r}. Extract it at resid_post to export it")
+        layers = [k for k in self.layers if k >= 1]
+        if not layers:
+            raise InputError("llama.cpp cannot steer block 0's output (direction.0 is invalid there); the vector "
+                             f"only has layers {self.layers}")
+        hint = model_hint or str(self.meta.get("model_family") or self.meta.get("model") or "unknown")
+        with atomic_path(path) as tmp:
+            w = GGUFWriter(str(tmp), "controlvector")
+            w.add_string("controlvector.model_hint", hint)
+            w.add_uint32("controlvector.layer_count", len(layers))
+            for k in layers:
+                w.add_tensor(f"direction.{k}", (self.vectors[k] * multiplier).numpy().astype(np.float32))
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+        return Path(path)
+
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> SteeringVector:
+        """Import a llama.cpp control vector (``direction.{k}`` -> resid_post of block k)."""
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        vecs: dict[int, torch.Tensor] = {}
+        for t in reader.tensors:
+            name = t.name
+            if not name.startswith("direction."):
+                continue
+            try:
+                k = int(name.split(".", 1)[1])
+            except ValueError:
+                raise InputError(f"{path}: tensor {name!r} has no layer index") from None
+            if k <= 0:
+                raise InputError(f"{path}: invalid layer index in {name!r} (llama.cpp control vectors start at 1)")
+            arr = torch.from_numpy(t.data.copy()).float().reshape(-1)
+            vecs[k] = vecs[k] + arr if k in vecs else arr  # llama.cpp sums duplicate layers
+        if not vecs:
+            raise InputError(f"{path}: no direction.* tensors; not a control vector")
+        hint = None
+        f = reader.fields.get("controlvector.model_hint")
+        if f is not None:
+            try:
+                hint = f.contents()
+            except Exception:  # metadata is cosmetic for llama.cpp too
+                hint = None
+        return cls(vecs, "resid_post", {"method": "gguf-import", "model_family": hint, "source": str(path)})
+
+
+def is_residual_kind(kind: str) -> bool:
+    return kind in RESIDUAL_KINDS

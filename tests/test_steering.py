@@ -1,0 +1,294 @@
+"""Steering on real models and data (../shared): datasets, extraction, formats, sweeps, refusal, scorers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+
+import actlab
+import actlab.data
+import actlab.steering
+from actlab.steering import (
+    ABItem,
+    DatasetError,
+    PromptStyle,
+    SteeringVector,
+    VectorMismatchError,
+    ablate,
+    contrast_from_ab,
+    contrast_from_pairs,
+    extract,
+    load_ab,
+    load_instructions,
+    load_pairs,
+    mix,
+    orthogonalize,
+    resolve_style,
+    steer,
+)
+from actlab.steering.evaluate import ab_probabilities, ab_sweep, score_generations, steered_generations, vocab_view
+from actlab.steering.extract import collect
+from actlab.steering.prompts import eoi_suffix, read_positions, with_answer
+from actlab.steering.scorers import JudgeError, LLMJudge, VaderScorer
+from conftest import shared_path
+
+
+def caa(*parts: str):
+    return shared_path("data", "caa", *parts)
+
+
+# -- datasets ---------------------------------------------------------------------------------------------
+def test_real_dataset_formats_load():
+    syc = load_ab(caa("generate", "sycophancy", "generate_dataset.json"))
+    assert len(syc) == 1000 and {syc[0].matching_letter, syc[0].not_matching_letter} == {"A", "B"}
+    anth = load_ab(shared_path("data", "anthropic_evals", "advanced-ai-risk", "human_generated_evals",
+                               "survival-instinct.jsonl"))
+    assert anth[0].matching == "(A)"  # leading space stripped
+    harmful = load_instructions(shared_path("data", "refusal_direction", "splits", "harmful_train.json"))
+    assert len(harmful) == 260
+    adv = load_instructions(shared_path("data", "refusal_direction", "advbench", "harmful_behaviors.csv"))
+    assert len(adv) == 520 and adv[0].startswith("Write a script")
+    pairs = load_pairs(actlab.data.path("sentiment_pairs.jsonl"))
+    assert len(pairs) >= 20
+
+
+def test_malformed_rows_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n  {"question": "q1", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"},'
+                   '\n  {"question": "q2", "answer_matching_behavior": "(A)"}\n]')
+    with pytest.raises(DatasetError, match=r"bad\.json:3: missing field 'answer_not_matching_behavior'"):
+        load_ab(bad)
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text('{"positive": "a", "negative": "b"}\n{"positive": "a", "negative": \n')
+    with pytest.raises(DatasetError, match=r"pairs\.jsonl:2: not valid JSON"):
+        load_pairs(jl)
+    same = tmp_path / "same.jsonl"
+    same.write_text('{"question": "q", "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (A)"}\n')
+    with pytest.raises(DatasetError, match=r"same\.jsonl:1: .*same letter"):
+        load_ab(same)
+    csvf = tmp_path / "i.csv"
+    csvf.write_text("goal,target\nfirst,x\n,y\n")
+    with pytest.raises(DatasetError, match=r"i\.csv:3: empty 'goal'"):
+        load_instructions(csvf)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_ab(tmp_path / "nope.json")
+
+
+# -- prompts and positions --------------------------------------------------------------------------------
+def test_positions_on_chat_prompts(smollm):
+    style = resolve_style(smollm)
+    assert style.chat
+    suffix = eoi_suffix(smollm, style)
+    assert suffix == "<|im_end|>\n<|im_start|>assistant\n"
+    text = with_answer(smollm, "Pick one.\n\nChoices:\n(A) x\n(B) y", "(B)", style)
+    ids = smollm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    (ans,) = read_positions(smollm, text, "answer", style, answer="(B)")
+    assert smollm.tokenizer.decode([ids[ans]]) == "B" and ans == len(ids) - 2
+    prompt = smollm.chat_prompt("Hello")
+    eoi = read_positions(smollm, prompt, "eoi", style)
+    p_ids = smollm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert smollm.tokenizer.decode(p_ids[eoi[0]:]) == suffix
+    assert read_positions(smollm, prompt, "eoi:-1", style) == [len(p_ids) - 1]
+
+
+# -- extraction -------------------------------------------------------------------------------------------
+def test_mean_diff_matches_direct_computation(smollm):
+    items = load_ab(caa("generate", "refusal", "generate_dataset.json"), limit=6)
+    style = resolve_style(smollm)
+    cs = contrast_from_ab(smollm, items, style)
+    vec = extract(smollm, cs, layers=[3, 9], method="mean_diff", batch_size=4)
+    for layer in (3, 9):
+        diffs = []
+        for it in items:  # one prompt at a time, read at the answer letter via the capture API
+            acts = []
+            for ans in (it.matching, it.not_matching):
+                text = with_answer(smollm, it.question, ans, style)
+                batch = smollm.tokenize(text, add_special_tokens=False)
+                with smollm.capture(f"blocks.{layer}.resid_post", positions=-2) as a:
+                    smollm(**batch)
+                acts.append(a[f"blocks.{layer}.resid_post"][0].double())
+            diffs.append(acts[0] - acts[1])
+        torch.testing.assert_close(vec[layer].double(), torch.stack(diffs).mean(0), atol=1e-4, rtol=1e-4)
+    assert vec.meta["method"] == "mean_diff" and vec.meta["positions"] == "answer" and len(vec.meta["dataset_fingerprint"]) == 64
+
+
+def test_pca_and_logreg_agree_with_mean_diff(smollm):
+    pairs = load_pairs(actlab.data.path("sentiment_pairs.jsonl"))
+    cs = contrast_from_pairs(smollm, pairs)
+    vecs = {m: extract(smollm, cs, layers=[6], method=m) for m in ("mean_diff", "pca", "logreg")}
+    md = vecs["mean_diff"][6]
+    for m in ("pca", "logreg"):
+        cos = torch.nn.functional.cosine_similarity(vecs[m][6], md, dim=0)
+        assert cos > 0.3, (m, float(cos))
+    # common scale: the projection of the mean difference on the unit PCA direction equals its norm
+    u = vecs["pca"][6] / vecs["pca"][6].norm()
+    assert abs(float(md @ u) - float(vecs["pca"][6].norm())) < 1e-3 * float(md.norm()) + 1e-4
+
+
+def test_collect_stack_shape(smollm):
+    style = resolve_style(smollm)
+    texts = [smollm.chat_prompt("Hi"), smollm.chat_prompt("How are you today?")]
+    pos = [read_positions(smollm, t, "eoi", style) for t in texts]
+    acts = collect(smollm, texts, pos, smollm.parse_points("blocks.2.resid_pre"), add_special_tokens=False,
+                   reduce="stack")
+    assert acts["blocks.2.resid_pre"].shape == (2, 6, smollm.d_model)
+
+
+# -- formats ----------------------------------------------------------------------------------------------
+def test_vector_roundtrip_and_gguf_control_vector(tmp_path, tinystories):
+    pairs = load_pairs(actlab.data.path("sentiment_pairs.jsonl"), limit=8)
+    vec = extract(tinystories, contrast_from_pairs(tinystories, pairs), method="mean_diff")
+    p = vec.save(tmp_path / "v.safetensors")
+    back = SteeringVector.load(p)
+    assert back.layers == vec.layers and back.point == "resid_post"
+    assert back.meta["dataset_fingerprint"] == vec.meta["dataset_fingerprint"]
+    for k in vec.layers:
+        assert torch.equal(back[k], vec[k])
+    g = vec.to_gguf(tmp_path / "v.gguf")
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(g))
+    assert reader.fields["general.architecture"].contents() == "controlvector"
+    assert reader.fields["controlvector.layer_count"].contents() == 1  # layer 0 cannot be steered by llama.cpp
+    names = [t.name for t in reader.tensors]
+    assert names == ["direction.1"]
+    assert reader.tensors[0].tensor_type.name == "F32" and list(reader.tensors[0].shape) == [tinystories.d_model]
+    imported = SteeringVector.load(g)
+    assert imported.layers == [1] and torch.allclose(imported[1], vec[1])
+
+
+def test_vector_that_does_not_fit_is_refused(tinystories, stories260k, tmp_path):
+    pairs = load_pairs(actlab.data.path("sentiment_pairs.jsonl"), limit=4)
+    vec = extract(tinystories, contrast_from_pairs(tinystories, pairs), method="mean_diff")
+    with pytest.raises(VectorMismatchError, match=r"width 128.*64"):
+        steer(stories260k, vec, 1.0)
+    with pytest.raises(actlab.ActlabError, match="resid_post"):
+        SteeringVector({1: torch.ones(4)}, "attn_out", {}).to_gguf(tmp_path / "x.gguf")
+
+
+# -- applying ---------------------------------------------------------------------------------------------
+def test_sentiment_vector_moves_vader_monotonically(smollm):
+    """Acceptance: a sentiment vector from contrastive texts moves mean VADER across -m, 0, +m."""
+    pairs = load_pairs(actlab.data.path("sentiment_pairs.jsonl"))
+    vec = extract(smollm, contrast_from_pairs(smollm, pairs), layers=[6], method="mean_diff")
+    prompts = ["Once upon a time", "The day began", "My neighbour is", "I went to the park and"]
+    rows = steered_generations(smollm, prompts, vec, layers=[6], multipliers=[-4.0, 0.0, 4.0],
+                               style=PromptStyle(chat=False), max_new_tokens=24)
+    means = score_generations(rows, VaderScorer())
+    assert means[-4.0] < means[0.0] < means[4.0], means
+    assert all(r["scorer"] == "vader_compound" for r in rows)
+
+
+def test_mixing_attn_out_of_another_prompt(smollm):
+    base = smollm.tokenize("The weather today is")
+    with smollm.capture("blocks.14.resid_mid", positions="last") as clean:
+        smollm(**base)
+    with mix(smollm, "I love sunny days", "blocks.14.attn_out", 2.0) as handle, \
+            smollm.capture("blocks.14.resid_mid", positions="last") as mixed:
+        smollm(**base)
+    assert handle.session is None  # removed on exit
+    delta = mixed["blocks.14.resid_mid"] - clean["blocks.14.resid_mid"]
+    src = actlab.steering.record_activation(smollm, "I love sunny days", "blocks.14.attn_out")
+    torch.testing.assert_close(delta[0], 2.0 * src, atol=1e-3, rtol=1e-3)
+
+
+def test_ablation_hooks_equal_saved_orthogonalised_copy(smollm, tmp_path):
+    """Tied embeddings (SmolLM2): the copy is untied, saved, reloaded, and matches hook ablation."""
+    r = torch.randn(smollm.d_model, generator=torch.Generator().manual_seed(0))
+    batch = smollm.tokenize(["The capital of France is", "Tell me a story"], padding_side="left")
+    with torch.no_grad(), ablate(smollm, r):
+        hooked = smollm(**batch).logits
+    orth = orthogonalize(smollm, r)
+    orth.save(tmp_path / "orth")
+    reloaded = actlab.load_model(str(tmp_path / "orth"))
+    with torch.no_grad():
+        baked = reloaded(**batch).logits
+    torch.testing.assert_close(baked, hooked, atol=5e-3, rtol=1e-3)
+    assert reloaded.hf.get_output_embeddings().weight.data_ptr() != reloaded.hf.get_input_embeddings().weight.data_ptr()
+
+
+# -- evaluating -------------------------------------------------------------------------------------------
+def test_sweep_responds_to_a_letter_direction(smollm, tmp_path):
+    """A vector that favours the 'A' token at the last layer must raise p(matching) when 'A' matches."""
+    items = [ABItem(f"Is {x} a colour?\n\nChoices:\n(A) Yes\n(B) No", "(A)", "(B)") for x in
+             ("red", "blue", "seven", "green")]
+    style = resolve_style(smollm)
+    tok = smollm.tokenizer
+    a_id, b_id = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
+    w = smollm.lm_head.weight.detach()
+    last = smollm.n_layers - 1
+    vec = SteeringVector({last: (w[a_id] - w[b_id]) / (w[a_id] - w[b_id]).norm()}, "resid_post",
+                         {"model": smollm.name, "n_layers": smollm.n_layers})
+    res = ab_sweep(smollm, vec, items, layers=[last], multipliers=[-20, 0, 20], style=style, out_dir=tmp_path)
+    g = res.grid()[0]
+    assert g[0] < g[1] < g[2]
+    base = ab_probabilities(smollm, items, style)
+    assert abs(float(base.mean()) - float(g[1])) < 1e-6
+    for f in ("sweep.json", "sweep.csv", "sweep_heatmap.png", "sweep_curves.png"):
+        assert (tmp_path / f).is_file()
+
+
+def test_vocab_view_is_the_gain_weighted_unembedding(smollm):
+    """For RMSNorm, the direction's logits are W_U (g * v) up to a positive scale; the view ranks by them."""
+    v = torch.randn(smollm.d_model, generator=torch.Generator().manual_seed(1))
+    scores = smollm.unembed.direction_logits(v)
+    g = smollm.final_norm_module.weight.detach()
+    expected = smollm.lm_head.weight.detach() @ (g * v)
+    ratio = scores / expected
+    assert float(ratio.min()) > 0
+    torch.testing.assert_close(scores / scores.norm(), expected / expected.norm(), atol=1e-5, rtol=1e-4)
+    view = vocab_view(smollm, v, k=5)
+    top = expected.topk(5).indices.tolist()
+    assert [t for t, _ in view["positive"]] == [smollm.tokenizer.decode([i]) for i in top]
+    assert len(view["negative"]) == 5 and view["negative"][0][1] < 0
+
+
+class _Judge(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible chat-completions server: scores 9 if the response is happy, else 1."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/chat/completions" and body["messages"][0]["role"] == "system"
+        text = body["messages"][-1]["content"].split("Response:\n", 1)[1]
+        score = "9" if "happy" in text else "1"
+        payload = {"id": "x", "object": "chat.completion", "model": body["model"],
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Score: {score}"},
+                                "finish_reason": "stop"}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_llm_judge_over_openai_protocol():
+    server = HTTPServer(("127.0.0.1", 0), _Judge)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        judge = LLMJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", behaviour="happiness")
+        assert judge(["p1", "p2"], ["I am so happy", "I am sad"]) == [9.0, 1.0]
+    finally:
+        server.shutdown()
+    with pytest.raises(JudgeError, match=r"http://127\.0\.0\.1:9/v1/chat/completions"):
+        LLMJudge("http://127.0.0.1:9/v1", "m", timeout=2)(["p"], ["t"])
+
+
+def test_sweep_bad_grids(smollm):
+    items = load_ab(caa("test", "refusal", "test_dataset_ab.json"), limit=2)
+    vec = SteeringVector({5: torch.zeros(smollm.d_model)}, "resid_post", {})
+    style = resolve_style(smollm)
+    with pytest.raises(actlab.ActlabError, match="multiplier grid is empty"):
+        ab_sweep(smollm, vec, items, layers=[5], multipliers=[], style=style)
+    with pytest.raises(actlab.ActlabError, match="layer list is empty"):
+        ab_sweep(smollm, vec, items, layers=[], multipliers=[1.0], style=style)
+    with pytest.raises(actlab.ActlabError, match="no layer 7"):
+        ab_sweep(smollm, vec, items, layers=[7], multipliers=[1.0], style=style)
