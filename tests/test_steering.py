@@ -113,7 +113,8 @@ def test_mean_diff_matches_direct_computation(smollm):
                 acts.append(a[f"blocks.{layer}.resid_post"][0].double())
             diffs.append(acts[0] - acts[1])
         torch.testing.assert_close(vec[layer].double(), torch.stack(diffs).mean(0), atol=1e-4, rtol=1e-4)
-    assert vec.meta["method"] == "mean_diff" and vec.meta["positions"] == "answer" and len(vec.meta["dataset_fingerprint"]) == 64
+    assert vec.meta["method"] == "mean_diff" and vec.meta["positions"] == "answer"
+    assert len(vec.meta["dataset_fingerprint"]) == 64
 
 
 def test_pca_and_logreg_agree_with_mean_diff(smollm):
