@@ -83,12 +83,16 @@ def test_demo_writes_report(tmp_path, capsys, smollm):
     out = tmp_path / "demo"
     code, _, err = run(["demo", "--out", str(out)], capsys)
     assert code == 0, err
-    for f in ("index.html", "lens.json", "summary.json", "run.json", "lens_paris.png"):
+    for f in ("index.html", "lens.json", "summary.json", "run.json", "lens_paris.png", "steering.json",
+              "steering_vader.png", "sentiment_vector.safetensors"):
         assert (out / f).is_file(), f
     summary = json.loads((out / "summary.json").read_text())
     paris = next(r for r in summary["lens"] if r["prompt"] == "The capital of France is")
     assert paris["model_prediction"] == " Paris" and paris["final_prob"] > 0.5
+    steering = summary["steering"]
+    vader = steering["mean_vader"]
+    assert steering["monotonic"] and vader["-4"] < vader["0"] < vader["4"]
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "<script" not in page
+    assert page.count("data:image/png;base64,") >= 4 and "<script" not in page
     run_meta = json.loads((out / "run.json").read_text())
     assert run_meta["versions"]["torch"] and run_meta["config"]["command"] == "demo"

@@ -12,6 +12,7 @@ import torch
 import actlab
 import actlab.data
 import actlab.steering
+from actlab.analysis.vocab import vocab_view
 from actlab.steering import (
     ABItem,
     DatasetError,
@@ -30,7 +31,7 @@ from actlab.steering import (
     resolve_style,
     steer,
 )
-from actlab.steering.evaluate import ab_probabilities, ab_sweep, score_generations, steered_generations, vocab_view
+from actlab.steering.evaluate import ab_probabilities, ab_sweep, score_generations, steered_generations
 from actlab.steering.extract import collect
 from actlab.steering.prompts import eoi_suffix, read_positions, with_answer
 from actlab.steering.scorers import JudgeError, LLMJudge, VaderScorer

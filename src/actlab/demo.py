@@ -71,10 +71,11 @@ STORY_PROMPTS = ["Once upon a time", "The day began", "My neighbour is", "I went
 def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], None], *,
                      multiplier: float = 4.0, layer: int | None = None) -> dict[str, Any]:
     """A sentiment vector from contrastive story openings steers story generation; VADER scores -m, 0, +m."""
+    from .analysis.vocab import vocab_view
     from .data import path as data_path
     from .report.plots import _plt, save_figure
     from .steering import contrast_from_pairs, extract, load_pairs
-    from .steering.evaluate import score_generations, steered_generations, vocab_view
+    from .steering.evaluate import score_generations, steered_generations
     from .steering.prompts import PromptStyle
     from .steering.scorers import VaderScorer
 

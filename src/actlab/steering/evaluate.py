@@ -247,16 +247,3 @@ def score_generations(rows: list[dict[str, Any]], scorer: Scorer) -> dict[float,
     for r in rows:
         means.setdefault(r["multiplier"], []).append(r["score"])
     return {m: sum(v) / len(v) for m, v in means.items()}
-
-
-def vocab_view(model: Model, vector: SteeringVector | torch.Tensor, layer: int | None = None, *, k: int = 10
-               ) -> dict[str, list[tuple[str, float]]]:
-    """Top positive and negative tokens of a direction through the final norm's gain and the unembedding."""
-    v = vector[layer if layer is not None else vector.layers[0]] if isinstance(vector, SteeringVector) else vector
-    scores = model.unembed.direction_logits(v)
-    tok = model.tokenizer
-    dec = (lambda i: tok.decode([i])) if tok is not None else str
-    top = scores.topk(k)
-    bottom = (-scores).topk(k)
-    return {"positive": [(dec(int(i)), float(s)) for s, i in zip(top.values, top.indices, strict=True)],
-            "negative": [(dec(int(i)), float(-s)) for s, i in zip(bottom.values, bottom.indices, strict=True)]}

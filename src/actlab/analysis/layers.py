@@ -1,0 +1,76 @@
+"""Layer-selection metrics from two contrastive prompt sets, streamed (nothing stored).
+
+Per layer and stream (``resid_pre``, ``resid_mid`` by default): the cosine similarity between the two
+class means, and the mean and the max of the per-feature variance of each set (float64 Welford).
+
+Recommendation rule (stated in outputs): rank layers by the separation ``1 - cos(mean_P, mean_N)`` of
+the chosen stream, highest first, after excluding layers whose max per-feature variance (either set)
+exceeds ``outlier_factor`` x the median over layers (massive-activation layers, where a single feature
+dominates the mean) and the first layer (token embeddings carry no contrast beyond the words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..hooks.stats import stream_stats
+from .similarity import cosine
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+RULE = ("rank layers by 1 - cos(mean_positive, mean_negative) on {stream}, highest first; exclude layer 0 and "
+        "layers whose max per-feature variance exceeds {factor:g}x the median over layers")
+
+
+@dataclass
+class LayerMetrics:
+    streams: list[str]
+    layers: list[int]
+    cos_means: dict[str, list[float]]
+    var_mean: dict[str, dict[str, list[float]]]  # stream -> "positive"/"negative" -> per layer
+    var_max: dict[str, dict[str, list[float]]]
+    recommended: list[int] = field(default_factory=list)
+    rule: str = ""
+    positions: str = "last"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str], *,
+                  streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
+                  batch_size: int = 16, rank_stream: str | None = None, outlier_factor: float = 10.0,
+                  top: int = 5, progress: Callable[[int], None] | None = None) -> LayerMetrics:
+    """Compute the metrics for every layer and stream and recommend layers (see module docstring)."""
+    if not positive or not negative:
+        raise InputError("both prompt sets need at least one prompt")
+    streams = list(streams)
+    rank_stream = rank_stream or streams[-1]
+    if rank_stream not in streams:
+        raise InputError(f"rank stream {rank_stream!r} is not among the streams {streams}")
+    pts = [f"blocks.{i}.{s}" for s in streams for i in range(model.n_layers)]
+    sp = stream_stats(model, positive, pts, positions, batch_size=batch_size, progress=progress)
+    sn = stream_stats(model, negative, pts, positions, batch_size=batch_size, progress=progress)
+    layers = list(range(model.n_layers))
+    out = LayerMetrics(streams, layers, {}, {}, {}, positions=positions)
+    for s in streams:
+        names = [f"blocks.{i}.{s}" for i in layers]
+        out.cos_means[s] = [cosine(sp[n].mean, sn[n].mean) for n in names]
+        out.var_mean[s] = {"positive": [float(sp[n].var.mean()) for n in names],
+                           "negative": [float(sn[n].var.mean()) for n in names]}
+        out.var_max[s] = {"positive": [float(sp[n].var.max()) for n in names],
+                          "negative": [float(sn[n].var.max()) for n in names]}
+    vmax = torch.tensor([max(a, b) for a, b in zip(out.var_max[rank_stream]["positive"],
+                                                   out.var_max[rank_stream]["negative"], strict=True)])
+    limit = float(vmax.median()) * outlier_factor
+    sep = [1 - c for c in out.cos_means[rank_stream]]
+    ok = [i for i in layers if i > 0 and float(vmax[i]) <= limit] or layers
+    out.recommended = sorted(ok, key=lambda i: -sep[i])[:top]
+    out.rule = RULE.format(stream=rank_stream, factor=outlier_factor)
+    return out

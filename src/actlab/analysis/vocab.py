@@ -1,0 +1,65 @@
+"""Vocabulary views of directions: top tokens through the unembedding, per layer, and the dot product of a
+direction with the activations of generated tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..steering.vector import SteeringVector
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+
+def vocab_view(model: Model, vector: SteeringVector | torch.Tensor, layer: int | None = None, *, k: int = 10
+               ) -> dict[str, list[tuple[str, float]]]:
+    """Top positive and negative tokens of a direction through the final norm's gain and the unembedding
+    (see :meth:`actlab.lens.Unembed.direction_logits`)."""
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    v = vector[layer if layer is not None else vector.layers[0]] if isinstance(vector, SteeringVector) else vector
+    if v.numel() != model.d_model:
+        raise InputError(f"direction has {v.numel()} entries; the model's d_model is {model.d_model}")
+    scores = model.unembed.direction_logits(v)
+    tok = model.tokenizer
+    dec = (lambda i: tok.decode([i])) if tok is not None else str
+    top, bottom = scores.topk(k), (-scores).topk(k)
+    return {"positive": [(dec(int(i)), float(s)) for s, i in zip(top.values, top.indices, strict=True)],
+            "negative": [(dec(int(i)), float(-s)) for s, i in zip(bottom.values, bottom.indices, strict=True)]}
+
+
+def vocab_projection(model: Model, vector: SteeringVector, *, layers: Sequence[int] | None = None, k: int = 10
+                     ) -> dict[int, dict[str, list[tuple[str, float]]]]:
+    """:func:`vocab_view` for each layer of a vector."""
+    return {layer: vocab_view(model, vector, layer, k=k) for layer in (layers or vector.layers)}
+
+
+@torch.no_grad()
+def direction_dots(model: Model, direction: torch.Tensor, prompts: Sequence[str], *, layer: int,
+                   point: str = "resid_post", max_new_tokens: int = 24, chat: bool = False) -> list[dict[str, Any]]:
+    """Generate from each prompt, then the dot product of the unit direction with ``blocks.{layer}.{point}``
+    at every generated token (one forward over prompt + generation, so each token's activation is the one
+    the model had when reading it). Wrap the call in ``steer(...)`` to see a steered run."""
+    u = direction.double().reshape(-1)
+    if u.numel() != model.d_model:
+        raise InputError(f"direction has {u.numel()} entries; the model's d_model is {model.d_model}")
+    u = u / u.norm().clamp_min(1e-12)
+    name = f"blocks.{layer}.{point}"
+    model.parse_points(name)
+    out = []
+    for p in prompts:
+        text = model.chat_prompt(p) if chat else p
+        batch = model.tokenize(text, add_special_tokens=not chat)
+        gen = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        n_prompt = batch["input_ids"].shape[1]
+        with model.capture(name, positions="all", dtype=torch.float64) as acts:
+            model(input_ids=gen, attention_mask=torch.ones_like(gen), use_cache=False)
+        dots = (acts[name][0] @ u)[n_prompt:]
+        ids = gen[0, n_prompt:].tolist()
+        out.append({"prompt": p, "tokens": [model.tokenizer.decode([i]) for i in ids],
+                    "dots": [float(x) for x in dots], "layer": layer, "point": point})
+    return out
