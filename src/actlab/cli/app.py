@@ -20,9 +20,14 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from . import steer
+    from . import analysis, steer
 
     app.add_typer(steer.app, name="steer")
+    app.add_typer(analysis.compare_app, name="compare")
+    app.command("layers")(analysis.layers_cmd)
+    app.command("project-vocab")(analysis.project_vocab)
+    app.command("diverge")(analysis.diverge)
+    app.command("report")(analysis.report)
 
 
 _register_subcommands()

@@ -1,0 +1,145 @@
+"""Comparison commands: ``compare vectors``, ``layers``, ``project-vocab``, ``diverge``, ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, load, parse_layers, progress_bar
+
+compare_app = typer.Typer(help="Compare steering vectors across layers and models.", no_args_is_help=True)
+
+
+@compare_app.command("vectors")
+def compare_vectors(
+    vectors: Annotated[list[Path], typer.Argument(help="Vector files (.safetensors).")],
+    out: Annotated[Path, typer.Option(help="Output folder (JSON + PNG).")],
+    versus: Annotated[list[Path] | None, typer.Option("--vs", help="Vectors of a second model for the same "
+                                                              "behaviours, paired by order with VECTORS.")] = None,
+    labels: Annotated[list[str] | None, typer.Option("--label", help="Names for VECTORS (default: file stems).")]
+    = None,
+    force: Annotated[bool, typer.Option(help="Compare even when hook point / positions / family differ.")] = False,
+) -> None:
+    """Layer x layer cosine heatmaps, cross-model cosine per layer (with --vs), and a normalised PCA."""
+    from ..report.analyses import write_vector_comparison
+    from ..steering import SteeringVector
+
+    vs = [SteeringVector.load(p) for p in vectors]
+    other = [SteeringVector.load(p) for p in versus or []]
+    names = list(labels) if labels else [p.stem for p in vectors]
+    other_names = [f"{p.stem} ({p.parent.name})" if p.stem in names else p.stem for p in versus or []]
+    res = write_vector_comparison(out, vs, names, versus=other, versus_labels=other_names, force=force)
+    for pair, per_layer in res["cross_model"].items():
+        console.print(f"{pair}: " + ", ".join(f"L{k} {c:.3f}" for k, c in per_layer.items()))
+    if res["forced_differences"]:
+        console.print("[yellow]compared despite differences:[/yellow] " + "; ".join(res["forced_differences"]))
+    console.print(f"wrote {out}/vector_comparison.json and PNGs")
+
+
+def layers_cmd(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    positive: Annotated[Path | None, typer.Option(help="Positive prompts (instruction list JSON/CSV).")] = None,
+    negative: Annotated[Path | None, typer.Option(help="Negative prompts.")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="Or: contrastive pairs JSONL (positive/negative).")] = None,
+    ab: Annotated[Path | None, typer.Option(help="Or: A/B items; prompts end in the matching / other answer.")]
+    = None,
+    streams: Annotated[str, typer.Option(help="Comma-separated streams.")] = "resid_pre,resid_mid",
+    positions: Annotated[str, typer.Option(help="last or tokens.")] = "last",
+    limit: Annotated[int | None, typer.Option(help="Use at most this many prompts per set.")] = None,
+    top: Annotated[int, typer.Option(help="How many layers to recommend.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Layer-selection metrics from two contrastive prompt sets, and the recommended layers."""
+    from ..errors import InputError
+    from ..report.analyses import write_layer_metrics
+    from ..steering import load_ab, load_instructions, load_pairs, resolve_style
+    from ..steering.prompts import with_answer
+
+    m = load(model, dtype, device, gguf_file)
+    if pairs:
+        ps = load_pairs(pairs, limit=limit)
+        pos, neg = [p.positive for p in ps], [p.negative for p in ps]
+    elif ab:
+        style = resolve_style(m)
+        items = load_ab(ab, limit=limit)
+        pos = [with_answer(m, it.question, it.matching, style) for it in items]
+        neg = [with_answer(m, it.question, it.not_matching, style) for it in items]
+    elif positive and negative:
+        pos, neg = load_instructions(positive, limit=limit), load_instructions(negative, limit=limit)
+    else:
+        raise InputError("give --positive and --negative, or --pairs, or --ab")
+    with progress_bar("streaming statistics", len(pos) + len(neg)) as advance:
+        res = write_layer_metrics(out, m, pos, neg, streams=[s.strip() for s in streams.split(",") if s.strip()],
+                                  positions=positions, batch_size=batch_size, top=top, progress=advance)
+    console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})")
+    console.print(f"wrote {out}/layer_metrics.json and layer_metrics.png")
+
+
+def project_vocab(
+    vector: Annotated[Path, typer.Argument(help="Vector file.")],
+    model: ModelArg,
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    layers: Annotated[str | None, typer.Option(help="Layers (default: all the vector has).")] = None,
+    k: Annotated[int, typer.Option("--k", help="Tokens per side.")] = 10,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Also: dot products with the "
+                                                                            "activations of generated tokens.")]
+    = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 24,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Top positive and negative tokens of a direction per layer (and its dot product along generations)."""
+    from ..report.analyses import write_vocab_projection
+    from ..steering import SteeringVector
+
+    m = load(model, dtype, device, gguf_file)
+    vec = SteeringVector.load(vector)
+    vec.check_fits(m)
+    lay = parse_layers(layers, m.n_layers)
+    res = write_vocab_projection(out, m, vec, layers=lay, k=k, prompts=prompt or [], max_new_tokens=max_new_tokens)
+    t = Table(title=f"vocabulary projection of {vector.name}")
+    t.add_column("layer", justify="right")
+    t.add_column("top positive")
+    t.add_column("top negative")
+    for row in res["layers"]:
+        t.add_row(str(row["layer"]), row["positive"], row["negative"])
+    console.print(t)
+    console.print(f"wrote {out}/vocab_projection.json" + (" and direction_dots.json" if prompt else ""))
+
+
+def diverge(
+    model_a: Annotated[str, typer.Argument(help="First checkpoint (e.g. the base model).")],
+    model_b: Annotated[str, typer.Argument(help="Second checkpoint of the same architecture.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    top_k: Annotated[int, typer.Option(help="How many layers to list.")] = 5,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Per-layer parameter divergence (L2 norm of the difference per layer and module)."""
+    from ..report.analyses import write_divergence
+
+    a = load(model_a, dtype, device, validate=False)
+    b = load(model_b, dtype, device, validate=False)
+    res = write_divergence(out, a, b, top_k=top_k)
+    console.print("top layers by L2 divergence: " + ", ".join(
+        f"{i} ({res['per_layer'][i]:.4g})" for i in res["top_layers"]))
+    console.print(f"wrote {out}/divergence.json and divergence.png")
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by actlab.")],
+    out: Annotated[Path | None, typer.Option(help="Output HTML (default: RUN_DIR/report.html).")] = None,
+) -> None:
+    """Build one self-contained offline HTML page for everything a run directory holds."""
+    from ..report.run_report import build_report
+
+    path = build_report(run_dir, out)
+    console.print(f"wrote {path}")

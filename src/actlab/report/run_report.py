@@ -1,0 +1,180 @@
+"""``actlab report RUN_DIR``: one self-contained offline HTML page for everything a run directory holds.
+
+Every folder becomes a section (listed in the index). In it: the run record (``run.json``), each JSON
+result rendered as tables (with the PNGs whose names start like the JSON file beside it), the other PNGs,
+CSV files as tables, and a list of the remaining artifacts (vectors, checkpoints) with their sizes.
+Images are embedded as data URIs and every string from the run is escaped, so the page makes no request
+and no token text can inject markup.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .html import Page, esc, tok
+
+MAX_ROWS = 60
+_SKIP_SUFFIXES = (".tmp",)
+
+
+def _scalar(x: Any) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool))
+
+
+def _fmt(x: Any) -> Any:
+    if isinstance(x, float):
+        return x
+    if isinstance(x, (dict, list)):
+        s = json.dumps(x, ensure_ascii=False)
+        return s if len(s) <= 160 else s[:157] + "..."
+    return "" if x is None else x
+
+
+def _table_of_dicts(page: Page, rows: list[dict[str, Any]]) -> None:
+    cols: list[str] = []
+    for r in rows[:MAX_ROWS]:
+        for k in r:
+            if k not in cols and len(cols) < 12:
+                cols.append(k)
+    page.table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows[:MAX_ROWS]])
+    if len(rows) > MAX_ROWS:
+        page.text(f"({len(rows) - MAX_ROWS} more rows in the file)", muted=True)
+
+
+def render_value(page: Page, obj: Any, depth: int = 0) -> None:
+    """Generic rendering: scalars as a key/value table, lists of records as tables, the rest recursively."""
+    if isinstance(obj, list):
+        if obj and all(isinstance(r, dict) for r in obj):
+            _table_of_dicts(page, obj)
+        elif all(_scalar(x) for x in obj):
+            page.text(", ".join(str(x) for x in obj[:200]))
+        else:
+            page.pre(json.dumps(obj, indent=1, ensure_ascii=False)[:4000])
+        return
+    if not isinstance(obj, dict):
+        page.text(str(obj))
+        return
+    scalars = [(k, v) for k, v in obj.items() if _scalar(v) or (isinstance(v, list) and all(_scalar(x) for x in v)
+                                                               and len(v) <= 40)]
+    if scalars:
+        page.table(["field", "value"], [[k, _fmt(v)] for k, v in scalars])
+    for k, v in obj.items():
+        if (k, v) in scalars:
+            continue
+        if depth >= 2:
+            page.heading(str(k))
+            page.pre(json.dumps(v, indent=1, ensure_ascii=False)[:3000])
+            continue
+        page.heading(str(k))
+        render_value(page, v, depth + 1)
+
+
+def _render_dots(page: Page, obj: dict[str, Any]) -> None:
+    for row in obj.get("results", []):
+        dots = row.get("dots", [])
+        scale = max((abs(d) for d in dots), default=1.0) or 1.0
+        spans = []
+        for t, d in zip(row.get("tokens", []), dots, strict=False):
+            a = min(abs(d) / scale, 1.0)
+            color = f"rgba(39,174,96,{a:.2f})" if d >= 0 else f"rgba(192,57,43,{a:.2f})"
+            spans.append(f'<span title="{d:.3f}" style="background:{color}">{esc(t)}</span>')
+        page.html(f"<p><b>{esc(row.get('prompt', ''))}</b> {''.join(spans)}</p>")
+    page.text("Green: positive dot product with the unit direction; red: negative; opacity: magnitude.", muted=True)
+
+
+def _render_lens(page: Page, obj: dict[str, Any]) -> None:
+    if "summary" in obj:
+        _table_of_dicts(page, obj["summary"])
+    for res in obj.get("results", []):
+        for pr in res.get("prompts", []):
+            page.heading(f"Prompt: {pr.get('prompt', '')}")
+            rows = []
+            for kind, entries in pr.get("points", {}).items():
+                for e in entries:
+                    top = ", ".join(f"{tok(t['token'])} {t['prob']:.2f}" for t in e.get("top", [])[:3])
+                    rows.append([esc(kind), esc(e.get("layer")), top, esc(f"{e.get('target_prob', float('nan')):.3f}")])
+            page.table(["point", "layer", "top tokens", "p(target)"], rows, raw_cells=True)
+
+
+_RENDERERS = {"direction_dots": _render_dots}
+
+
+def _render_json(page: Page, path: Path) -> None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        page.text(f"(could not read {path.name}: {e})", muted=True)
+        return
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind in _RENDERERS:
+        _RENDERERS[kind](page, obj)
+    elif isinstance(obj, dict) and "results" in obj and path.stem == "lens":
+        _render_lens(page, obj)
+    else:
+        render_value(page, obj)
+
+
+def _render_csv(page: Page, path: Path) -> None:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if rows:
+        page.table(rows[0], rows[1:MAX_ROWS + 1])
+        if len(rows) > MAX_ROWS + 1:
+            page.text(f"({len(rows) - MAX_ROWS - 1} more rows in {path.name})", muted=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} TB"
+
+
+def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise InputError(f"run directory {str(root)!r} does not exist")
+    out_path = Path(out) if out else root / "report.html"
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.resolve() != out_path.resolve()
+             and not p.name.startswith(".") and not p.name.endswith(_SKIP_SUFFIXES) and p.name != "report.html"]
+    if not files:
+        raise InputError(f"run directory {str(root)!r} is empty")
+    page = Page(f"actlab report: {root.name}", f"{len(files)} files under {root}")
+    folders = sorted({p.parent for p in files}, key=lambda d: (d != root, str(d)))
+    for folder in folders:
+        here = [p for p in files if p.parent == folder]
+        rel = "." if folder == root else str(folder.relative_to(root))
+        page.section(f"{rel}", f"d{abs(hash(rel)) % 10**8}")
+        claimed: set[Path] = set()
+        run = folder / "run.json"
+        if run in here:
+            page.heading("Run record (config, versions, seed)")
+            _render_json(page, run)
+            claimed.add(run)
+        for j in [p for p in here if p.suffix == ".json" and p not in claimed]:
+            page.heading(j.name)
+            _render_json(page, j)
+            claimed.add(j)
+            for img in [p for p in here if p.suffix == ".png" and p.stem.startswith(j.stem)]:
+                page.image(img, img.name)
+                claimed.add(img)
+        for img in [p for p in here if p.suffix == ".png" and p not in claimed]:
+            page.heading(img.name)
+            page.image(img, img.name)
+            claimed.add(img)
+        for c in [p for p in here if p.suffix == ".csv" and p not in claimed]:
+            page.heading(c.name)
+            _render_csv(page, c)
+            claimed.add(c)
+        rest = [p for p in here if p not in claimed]
+        if rest:
+            page.heading("Other artifacts")
+            page.table(["file", "size"], [[p.name, _size(p.stat().st_size)] for p in rest])
+    return page.write(out_path)
