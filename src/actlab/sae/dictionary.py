@@ -1,0 +1,126 @@
+"""Sparse autoencoders (dictionaries): ReLU + L1 (tied or untied decoder) and TopK.
+
+``x_hat = f(x) @ W_dec + b_dec`` with ``f(x) = act((x - b_dec) @ W_enc + b_enc)``: the decoder bias also
+centres the input (the "input centring by a bias"). Decoder rows (one per feature) are kept at unit norm:
+after every optimiser step they are renormalised, and the gradient component parallel to each row is
+removed before the step, so the L1 penalty cannot be dodged by shrinking codes and growing the decoder.
+Tied dictionaries use ``W_dec = W_enc.T`` (one parameter; its columns are normalised instead).
+
+Parameter names and shapes follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``,
+``b_dec``), so the on-disk formats coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+
+ARCHITECTURES = ("relu", "topk")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and sparsity of one dictionary (training hyper-parameters live in :class:`TrainConfig`)."""
+
+    d_in: int
+    d_sae: int
+    architecture: str = "relu"
+    l1_coefficient: float = 1e-3
+    k: int | None = None
+    tied: bool = False
+    hook_point: str = ""
+    model: str = ""
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(f"unknown SAE architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}")
+        if self.architecture == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise InputError(f"a TopK SAE needs 0 < k <= d_sae ({self.d_sae}); got k={self.k}")
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise InputError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        if not self.name:
+            size = f"{self.d_sae // self.d_in}x" if self.d_sae % self.d_in == 0 else str(self.d_sae)
+            sparsity = f"k{self.k}" if self.architecture == "topk" else f"l1_{self.l1_coefficient:g}"
+            self.name = f"{self.architecture}-{size}-{sparsity}" + ("-tied" if self.tied else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SparseAutoencoder(nn.Module):
+    """One dictionary (see module docstring)."""
+
+    def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d, m = cfg.d_in, cfg.d_sae
+        w = torch.randn(d, m, generator=generator) / d**0.5
+        w = w / w.norm(dim=0, keepdim=True)  # unit columns of W_enc = unit rows of W_dec when tied
+        self.W_enc = nn.Parameter(w.clone())
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if cfg.tied:
+            self.register_parameter("W_dec_param", None)
+        else:
+            self.W_dec_param = nn.Parameter(w.T.clone().contiguous())
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.W_enc.T if self.cfg.tied else self.W_dec_param
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_acts(x)
+        if self.cfg.architecture == "topk":
+            vals, idx = torch.relu(pre).topk(self.cfg.k, dim=-1)  # type: ignore[arg-type]
+            return torch.zeros_like(pre).scatter(-1, idx, vals)
+        return torch.relu(pre)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.encode(x)
+        return self.decode(f), f
+
+    def loss(self, x: torch.Tensor, l1_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """MSE (summed over features, mean over tokens) + L1 of the codes (ReLU SAEs), scaled by ``l1_scale``
+        during L1 warm-up. Decoder rows have unit norm, so the L1 term needs no norm weighting."""
+        x_hat, f = self(x)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        if self.cfg.architecture == "relu":
+            l1 = f.abs().sum(-1).mean()
+            total = mse + l1_scale * self.cfg.l1_coefficient * l1
+        else:
+            l1 = f.abs().sum(-1).mean().detach()
+            total = mse
+        return total, {"mse": mse.detach(), "l1": l1.detach(), "codes": f.detach(), "x_hat": x_hat.detach()}
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Renormalise decoder rows (tied: encoder columns) to unit norm."""
+        if self.cfg.tied:
+            self.W_enc.div_(self.W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8))
+        else:
+            self.W_dec_param.div_(self.W_dec_param.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Project out the gradient component that would change decoder row norms."""
+        if self.cfg.tied:
+            w, g = self.W_enc, self.W_enc.grad
+            if g is not None:
+                g.sub_((g * w).sum(0, keepdim=True) * w)
+        else:
+            w, g = self.W_dec_param, self.W_dec_param.grad
+            if g is not None:
+                g.sub_((g * w).sum(1, keepdim=True) * w)

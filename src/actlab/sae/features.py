@@ -1,0 +1,138 @@
+"""Working with features: overlap between two dictionaries, top-activating contexts, and splicing a
+dictionary into the model to zero-ablate or scale chosen features.
+
+Feature interventions keep the reconstruction error: the activation becomes
+``x + decode(f') - decode(f)`` with ``f = encode(x)`` and ``f'`` the edited codes, so features left alone
+leave the model's outputs exactly unchanged, whatever the dictionary's reconstruction quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from .dictionary import SparseAutoencoder
+from .metrics import Splice
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+HUNGARIAN_MAX = 4096
+
+
+def decoder_cosines(a: SparseAutoencoder, b: SparseAutoencoder) -> torch.Tensor:
+    """``[d_sae_a, d_sae_b]`` cosine similarity between decoder directions."""
+    if a.cfg.d_in != b.cfg.d_in:
+        raise InputError(f"dictionaries of different input widths cannot be compared ({a.cfg.d_in} vs {b.cfg.d_in})")
+    da = a.W_dec.detach().double()
+    db = b.W_dec.detach().double().to(da.device)
+    da = da / da.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    db = db / db.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return da @ db.T
+
+
+def overlap(a: SparseAutoencoder, b: SparseAutoencoder, *, top: int = 20, hungarian: bool = True) -> dict[str, Any]:
+    """Mean max cosine (greedy, both directions), Hungarian-matched mean cosine, and the most similar pairs."""
+    c = decoder_cosines(a, b)
+    out: dict[str, Any] = {"d_sae_a": a.cfg.d_sae, "d_sae_b": b.cfg.d_sae,
+                           "mean_max_cos_a_to_b": float(c.max(1).values.mean()),
+                           "mean_max_cos_b_to_a": float(c.max(0).values.mean())}
+    if hungarian:
+        if min(c.shape) > HUNGARIAN_MAX:
+            raise InputError(f"Hungarian matching of {c.shape[0]} x {c.shape[1]} features is too slow (limit "
+                             f"{HUNGARIAN_MAX}); use hungarian=False (--no-hungarian) for the greedy measure")
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(-c.cpu().numpy())
+        out["hungarian_mean_cos"] = float(c[rows, cols].mean())
+        out["hungarian_matched"] = len(rows)
+    best = c.max(1)
+    order = best.values.argsort(descending=True)[:top]
+    out["top_pairs"] = [{"feature_a": int(i), "feature_b": int(best.indices[i]), "cos": float(best.values[i])}
+                        for i in order]
+    return out
+
+
+class FeatureIntervention(Splice):
+    """Zero-ablate (``ablate=[...]``) or scale (``scale={f: s}``) features during forward passes or generation,
+    keeping the reconstruction error (see module docstring)."""
+
+    def __init__(self, model: Model, sae: SparseAutoencoder, point: str, *, ablate: Sequence[int] = (),
+                 scale: Mapping[int, float] | None = None):
+        bad = [f for f in [*ablate, *(scale or {})] if not 0 <= f < sae.cfg.d_sae]
+        if bad:
+            raise InputError(f"features {bad} do not exist; the dictionary has features 0..{sae.cfg.d_sae - 1}")
+        factors = torch.ones(sae.cfg.d_sae)
+        for f in ablate:
+            factors[f] = 0.0
+        for f, s in (scale or {}).items():
+            factors[f] = s
+        touched = (factors != 1).nonzero()[:, 0]
+        fac = factors[touched].to(sae.W_enc.device)
+        w = sae.W_dec[touched].detach()
+
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                f = sae.encode(x.to(sae.W_enc.device, torch.float32))[..., touched]
+                delta = ((fac - 1) * f) @ w
+            return x + delta.to(x.device, x.dtype)
+
+        super().__init__(model, point, edit)
+
+
+@torch.no_grad()
+def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], *,
+                 features: Sequence[int] | None = None, k: int = 8, batch_size: int = 8, max_length: int = 128,
+                 window: int = 12) -> dict[int, list[dict[str, Any]]]:
+    """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context."""
+    from .store import _token_batch
+
+    pts = model.parse_points(point)
+    if len(pts) != 1:
+        raise InputError(f"top examples read one hook point; {point!r} names {len(pts)}")
+    name = pts[0].name
+    feats = torch.arange(sae.cfg.d_sae) if features is None else torch.tensor(list(features), dtype=torch.long)
+    if len(feats) and (int(feats.min()) < 0 or int(feats.max()) >= sae.cfg.d_sae):
+        raise InputError(f"features must be in 0..{sae.cfg.d_sae - 1}")
+    F = len(feats)
+    best_v = torch.full((F, k), -1.0)
+    best_loc = torch.full((F, k, 2), -1, dtype=torch.long)
+    all_ids: list[list[int]] = []
+    for s in range(0, len(texts), batch_size):
+        batch = _token_batch(model, texts[s:s + batch_size], max_length)
+        acts = model.activations(batch, name, positions="all", dtype=torch.float32)
+        x = acts[name]
+        codes = sae.encode(x.to(sae.W_enc.device))[..., feats.to(sae.W_enc.device)].cpu()  # [B, T, F]
+        lens = acts.lengths
+        valid = torch.arange(codes.shape[1])[None, :] < lens[:, None]
+        codes = codes.masked_fill(~valid[..., None], -1.0)
+        B, T = codes.shape[:2]
+        flat = codes.reshape(B * T, F).T  # [F, B*T]
+        kk = min(k, flat.shape[1])
+        v, i = flat.topk(kk, dim=1)
+        loc = torch.stack([i // T + s, i % T], -1)
+        cat_v = torch.cat([best_v, v], 1)
+        cat_l = torch.cat([best_loc, loc], 1)
+        top = cat_v.topk(k, dim=1)
+        best_v = top.values
+        best_loc = cat_l.gather(1, top.indices[..., None].expand(-1, -1, 2))
+        for b in range(B):
+            all_ids.append(batch["input_ids"][b, : int(lens[b])].tolist())
+    tok = model.tokenizer
+    out: dict[int, list[dict[str, Any]]] = {}
+    for j, f in enumerate(feats.tolist()):
+        rows = []
+        for r in range(k):
+            v = float(best_v[j, r])
+            if v <= 0:
+                continue
+            t_i, p_i = (int(x) for x in best_loc[j, r])
+            ids = all_ids[t_i]
+            lo = max(0, p_i - window)
+            rows.append({"value": v, "text_index": t_i, "token_index": p_i,
+                         "tokens": [tok.decode([i]) for i in ids[lo:p_i + 4]], "highlight": p_i - lo})
+        out[f] = rows
+    return out

@@ -1,0 +1,345 @@
+"""Activation caches: sharded safetensors files + a manifest, written atomically and resumable; a shuffling
+reader over a cache; and an on-the-fly buffer that refills from the live model.
+
+A cache folder holds ``manifest.json`` and ``shard_00000.safetensors``, ... Each shard holds, for every hook
+point, the activations of whole texts' real tokens (pads dropped, BOS dropped unless ``keep_bos``) as
+``[n_tokens, d]``. The manifest records the model, points, widths, dtype, tokenizer, position policy, the
+dataset fingerprint, and per shard its token count, text range and sha256. After each shard the manifest
+is rewritten (temp file + rename), so an interrupted run resumes after the last recorded shard; a reader
+verifies each shard's checksum when it loads it and names a corrupt or truncated file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .. import __version__
+from ..errors import ActlabError, InputError
+from ..runs import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+MANIFEST = "manifest.json"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TEXT_FIELDS = ("text", "review", "content", "document", "prompt", "question")
+
+
+class CacheError(ActlabError):
+    """A cache does not match what it is used for, or a shard is corrupt."""
+
+
+# -- reading text datasets -------------------------------------------------------------------------------
+def read_texts(path: str | os.PathLike[str], *, field: str | None = None, limit: int | None = None) -> list[str]:
+    """Texts from JSONL/JSON (a text field), CSV (a text column), plain text (one per non-empty line), or a
+    folder saved with HF ``datasets`` (``save_to_disk``)."""
+    p = Path(path)
+    out: list[str] = []
+    keys = (field,) if field else TEXT_FIELDS
+    if p.is_dir():
+        try:
+            from datasets import load_from_disk
+        except ImportError as e:  # pragma: no cover
+            raise InputError("reading a saved HF dataset folder needs the datasets package") from e
+        from datasets import DatasetDict
+
+        ds = load_from_disk(str(p))
+        if isinstance(ds, DatasetDict):
+            ds = ds[next(iter(ds.keys()))]  # take the first split
+        col = next((k for k in keys if k in ds.column_names), None)
+        if col is None:
+            raise InputError(f"{p}: no column named {' or '.join(keys)} (columns: {', '.join(ds.column_names)})")
+        for t in ds[col]:
+            out.append(str(t))
+            if limit and len(out) >= limit:
+                break
+    elif not p.is_file():
+        raise InputError(f"dataset {str(p)!r} does not exist")
+    elif p.suffix.lower() == ".csv":
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            col = next((k for k in keys if k in (reader.fieldnames or [])), None)
+            if col is None:
+                raise InputError(f"{p}:1: no column named {' or '.join(keys)} (columns: "
+                                 f"{', '.join(reader.fieldnames or [])})")
+            for row in reader:
+                if (row.get(col) or "").strip():
+                    out.append(row[col])
+                if limit and len(out) >= limit:
+                    break
+    elif p.suffix.lower() in (".jsonl", ".json"):
+        from ..steering.datasets import _rows
+
+        for line, obj in _rows(p):
+            if isinstance(obj, str):
+                out.append(obj)
+            else:
+                col = next((k for k in keys if isinstance(obj, dict) and k in obj), None)
+                if col is None:
+                    raise InputError(f"{p}:{line}: no field named {' or '.join(keys)}")
+                out.append(str(obj[col]))
+            if limit and len(out) >= limit:
+                break
+    else:
+        for line in p.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out.append(line)
+            if limit and len(out) >= limit:
+                break
+    if not out:
+        raise InputError(f"{p}: no texts")
+    return out
+
+
+def _fingerprint(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- writing -----------------------------------------------------------------------------------------------
+def _token_batch(model: Model, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+    tok = model.tokenizer
+    old = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    finally:
+        tok.padding_side = old
+    return {"input_ids": enc["input_ids"].to(model.device), "attention_mask": enc["attention_mask"].to(model.device)}
+
+
+def _keep_mask(model: Model, batch: dict[str, torch.Tensor], keep_bos: bool) -> torch.Tensor:
+    mask = batch["attention_mask"].bool()
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    if not keep_bos and bos is not None:
+        mask = mask & ~((batch["input_ids"] == bos) & (torch.arange(mask.shape[1], device=mask.device) == 0))
+    return mask
+
+
+def estimate_tokens(model: Model, texts: Sequence[str], max_length: int, keep_bos: bool, sample: int = 512) -> int:
+    """Tokens the cache will hold (exact for up to ``sample`` texts, extrapolated beyond)."""
+    part = list(texts[:sample])
+    counts = []
+    for s in range(0, len(part), 64):
+        b = _token_batch(model, part[s:s + 64], max_length)
+        counts += _keep_mask(model, b, keep_bos).sum(1).tolist()
+    per_text = sum(counts) / max(len(counts), 1)
+    return round(per_text * len(texts))
+
+
+def cache_activations(
+    model: Model,
+    texts: Sequence[str],
+    points: str | Iterable[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    dtype: str = "float32",
+    batch_size: int = 16,
+    shard_tokens: int = 65536,
+    max_length: int = 256,
+    keep_bos: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Stream ``texts`` through the model and write the activations at ``points`` (see module docstring)."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if not texts:
+        raise InputError("no texts to cache")
+    pts = model.parse_points(points)
+    widths = {p.name: (model.d_mlp if p.kind == "mlp_hidden" else model.d_model) for p in pts}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(texts)
+    identity = {"model": model.name, "points": [p.name for p in pts], "d": widths, "dtype": dtype,
+                "tokenizer": getattr(model.tokenizer, "name_or_path", ""), "dataset_fingerprint": fp,
+                "n_texts": len(texts), "max_length": max_length, "keep_bos": keep_bos,
+                "positions": "all real tokens; pads dropped" + ("" if keep_bos else "; BOS dropped")}
+    manifest: dict[str, Any] | None = None
+    mpath = out / MANIFEST
+    if mpath.exists() and not overwrite:
+        old = json.loads(mpath.read_text())
+        diff = [k for k in identity if old.get(k) != identity[k]]
+        if diff:
+            raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}: "
+                             + "; ".join(f"{k} {old.get(k)!r} vs {identity[k]!r}" for k in diff[:3])
+                             + "); use another folder or overwrite=True (--overwrite)")
+        manifest = old
+        if manifest.get("complete"):
+            return manifest
+    if manifest is None:
+        for f in out.glob("shard_*.safetensors"):
+            f.unlink()
+        est = estimate_tokens(model, texts, max_length, keep_bos)
+        bytes_per = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+        est_bytes = est * sum(widths.values()) * bytes_per
+        free = shutil.disk_usage(out).free
+        if est_bytes > free * 0.95:
+            raise CacheError(f"the cache needs about {est_bytes / 1e9:.2f} GB ({est} tokens x "
+                             f"{sum(widths.values())} values x {bytes_per} bytes) but {out} has "
+                             f"{free / 1e9:.2f} GB free")
+        manifest = {**identity, "format": "actlab-activation-cache", "version": 1, "actlab_version": __version__,
+                    "estimated_tokens": est, "estimated_bytes": est_bytes, "shards": [], "n_tokens": 0,
+                    "n_texts_done": 0, "complete": False}
+        write_json(mpath, manifest)
+    from safetensors.torch import save_file
+
+    done = int(manifest["n_texts_done"])
+    if progress is not None and done:
+        progress(done)
+    buf: dict[str, list[torch.Tensor]] = {p.name: [] for p in pts}
+    buffered, start = 0, done
+
+    def flush(end: int) -> None:
+        nonlocal buffered, start
+        k = len(manifest["shards"])
+        name = f"shard_{k:05d}.safetensors"
+        tensors = {n: torch.cat(v).contiguous() for n, v in buf.items()}
+        with atomic_path(out / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"texts": f"{start}:{end}"})
+        manifest["shards"].append({"file": name, "n_tokens": buffered, "texts": [start, end],
+                                   "sha256": _sha256(out / name)})
+        manifest["n_tokens"] += buffered
+        manifest["n_texts_done"] = end
+        write_json(mpath, manifest)
+        for v in buf.values():
+            v.clear()
+        buffered, start = 0, end
+
+    target = DTYPES[dtype]
+    for s in range(done, len(texts), batch_size):
+        chunk = texts[s:s + batch_size]
+        batch = _token_batch(model, chunk, max_length)
+        keep = _keep_mask(model, batch, keep_bos)
+        acts = model.activations(batch, pts, positions=keep, dtype=target)
+        for n, x in acts.items():
+            buf[n].append(x)
+        buffered += int(keep.sum())
+        if progress is not None:
+            progress(len(chunk))
+        if buffered >= shard_tokens:
+            flush(s + len(chunk))
+    if buffered:
+        flush(len(texts))
+    manifest["complete"] = True
+    write_json(mpath, manifest)
+    return manifest
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+class CacheReader:
+    """Reads a cache folder for one hook point; refuses a cache of another model or point."""
+
+    def __init__(self, folder: str | os.PathLike[str], point: str, *, model: str | None = None,
+                 verify: bool = True):
+        self.folder = Path(folder)
+        mpath = self.folder / MANIFEST
+        if not mpath.is_file():
+            raise CacheError(f"{self.folder} is not an activation cache (no {MANIFEST})")
+        self.manifest = json.loads(mpath.read_text())
+        m = self.manifest
+        if model is not None and m.get("model") != model:
+            raise CacheError(f"the cache in {self.folder} is from model {m.get('model')!r}, not {model!r}")
+        if point not in m.get("points", []):
+            raise CacheError(f"the cache in {self.folder} holds {m.get('points')}, not hook point {point!r}")
+        if not m.get("shards"):
+            raise CacheError(f"the cache in {self.folder} has no shards yet")
+        self.point, self.verify = point, verify
+        self.d = int(m["d"][point])
+        self._verified: set[str] = set()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    def load_shard(self, k: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        info = self.manifest["shards"][k]
+        path = self.folder / info["file"]
+        if not path.is_file():
+            raise CacheError(f"shard {path} listed in the manifest is missing")
+        if self.verify and info["file"] not in self._verified:
+            if _sha256(path) != info["sha256"]:
+                raise CacheError(f"shard {path} is corrupt or truncated (sha256 does not match the manifest)")
+            self._verified.add(info["file"])
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                x = f.get_tensor(self.point)
+        except Exception as e:
+            raise CacheError(f"shard {path} cannot be read: {e}") from None
+        if x.shape != (info["n_tokens"], self.d):
+            raise CacheError(f"shard {path} holds {tuple(x.shape)}, the manifest says ({info['n_tokens']}, {self.d})")
+        return x
+
+    def batches(self, batch_size: int, *, seed: int = 0, shuffle: bool = True, buffer_shards: int = 4,
+                epochs: int | None = 1) -> Iterator[torch.Tensor]:
+        """Global batches ``[batch_size, d]`` (float32), shuffled within a buffer of shards; deterministic for a
+        seed. ``epochs=None`` cycles forever. A final incomplete batch of an epoch is carried into the next."""
+        g = torch.Generator().manual_seed(seed)
+        n_shards = len(self.manifest["shards"])
+        carry: torch.Tensor | None = None
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            order = torch.randperm(n_shards, generator=g).tolist() if shuffle else list(range(n_shards))
+            for s in range(0, n_shards, buffer_shards):
+                parts = [self.load_shard(k).float() for k in order[s:s + buffer_shards]]
+                if carry is not None:
+                    parts.insert(0, carry)
+                data = torch.cat(parts)
+                if shuffle:
+                    data = data[torch.randperm(len(data), generator=g)]
+                n_full = len(data) // batch_size
+                for b in range(n_full):
+                    yield data[b * batch_size:(b + 1) * batch_size]
+                carry = data[n_full * batch_size:]
+            epoch += 1
+
+
+def online_batches(model: Model, texts: Sequence[str], point: str, batch_size: int, *, buffer_tokens: int = 65536,
+                   seed: int = 0, max_length: int = 256, text_batch: int = 16, keep_bos: bool = False,
+                   epochs: int | None = 1) -> Iterator[torch.Tensor]:
+    """Batches straight from the live model (no disk): a buffer of ``buffer_tokens`` activations is filled,
+    shuffled, drained to half, refilled."""
+    pts = model.parse_points(point)
+    if len(pts) != 1:
+        raise InputError(f"online batches read one hook point; {point!r} names {len(pts)}")
+    name = pts[0].name
+    g = torch.Generator().manual_seed(seed)
+    epoch = 0
+    buf = torch.empty(0)
+    while epochs is None or epoch < epochs:
+        for s in range(0, len(texts), text_batch):
+            batch = _token_batch(model, texts[s:s + text_batch], max_length)
+            x = model.activations(batch, pts, positions=_keep_mask(model, batch, keep_bos), dtype=torch.float32)[name]
+            buf = torch.cat([buf.reshape(-1, x.shape[-1]), x])
+            if len(buf) >= buffer_tokens:
+                buf = buf[torch.randperm(len(buf), generator=g)]
+                while len(buf) >= max(buffer_tokens // 2, batch_size):
+                    yield buf[:batch_size]
+                    buf = buf[batch_size:]
+        epoch += 1
+    buf = buf[torch.randperm(len(buf), generator=g)] if len(buf) else buf
+    while len(buf) >= batch_size:
+        yield buf[:batch_size]
+        buf = buf[batch_size:]

@@ -1,0 +1,310 @@
+"""Training several dictionaries together from one activation stream.
+
+Every batch feeds every dictionary (e.g. 1x and 2x the input width, several L1 coefficients). Each has its
+own Adam optimiser; the learning rate warms up linearly and decays linearly to zero over the last
+``1 - decay_start`` of training; the L1 coefficient warms up linearly; gradients are clipped; decoder rows
+stay unit-norm. Dead features (no activation for ``dead_steps`` steps) are tracked and can be resampled.
+
+Checkpoints are folders of safetensors (parameters, Adam moments and step counts, RNG state, dead-feature
+counters) plus JSON, written to a temp folder and renamed; resuming from one reproduces uninterrupted
+training exactly, because the batch stream is deterministic and is replayed to the checkpoint's step.
+
+Data parallelism: when ``torch.distributed`` is initialised (``torchrun`` / ``accelerate launch``), every
+rank reads the same global batch, trains on its slice ``[rank::world]``, and gradients and statistics are
+averaged with ``all_reduce`` (gloo on CPU, nccl on GPUs) - numerically the single-process update on the
+global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from ..errors import ActlabError, InputError
+from ..runs import write_json
+from .dictionary import SAEConfig, SparseAutoencoder
+from .io import save_sae
+
+
+class TrainingDivergedError(ActlabError):
+    """The loss became NaN/inf; names the step and the last good checkpoint."""
+
+
+class TrainConfig(BaseModel):
+    """Training hyper-parameters (loadable from YAML)."""
+
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(4096, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    decay_start: float = Field(0.8, ge=0, le=1)
+    l1_warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = 1.0
+    dead_steps: int = Field(200, gt=0)
+    resample_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, constant, linear decay to 0 at the end."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    start = int(cfg.decay_start * cfg.steps)
+    decay = 1.0 if step < start or cfg.steps == start else max(0.0, (cfg.steps - step) / (cfg.steps - start))
+    return cfg.lr * warm * decay
+
+
+def l1_scale_at(cfg: TrainConfig, step: int) -> float:
+    return min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
+
+
+def _dist() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= world
+    return t
+
+
+class Trainer:
+    """State of a multi-dictionary training run (see module docstring)."""
+
+    def __init__(self, configs: Sequence[SAEConfig], tcfg: TrainConfig, *, device: str | torch.device = "cpu",
+                 out_dir: str | os.PathLike[str] | None = None):
+        if not configs:
+            raise InputError("no dictionary to train")
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise InputError(f"dictionary names must differ: {names}")
+        self.configs, self.tcfg = list(configs), tcfg
+        self.device = torch.device(device)
+        self.out = Path(out_dir) if out_dir else None
+        self.rank, self.world = _dist()
+        if self.out is not None and self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(tcfg.seed)
+        g = torch.Generator().manual_seed(tcfg.seed)
+        self.saes = [SparseAutoencoder(c, generator=g).to(self.device) for c in configs]
+        self.opts = [torch.optim.Adam(s.parameters(), lr=tcfg.lr, betas=tcfg.betas) for s in self.saes]
+        self.since_fired = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in configs]
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def train_step(self, batch: torch.Tensor) -> dict[str, Any]:
+        x = batch.to(self.device, torch.float32)
+        if self.world > 1:
+            x = x[self.rank::self.world]
+        lr, l1s = lr_at(self.tcfg, self.step), l1_scale_at(self.tcfg, self.step)
+        row: dict[str, Any] = {"step": self.step + 1, "lr": lr, "l1_scale": l1s}
+        for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, parts = sae.loss(x, l1s)
+            if not torch.isfinite(loss):
+                where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
+                raise TrainingDivergedError(f"loss of {sae.cfg.name} became {float(loss.detach())} at step "
+                                            f"{self.step + 1}; last good checkpoint: {where}")
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            for p in sae.parameters():
+                if p.grad is not None:
+                    _all_reduce_mean(p.grad, self.world)
+            sae.remove_parallel_grads()
+            if self.tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.tcfg.grad_clip)
+            opt.step()
+            sae.normalize_decoder()
+            codes = parts["codes"]
+            fired = (codes > 0).any(0).to(torch.long)
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+            self.since_fired[i] = (self.since_fired[i] + 1) * (1 - fired)
+            stats = torch.stack([loss.detach(), parts["mse"], parts["l1"], (codes > 0).float().sum(-1).mean()])
+            _all_reduce_mean(stats, self.world)
+            row[sae.cfg.name] = {"loss": float(stats[0]), "mse": float(stats[1]), "l1": float(stats[2]),
+                                 "l0": float(stats[3]),
+                                 "dead": float((self.since_fired[i] >= self.tcfg.dead_steps).float().mean())}
+            if self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0:
+                row[sae.cfg.name]["resampled"] = self._resample(i, x, parts["x_hat"])
+        self.step += 1
+        return row
+
+    @torch.no_grad()
+    def _resample(self, i: int, x: torch.Tensor, x_hat: torch.Tensor) -> int:
+        """Re-initialise dead features towards badly reconstructed inputs (Anthropic's recipe, simplified)."""
+        sae, opt = self.saes[i], self.opts[i]
+        dead = (self.since_fired[i] >= self.tcfg.dead_steps).nonzero()[:, 0]
+        if len(dead) == 0:
+            return 0
+        err = (x - x_hat).pow(2).sum(-1)
+        if self.world > 1:  # identical choices on every rank: pick from rank 0's slice, broadcast
+            import torch.distributed as dist
+
+            dist.broadcast(err, 0)
+            dist.broadcast(x, 0)
+        idx = torch.multinomial(err + 1e-12, len(dead), replacement=True)
+        dirs = x[idx] - sae.b_dec
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        alive = self.since_fired[i] < self.tcfg.dead_steps
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else torch.tensor(1.0)
+        if sae.cfg.tied:
+            sae.W_enc[:, dead] = dirs.T
+        else:
+            sae.W_dec_param[dead] = dirs
+            sae.W_enc[:, dead] = dirs.T * enc_norm * 0.2
+        sae.b_enc[dead] = 0.0
+        for p in sae.parameters():
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = st[key]
+                if t.shape == sae.W_enc.shape:
+                    t[:, dead] = 0
+                elif t.dim() == 2 or t.shape[0] == sae.cfg.d_sae:
+                    t[dead] = 0
+        self.since_fired[i][dead] = 0
+        return len(dead)
+
+    # -- loop ------------------------------------------------------------------------------------------
+    def fit(self, make_batches: Callable[[int], Iterator[torch.Tensor]],
+            progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Train to ``tcfg.steps``; ``make_batches(start_step)`` yields global batches from that step on."""
+        it = make_batches(self.step)
+        while self.step < self.tcfg.steps:
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise InputError(f"the activation stream ran out after {self.step} steps of {self.tcfg.steps}; "
+                                 "cache more tokens, use more epochs, or train fewer steps") from None
+            row = self.train_step(batch)
+            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
+                self.history.append(row)
+                if self.out is not None and self.rank == 0:
+                    with (self.out / "train_log.jsonl").open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+            if progress is not None:
+                progress(row)
+            if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0 and self.out is not None:
+                self.save_checkpoint()
+        if self.out is not None and self.rank == 0:
+            for sae in self.saes:
+                save_sae(sae, self.out / "saes" / sae.cfg.name, extra={"train": self.tcfg.model_dump(),
+                                                                      "steps": self.step})
+        return self.history
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        if self.out is None:
+            raise InputError("checkpoints need an output folder")
+        if self.rank != 0:
+            return None
+        from safetensors.torch import save_file
+
+        root = self.out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step_{self.step:08d}"
+        tmp = root / f".tmp_step_{self.step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
+        for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+            for name, p in sae.named_parameters():
+                tensors[f"{i}.param.{name}"] = p.detach().cpu().contiguous()
+                st = opt.state.get(p, {})
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    if key in st:
+                        tensors[f"{i}.adam.{name}.{key}"] = torch.as_tensor(st[key]).detach().cpu().clone()
+            tensors[f"{i}.since_fired"] = self.since_fired[i].cpu()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "trainer.json").write_text(json.dumps({
+            "step": self.step, "configs": [c.to_dict() for c in self.configs], "train": self.tcfg.model_dump(),
+            "history": self.history}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self.last_checkpoint = final
+        old = sorted(root.glob("step_*"))[: -self.tcfg.keep_checkpoints]
+        for d in old:
+            shutil.rmtree(d, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / "trainer.json").read_text())
+        if [SAEConfig(**c).name for c in meta["configs"]] != [c.name for c in self.configs]:
+            raise InputError(f"checkpoint {folder} is for dictionaries {[c['name'] for c in meta['configs']]}, "
+                             f"not {[c.name for c in self.configs]}")
+        t = load_file(str(folder / "state.safetensors"))
+        with torch.no_grad():
+            for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+                for name, p in sae.named_parameters():
+                    p.copy_(t[f"{i}.param.{name}"])
+                    if f"{i}.adam.{name}.exp_avg" in t:
+                        opt.state[p] = {"step": t[f"{i}.adam.{name}.step"].clone(),
+                                        "exp_avg": t[f"{i}.adam.{name}.exp_avg"].to(self.device).clone(),
+                                        "exp_avg_sq": t[f"{i}.adam.{name}.exp_avg_sq"].to(self.device).clone()}
+                self.since_fired[i] = t[f"{i}.since_fired"].to(self.device)
+        torch.set_rng_state(t["rng"])
+        self.step = int(meta["step"])
+        self.history = meta["history"]
+        self.last_checkpoint = folder
+
+    def latest_checkpoint(self) -> Path | None:
+        if self.out is None:
+            return None
+        cands = sorted((self.out / "checkpoints").glob("step_*")) if (self.out / "checkpoints").is_dir() else []
+        return cands[-1] if cands else None
+
+
+def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Iterator[torch.Tensor]],
+               tcfg: TrainConfig, *, out_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
+               resume: bool = True, progress: Callable[[dict[str, Any]], None] | None = None
+               ) -> tuple[list[SparseAutoencoder], list[dict[str, Any]]]:
+    """Train dictionaries together; resumes from the latest checkpoint in ``out_dir`` when asked."""
+    tr = Trainer(configs, tcfg, device=device, out_dir=out_dir)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out_dir) / "train_config.json", {"dictionaries": [c.to_dict() for c in configs],
+                                                          "train": tcfg.model_dump()})
+        last = tr.latest_checkpoint() if resume else None
+        if last is not None:
+            tr.load_checkpoint(last)
+        elif (Path(out_dir) / "train_log.jsonl").exists() and tr.rank == 0:
+            (Path(out_dir) / "train_log.jsonl").unlink()
+    tr.fit(make_batches, progress)
+    return tr.saes, tr.history
+
+
+def skip(it: Iterator[torch.Tensor], n: int) -> Iterator[torch.Tensor]:
+    """Drop the first ``n`` batches (to replay a deterministic stream up to a checkpoint)."""
+    for _ in range(n):
+        next(it)
+    return it
+
+
