@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from . import analysis, steer
+    from . import analysis, sae, steer
 
     app.add_typer(steer.app, name="steer")
     app.add_typer(analysis.compare_app, name="compare")
@@ -28,6 +28,8 @@ def _register_subcommands() -> None:
     app.command("project-vocab")(analysis.project_vocab)
     app.command("diverge")(analysis.diverge)
     app.command("report")(analysis.report)
+    app.add_typer(sae.acts_app, name="acts")
+    app.add_typer(sae.sae_app, name="sae")
 
 
 _register_subcommands()

@@ -97,7 +97,11 @@ class progress_bar:
     def __enter__(self):
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total)
-        return lambda n=1: self.progress.advance(task, n)
+
+        def advance(n: int = 1, description: str | None = None) -> None:
+            self.progress.update(task, advance=n, **({"description": description} if description else {}))
+
+        return advance
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()

@@ -101,7 +101,13 @@ def _render_lens(page: Page, obj: dict[str, Any]) -> None:
             page.table(["point", "layer", "top tokens", "p(target)"], rows, raw_cells=True)
 
 
-_RENDERERS = {"direction_dots": _render_dots}
+def _render_top_examples(page: Page, obj: dict[str, Any]) -> None:
+    from .sae import render_top_examples
+
+    render_top_examples(page, obj)
+
+
+_RENDERERS = {"direction_dots": _render_dots, "top_examples": _render_top_examples}
 
 
 def _render_json(page: Page, path: Path) -> None:

@@ -6,6 +6,10 @@ after every optimiser step they are renormalised, and the gradient component par
 removed before the step, so the L1 penalty cannot be dodged by shrinking codes and growing the decoder.
 Tied dictionaries use ``W_dec = W_enc.T`` (one parameter; its columns are normalised instead).
 
+Inputs can be rescaled by a fixed scalar ``input_scale`` (set from the data before training so that
+``E||x * scale||^2 = d_in``); the loss is computed in that normalised space, which makes L1 coefficients
+comparable across models and layers, and outputs are mapped back (``x_hat / scale``).
+
 Parameter names and shapes follow SAELens (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``, ``b_enc``,
 ``b_dec``), so the on-disk formats coincide.
 """
@@ -66,6 +70,7 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(w.clone())
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("input_scale", torch.tensor(1.0))
         if cfg.tied:
             self.register_parameter("W_dec_param", None)
         else:
@@ -76,7 +81,8 @@ class SparseAutoencoder(nn.Module):
         return self.W_enc.T if self.cfg.tied else self.W_dec_param
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """Encoder pre-activations of raw inputs (scaled by ``input_scale`` first)."""
+        return (x * self.input_scale - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_acts(x)
@@ -86,17 +92,26 @@ class SparseAutoencoder(nn.Module):
         return torch.relu(pre)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return f @ self.W_dec + self.b_dec
+        """Reconstruction in the raw input space."""
+        return (f @ self.W_dec + self.b_dec) / self.input_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.encode(x)
         return self.decode(f), f
 
+    @torch.no_grad()
+    def set_input_scale(self, x: torch.Tensor) -> float:
+        """Choose ``input_scale`` so that the mean squared norm of ``x * scale`` is ``d_in``."""
+        ms = float(x.double().pow(2).sum(-1).mean())
+        self.input_scale.fill_((self.cfg.d_in / ms) ** 0.5 if ms > 0 else 1.0)
+        return float(self.input_scale)
+
     def loss(self, x: torch.Tensor, l1_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """MSE (summed over features, mean over tokens) + L1 of the codes (ReLU SAEs), scaled by ``l1_scale``
-        during L1 warm-up. Decoder rows have unit norm, so the L1 term needs no norm weighting."""
+        """MSE in the normalised space (summed over features, mean over tokens) + L1 of the codes (ReLU SAEs),
+        scaled by ``l1_scale`` during L1 warm-up. Decoder rows have unit norm, so the L1 term needs no norm
+        weighting."""
         x_hat, f = self(x)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        mse = ((x_hat - x) * self.input_scale).pow(2).sum(-1).mean()
         if self.cfg.architecture == "relu":
             l1 = f.abs().sum(-1).mean()
             total = mse + l1_scale * self.cfg.l1_coefficient * l1

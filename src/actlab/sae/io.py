@@ -4,6 +4,11 @@ actlab writes the SAELens layout (same file names, tensor names and shapes, and 
 reads: ``d_in``, ``d_sae``, ``architecture``, ``hook_name``, ``model_name``, ``activation_fn_str``, ``k``,
 ``apply_b_dec_to_input``), plus its own keys under ``actlab``. Folders written by SAELens load too
 (``standard``/``relu`` and ``topk`` architectures).
+
+A dictionary trained with an input scale ``s`` is saved with the scale folded into the weights
+(``W_enc * s``, ``W_dec / s``, ``b_dec / s``), which computes the same function on raw activations, so a
+SAELens reader (``normalize_activations: none``) gets the right outputs; actlab records ``s`` and unfolds it
+on load.
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ def save_sae(sae: SparseAutoencoder, folder: str | os.PathLike[str], *, extra: d
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     c = sae.cfg
-    tensors = {"W_enc": sae.W_enc.detach().cpu().contiguous(), "W_dec": sae.W_dec.detach().cpu().contiguous(),
-               "b_enc": sae.b_enc.detach().cpu(), "b_dec": sae.b_dec.detach().cpu()}
+    s = float(sae.input_scale)
+    tensors = {"W_enc": (sae.W_enc.detach() * s).cpu().contiguous(),
+               "W_dec": (sae.W_dec.detach() / s).cpu().contiguous(),
+               "b_enc": sae.b_enc.detach().cpu().clone(), "b_dec": (sae.b_dec.detach() / s).cpu().contiguous()}
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     cfg = {"d_in": c.d_in, "d_sae": c.d_sae, "architecture": "standard" if c.architecture == "relu" else "topk",
            "activation_fn_str": "relu" if c.architecture == "relu" else "topk", "k": c.k,
            "hook_name": c.hook_point, "model_name": c.model, "apply_b_dec_to_input": True,
            "normalize_activations": "none", "dtype": "float32",
-           "actlab": {"version": __version__, "config": c.to_dict(), **(extra or {})}}
+           "actlab": {"version": __version__, "config": c.to_dict(), "input_scale": s, "scale_folded": True,
+                      **(extra or {})}}
     write_json(folder / CFG, cfg)
     return folder
 
@@ -50,8 +58,11 @@ def load_sae(folder: str | os.PathLike[str]) -> SparseAutoencoder:
         raise InputError(f"{str(folder)!r} is not a dictionary folder (needs {CFG} and {WEIGHTS})")
     raw = json.loads((folder / CFG).read_text())
     t = load_file(str(folder / WEIGHTS))
+    scale = 1.0
     if "actlab" in raw:
         cfg = SAEConfig(**raw["actlab"]["config"])
+        if raw["actlab"].get("scale_folded"):
+            scale = float(raw["actlab"].get("input_scale", 1.0))
     else:
         arch = raw.get("architecture", "standard")
         act = raw.get("activation_fn_str", "relu")
@@ -73,9 +84,10 @@ def load_sae(folder: str | os.PathLike[str]) -> SparseAutoencoder:
             raise InputError(f"{folder / WEIGHTS}: {key} should be {shape}, got {got}")
     sae = SparseAutoencoder(cfg)
     with torch.no_grad():
-        sae.W_enc.copy_(t["W_enc"])
+        sae.input_scale.fill_(scale)
+        sae.W_enc.copy_(t["W_enc"] / scale)
         sae.b_enc.copy_(t["b_enc"])
-        sae.b_dec.copy_(t["b_dec"])
+        sae.b_dec.copy_(t["b_dec"] * scale)
         if not cfg.tied:
-            sae.W_dec_param.copy_(t["W_dec"])
+            sae.W_dec_param.copy_(t["W_dec"] * scale)
     return sae

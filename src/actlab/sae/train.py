@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = 2
     log_every: int = Field(10, gt=0)
     seed: int = 0
+    normalize_activations: bool = True
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -113,6 +114,9 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------------------
     def train_step(self, batch: torch.Tensor) -> dict[str, Any]:
         x = batch.to(self.device, torch.float32)
+        if self.step == 0 and self.tcfg.normalize_activations:
+            for sae in self.saes:  # from the whole global batch, so every rank picks the same scale
+                sae.set_input_scale(x)
         if self.world > 1:
             x = x[self.rank::self.world]
         lr, l1s = lr_at(self.tcfg, self.step), l1_scale_at(self.tcfg, self.step)
@@ -159,14 +163,14 @@ class Trainer:
         dead = (self.since_fired[i] >= self.tcfg.dead_steps).nonzero()[:, 0]
         if len(dead) == 0:
             return 0
-        err = (x - x_hat).pow(2).sum(-1)
+        err = ((x - x_hat) * sae.input_scale).pow(2).sum(-1)
         if self.world > 1:  # identical choices on every rank: pick from rank 0's slice, broadcast
             import torch.distributed as dist
 
             dist.broadcast(err, 0)
             dist.broadcast(x, 0)
         idx = torch.multinomial(err + 1e-12, len(dead), replacement=True)
-        dirs = x[idx] - sae.b_dec
+        dirs = x[idx] * sae.input_scale - sae.b_dec
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         alive = self.since_fired[i] < self.tcfg.dead_steps
         enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else torch.tensor(1.0)
@@ -232,6 +236,7 @@ class Trainer:
         tmp.mkdir()
         tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+            tensors[f"{i}.input_scale"] = sae.input_scale.detach().cpu().clone()
             for name, p in sae.named_parameters():
                 tensors[f"{i}.param.{name}"] = p.detach().cpu().contiguous()
                 st = opt.state.get(p, {})
@@ -263,6 +268,7 @@ class Trainer:
         t = load_file(str(folder / "state.safetensors"))
         with torch.no_grad():
             for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
+                sae.input_scale.copy_(t[f"{i}.input_scale"])
                 for name, p in sae.named_parameters():
                     p.copy_(t[f"{i}.param.{name}"])
                     if f"{i}.adam.{name}.exp_avg" in t:

@@ -1,0 +1,85 @@
+"""Run specifications for ``actlab sae train`` (pydantic, loadable from YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from ..errors import InputError
+from .dictionary import SAEConfig
+from .train import TrainConfig
+
+
+class DictionarySpec(BaseModel):
+    """One dictionary: its width as a multiple of the input (``expansion``) or absolute (``d_sae``)."""
+
+    expansion: float | None = 1.0
+    d_sae: int | None = None
+    architecture: str = "relu"
+    l1_coefficient: float = 1e-3
+    k: int | None = None
+    tied: bool = False
+    name: str = ""
+
+    def to_config(self, d_in: int, *, hook_point: str, model: str) -> SAEConfig:
+        d_sae = self.d_sae or round((self.expansion or 1.0) * d_in)
+        return SAEConfig(d_in=d_in, d_sae=d_sae, architecture=self.architecture, l1_coefficient=self.l1_coefficient,
+                         k=self.k, tied=self.tied, hook_point=hook_point, model=model, name=self.name)
+
+
+class SAETrainSpec(BaseModel):
+    """Everything ``sae train`` needs: the activation source, the dictionaries, the training settings."""
+
+    point: str
+    out: Path
+    cache: Path | None = None
+    model: str | None = None
+    data: Path | None = None
+    n_texts: int | None = None
+    dictionaries: list[DictionarySpec] = Field(default_factory=lambda: [DictionarySpec()])
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    device: str = "cpu"
+    buffer_shards: int = 4
+    eval_batches: int = 8
+    max_length: int = 256
+
+    @model_validator(mode="after")
+    def _source(self) -> SAETrainSpec:
+        if self.cache is None and (self.model is None or self.data is None):
+            raise ValueError("give an activation cache (cache: ...) or a model and a text dataset for on-the-fly "
+                             "activations (model: ..., data: ...)")
+        if not self.dictionaries:
+            raise ValueError("dictionaries: give at least one dictionary")
+        return self
+
+
+def load_spec(path: str | Path | None, overrides: dict[str, Any]) -> SAETrainSpec:
+    """Read a YAML spec (optional) and apply command-line overrides (None values are ignored)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{p}: the top level must be a mapping")
+    train = dict(raw.get("train") or {})
+    for k in list(overrides):
+        if k.startswith("train.") and overrides[k] is not None:
+            train[k[6:]] = overrides.pop(k)
+        elif k.startswith("train."):
+            overrides.pop(k)
+    raw["train"] = train
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SAETrainSpec(**raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"]) or "config"
+        raise InputError(f"invalid SAE training config at {loc}: {first['msg']}") from None
