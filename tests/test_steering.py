@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 import torch
 
@@ -249,37 +245,19 @@ def test_vocab_view_is_the_gain_weighted_unembedding(smollm):
     assert len(view["negative"]) == 5 and view["negative"][0][1] < 0
 
 
-class _Judge(BaseHTTPRequestHandler):
-    """A minimal OpenAI-compatible chat-completions server: scores 9 if the response is happy, else 1."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert self.path == "/v1/chat/completions" and body["messages"][0]["role"] == "system"
-        text = body["messages"][-1]["content"].split("Response:\n", 1)[1]
-        score = "9" if "happy" in text else "1"
-        payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Score: {score}"},
-                                "finish_reason": "stop"}]}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+def _happy_judge(messages, model):
+    assert messages[0]["role"] == "system"
+    text = messages[-1]["content"].split("Response:\n", 1)[1]
+    return f"Score: {9 if 'happy' in text else 1}"
 
 
 def test_llm_judge_over_openai_protocol():
-    server = HTTPServer(("127.0.0.1", 0), _Judge)
-    th = threading.Thread(target=server.serve_forever, daemon=True)
-    th.start()
-    try:
-        judge = LLMJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", behaviour="happiness")
+    from openai_server import openai_server
+
+    with openai_server(_happy_judge) as (url, requests):
+        judge = LLMJudge(url, "judge-model", behaviour="happiness")
         assert judge(["p1", "p2"], ["I am so happy", "I am sad"]) == [9.0, 1.0]
-    finally:
-        server.shutdown()
+    assert requests[0]["model"] == "judge-model" and "happiness" in requests[0]["messages"][0]["content"]
     with pytest.raises(JudgeError, match=r"http://127\.0\.0\.1:9/v1/chat/completions"):
         LLMJudge("http://127.0.0.1:9/v1", "m", timeout=2)(["p"], ["t"])
 

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from . import analysis, sae, steer
+    from . import analysis, lfp, sae, steer
 
     app.add_typer(steer.app, name="steer")
     app.add_typer(analysis.compare_app, name="compare")
@@ -30,6 +30,8 @@ def _register_subcommands() -> None:
     app.command("report")(analysis.report)
     app.add_typer(sae.acts_app, name="acts")
     app.add_typer(sae.sae_app, name="sae")
+    app.add_typer(lfp.finetune_app, name="finetune")
+    app.add_typer(lfp.lfp_app, name="lfp")
 
 
 _register_subcommands()

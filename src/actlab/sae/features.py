@@ -86,8 +86,9 @@ class FeatureIntervention(Splice):
 @torch.no_grad()
 def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], *,
                  features: Sequence[int] | None = None, k: int = 8, batch_size: int = 8, max_length: int = 128,
-                 window: int = 12) -> dict[int, list[dict[str, Any]]]:
-    """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context."""
+                 window: int = 12, keep_bos: bool = False) -> dict[int, list[dict[str, Any]]]:
+    """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context. The BOS
+    token is skipped unless ``keep_bos`` (dictionaries are trained without it: its activations are atypical)."""
     from .store import _token_batch
 
     pts = model.parse_points(point)
@@ -108,6 +109,9 @@ def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequen
         codes = sae.encode(x.to(sae.W_enc.device))[..., feats.to(sae.W_enc.device)].cpu()  # [B, T, F]
         lens = acts.lengths
         valid = torch.arange(codes.shape[1])[None, :] < lens[:, None]
+        bos = getattr(model.tokenizer, "bos_token_id", None)
+        if not keep_bos and bos is not None:
+            valid[:, 0] &= batch["input_ids"][:, 0].cpu() != bos
         codes = codes.masked_fill(~valid[..., None], -1.0)
         B, T = codes.shape[:2]
         flat = codes.reshape(B * T, F).T  # [F, B*T]

@@ -3,15 +3,12 @@ OpenAI-compatible chat-completions endpoint. A scorer maps (prompts, texts) to o
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Protocol
 
 from ..errors import ActlabError
+from ..llm import EndpointError, OpenAIChat
 
 
 class Scorer(Protocol):
@@ -36,8 +33,7 @@ class VaderScorer:
         return [float(self._sia.polarity_scores(t)["compound"]) for t in texts]
 
 
-class JudgeError(ActlabError):
-    """The LLM judge endpoint could not be reached or answered unusably (the URL is named)."""
+JudgeError = EndpointError  # the judge's endpoint errors (kept as a name for callers)
 
 
 DEFAULT_RUBRIC = (
@@ -56,41 +52,17 @@ class LLMJudge:
     def __init__(self, base_url: str, model: str, *, behaviour: str = "the target behaviour",
                  rubric: str = DEFAULT_RUBRIC, api_key: str | None = None, timeout: float = 60.0,
                  temperature: float = 0.0):
-        self.base_url = base_url.rstrip("/")
-        self.model, self.behaviour, self.rubric = model, behaviour, rubric
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        self.timeout, self.temperature = timeout, temperature
+        self.client = OpenAIChat(base_url, model, api_key=api_key, timeout=timeout, temperature=temperature)
+        self.base_url, self.model, self.behaviour, self.rubric = self.client.base_url, model, behaviour, rubric
         self.name = f"llm_judge:{model}"
-
-    def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 16) -> str:
-        """One chat-completions call; returns the first choice's text."""
-        url = f"{self.base_url}/chat/completions"
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                           "max_tokens": max_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            raise JudgeError(f"judge endpoint {url} answered HTTP {e.code}: {e.read()[:200]!r}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise JudgeError(f"judge endpoint {url} is unreachable: {getattr(e, 'reason', e)}") from None
-        except json.JSONDecodeError:
-            raise JudgeError(f"judge endpoint {url} did not return JSON") from None
-        try:
-            return str(payload["choices"][0]["message"]["content"])
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge endpoint {url} returned no choices[0].message.content: {payload!r:.200}") from None
 
     def __call__(self, prompts: Sequence[str], texts: Sequence[str]) -> list[float]:
         scores = []
         system = self.rubric.format(behaviour=self.behaviour)
         for p, t in zip(prompts, texts, strict=True):
-            reply = self.chat([{"role": "system", "content": system},
-                               {"role": "user", "content": f"Prompt:\n{p}\n\nResponse:\n{t}\n\nScore (0-10):"}])
+            reply = self.client([{"role": "system", "content": system},
+                               {"role": "user", "content": f"Prompt:\n{p}\n\nResponse:\n{t}\n\nScore (0-10):"}],
+                                max_tokens=16)
             m = re.search(r"-?\d+(?:\.\d+)?", reply)
             if m is None:
                 raise JudgeError(f"judge {self.model} at {self.base_url} gave no number: {reply!r:.100}")

@@ -1,0 +1,146 @@
+"""RL fine-tuning with the lexicon reward and a KL penalty to the base model, through TRL.
+
+The study used PPO with a value head; PPO left TRL's main package in 1.x and needs a reward *model*. actlab
+uses TRL's GRPO (default) or RLOO, which take plain reward functions and penalise KL to the reference
+model with ``beta``. The deviation: a group-relative baseline (several completions per prompt) instead of a
+learned value function. The ``study`` preset keeps the study's batch size (64), KL coefficient (0.5),
+learning rate (1e-6) and gradient clipping (1.0).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ..errors import InputError
+from ..runs import write_json
+from .rewards import lexicon_reward_fn
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+
+class RLConfig(BaseModel):
+    method: str = "grpo"
+    batch_size: int = Field(64, gt=0)
+    num_generations: int = Field(8, gt=1)
+    beta: float = Field(0.5, ge=0)
+    lr: float = Field(1e-6, gt=0)
+    max_grad_norm: float = 1.0
+    max_steps: int = Field(200, gt=0)
+    max_completion_length: int = Field(48, gt=0)
+    prompt_words: int = Field(8, gt=0)
+    n_prompts: int = Field(1024, gt=0)
+    temperature: float = 1.0
+    seed: int = 0
+    logging_steps: int = 1
+
+
+RL_PRESETS: dict[str, RLConfig] = {
+    "study": RLConfig(),
+    "tiny": RLConfig(batch_size=16, num_generations=4, beta=0.5, lr=5e-5, max_steps=20, max_completion_length=24,
+                     n_prompts=128),
+}
+
+
+def imdb_prefixes(path: str | os.PathLike[str], n: int, words: int = 8) -> list[str]:
+    """The first ``words`` words of ``n`` IMDb reviews (HTML line breaks removed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"IMDb file {str(p)!r} does not exist")
+    out = []
+    with p.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "text" not in (reader.fieldnames or []):
+            raise InputError(f"{p}:1: no 'text' column (columns: {', '.join(reader.fieldnames or [])})")
+        for row in reader:
+            ws = row["text"].replace("<br />", " ").split()
+            if len(ws) >= words:
+                out.append(" ".join(ws[:words]))
+            if len(out) >= n:
+                break
+    if not out:
+        raise InputError(f"{p}: no review has {words} words")
+    return out
+
+
+def _trl_common(cfg: Any, out: Path) -> dict[str, Any]:
+    import torch
+
+    return dict(output_dir=str(out / "trl"), learning_rate=cfg.lr, max_grad_norm=cfg.max_grad_norm,
+                max_steps=cfg.max_steps, logging_steps=cfg.logging_steps, report_to=[], save_strategy="no",
+                seed=cfg.seed, use_cpu=not torch.cuda.is_available(), bf16=False, disable_tqdm=True)
+
+
+def quiet(trainer: Any) -> None:
+    """Drop transformers' PrinterCallback (it prints every log dict when progress bars are off); the history
+    is written to finetune.json instead."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def history_from_trainer(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{"step": h["step"], **{k: float(h[k]) for k in keys if k in h}} for h in log_history
+            if any(k in h for k in keys)]
+
+
+def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Fine-tune ``model`` in place with GRPO/RLOO and the lexicon reward; save it under ``out_dir/model``."""
+    from datasets import Dataset
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = Dataset.from_dict({"prompt": prompts[: cfg.n_prompts]})
+    common = _trl_common(cfg, out)
+    if cfg.method == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        args = GRPOConfig(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
+                          beta=cfg.beta, max_completion_length=cfg.max_completion_length,
+                          temperature=cfg.temperature, **common)
+        trainer = GRPOTrainer(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
+                              processing_class=model.tokenizer)
+    elif cfg.method == "rloo":
+        from trl import RLOOConfig, RLOOTrainer
+
+        args = RLOOConfig(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
+                          beta=cfg.beta, max_completion_length=cfg.max_completion_length,
+                          temperature=cfg.temperature, **common)
+        trainer = RLOOTrainer(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
+                              processing_class=model.tokenizer)
+    else:
+        raise InputError(f"unknown RL method {cfg.method!r}; valid: grpo, rloo")
+    quiet(trainer)
+    trainer.train()
+    model.hf.eval()
+    hist = history_from_trainer(trainer.state.log_history, ("reward", "reward_std", "kl", "loss"))
+    model.save(out / "model")
+    summary = {"method": cfg.method, "config": cfg.model_dump(), "history": hist,
+               "deviation": "GRPO/RLOO with a KL penalty (beta) instead of the study's PPO with a value head",
+               "model_dir": str(out / "model")}
+    write_json(out / "finetune.json", summary)
+    _plot_history(hist, out / "finetune.png", ("reward", "kl"))
+    return summary
+
+
+def _plot_history(hist: list[dict[str, Any]], path: Path, keys: tuple[str, ...]) -> None:
+    from ..report.plots import _plt, save_figure
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2))
+    for ax, k in zip(axes if len(keys) > 1 else [axes], keys, strict=True):
+        pts = [(h["step"], h[k]) for h in hist if k in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
+    save_figure(fig, path)
+
+
+def load_history(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / "finetune.json").read_text())

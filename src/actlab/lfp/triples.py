@@ -1,0 +1,119 @@
+"""Contrastive triples: the same passage with a positive, a neutral and a negative word (sentiment task),
+or given/generated positive-neutral-negative rewrites (dialogue tasks).
+
+Sentiment (the study's construction): take IMDb passages containing a lexicon word, and replace that word
+with a randomly drawn positive word, a neutral word (not in the lexicon) and a negative word; the character
+span of the substituted word is recorded so its tokens can be found later.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..llm import OpenAIChat
+
+NEUTRAL_WORDS = (
+    "ordinary", "usual", "particular", "specific", "typical", "average", "certain", "regular", "standard",
+    "general", "common", "normal", "plain", "simple", "basic", "medium", "moderate", "routine", "modern",
+    "recent", "local", "long", "short", "old", "new", "early", "late", "small", "large", "main",
+)
+
+
+def substitute_words(lexicon: dict[str, float], min_valence: float) -> tuple[list[str], list[str], list[str]]:
+    """Positive, neutral and negative substitutes (alphabetic words; neutral ones absent from the lexicon)."""
+    pos = sorted(w for w, v in lexicon.items() if v >= min_valence and w.isalpha() and len(w) > 2)
+    neg = sorted(w for w, v in lexicon.items() if v <= -min_valence and w.isalpha() and len(w) > 2)
+    neu = [w for w in NEUTRAL_WORDS if w not in lexicon]
+    return pos, neu, neg
+
+
+def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, window_words: int = 40,
+                    min_valence: float = 1.5, seed: int = 0) -> list[dict[str, Any]]:
+    """Up to ``n`` triples from ``texts`` (see module docstring)."""
+    rng = random.Random(seed)
+    pos, neu, neg = substitute_words(lexicon, min_valence)
+    if not pos or not neg or not neu:
+        raise InputError("the lexicon has no positive, neutral or negative substitute words")
+    out: list[dict[str, Any]] = []
+    for ti, text in enumerate(texts):
+        ws = text.replace("<br />", " ").split()
+        hits = [i for i, w in enumerate(ws) if lexicon.get(re.sub(r"[^a-z']", "", w.lower()), 0.0) != 0.0]
+        if not hits:
+            continue
+        i = hits[rng.randrange(len(hits))]
+        lo = max(0, i - window_words // 2)
+        window = ws[lo:lo + window_words]
+        j = i - lo
+        core = re.sub(r"[^A-Za-z']", "", window[j])
+        original = core.lower()
+        prefix, _, suffix = window[j].partition(core) if core else ("", "", "")
+        variants = {}
+        subs = {"positive": rng.choice(pos), "neutral": rng.choice(neu), "negative": rng.choice(neg)}
+        for kind, word in subs.items():
+            left = " ".join(window[:j])
+            left = left + " " if left else ""
+            start = len(left) + len(prefix)
+            variants[kind] = {"text": left + prefix + word + suffix + (" " if j + 1 < len(window) else "")
+                              + " ".join(window[j + 1:]), "word": word, "span": [start, start + len(word)]}
+        out.append({"source_text": ti, "original_word": original, "original_valence": lexicon[original],
+                    **variants})
+        if len(out) >= n:
+            break
+    if not out:
+        raise InputError("no passage contains a lexicon word")
+    return out
+
+
+def file_triples(path: str | Path) -> list[dict[str, Any]]:
+    """Triples from JSONL rows ``{"positive", "neutral", "negative"}`` (whole-input deltas)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"triples file {str(p)!r} does not exist")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        missing = [k for k in ("positive", "neutral", "negative") if not isinstance(obj.get(k), str)]
+        if missing:
+            raise InputError(f"{p}:{n}: missing {', '.join(missing)}")
+        out.append({k: {"text": obj[k], "span": None} for k in ("positive", "neutral", "negative")})
+    if not out:
+        raise InputError(f"{p}: no triples")
+    return out
+
+
+REWRITE_PROMPT = (
+    "Rewrite the text below three times, changing as little as possible: once so that it shows strongly "
+    "{positive}, once neutrally, once so that it shows strongly {negative}. Answer with JSON only: "
+    '{{"positive": "...", "neutral": "...", "negative": "..."}}\n\nText:\n{text}'
+)
+
+
+def llm_triples(texts: Sequence[str], client: OpenAIChat, *, positive: str, negative: str, n: int
+                ) -> list[dict[str, Any]]:
+    """Triples written by a rewriting LLM behind an OpenAI-compatible endpoint."""
+    out = []
+    for t in texts[:n]:
+        reply = client([{"role": "user", "content": REWRITE_PROMPT.format(text=t, positive=positive,
+                                                                          negative=negative)}], max_tokens=800)
+        m = re.search(r"\{.*\}", reply, re.S)
+        try:
+            obj = json.loads(m.group()) if m else None
+        except json.JSONDecodeError:
+            obj = None
+        if not obj or not all(isinstance(obj.get(k), str) for k in ("positive", "neutral", "negative")):
+            continue
+        out.append({k: {"text": obj[k], "span": None} for k in ("positive", "neutral", "negative")})
+    if not out:
+        raise InputError(f"the rewriter at {client.url} produced no usable triple")
+    return out

@@ -1,0 +1,47 @@
+"""A small local server speaking the OpenAI chat-completions protocol, for tests of the clients that use
+it (LLM judge, feature explainer, rewriter). The reply is computed by a Python function of the messages."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+Reply = Callable[[list[dict[str, str]], str], str]
+
+
+@contextmanager
+def openai_server(reply: Reply):
+    """Yield the base URL (``http://127.0.0.1:PORT/v1``) of a server answering with ``reply(messages, model)``."""
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append(body)
+            if self.path != "/v1/chat/completions":
+                self.send_error(404)
+                return
+            content = reply(body["messages"], body["model"])
+            data = json.dumps({"id": f"cmpl-{len(requests)}", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,143 @@
+"""Fine-tuning and the Learned-Feedback-Patterns pipeline, end to end with the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from actlab.finetune import lexicon_reward, load_preferences, split_dialogue, vader_lexicon
+from conftest import shared_path
+from openai_server import openai_server
+from test_cli import run
+
+
+def test_lexicon_reward_is_the_studys():
+    lex = vader_lexicon()
+    assert lexicon_reward("Good, GREAT movie!") == pytest.approx((lex["good"] + lex["great"]) / 5)
+    assert lexicon_reward("the the the") == 0.0
+    assert lexicon_reward(" ".join(["best"] * 40)) == 10.0 and lexicon_reward(" ".join(["worst"] * 40)) == -10.0
+
+
+def test_preferences_hh_and_swap(tmp_path):
+    hh = shared_path("data", "hh_rlhf", "harmless-base", "test.jsonl.gz")
+    rows = load_preferences(hh, limit=5)
+    assert all(r["prompt"].endswith("\n\nAssistant:") and r["chosen"] != r["rejected"] for r in rows)
+    swapped = load_preferences(hh, limit=5, swap=True)
+    assert [r["chosen"] for r in swapped] == [r["rejected"] for r in rows]
+    assert split_dialogue("\n\nHuman: a\n\nAssistant: b", "\n\nHuman: x\n\nAssistant: y") is None
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": 3}\n')
+    with pytest.raises(Exception, match=r"p\.jsonl:2: missing or non-string chosen, rejected"):
+        load_preferences(f)
+
+
+def test_dpo_finetune_cli(tmp_path, capsys, tinystories):
+    hh = shared_path("data", "hh_rlhf", "harmless-base", "test.jsonl.gz")
+    code, _, err = run(["finetune", "dpo", "tinystories-656k", "--data", str(hh), "--out", str(tmp_path / "dpo"),
+                          "--steps", "3", "--batch-size", "2", "--limit", "12", "--max-length", "96", "--lr", "1e-4",
+                          "--swap"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "dpo" / "finetune.json").read_text())
+    assert res["swapped"] and res["history"] and "preference_accuracy" in res["history"][-1]
+    assert "kl_estimate" in res["history"][-1]
+    assert (tmp_path / "dpo" / "model" / "config.json").is_file()
+
+
+def _explainer_reply(messages, model):
+    """Says a feature is sentiment-related when one of its snippets contains a lexicon word."""
+    lex = vader_lexicon()
+    content = messages[-1]["content"]
+    marked = re.findall(r"\[\[(.*?)\]\]", content)
+    snippets = [ln for ln in content.splitlines() if "[[" in ln]
+    hits = sum(1 for ln in snippets if any(abs(lex.get(w, 0.0)) >= 1.0 for w in re.findall(r"[a-z']+", ln.lower())))
+    related = hits >= 1
+    return (f"EXPLANATION: fires on {', '.join(sorted({m.strip() for m in marked})[:4])}\n"
+            f"RELATED: {'yes' if related else 'no'}")
+
+
+@pytest.fixture(scope="module")
+def lfp_run(tmp_path_factory, tinystories):
+    from test_analysis import _CaptureShim
+
+    data = shared_path("data", "imdb", "imdb_train_sample.csv")
+    root = tmp_path_factory.mktemp("lfp")
+    with openai_server(_explainer_reply) as (url, requests):
+        cfg = root / "lfp.yaml"
+        cfg.write_text(f"preset: tiny\nrun_dir: run\ndata: {data}\n"
+                       f"explainer: {{kind: openai, base_url: '{url}', model: explainer-1}}\n")
+        result = run(["lfp", "run", str(cfg)], _CaptureShim())
+        n_requests = len(requests)
+    return root, cfg, result, n_requests
+
+
+def test_tiny_pipeline_every_stage(lfp_run):
+    root, _, (code, _, _), n_requests = lfp_run
+    assert code == 0
+    run_dir = root / "run"
+    from actlab.lfp import STAGES
+
+    for stage in STAGES:
+        assert (run_dir / "stages" / f"{stage}.json").is_file(), stage
+    ft = json.loads((run_dir / "finetune" / "finetune.json").read_text())
+    assert ft["history"] and {"reward", "kl"} <= set(ft["history"][-1])
+    assert (run_dir / "finetune" / "model" / "model.safetensors").is_file()
+    layers = json.loads((run_dir / "divergence" / "layers.json").read_text())
+    assert layers["layers"] == [0, 1]  # TinyStories-656K has 2 layers: k = min(5, 2)
+    dic = json.loads((run_dir / "sae" / "dictionaries.json").read_text())
+    assert set(dic["dictionaries"]["0"]) == {"1x", "2x"}
+    for ms in dic["metrics"].values():
+        for m in ms.values():
+            assert m["explained_variance"] > 0.5 and 0 < m["l0"] < 200
+    deltas = json.loads((run_dir / "deltas" / "deltas.json").read_text())
+    assert deltas["mean_delta_pos"] > 0 > deltas["mean_delta_neg"] and deltas["n_features"] == 128 * 2
+    probes = json.loads((run_dir / "probes" / "probes.json").read_text())
+    assert probes["test"]["sign_accuracy"] > probes["xavier_baseline_test"]["sign_accuracy"]
+    ag = json.loads((run_dir / "agreement" / "agreement.json").read_text())
+    assert -1 <= ag["kendall_tau"] <= 1 and 0 <= ag["p_value"] <= 1 and ag["n_words"] == 200
+    assert 0 <= ag["sign_accuracy_negative"] <= 1 and len(ag["words"]) == 200
+    fe = json.loads((run_dir / "features" / "features.json").read_text())
+    assert n_requests == fe["n_features"] == 8 and fe["label_note"].startswith("labels from openai:explainer-1")
+    assert all(f["explanation"].startswith("fires on") for f in fe["features"])
+    assert "reward_before" in fe["ablation"] and fe["frequency"]["average_feature_firing_rate_strong"] >= 0
+    assert 0 < fe["n_related"] <= fe["n_features"] and "reward_after" in fe["ablation"]
+    assert fe["frequency"]["related_firing_rate_strong"] is not None
+    page = (run_dir / "report.html").read_text()
+    for title in ("Parameter divergence per layer", "Probe accuracy", "Agreement with the true feedback",
+                  "Token table", "Feature validation", "PCA of the probe inputs"):
+        assert title in page, title
+    assert "<script" not in page and "http://" not in page.replace(url_free(page), "")
+
+
+def url_free(page: str) -> str:
+    """The explainer URL appears in the label note; everything else must be offline."""
+    m = re.search(r"http://127\.0\.0\.1:\d+/v1", page)
+    return m.group() if m else "\0"
+
+
+def test_rerun_skips_and_unreachable_explainer_keeps_earlier_stages(lfp_run, capsys):
+    root, cfg, _, _ = lfp_run
+    run_dir = root / "run"
+    before = (run_dir / "stages" / "probes.json").read_text()
+    bad = root / "bad.yaml"
+    bad.write_text(cfg.read_text().split("explainer:")[0] +
+                   "explainer: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n")
+    code, _, err = run(["lfp", "features", str(bad)], capsys)
+    assert code == 2 and "http://127.0.0.1:9/v1/chat/completions" in err and "unreachable" in err
+    assert (run_dir / "stages" / "probes.json").read_text() == before  # earlier stages kept
+    code, _, err = run(["lfp", "run", str(cfg)], capsys)  # everything done: all skipped
+    assert code == 0 and err.count("done earlier, skipped") == 9
+
+
+def test_missing_inputs_and_mismatched_models(tmp_path, capsys):
+    data = shared_path("data", "imdb", "imdb_train_sample.csv")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"preset: tiny\nrun_dir: fresh\ndata: {data}\ntuned_model: stories260k\n")
+    code, _, err = run(["lfp", "probes", str(cfg)], capsys)
+    assert code == 2 and "run the 'deltas' stage first" in err
+    code, _, err = run(["lfp", "divergence", str(cfg)], capsys)
+    assert code == 2 and "different architectures" in err
+    cfg.write_text("preset: huge\nrun_dir: x\nbase_model: m\n")
+    code, _, err = run(["lfp", "run", str(cfg)], capsys)
+    assert code == 2 and "unknown preset 'huge'" in err
