@@ -141,3 +141,16 @@ def test_missing_inputs_and_mismatched_models(tmp_path, capsys):
     cfg.write_text("preset: huge\nrun_dir: x\nbase_model: m\n")
     code, _, err = run(["lfp", "run", str(cfg)], capsys)
     assert code == 2 and "unknown preset 'huge'" in err
+
+
+def test_paper_preset_has_the_studys_settings(tmp_path):
+    from actlab.lfp import load_config
+
+    cfg_path = tmp_path / "paper.yaml"
+    cfg_path.write_text("preset: paper\nrun_dir: r\nbase_model: org/base\ndata: imdb.csv\n")
+    cfg = load_config(cfg_path)
+    assert cfg.top_k_layers == 5 and cfg.sae.expansions == [1.0, 2.0] and cfg.sae.tied
+    assert (cfg.sae.l1_coefficient, cfg.sae.train.lr, cfg.sae.train.batch_size) == (1e-3, 1e-3, 32)
+    rl = cfg.finetune.rl
+    assert (rl.batch_size, rl.beta, rl.lr, rl.max_grad_norm) == (64, 0.5, 1e-6, 1.0)
+    assert cfg.run_dir == (tmp_path / "r").resolve()
