@@ -154,3 +154,57 @@ def test_paper_preset_has_the_studys_settings(tmp_path):
     rl = cfg.finetune.rl
     assert (rl.batch_size, rl.beta, rl.lr, rl.max_grad_norm) == (64, 0.5, 1e-6, 1.0)
     assert cfg.run_dir == (tmp_path / "r").resolve()
+
+
+def test_rloo_method_runs(tmp_path, tinystories):
+    import actlab
+    from actlab.finetune import RLConfig, imdb_prefixes, train_rl
+
+    m = actlab.load_model("tinystories-656k")
+    prompts = imdb_prefixes(shared_path("data", "imdb", "imdb_train_sample.csv"), 16)
+    cfg = RLConfig(method="rloo", batch_size=8, num_generations=4, max_steps=2, max_completion_length=8, lr=1e-4)
+    res = train_rl(m, prompts, cfg, tmp_path)
+    assert res["method"] == "rloo" and res["history"] and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_dialogue_task_with_rewriter_triples_and_logistic_probe(lfp_run, tmp_path, capsys):
+    """A dialogue task on the tiny run's dictionaries: LLM-rewritten triples, whole-input deltas, logistic probe."""
+    import shutil
+
+    root, _, _, _ = lfp_run
+    run_dir = tmp_path / "dialogue"
+    for part in ("finetune", "divergence", "sae", "stages", "run.json"):
+        src = root / "run" / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, run_dir / part)
+    for stage in ("triples", "deltas", "probes", "agreement", "features", "report"):
+        (run_dir / "stages" / f"{stage}.json").unlink()
+
+    def rewrite(messages, model):
+        text = messages[-1]["content"].split("Text:\n", 1)[1][:80]
+        return json.dumps({"positive": f"Thank you, that was wonderful help. {text}", "neutral": f"Okay. {text}",
+                           "negative": f"That was rude and useless. {text}"})
+
+    data = shared_path("data", "imdb", "imdb_train_sample.csv")
+    with openai_server(rewrite) as (url, requests):
+        cfg = tmp_path / "d.yaml"
+        cfg.write_text(f"preset: tiny\nrun_dir: {run_dir}\ndata: {data}\ntask: dialogue\ndelta_position: input\n"
+                       f"triples: {{source: llm, n: 40, rewriter_base_url: '{url}', rewriter_model: rw}}\n")
+        for stage in ("triples", "deltas", "probes", "agreement"):
+            code, _, err = run(["lfp", stage, str(cfg)], capsys)
+            assert code == 0, (stage, err)
+    assert len(requests) == 40
+    probes = json.loads((run_dir / "probes" / "probes.json").read_text())
+    assert probes["kind"] == "logistic" and probes["test"]["accuracy"] >= 0.75
+    assert "accuracy" in probes["xavier_baseline_test"]
+    assert json.loads((run_dir / "stages" / "agreement.json").read_text())["skipped"]
+
+
+def test_local_hf_explainer(smollm):
+    from actlab.lfp.explain import HFExplainer
+
+    ex = HFExplainer.__new__(HFExplainer)  # reuse the session's model instead of loading it again
+    ex.model, ex.name = smollm, f"hf:{smollm.name}"
+    rows = [{"tokens": ["The", " movie", " was", " wonderful", "."], "highlight": 3, "value": 2.0},
+            {"tokens": ["A", " truly", " great", " film"], "highlight": 2, "value": 1.5}]
+    explanation, related = ex.explain(rows, "sentiment: positive or negative feelings")
+    assert isinstance(explanation, str) and explanation and isinstance(related, bool)

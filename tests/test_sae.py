@@ -275,3 +275,27 @@ def test_downstream_loss_recovered(tinystories):
     d = downstream_loss(tinystories, ident, "blocks.1.mlp_out", texts, max_length=48)
     assert d["spliced"] == pytest.approx(d["clean"]) and d["loss_recovered"] == pytest.approx(1.0)
     assert d["zero_ablation"] > d["clean"]
+
+
+def test_read_texts_formats(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_dict({"text": ["one", "two", "three"]}).save_to_disk(str(tmp_path / "ds"))
+    assert read_texts(tmp_path / "ds") == ["one", "two", "three"]
+    DatasetDict({"train": Dataset.from_dict({"review": ["a", "b"]})}).save_to_disk(str(tmp_path / "dd"))
+    assert read_texts(tmp_path / "dd") == ["a", "b"]
+    (tmp_path / "t.txt").write_text("first line\n\nsecond line\n")
+    assert read_texts(tmp_path / "t.txt") == ["first line", "second line"]
+    (tmp_path / "t.jsonl").write_text('{"text": "x"}\n{"other": 1}\n')
+    with pytest.raises(Exception, match=r"t\.jsonl:2: no field named text"):
+        read_texts(tmp_path / "t.jsonl")
+
+
+def test_cache_refuses_when_the_disk_is_too_small(tmp_path, tinystories, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(CacheError, match=r"needs about .* GB .* has 0\.00 GB free"):
+        cache_activations(tinystories, ["Once upon a time"] * 4, "blocks.0.mlp_out", tmp_path / "c")

@@ -28,6 +28,8 @@ def cache(
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 16,
     keep_bos: Annotated[bool, typer.Option(help="Keep the BOS token's activations.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+    device_map: Annotated[str | None, typer.Option(help="'auto' spreads a large model over the GPUs "
+                                                        "(accelerate).")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -35,7 +37,7 @@ def cache(
     """Stream a text dataset through the model and write hook-point activations (resumable)."""
     from ..sae import cache_activations, read_texts
 
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, **({"device_map": device_map} if device_map else {}))
     texts = read_texts(data, field=field, limit=limit)
     with progress_bar(f"caching {len(texts)} texts", len(texts)) as advance:
         man = cache_activations(m, texts, split_list(points), out, dtype=cache_dtype, batch_size=batch_size,
