@@ -73,7 +73,7 @@ def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], N
     """A sentiment vector from contrastive story openings steers story generation; VADER scores -m, 0, +m."""
     from .analysis.vocab import vocab_view
     from .data import path as data_path
-    from .report.plots import _plt, save_figure
+    from .report.plots import pyplot, save_figure
     from .steering import contrast_from_pairs, extract, load_pairs
     from .steering.evaluate import score_generations, steered_generations
     from .steering.prompts import PromptStyle
@@ -93,7 +93,7 @@ def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], N
     means = score_generations(rows, VaderScorer())
     for mu in mults:
         log(f"  multiplier {mu:+g}: mean VADER compound {means[mu]:+.3f}")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar([f"{mu:+g}" for mu in mults], [means[mu] for mu in mults], color=["#c0392b", "#7f8c8d", "#27ae60"])
     ax.axhline(0, color="black", lw=0.8)

@@ -75,7 +75,7 @@ def train(
     from ..runs import init_run_dir
     from ..sae import CacheReader, online_batches, read_texts, reconstruction_metrics, train_saes
     from ..sae.spec import DictionarySpec, load_spec
-    from ..sae.train import _dist, skip
+    from ..sae.train import rank_and_world, skip
 
     overrides = {"cache": cache, "point": point, "out": out, "model": model, "data": data, "device": device,
                  "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
@@ -91,7 +91,7 @@ def train(
     if config is None and point is None:
         raise InputError("give --config FILE or at least --point and --cache (or --model and --data)")
     spec = load_spec(config, overrides)
-    rank, _ = _dist()
+    rank, _ = rank_and_world()
     if spec.cache is not None:
         reader = CacheReader(spec.cache, spec.point, model=None)
         d_in, model_name = reader.d, reader.manifest["model"]

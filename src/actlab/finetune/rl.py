@@ -130,9 +130,9 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
 
 
 def _plot_history(hist: list[dict[str, Any]], path: Path, keys: tuple[str, ...]) -> None:
-    from ..report.plots import _plt, save_figure
+    from ..report.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2))
     for ax, k in zip(axes if len(keys) > 1 else [axes], keys, strict=True):
         pts = [(h["step"], h[k]) for h in hist if k in h]

@@ -11,7 +11,7 @@ import numpy as np
 from ..analysis.divergence import Divergence
 from ..analysis.layers import LayerMetrics
 from ..analysis.pca import Projection
-from .plots import _plt, heatmaps, save_figure
+from .plots import heatmaps, pyplot, save_figure
 
 
 def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int], title: str, path: str | os.PathLike[str]) -> Path:
@@ -22,7 +22,7 @@ def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int], title: str, 
 
 def cross_model_plot(results: Mapping[str, Mapping[int, float]], path: str | os.PathLike[str], *,
                      title: str = "cosine similarity of the two models' vectors per layer") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for name, per_layer in results.items():
         ks = sorted(per_layer)
@@ -37,7 +37,7 @@ def cross_model_plot(results: Mapping[str, Mapping[int, float]], path: str | os.
 
 
 def pca_plot(proj: Projection, path: str | os.PathLike[str], *, title: str = "PCA of steering vectors") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     groups = list(dict.fromkeys(proj.labels))
     cmap = plt.get_cmap("tab10")
@@ -58,7 +58,7 @@ def pca_plot(proj: Projection, path: str | os.PathLike[str], *, title: str = "PC
 
 def layer_metrics_plot(m: LayerMetrics, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Three stacked panels: cosine of class means, mean per-feature variance, max per-feature variance."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(7.5, 8), sharex=True)
     for s in m.streams:
         axes[0].plot(m.layers, m.cos_means[s], marker=".", label=s)
@@ -80,14 +80,14 @@ def layer_metrics_plot(m: LayerMetrics, path: str | os.PathLike[str], *, title: 
 
 
 def divergence_plot(div: Divergence, path: str | os.PathLike[str], *, top_k: int = 5, title: str = "") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     n = len(div.per_layer)
     top = set(div.top_layers(top_k))
     bottom = np.zeros(n)
     for gi, (g, vals) in enumerate(sorted(div.per_module.items())):
         sq = np.asarray(vals) ** 2  # stack squared norms so bars add up to the layer's squared norm
-        ax.bar(range(n), sq, bottom=bottom, label=g, color=_plt().get_cmap("tab10")(gi))
+        ax.bar(range(n), sq, bottom=bottom, label=g, color=pyplot().get_cmap("tab10")(gi))
         bottom += sq
     for i in top:
         ax.annotate("top", (i, bottom[i]), ha="center", fontsize=7, color="red")

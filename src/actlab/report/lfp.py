@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .html import Page, esc
-from .plots import _plt, save_figure
+from .plots import pyplot, save_figure
 
 
 def _load(path: Path) -> Any:
@@ -29,7 +29,7 @@ def _probe_pca(root: Path, out: Path) -> Path | None:
     _, s, vh = torch.linalg.svd(xc, full_matrices=False)
     xy = (xc @ vh[:2].T).numpy()
     ev = (s**2 / (s**2).sum())[:2].tolist()
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for k, (label, color) in enumerate((("positive", "#27ae60"), ("neutral", "#7f8c8d"), ("negative", "#c0392b"))):
         ax.scatter(xy[k * n:(k + 1) * n, 0], xy[k * n:(k + 1) * n, 1], s=8, alpha=0.6, color=color, label=label)
@@ -39,7 +39,7 @@ def _probe_pca(root: Path, out: Path) -> Path | None:
 
 
 def _agreement_scatter(words: list[dict[str, Any]], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.scatter([w["lexicon"] for w in words], [w["predicted"] for w in words], s=10, alpha=0.6)
     ax.axhline(0, color="grey", lw=0.6)

@@ -12,7 +12,8 @@ import numpy as np
 from ..runs import write_bytes
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,7 +24,7 @@ def _plt():
 
 def save_figure(fig, path: str | os.PathLike[str]) -> Path:
     """Save a figure as PNG atomically and close it."""
-    plt = _plt()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -45,7 +46,7 @@ def heatmaps(
     annotate: bool = True,
 ) -> Path:
     """Side-by-side heatmaps sharing a colour scale (rows x cols each)."""
-    plt = _plt()
+    plt = pyplot()
     n = len(matrices)
     rows, cols = len(row_labels), len(col_labels)
     fig, axes = plt.subplots(1, n, figsize=(max(3.0, 0.9 * cols + 1.8) * n, max(3.0, 0.28 * rows + 1.5)),

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..runs import write_json
 from .html import Page, esc
-from .plots import _plt, save_figure
+from .plots import pyplot, save_figure
 
 
 def training_curves(log_path: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
@@ -23,7 +23,7 @@ def training_curves(log_path: str | os.PathLike[str], path: str | os.PathLike[st
     if not rows:
         return None
     names = [k for k, v in rows[0].items() if isinstance(v, dict)]
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for n in names:
         steps = [r["step"] for r in rows]
@@ -39,7 +39,7 @@ def training_curves(log_path: str | os.PathLike[str], path: str | os.PathLike[st
 
 def density_histogram(metrics: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
     """log10 feature density per dictionary (dead features shown at the left edge)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name, m in metrics.items():
         vals = [math.log10(d) if d > 0 else -7.0 for d in m["density"]]

@@ -69,7 +69,8 @@ def l1_scale_at(cfg: TrainConfig, step: int) -> float:
     return min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
 
 
-def _dist() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, or (0, 1) without one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -99,7 +100,7 @@ class Trainer:
         self.configs, self.tcfg = list(configs), tcfg
         self.device = torch.device(device)
         self.out = Path(out_dir) if out_dir else None
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         if self.out is not None and self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(tcfg.seed)

@@ -195,9 +195,9 @@ def write_sweep_outputs(res: SweepResult, out: Path, *, title: str = "") -> dict
     paths["heatmap"] = heatmaps([grid], [title or "A/B sweep"], row_labels=[str(x) for x in res.layers],
                                 col_labels=[f"{m:g}" for m in res.multipliers], path=out / "sweep_heatmap.png",
                                 vmin=0.0, vmax=1.0, cmap="RdBu_r", cbar_label="p(answer matching behaviour)")
-    from ..report.plots import _plt
+    from ..report.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for i, layer in enumerate(res.layers):
         ax.plot(res.multipliers, grid[i], marker="o", label=f"layer {layer}")

@@ -248,7 +248,7 @@ def refusal_pipeline(
 
 def write_refusal_outputs(res: RefusalResult, out: Path, cfg: RefusalConfig, base_harmful: float,
                           base_harmless: float) -> None:
-    from ..report.plots import _plt, save_figure
+    from ..report.plots import pyplot, save_figure
 
     res.direction.save(out / "direction.safetensors")
     summary = {"layer": res.layer, "eoi_position": res.eoi_position, "refusal_rate_before": res.refusal_rate_before,
@@ -265,7 +265,7 @@ def write_refusal_outputs(res: RefusalResult, out: Path, cfg: RefusalConfig, bas
         w.writerow({k: r.get(k, "") for k in keys})
     write_text(out / "candidates.csv", buf.getvalue())
     write_json(out / "generations.json", res.generations)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     positions = sorted({r["eoi_position"] for r in res.candidates})
     for ax, key, label in zip(axes, ("bypass", "induce", "kl"),

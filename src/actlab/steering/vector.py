@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ActlabError, InputError
-from ..hooks.points import BLOCK_KINDS, RESIDUAL_KINDS
+from ..hooks.points import BLOCK_KINDS
 from ..runs import atomic_path
 
 if TYPE_CHECKING:
@@ -193,6 +193,3 @@ class SteeringVector:
                 hint = None
         return cls(vecs, "resid_post", {"method": "gguf-import", "model_family": hint, "source": str(path)})
 
-
-def is_residual_kind(kind: str) -> bool:
-    return kind in RESIDUAL_KINDS
