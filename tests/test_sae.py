@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from actlab.hooks import count_hooks
 from actlab.sae import (
     CacheError,
     CacheReader,
@@ -203,23 +204,28 @@ def test_overlap_self_and_permuted():
     assert o2["hungarian_mean_cos"] <= o2["mean_max_cos_a_to_b"] + 1e-9 < 1
 
 
-def test_feature_intervention_keeps_error_and_ablates():
-    m = tiny_model("llama")
-    sae = SparseAutoencoder(SAEConfig(m.d_model, 64, hook_point="blocks.1.mlp_out"))
+@pytest.mark.parametrize("family,point", [("llama", "blocks.1.mlp_out"), ("llama", "blocks.1.resid_mid"),
+                                          ("gpt_neox", "blocks.1.resid_mid")])
+def test_feature_intervention_keeps_error_and_ablates(family, point):
+    """resid_mid has no module of its own: the edit goes through attn_out and must still act on resid_mid."""
+    m = tiny_model(family)
+    hooks = count_hooks(m.hf)
+    sae = SparseAutoencoder(SAEConfig(m.d_model, 64, hook_point=point))
     ids = torch.randint(3, 90, (2, 6), generator=torch.Generator().manual_seed(0))
     clean = m(input_ids=ids).logits
-    with FeatureIntervention(m, sae, "blocks.1.mlp_out", scale={}):
-        torch.testing.assert_close(m(input_ids=ids).logits, clean)  # nothing edited: identical
-    with m.capture("blocks.1.mlp_out") as before:
+    with FeatureIntervention(m, sae, point, scale={}):
+        torch.testing.assert_close(m(input_ids=ids).logits, clean, atol=1e-5, rtol=1e-5)  # nothing edited
+    with m.capture(point) as before:
         m(input_ids=ids)
-    f = sae.encode(before["blocks.1.mlp_out"])
+    f = sae.encode(before[point])
     alive = int((f > 0).sum((0, 1)).argmax())
-    with FeatureIntervention(m, sae, "blocks.1.mlp_out", ablate=[alive]), m.capture("blocks.1.mlp_out") as after:
+    with FeatureIntervention(m, sae, point, ablate=[alive]), m.capture(point) as after:
         m(input_ids=ids)
-    want = before["blocks.1.mlp_out"] - f[..., alive:alive + 1] * sae.W_dec[alive].detach()
-    torch.testing.assert_close(after["blocks.1.mlp_out"], want, atol=1e-5, rtol=1e-5)
+    want = before[point] - f[..., alive:alive + 1] * sae.W_dec[alive].detach()
+    torch.testing.assert_close(after[point], want, atol=1e-5, rtol=1e-5)
+    assert count_hooks(m.hf) == hooks
     with pytest.raises(Exception, match=r"0\.\.63"):
-        FeatureIntervention(m, sae, "blocks.1.mlp_out", ablate=[64])
+        FeatureIntervention(m, sae, point, ablate=[64])
 
 
 def test_cache_resume_corruption_and_mismatch(tmp_path, tinystories):
@@ -272,9 +278,10 @@ def test_downstream_loss_recovered(tinystories):
             return x, torch.zeros(*x.shape[:-1], self.cfg.d_sae)
 
     ident = Identity(SAEConfig(tinystories.d_model, 8))
-    d = downstream_loss(tinystories, ident, "blocks.1.mlp_out", texts, max_length=48)
-    assert d["spliced"] == pytest.approx(d["clean"]) and d["loss_recovered"] == pytest.approx(1.0)
-    assert d["zero_ablation"] > d["clean"]
+    for point in ("blocks.1.mlp_out", "blocks.1.resid_mid"):
+        d = downstream_loss(tinystories, ident, point, texts, max_length=48)
+        assert d["spliced"] == pytest.approx(d["clean"]) and d["loss_recovered"] == pytest.approx(1.0)
+        assert d["zero_ablation"] > d["clean"]
 
 
 def test_read_texts_formats(tmp_path):

@@ -113,12 +113,13 @@ class Capture:
                 if site[0] == "derived":
                     pre_mod, pre_where = self.model.read_site(HookPoint(p.layer, "resid_pre"))
                     attn_mod, attn_where = self.model.read_site(HookPoint(p.layer, "attn_out"))
-                    session.add(pre_mod, pre_where, self._reader(p.name, (p.name, f"{p.name}\0pre")), write=False)
+                    session.add(pre_mod, pre_where, self._reader(p.name, (p.name, f"{p.name}\0pre")), write=False,
+                                order=p.order)
                     session.add(attn_mod, attn_where, self._reader(p.name, (p.name, f"{p.name}\0attn")),
-                                write=False)
+                                write=False, order=p.order)
                 else:
                     module, where = site
-                    session.add(module, where, self._reader(p.name), write=False)
+                    session.add(module, where, self._reader(p.name), write=False, order=p.order)
         except BaseException:
             session.close()
             raise

@@ -2,9 +2,13 @@
 
 Every actlab feature that reads or writes activations (capture, steering, ablation, SAE splicing) adds
 *handlers* to sites through a :class:`HookSession`. A site gets one torch hook however many handlers it
-has; writers run first (in the order they were added), readers after them, so a capture always sees what
-the model really computed. A session removes its handlers on exit, also after an exception, and a site's
-torch hook goes away with its last handler.
+has. Several hook points can share a site (``embed`` and ``blocks.0.resid_pre`` are both the first
+block's input; ``resid_mid`` is written through ``attn_out``'s output), so every handler carries the
+``order`` of its hook point along the forward pass: handlers run in that order and, within one point,
+writers (in the order they were added) before readers. A capture thus sees what the model really
+computed at its point, including edits made at that point and earlier, and none made later. A session
+removes its handlers on exit, also after an exception, and a site's torch hook goes away with its last
+handler.
 
 Handlers see activations as ``[batch, seq, ...]`` tensors even where a model flattens them (OPT's MLP
 works on ``[batch*seq, d]``), together with the :class:`ForwardState` of the current forward pass: the
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 Handler = Callable[[torch.Tensor, "ForwardState | None"], "torch.Tensor | None"]
+Order = tuple[int, int]
 
 
 class StopForward(Exception):
@@ -134,8 +139,9 @@ class _Dispatcher:
 
     def __init__(self, module: nn.Module, where: str, tracker: _StateTracker):
         self.module, self.where, self.tracker = module, where, tracker
-        self.writers: list[Handler] = []
-        self.readers: list[Handler] = []
+        # (order, 0 for writers | 1 for readers, sequence number, handler), kept sorted
+        self.plan: list[tuple[Order, int, int, Handler]] = []
+        self._seq = 0
         if where == "in":
             self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
         else:
@@ -145,12 +151,10 @@ class _Dispatcher:
         state = self.tracker.state
         x3 = _to_3d(x, state)
         changed = False
-        for fn in self.writers:
+        for _, kind, _, fn in self.plan:
             out = fn(x3, state)
-            if out is not None:
+            if kind == 0 and out is not None:
                 x3, changed = out, True
-        for fn in self.readers:
-            fn(x3, state)
         if not changed:
             return None
         return x3.reshape(x.shape) if x3.shape != x.shape else x3
@@ -175,8 +179,19 @@ class _Dispatcher:
             return type(output)([new, *output[1:]]) if isinstance(output, list) else (new, *output[1:])
         raise RuntimeError(f"cannot find the output tensor of {type(module).__name__} ({type(output).__name__})")
 
+    def insert(self, fn: Handler, write: bool, order: Order) -> None:
+        self._seq += 1
+        self.plan.append((order, 0 if write else 1, self._seq, fn))
+        self.plan.sort(key=lambda h: h[:3])
+
+    def discard(self, fn: Handler) -> None:
+        for k in range(len(self.plan) - 1, -1, -1):
+            if self.plan[k][3] is fn:
+                del self.plan[k]
+                return
+
     def empty(self) -> bool:
-        return not self.writers and not self.readers
+        return not self.plan
 
 
 _DISPATCHERS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Dispatcher]] = weakref.WeakKeyDictionary()
@@ -191,15 +206,19 @@ class HookSession:
 
     def __init__(self, base: nn.Module):
         self.base = base
-        self._added: list[tuple[_Dispatcher, Handler, bool]] = []
+        self._added: list[tuple[_Dispatcher, Handler]] = []
         self._tracker: _StateTracker | None = None
 
     @property
     def state(self) -> ForwardState | None:
         return self._tracker.state if self._tracker is not None else None
 
-    def add(self, module: nn.Module, where: str, fn: Handler, *, write: bool) -> None:
-        """Run ``fn`` on ``module``'s input (``where='in'``) or output (``'out'``) at every forward."""
+    def add(self, module: nn.Module, where: str, fn: Handler, *, write: bool, order: Order = (0, 0)) -> None:
+        """Run ``fn`` on ``module``'s input (``where='in'``) or output (``'out'``) at every forward.
+
+        ``order`` is the hook point's :attr:`~actlab.hooks.points.HookPoint.order`; it only matters where
+        points share a site (see the module docstring).
+        """
         if where not in ("in", "out"):
             raise ValueError(f"where must be 'in' or 'out', not {where!r}")
         if self._tracker is None:
@@ -209,18 +228,14 @@ class HookSession:
         if disp is None:
             disp = _Dispatcher(module, where, self._tracker)
             sites[where] = disp
-        (disp.writers if write else disp.readers).append(fn)
-        self._added.append((disp, fn, write))
+        disp.insert(fn, write, order)
+        self._added.append((disp, fn))
 
     def close(self) -> None:
         """Remove every handler this session added (idempotent)."""
         while self._added:
-            disp, fn, write = self._added.pop()
-            lst = disp.writers if write else disp.readers
-            for k in range(len(lst) - 1, -1, -1):
-                if lst[k] is fn:
-                    del lst[k]
-                    break
+            disp, fn = self._added.pop()
+            disp.discard(fn)
             if disp.empty():
                 disp.handle.remove()
                 sites = _DISPATCHERS.get(disp.module)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import HookPointError, InputError
 from ..hooks.capture import Activations, Capture
-from ..hooks.core import StopForward
+from ..hooks.core import ForwardState, HookSession, StopForward
 from ..hooks.points import BLOCK_KINDS, HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
 from .adapters import ArchAdapter, get_adapter
@@ -183,11 +183,37 @@ class Model:
         raise HookPointError(f"unknown hook-point kind {k!r}")
 
     def write_site(self, p: HookPoint) -> tuple[nn.Module, str]:
-        """Where an intervention on a point is applied. ``resid_mid`` is written through ``attn_out``."""
+        """Where an *additive* intervention on a point is applied. ``resid_mid`` is written through
+        ``attn_out``'s output (adding ``v`` there adds exactly ``v`` to resid_mid and everything after it);
+        handlers must pass ``order=p.order`` so a capture of ``attn_out`` itself does not see the edit."""
         if p.kind == "resid_mid":
             return self.read_site(HookPoint(p.layer, "attn_out"))  # type: ignore[return-value]
         site = self.read_site(p)
         return site  # type: ignore[return-value]
+
+    def add_edit(self, session: HookSession, p: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the activation at ``p`` by ``fn(activation)`` (``[batch, seq, width]``) for every forward
+        while ``session`` is open. ``resid_mid`` has no module of its own to rewrite: the edit reads
+        ``resid_pre`` at the block's input and turns the attention output ``a`` into
+        ``fn(resid_pre + a) - resid_pre``, so the stream after it is exactly ``fn(resid_mid)``."""
+        module, where = self.write_site(p)
+        if p.kind != "resid_mid":
+            session.add(module, where, lambda x, st: fn(x), write=True, order=p.order)
+            return
+        pre_mod, pre_where = self.read_site(HookPoint(p.layer, "resid_pre"))
+        held: dict[str, torch.Tensor] = {}
+
+        def keep_pre(x: torch.Tensor, state: ForwardState | None) -> None:
+            held["pre"] = x
+
+        def edit(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+            pre = held.pop("pre", None)
+            if pre is None or pre.shape != x.shape:
+                raise RuntimeError(f"{p.name}: the block input was not seen before its attention output")
+            return (fn(pre + x).to(torch.float32) - pre.to(torch.float32)).to(x.dtype)
+
+        session.add(pre_mod, pre_where, keep_pre, write=False, order=p.order)
+        session.add(module, where, edit, write=True, order=p.order)
 
     def _check_layer(self, p: HookPoint) -> None:
         if p.layer is None:

@@ -70,9 +70,12 @@ class Splice:
         pts = model.parse_points(point)
         if len(pts) != 1:
             raise InputError(f"splice one hook point; {point!r} names {len(pts)}")
-        module, where = model.write_site(pts[0])
         self.session = HookSession(model.base)
-        self.session.add(module, where, lambda x, st: fn(x), write=True)
+        try:
+            model.add_edit(self.session, pts[0], fn)
+        except BaseException:
+            self.session.close()
+            raise
 
     def __enter__(self) -> Splice:
         return self
@@ -94,8 +97,6 @@ def downstream_loss(model: Model, sae: SparseAutoencoder, point: str, texts: Seq
     """Next-token loss (nats/token) clean, with the reconstruction spliced in, and with zero-ablation."""
     from .store import _token_batch
 
-    if model.parse_points(point)[0].kind == "resid_mid":
-        raise InputError("splicing resid_mid is not supported (it is written through attn_out); use another point")
     tot = {"clean": 0.0, "spliced": 0.0, "zero_ablation": 0.0}
     count = 0
     for s in range(0, len(texts), batch_size):

@@ -53,8 +53,9 @@ class DirectionalAblation:
         try:
             for i in layer_list:
                 for kind in kinds:
-                    module, where = model.write_site(HookPoint(i, kind))
-                    self.session.add(module, where, self._handler(), write=True)
+                    point = HookPoint(i, kind)
+                    module, where = model.write_site(point)
+                    self.session.add(module, where, self._handler(), write=True, order=point.order)
         except BaseException:
             self.session.close()
             raise

@@ -102,29 +102,28 @@ class Steering:
         if positions == "from_eoi" and eoi_ids is None:
             eoi_ids = default_eoi_ids(model)
         self._thresholds = _Thresholds(positions, eoi_ids) if positions != "all" else None
-        self._deltas: dict[tuple[int, str], tuple[Any, str, torch.Tensor]] = {}
+        self._deltas: dict[tuple[int, str, tuple[int, int]], tuple[Any, str, tuple[int, int], torch.Tensor]] = {}
         for a in additions:
             module, where = model.write_site(a.point)
             width = model.d_mlp if a.point.kind == "mlp_hidden" else model.d_model
             if a.vector.shape != (width,):
                 raise InputError(f"vector for {a.point.name} has shape {tuple(a.vector.shape)}, expected ({width},)")
-            key = (id(module), where)
+            key = (id(module), where, a.point.order)
             delta = (a.multiplier * a.vector.double()).to(torch.float32)
             if key in self._deltas:
-                _, _, prev = self._deltas[key]
-                delta = prev + delta
-            self._deltas[key] = (module, where, delta)
+                delta = self._deltas[key][3] + delta
+            self._deltas[key] = (module, where, a.point.order, delta)
         self.session: HookSession | None = None
         self._install()
 
     def _install(self) -> None:
         session = HookSession(self.model.base)
         try:
-            for module, where, delta in self._deltas.values():
+            for module, where, order, delta in self._deltas.values():
                 param = next(module.parameters(), None)
                 dev = param.device if param is not None else self.model.device
                 dt = param.dtype if param is not None and param.is_floating_point() else self.model.dtype
-                session.add(module, where, self._handler(delta.to(device=dev, dtype=dt)), write=True)
+                session.add(module, where, self._handler(delta.to(device=dev, dtype=dt)), write=True, order=order)
         except BaseException:
             session.close()
             raise
