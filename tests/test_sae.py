@@ -93,7 +93,8 @@ def test_training_learns_and_keeps_decoder_unit_norm(tmp_path):
 
 def test_fixed_seed_and_exact_resume(tmp_path):
     x = _data(seed=1)
-    cfgs = [SAEConfig(16, 32, l1_coefficient=1e-3), SAEConfig(16, 32, tied=True, l1_coefficient=1e-3)]
+    cfgs = [SAEConfig(16, 32, l1_coefficient=1e-3), SAEConfig(16, 32, tied=True, l1_coefficient=1e-3),
+            SAEConfig(16, 64, architecture="topk", k=2)]
     tcfg = TrainConfig(steps=40, batch_size=128, lr=1e-3, warmup_steps=5, checkpoint_every=20, seed=3,
                        resample_every=15, dead_steps=3)
     full, _ = train_saes(cfgs, _stream(x, 128), tcfg, out_dir=tmp_path / "a")
@@ -113,6 +114,35 @@ def test_fixed_seed_and_exact_resume(tmp_path):
         for (n, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters(), strict=True):
             assert torch.equal(pa, pb), n
             assert torch.equal(pa, pc), n
+
+
+def test_topk_aux_loss_revives_dead_features():
+    """Half the features start constant and below every live one, so they never make the top k: without the
+    auxiliary loss they get no gradient and stay dead; with it (Gao et al.) most come back, and the
+    reconstruction improves."""
+    x = _data(n=8192, seed=4)
+    dead_frac, mse = {}, {}
+    for coef in (0.0, 1 / 32):
+        tcfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, dead_steps=10, aux_k_coefficient=coef, log_every=50)
+        tr = Trainer([SAEConfig(16, 64, architecture="topk", k=4)], tcfg)
+        with torch.no_grad():
+            tr.saes[0].W_enc[:, 32:] = 0
+            tr.saes[0].b_enc[32:] = 0.01
+        tr.fit(_stream(x, 256))
+        row = tr.history[-1][tr.configs[0].name]
+        dead_frac[coef], mse[coef] = row["dead"], reconstruction_metrics(tr.saes[0], [x[:2048]])["mse"]
+        assert (row["aux"] > 0) == (coef > 0)
+    assert dead_frac[0.0] >= 0.4 and dead_frac[1 / 32] < dead_frac[0.0] - 0.2
+    assert mse[1 / 32] < mse[0.0]
+    # the auxiliary term reaches exactly the dead features' encoder columns
+    sae = SparseAutoencoder(SAEConfig(16, 64, architecture="topk", k=4), generator=torch.Generator().manual_seed(0))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::3] = True
+    xb = x[:64]
+    x_hat, _ = sae(xb)
+    sae.aux_loss(xb, ((xb - x_hat) * sae.input_scale).detach(), dead).backward()
+    touched = sae.W_enc.grad.abs().sum(0) > 0
+    assert touched[dead].any() and not touched[~dead].any()
 
 
 def test_nan_loss_names_step_and_checkpoint(tmp_path):
@@ -135,6 +165,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# a ReLU dictionary with resampling, and a TopK one whose dead features train through the auxiliary loss
+_DDP_SAES = [SAEConfig(16, 32, l1_coefficient=1e-3), SAEConfig(16, 64, architecture="topk", k=2)]
+_DDP_TRAIN = TrainConfig(steps=25, batch_size=128, lr=2e-3, seed=0, resample_every=10, dead_steps=2)
+
+
 def _ddp_worker(rank, world, port, out, x):
     import torch.distributed as dist
 
@@ -142,11 +177,10 @@ def _ddp_worker(rank, world, port, out, x):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        tcfg = TrainConfig(steps=25, batch_size=128, lr=2e-3, seed=0, resample_every=10, dead_steps=2)
-        tr = Trainer([SAEConfig(16, 32, l1_coefficient=1e-3)], tcfg)
+        tr = Trainer(_DDP_SAES, _DDP_TRAIN)
         tr.fit(_stream(x, 128))
         if rank == 0:
-            torch.save({k: v.detach().clone() for k, v in tr.saes[0].state_dict().items()}, out)
+            torch.save([{k: v.detach().clone() for k, v in s.state_dict().items()} for s in tr.saes], out)
     finally:
         dist.destroy_process_group()
 
@@ -156,11 +190,13 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(out), x), nprocs=2, join=True, start_method="spawn")
     ddp = torch.load(out, weights_only=True)
-    tcfg = TrainConfig(steps=25, batch_size=128, lr=2e-3, seed=0, resample_every=10, dead_steps=2)
-    tr = Trainer([SAEConfig(16, 32, l1_coefficient=1e-3)], tcfg)
-    tr.fit(_stream(x, 128))
-    for k, v in tr.saes[0].state_dict().items():
-        torch.testing.assert_close(ddp[k], v, atol=2e-5, rtol=1e-4)
+    tr = Trainer(_DDP_SAES, _DDP_TRAIN)
+    rows: list[dict] = []
+    tr.fit(_stream(x, 128), rows.append)
+    assert max(r[_DDP_SAES[1].name]["aux"] for r in rows) > 0
+    for sae, state in zip(tr.saes, ddp, strict=True):
+        for k, v in sae.state_dict().items():
+            torch.testing.assert_close(state[k], v, atol=2e-5, rtol=1e-4)
 
 
 def test_save_load_and_saelens_folder(tmp_path):

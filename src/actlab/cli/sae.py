@@ -60,6 +60,8 @@ def train(
     = None,
     architecture: Annotated[str | None, typer.Option(help="relu or topk.")] = None,
     k: Annotated[int | None, typer.Option(help="k for TopK.")] = None,
+    aux_k_coefficient: Annotated[float | None, typer.Option(
+        help="TopK: weight of the auxiliary loss that trains dead features (default 1/32; 0 = off).")] = None,
     tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Tie decoder to encoder.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Tokens per batch.")] = None,
@@ -79,7 +81,7 @@ def train(
 
     overrides = {"cache": cache, "point": point, "out": out, "model": model, "data": data, "device": device,
                  "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
-                 "train.checkpoint_every": checkpoint_every}
+                 "train.checkpoint_every": checkpoint_every, "train.aux_k_coefficient": aux_k_coefficient}
     if expansion or l1 or architecture or k or tied is not None:
         widths = [float(x) for x in (expansion or "1").split(",")]
         l1s = [float(x) for x in (l1 or "1e-3").split(",")]

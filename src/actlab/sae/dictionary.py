@@ -106,19 +106,42 @@ class SparseAutoencoder(nn.Module):
         self.input_scale.fill_((self.cfg.d_in / ms) ** 0.5 if ms > 0 else 1.0)
         return float(self.input_scale)
 
-    def loss(self, x: torch.Tensor, l1_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, x: torch.Tensor, l1_scale: float = 1.0, *, dead: torch.Tensor | None = None,
+             aux_coefficient: float = 0.0, aux_k: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MSE in the normalised space (summed over features, mean over tokens) + L1 of the codes (ReLU SAEs),
         scaled by ``l1_scale`` during L1 warm-up. Decoder rows have unit norm, so the L1 term needs no norm
-        weighting."""
+        weighting.
+
+        TopK SAEs get no gradient on features that never make the top k; given the ``dead`` mask
+        (``[d_sae]`` bool), ``aux_coefficient * aux`` is added, where ``aux`` is the auxiliary loss of Gao et
+        al. (2024): the squared error of reconstructing the main residual ``x - x_hat`` from the top
+        ``aux_k`` (default ``d_in // 2``) dead features alone, which pulls dead features towards what the
+        live ones miss."""
         x_hat, f = self(x)
-        mse = ((x_hat - x) * self.input_scale).pow(2).sum(-1).mean()
+        err = (x - x_hat) * self.input_scale  # residual in the normalised space
+        mse = err.pow(2).sum(-1).mean()
+        aux = torch.zeros((), device=x.device)
         if self.cfg.architecture == "relu":
             l1 = f.abs().sum(-1).mean()
             total = mse + l1_scale * self.cfg.l1_coefficient * l1
         else:
             l1 = f.abs().sum(-1).mean().detach()
             total = mse
-        return total, {"mse": mse.detach(), "l1": l1.detach(), "codes": f.detach(), "x_hat": x_hat.detach()}
+            if dead is not None and aux_coefficient > 0 and bool(dead.any()):
+                aux = self.aux_loss(x, err.detach(), dead, aux_k)
+                total = total + aux_coefficient * aux
+        return total, {"mse": mse.detach(), "l1": l1.detach(), "aux": aux.detach(), "codes": f.detach(),
+                       "x_hat": x_hat.detach()}
+
+    def aux_loss(self, x: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, aux_k: int | None = None
+                 ) -> torch.Tensor:
+        """Squared error (normalised space) of ``err`` reconstructed from the top ``aux_k`` dead features."""
+        idx = dead.nonzero()[:, 0]
+        k = min(aux_k or max(self.cfg.d_in // 2, 1), len(idx))
+        pre = (x * self.input_scale - self.b_dec) @ self.W_enc[:, idx] + self.b_enc[idx]
+        vals, j = torch.relu(pre).topk(k, dim=-1)
+        codes = torch.zeros_like(pre).scatter(-1, j, vals)
+        return (codes @ self.W_dec[idx] - err).pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -3,7 +3,9 @@
 Every batch feeds every dictionary (e.g. 1x and 2x the input width, several L1 coefficients). Each has its
 own Adam optimiser; the learning rate warms up linearly and decays linearly to zero over the last
 ``1 - decay_start`` of training; the L1 coefficient warms up linearly; gradients are clipped; decoder rows
-stay unit-norm. Dead features (no activation for ``dead_steps`` steps) are tracked and can be resampled.
+stay unit-norm. Dead features (no activation for ``dead_steps`` steps) are tracked and can be resampled;
+TopK dictionaries also train their dead features through the auxiliary loss of Gao et al. (2024)
+(``aux_k_coefficient``, default 1/32 as in the paper; 0 turns it off).
 
 Checkpoints are folders of safetensors (parameters, Adam moments and step counts, RNG state, dead-feature
 counters) plus JSON, written to a temp folder and renamed; resuming from one reproduces uninterrupted
@@ -55,6 +57,8 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, gt=0)
     seed: int = 0
     normalize_activations: bool = True
+    aux_k_coefficient: float = Field(1 / 32, ge=0)
+    aux_k: int | None = Field(None, gt=0)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -125,7 +129,9 @@ class Trainer:
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, parts = sae.loss(x, l1s)
+            dead = self.since_fired[i] >= self.tcfg.dead_steps
+            loss, parts = sae.loss(x, l1s, dead=dead, aux_coefficient=self.tcfg.aux_k_coefficient,
+                                   aux_k=self.tcfg.aux_k)
             if not torch.isfinite(loss):
                 where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
                 raise TrainingDivergedError(f"loss of {sae.cfg.name} became {float(loss.detach())} at step "
@@ -147,10 +153,11 @@ class Trainer:
 
                 dist.all_reduce(fired, op=dist.ReduceOp.MAX)
             self.since_fired[i] = (self.since_fired[i] + 1) * (1 - fired)
-            stats = torch.stack([loss.detach(), parts["mse"], parts["l1"], (codes > 0).float().sum(-1).mean()])
+            stats = torch.stack([loss.detach(), parts["mse"], parts["l1"], (codes > 0).float().sum(-1).mean(),
+                                 parts["aux"]])
             _all_reduce_mean(stats, self.world)
             row[sae.cfg.name] = {"loss": float(stats[0]), "mse": float(stats[1]), "l1": float(stats[2]),
-                                 "l0": float(stats[3]),
+                                 "l0": float(stats[3]), "aux": float(stats[4]),
                                  "dead": float((self.since_fired[i] >= self.tcfg.dead_steps).float().mean())}
             if self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0:
                 row[sae.cfg.name]["resampled"] = self._resample(i, x, parts["x_hat"])
