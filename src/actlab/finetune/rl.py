@@ -99,23 +99,18 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
     ds = Dataset.from_dict({"prompt": prompts[: cfg.n_prompts]})
     common = _trl_common(cfg, out)
     if cfg.method == "grpo":
-        from trl import GRPOConfig, GRPOTrainer
-
-        args = GRPOConfig(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
-                          beta=cfg.beta, max_completion_length=cfg.max_completion_length,
-                          temperature=cfg.temperature, **common)
-        trainer = GRPOTrainer(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
-                              processing_class=model.tokenizer)
+        from trl import GRPOConfig as ConfigCls
+        from trl import GRPOTrainer as TrainerCls
     elif cfg.method == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
-
-        args = RLOOConfig(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
-                          beta=cfg.beta, max_completion_length=cfg.max_completion_length,
-                          temperature=cfg.temperature, **common)
-        trainer = RLOOTrainer(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
-                              processing_class=model.tokenizer)
+        from trl import RLOOConfig as ConfigCls  # type: ignore[assignment]
+        from trl import RLOOTrainer as TrainerCls  # type: ignore[assignment]
     else:
         raise InputError(f"unknown RL method {cfg.method!r}; valid: grpo, rloo")
+    args = ConfigCls(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
+                     beta=cfg.beta, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                     **common)
+    trainer = TrainerCls(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
+                         processing_class=model.tokenizer)
     quiet(trainer)
     trainer.train()
     model.hf.eval()

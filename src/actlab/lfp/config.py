@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from ..configs import build_config, read_yaml_mapping
 from ..errors import InputError
 from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
@@ -114,12 +115,7 @@ def load_config(path: str | Path) -> LFPConfig:
     """Read a YAML config; ``preset: tiny|paper`` supplies defaults the file overrides; relative paths are
     resolved against the config file's folder."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config file {str(p)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"{p}: not valid YAML ({e})") from None
+    raw = read_yaml_mapping(p)
     preset = raw.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
@@ -128,12 +124,7 @@ def load_config(path: str | Path) -> LFPConfig:
     for key in ("run_dir", "data"):
         if raw.get(key) and not Path(raw[key]).is_absolute():
             raw[key] = str((p.parent / raw[key]).resolve())
-    try:
-        return LFPConfig(**raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "config"
-        raise InputError(f"invalid LFP config at {loc}: {first['msg']}") from None
+    return build_config(LFPConfig, raw, "LFP")
 
 
 def preset_yaml(name: str, **fields: Any) -> str:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from ..errors import InputError
+from ..configs import build_config, read_yaml_mapping
 from .dictionary import SAEConfig
 from .train import TrainConfig
 
@@ -58,17 +57,7 @@ class SAETrainSpec(BaseModel):
 
 def load_spec(path: str | Path | None, overrides: dict[str, Any]) -> SAETrainSpec:
     """Read a YAML spec (optional) and apply command-line overrides (None values are ignored)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"config file {str(p)!r} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{p}: the top level must be a mapping")
+    raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     train = dict(raw.get("train") or {})
     for k in list(overrides):
         if k.startswith("train.") and overrides[k] is not None:
@@ -77,9 +66,4 @@ def load_spec(path: str | Path | None, overrides: dict[str, Any]) -> SAETrainSpe
             overrides.pop(k)
     raw["train"] = train
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return SAETrainSpec(**raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"]) or "config"
-        raise InputError(f"invalid SAE training config at {loc}: {first['msg']}") from None
+    return build_config(SAETrainSpec, raw, "SAE training")
