@@ -94,13 +94,26 @@ class _StateTracker:
         else:
             mask = torch.ones(batch, seq, dtype=torch.bool, device=ref.device)
             past = 0
-            cache = self._arg(args, kwargs, "past_key_values")
-            if cache is not None and hasattr(cache, "get_seq_length"):
+            cache = kv_cache(kwargs, lambda name: self._arg(args, kwargs, name))
+            if cache is not None:
                 past = int(cache.get_seq_length())
         self.state = ForwardState(batch=batch, seq=seq, past_len=past, mask=mask, input_ids=ids)
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+# transformers renamed the KV-cache argument ``past_key_values`` -> ``cache`` in 5.24; accept every spelling.
+CACHE_KWARGS = ("past_key_values", "cache", "past_key_value")
+
+
+def kv_cache(kwargs: dict[str, Any], lookup: Callable[[str], Any] | None = None) -> Any:
+    """The KV cache among a forward's arguments (``None`` when there is none or it is empty of tokens)."""
+    for name in CACHE_KWARGS:
+        value = lookup(name) if lookup is not None else kwargs.get(name)
+        if value is not None and hasattr(value, "get_seq_length"):
+            return value
+    return None
 
 
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, _StateTracker] = weakref.WeakKeyDictionary()

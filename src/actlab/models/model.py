@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import HookPointError, InputError
 from ..hooks.capture import Activations, Capture
-from ..hooks.core import ForwardState, HookSession, StopForward
+from ..hooks.core import CACHE_KWARGS, ForwardState, HookSession, StopForward
 from ..hooks.points import BLOCK_KINDS, HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
 from .adapters import ArchAdapter, get_adapter
@@ -287,8 +287,8 @@ class Model:
     def __call__(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> Any:
         """Run the HF forward with ``position_ids`` derived from the attention mask."""
-        if (attention_mask is not None and "position_ids" not in kwargs
-                and kwargs.get("past_key_values") is None):
+        if attention_mask is not None and "position_ids" not in kwargs and not any(
+                kwargs.get(k) is not None for k in CACHE_KWARGS):
             kwargs["position_ids"] = position_ids_from_mask(attention_mask)
         return self.hf(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
