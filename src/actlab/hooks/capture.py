@@ -13,16 +13,14 @@ up to it. Several forward calls inside one context are concatenated along the ba
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .core import ForwardState, HookSession, StopForward
-from .points import HookPoint
+from .points import HookPoint, parse_points
 from .positions import PositionSpec, check_positions, lengths, select
-
-if TYPE_CHECKING:
-    from ..models.model import Model
+from .sites import HookTarget, read_plan
 
 
 class Activations(dict):
@@ -49,12 +47,13 @@ def _cat_padded(parts: list[torch.Tensor], pad_dim: bool) -> torch.Tensor:
 
 
 class Capture:
-    """Context manager recording hook points of a :class:`~actlab.Model` (see module docstring)."""
+    """Context manager recording hook points of a model (any :class:`~actlab.hooks.sites.HookTarget`, e.g.
+    :class:`~actlab.Model`; see module docstring). ``points`` may be a spec or already-parsed points."""
 
     def __init__(
         self,
-        model: Model,
-        points: str | Iterable[str] | HookPoint,
+        model: HookTarget,
+        points: str | HookPoint | Iterable[str | HookPoint],
         positions: PositionSpec = "all",
         *,
         dtype: torch.dtype | None = torch.float32,
@@ -63,7 +62,7 @@ class Capture:
         detach: bool = True,
     ):
         self.model = model
-        self.points: list[HookPoint] = model.parse_points(points)
+        self.points: list[HookPoint] = parse_points(points, model.n_layers)
         self.positions = check_positions(positions)
         self.dtype, self.device, self.stop, self.detach = dtype, torch.device(device), stop, detach
         self._calls: list[dict[str, torch.Tensor]] = []
@@ -94,11 +93,11 @@ class Capture:
             sel = select(x, state, self.positions)
             if derive is None:
                 store[name] = self._keep(sel)
-            else:  # resid_mid of a parallel block: resid_pre + attn_out, summed in the model's dtype
+            else:  # a composite kind without a module of its own (resid_mid of a parallel block): base + part
                 raw = store.setdefault("\0raw", {})
                 raw[derive[1]] = sel
-                if len(raw.keys() & {f"{name}\0pre", f"{name}\0attn"}) == 2:
-                    store[name] = self._keep(raw.pop(f"{name}\0pre") + raw.pop(f"{name}\0attn"))
+                if len(raw.keys() & {f"{name}\0base", f"{name}\0part"}) == 2:
+                    store[name] = self._keep(raw.pop(f"{name}\0base") + raw.pop(f"{name}\0part"))
             if self.stop and all(p.name in store for p in self.points):
                 raise StopForward
 
@@ -109,17 +108,17 @@ class Capture:
         session = HookSession(self.model.base)
         try:
             for p in self.points:
-                site = self.model.read_site(p)
-                if site[0] == "derived":
-                    pre_mod, pre_where = self.model.read_site(HookPoint(p.layer, "resid_pre"))
-                    attn_mod, attn_where = self.model.read_site(HookPoint(p.layer, "attn_out"))
-                    session.add(pre_mod, pre_where, self._reader(p.name, (p.name, f"{p.name}\0pre")), write=False,
-                                order=p.order)
-                    session.add(attn_mod, attn_where, self._reader(p.name, (p.name, f"{p.name}\0attn")),
-                                write=False, order=p.order)
-                else:
-                    module, where = site
-                    session.add(module, where, self._reader(p.name), write=False, order=p.order)
+                plan = read_plan(self.model, p)
+                if plan.site is not None:
+                    session.add(plan.site.module, plan.site.where, self._reader(p.name), write=False, order=p.order)
+                    continue
+                assert plan.base is not None and plan.part is not None
+                base = read_plan(self.model, plan.base).site
+                assert base is not None
+                session.add(base.module, base.where, self._reader(p.name, (p.name, f"{p.name}\0base")),
+                            write=False, order=p.order)
+                session.add(plan.part.module, plan.part.where, self._reader(p.name, (p.name, f"{p.name}\0part")),
+                            write=False, order=p.order)
         except BaseException:
             session.close()
             raise

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..errors import InputError
+from .points import parse_points
 from .positions import PositionSpec
 
-if TYPE_CHECKING:
-    from ..models.model import Model
+
+class TextReader(Protocol):
+    """What streaming needs: a hook target that tokenizes text and runs captures (``actlab.Model``)."""
+
+    n_layers: int
+    device: torch.device
+
+    def tokenize(self, texts: Sequence[str], *, padding_side: str = ...) -> dict[str, torch.Tensor]: ...
+
+    def activations(self, inputs: Any, points: Any, positions: PositionSpec = ..., **kw: Any) -> dict: ...
 
 
 @dataclass
@@ -81,7 +90,7 @@ class RunningStats:
 
 @torch.no_grad()
 def stream_stats(
-    model: Model,
+    model: TextReader,
     texts: Iterable[str] | Sequence[str],
     points: str | Iterable[str],
     positions: PositionSpec = "tokens",
@@ -97,7 +106,7 @@ def stream_stats(
     """
     if positions == "all":
         raise InputError("positions='all' pads rows with zeros, which would bias statistics; use 'tokens'")
-    pts = model.parse_points(points)
+    pts = parse_points(points, model.n_layers)
     stats = {p.name: RunningStats() for p in pts}
     buf: list[str] = []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from torch import nn
 
 from ..errors import HookPointError, InputError
 from ..hooks.capture import Activations, Capture
-from ..hooks.core import CACHE_KWARGS, ForwardState, HookSession, StopForward
-from ..hooks.points import BLOCK_KINDS, HookPoint, all_point_names, parse_points
+from ..hooks.core import CACHE_KWARGS, HookSession, StopForward
+from ..hooks.interventions import Edit, Edits, Intervention, install_edit
+from ..hooks.points import HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
+from ..hooks.sites import read_plan, write_plan
 from .adapters import ArchAdapter, get_adapter
 
 TextBatch = str | Sequence[str]
@@ -149,7 +152,7 @@ class Model:
         return (f"actlab.Model({self.name!r}, family={self.adapter.family}, layers={self.n_layers}, "
                 f"d_model={self.d_model}, parallel={self.parallel}, dtype={self.dtype}, device={self.device})")
 
-    # -- sites -------------------------------------------------------------------------------------
+    # -- sites ---------------------------------------------------------------------------------------
     def layer(self, i: int) -> nn.Module:
         return self.layers[i]
 
@@ -159,70 +162,47 @@ class Model:
     def mlp(self, i: int) -> nn.Module:
         return self.layers[i].get_submodule(self.adapter.mlp or self.adapter.mlp_out)
 
+    def module(self, field: str, layer: int | None) -> nn.Module | None:
+        """The native module an adapter field names (the :class:`~actlab.hooks.sites.HookTarget` protocol):
+        ``block`` is decoder layer ``layer``; ``final_norm`` the model's final norm; other fields are paths
+        inside layer ``layer`` (``mlp_norm`` is None for parallel-residual blocks, which have none)."""
+        if field == "final_norm":
+            return self.final_norm_module
+        if layer is None:
+            raise HookPointError(f"adapter field {field!r} lives inside a layer; no layer given")
+        if not 0 <= layer < self.n_layers:
+            raise HookPointError(f"layer {layer} is out of range; the model has layers 0..{self.n_layers - 1}")
+        blk = self.layers[layer]
+        if field == "block":
+            return blk
+        path = self._mlp_norm if field == "mlp_norm" else getattr(self.adapter, field, None)
+        return blk.get_submodule(path) if path else None
+
     def read_site(self, p: HookPoint) -> tuple[Any, str]:
-        """``(module, 'in'|'out')`` where a point is read, or ``('derived', '')`` for parallel resid_mid."""
-        self._check_layer(p)
-        k, i, a = p.kind, p.layer, self.adapter
-        if k == "embed":
-            return self.layers[0], "in"
-        if k == "final_norm":
-            return self.final_norm_module, "out"
-        layer = self.layers[i]
-        if k == "resid_pre":
-            return layer, "in"
-        if k == "resid_post":
-            return layer, "out"
-        if k == "attn_out":
-            return layer.get_submodule(a.attn), "out"
-        if k == "mlp_out":
-            return layer.get_submodule(a.mlp_out), "out"
-        if k == "mlp_hidden":
-            return layer.get_submodule(a.mlp_down), "in"
-        if k == "resid_mid":
-            return (layer.get_submodule(self._mlp_norm), "in") if self._mlp_norm else ("derived", "")
-        raise HookPointError(f"unknown hook-point kind {k!r}")
+        """``(module, 'in'|'out')`` where a point is read, or ``('derived', '')`` for a composite kind without a
+        module (parallel resid_mid). Kept for compatibility; see :func:`actlab.hooks.sites.read_plan`."""
+        plan = read_plan(self, parse_points(p, self.n_layers)[0])
+        return (plan.site.module, plan.site.where) if plan.site is not None else ("derived", "")
 
     def write_site(self, p: HookPoint) -> tuple[nn.Module, str]:
-        """Where an *additive* intervention on a point is applied. ``resid_mid`` is written through
-        ``attn_out``'s output (adding ``v`` there adds exactly ``v`` to resid_mid and everything after it);
-        handlers must pass ``order=p.order`` so a capture of ``attn_out`` itself does not see the edit."""
-        if p.kind == "resid_mid":
-            return self.read_site(HookPoint(p.layer, "attn_out"))  # type: ignore[return-value]
-        site = self.read_site(p)
-        return site  # type: ignore[return-value]
+        """Where an edit of a point is written (``resid_mid``: the attention output). Kept for compatibility;
+        see :func:`actlab.hooks.sites.write_plan`."""
+        site = write_plan(self, parse_points(p, self.n_layers)[0]).site
+        return site.module, site.where
 
     def add_edit(self, session: HookSession, p: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace the activation at ``p`` by ``fn(activation)`` (``[batch, seq, width]``) for every forward
-        while ``session`` is open. ``resid_mid`` has no module of its own to rewrite: the edit reads
-        ``resid_pre`` at the block's input and turns the attention output ``a`` into
-        ``fn(resid_pre + a) - resid_pre``, so the stream after it is exactly ``fn(resid_mid)``."""
-        module, where = self.write_site(p)
-        if p.kind != "resid_mid":
-            session.add(module, where, lambda x, st: fn(x), write=True, order=p.order)
-            return
-        pre_mod, pre_where = self.read_site(HookPoint(p.layer, "resid_pre"))
-        held: dict[str, torch.Tensor] = {}
+        """Replace the activation at ``p`` by ``fn(activation)`` while ``session`` is open. Deprecated: use
+        ``with model.edit(Replace(point, fn)):`` (:class:`actlab.hooks.interventions.Replace`)."""
+        warnings.warn("Model.add_edit is deprecated; use `with model.edit(Replace(point, fn))`",
+                      DeprecationWarning, stacklevel=2)
+        install_edit(session, self, Edit(parse_points(p, self.n_layers)[0], lambda x, state: fn(x)))
 
-        def keep_pre(x: torch.Tensor, state: ForwardState | None) -> None:
-            held["pre"] = x
-
-        def edit(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
-            pre = held.pop("pre", None)
-            if pre is None or pre.shape != x.shape:
-                raise RuntimeError(f"{p.name}: the block input was not seen before its attention output")
-            return (fn(pre + x).to(torch.float32) - pre.to(torch.float32)).to(x.dtype)
-
-        session.add(pre_mod, pre_where, keep_pre, write=False, order=p.order)
-        session.add(module, where, edit, write=True, order=p.order)
-
-    def _check_layer(self, p: HookPoint) -> None:
-        if p.layer is None:
-            return
-        if not 0 <= p.layer < self.n_layers:
-            raise HookPointError(f"layer {p.layer} of {p.name!r} is out of range; the model has layers "
-                                 f"0..{self.n_layers - 1}")
-        if p.kind not in BLOCK_KINDS:
-            raise HookPointError(f"unknown hook-point kind {p.kind!r}; valid: {', '.join(BLOCK_KINDS)}")
+    def edit(self, *interventions: Intervention) -> Edits:
+        """Apply interventions together (``with model.edit(Steer(...), ProjectOut(...)):``); see
+        :mod:`actlab.hooks.interventions`. Also a handle: ``h = model.edit(...); ...; h.remove()``."""
+        if len(interventions) == 1 and isinstance(interventions[0], (list, tuple)):
+            interventions = tuple(interventions[0])
+        return Edits(self, interventions)
 
     # -- text in -----------------------------------------------------------------------------------
     def tokenize(self, texts: TextBatch, *, padding_side: str = "right", add_special_tokens: bool = True,

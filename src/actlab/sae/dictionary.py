@@ -64,6 +64,7 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, cfg: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
         self.cfg = cfg
+        self.origin: dict[str, str] = {}  # folder + sha256 of the weights when loaded (for run metadata)
         d, m = cfg.d_in, cfg.d_sae
         w = torch.randn(d, m, generator=generator) / d**0.5
         w = w / w.norm(dim=0, keepdim=True)  # unit columns of W_enc = unit rows of W_dec when tied

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..hooks.interventions import Edits, Replace
+from ..hooks.points import HookPoint
 from .dictionary import SparseAutoencoder
-from .metrics import Splice
 
 if TYPE_CHECKING:
     from ..models.model import Model
@@ -56,20 +57,25 @@ def overlap(a: SparseAutoencoder, b: SparseAutoencoder, *, top: int = 20, hungar
     return out
 
 
-class FeatureIntervention(Splice):
-    """Zero-ablate (``ablate=[...]``) or scale (``scale={f: s}``) features during forward passes or generation,
-    keeping the reconstruction error (see module docstring)."""
+class FeatureEdit(Replace):
+    """Zero-ablate (``ablate=[...]``) or scale (``scale={f: s}``) a dictionary's features at its hook point during
+    forward passes or generation, keeping the reconstruction error (see module docstring)."""
 
-    def __init__(self, model: Model, sae: SparseAutoencoder, point: str, *, ablate: Sequence[int] = (),
+    kind = "sae_features"
+
+    def __init__(self, sae: SparseAutoencoder, point: str | HookPoint | None = None, *, ablate: Sequence[int] = (),
                  scale: Mapping[int, float] | None = None):
         bad = [f for f in [*ablate, *(scale or {})] if not 0 <= f < sae.cfg.d_sae]
         if bad:
             raise InputError(f"features {bad} do not exist; the dictionary has features 0..{sae.cfg.d_sae - 1}")
+        where = point if point is not None else sae.cfg.hook_point
+        if not where:
+            raise InputError("the dictionary records no hook point; give the point to edit")
         factors = torch.ones(sae.cfg.d_sae)
         for f in ablate:
             factors[f] = 0.0
         for f, s in (scale or {}).items():
-            factors[f] = s
+            factors[f] = float(s)
         touched = (factors != 1).nonzero()[:, 0]
         fac = factors[touched].to(sae.W_enc.device)
         w = sae.W_dec[touched].detach()
@@ -80,7 +86,20 @@ class FeatureIntervention(Splice):
                 delta = ((fac - 1) * f) @ w
             return x + delta.to(x.device, x.dtype)
 
-        super().__init__(model, point, edit)
+        self.ablated, self.scaled = sorted(int(f) for f in ablate), {int(k): float(v) for k, v in (scale or {}).items()}
+        super().__init__(where, edit, label="sae_feature_edit",
+                         source={"dictionary": {"name": sae.cfg.name, **getattr(sae, "origin", {})}})
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "kind": self.kind, "ablate": self.ablated, "scale": self.scaled}
+
+
+class FeatureIntervention(Edits):
+    """:class:`FeatureEdit` applied at once (context manager or handle); kept as a name."""
+
+    def __init__(self, model: Model, sae: SparseAutoencoder, point: str, *, ablate: Sequence[int] = (),
+                 scale: Mapping[int, float] | None = None):
+        super().__init__(model, [FeatureEdit(sae, point, ablate=ablate, scale=scale)])
 
 
 @torch.no_grad()

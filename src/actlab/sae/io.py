@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError
-from ..runs import atomic_path, write_json
+from ..runs import atomic_path, sha256_file, write_json
 from .dictionary import SAEConfig, SparseAutoencoder
 
 WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"
@@ -83,6 +83,7 @@ def load_sae(folder: str | os.PathLike[str]) -> SparseAutoencoder:
             got = tuple(t[key].shape) if key in t else "missing"
             raise InputError(f"{folder / WEIGHTS}: {key} should be {shape}, got {got}")
     sae = SparseAutoencoder(cfg)
+    sae.origin = {"folder": str(folder), "sha256": sha256_file(folder / WEIGHTS)}
     with torch.no_grad():
         sae.input_scale.fill_(scale)
         sae.W_enc.copy_(t["W_enc"] / scale)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.core import HookSession
+from ..hooks.interventions import Edits, Replace
 from .dictionary import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -63,25 +63,15 @@ def _lm_loss(model: Model, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
     return float((nll * m).sum()), int(m.sum())
 
 
-class Splice:
-    """Replace a hook point's activation by ``fn(x)`` (e.g. the SAE reconstruction) inside a ``with``."""
+class Splice(Edits):
+    """Replace a hook point's activation by ``fn(x)`` (e.g. the SAE reconstruction) inside a ``with``; the same
+    as ``model.edit(Replace(point, fn))``, kept as a name."""
 
-    def __init__(self, model: Model, point: str, fn):
+    def __init__(self, model: Model, point: str, fn, *, label: str = ""):
         pts = model.parse_points(point)
         if len(pts) != 1:
             raise InputError(f"splice one hook point; {point!r} names {len(pts)}")
-        self.session = HookSession(model.base)
-        try:
-            model.add_edit(self.session, pts[0], fn)
-        except BaseException:
-            self.session.close()
-            raise
-
-    def __enter__(self) -> Splice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.session.close()
+        super().__init__(model, [Replace(pts[0], fn, label=label)])
 
 
 def _reconstruct(sae: SparseAutoencoder):
@@ -103,9 +93,9 @@ def downstream_loss(model: Model, sae: SparseAutoencoder, point: str, texts: Seq
         batch = _token_batch(model, texts[s:s + batch_size], max_length)
         loss, n = _lm_loss(model, batch)
         tot["clean"] += loss
-        with Splice(model, point, _reconstruct(sae)):
+        with Splice(model, point, _reconstruct(sae), label="sae_reconstruction"):
             tot["spliced"] += _lm_loss(model, batch)[0]
-        with Splice(model, point, torch.zeros_like):
+        with Splice(model, point, torch.zeros_like, label="zeros"):
             tot["zero_ablation"] += _lm_loss(model, batch)[0]
         count += n
     if count == 0:

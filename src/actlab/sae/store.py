@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..errors import ActlabError, InputError
-from ..runs import atomic_path, write_json
+from ..runs import atomic_path, sha256_file, write_json
 
 if TYPE_CHECKING:
     from ..models.model import Model
@@ -105,14 +105,6 @@ def _fingerprint(texts: Sequence[str]) -> str:
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\0")
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -218,7 +210,7 @@ def cache_activations(
         with atomic_path(out / name) as tmp:
             save_file(tensors, str(tmp), metadata={"texts": f"{start}:{end}"})
         manifest["shards"].append({"file": name, "n_tokens": buffered, "texts": [start, end],
-                                   "sha256": _sha256(out / name)})
+                                   "sha256": sha256_file(out / name)})
         manifest["n_tokens"] += buffered
         manifest["n_texts_done"] = end
         write_json(mpath, manifest)
@@ -280,7 +272,7 @@ class CacheReader:
         if not path.is_file():
             raise CacheError(f"shard {path} listed in the manifest is missing")
         if self.verify and info["file"] not in self._verified:
-            if _sha256(path) != info["sha256"]:
+            if sha256_file(path) != info["sha256"]:
                 raise CacheError(f"shard {path} is corrupt or truncated (sha256 does not match the manifest)")
             self._verified.add(info["file"])
         try:

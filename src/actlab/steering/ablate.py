@@ -21,69 +21,29 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..hooks.core import ForwardState, HookSession
-from ..hooks.points import HookPoint
+from ..hooks.interventions import ABLATION_KINDS, Edits, ProjectOut, unit
 
 if TYPE_CHECKING:
     from ..models.model import Model
 
 
-def unit(direction: torch.Tensor) -> torch.Tensor:
-    d = direction.detach().double().reshape(-1)
-    n = d.norm()
-    if n == 0 or not torch.isfinite(n):
-        raise InputError("cannot ablate a zero or non-finite direction")
-    return (d / n).float()
+class DirectionalAblation(Edits):
+    """Directional ablation applied to a model (context manager or handle); ``model.edit(ProjectOut(...))``
+    builds the same thing and composes with other interventions."""
 
+    KINDS = ABLATION_KINDS
 
-class DirectionalAblation:
-    """Context manager projecting a direction out of the residual stream (see module docstring)."""
-
-    KINDS = ("resid_pre", "attn_out", "mlp_out")
-
-    def __init__(self, model: Model, direction: torch.Tensor, *, layers: Iterable[int] | None = None,
-                 kinds: Iterable[str] = KINDS):
-        if direction.numel() != model.d_model:
-            raise InputError(f"direction has {direction.numel()} entries; the model's d_model is {model.d_model}")
-        self.model, self.r = model, unit(direction)
-        layer_list = list(range(model.n_layers)) if layers is None else list(layers)
-        if not layer_list:
+    def __init__(self, model: Model, direction: torch.Tensor, *, layers: str | int | Iterable[int] | None = None,
+                 kinds: Iterable[str] = ABLATION_KINDS):
+        if isinstance(layers, (list, tuple)) and not layers:
             raise InputError("the layer list is empty; give at least one layer to ablate")
-        self.session = HookSession(model.base)
-        try:
-            for i in layer_list:
-                for kind in kinds:
-                    point = HookPoint(i, kind)
-                    module, where = model.write_site(point)
-                    self.session.add(module, where, self._handler(), write=True, order=point.order)
-        except BaseException:
-            self.session.close()
-            raise
-
-    def _handler(self):
-        cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        r0 = self.r
-
-        def project_out(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
-            key = (x.device, x.dtype)
-            r = cache.get(key)
-            if r is None:
-                r = cache[key] = r0.to(device=x.device, dtype=x.dtype)
-            return x - (x @ r)[..., None] * r
-
-        return project_out
-
-    def remove(self) -> None:
-        self.session.close()
-
-    def __enter__(self) -> DirectionalAblation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
+        self.projection = ProjectOut(direction, layers=layers, kinds=kinds)
+        self.model, self.r = model, self.projection.r
+        super().__init__(model, [self.projection])
 
 
-def ablate(model: Model, direction: torch.Tensor, *, layers: Iterable[int] | None = None) -> DirectionalAblation:
+def ablate(model: Model, direction: torch.Tensor, *, layers: str | int | Iterable[int] | None = None
+           ) -> DirectionalAblation:
     """Ablate ``direction`` at every layer (or ``layers``): block inputs and attention/MLP outputs."""
     return DirectionalAblation(model, direction, layers=layers)
 

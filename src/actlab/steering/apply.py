@@ -1,7 +1,9 @@
-"""Adding vectors to activations during forward passes and ``generate()``.
+"""Adding vectors to activations during forward passes and ``generate()``: steering and activation mixing.
 
->>> with steer(model, vec, multiplier=4.0, layers=[12], positions="generated"):
+>>> with model.edit(Steer(vec, 4.0, layers="12", positions="generated")):
 ...     model.generate_text(prompts, max_new_tokens=40)
+>>> with steer(model, vec, multiplier=4.0, layers=[12], positions="generated"):   # the same, as one call
+...     ...
 
 Position policies (named in outputs and metadata, see docs/steering.md):
 
@@ -10,6 +12,7 @@ Position policies (named in outputs and metadata, see docs/steering.md):
   prompt's own forward is left untouched; with a KV cache every later step is one generated token);
 - ``"from_eoi"``: from the first end-of-instruction token of each row onwards (CAA: the chat template's
   suffix after the user message, e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``), then every generated token.
+  It is the same boundary the reading policy ``"eoi"`` reads (:func:`actlab.hooks.interventions.eoi_start`).
 
 Prompt-relative thresholds are taken from the first forward pass with an empty KV cache (one per
 ``generate()`` call), per row, from the attention mask and the input ids, so left padding is handled.
@@ -24,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.core import ForwardState, HookSession
-from ..hooks.points import HookPoint
+from ..hooks.interventions import STEER_POSITIONS, Add, Edits, check_steer_positions
+from ..hooks.points import HookPoint, layer_list, parse_points
 from .vector import SteeringVector
 
 if TYPE_CHECKING:
     from ..models.model import Model
 
-APPLY_POLICIES = ("all", "generated", "from_eoi")
+APPLY_POLICIES = STEER_POSITIONS
 
 
 @dataclass
@@ -41,126 +44,6 @@ class Addition:
     point: HookPoint
     vector: torch.Tensor
     multiplier: float = 1.0
-
-
-class _Thresholds:
-    """Per-row absolute start positions for 'generated' / 'from_eoi', refreshed at each new prompt.
-
-    A forward with an empty KV cache is a new prompt unless it extends the previous prompt's ids (as in
-    generation with ``use_cache=False``, where every step re-reads the whole sequence)."""
-
-    def __init__(self, policy: str, eoi_ids: list[int] | None):
-        self.policy, self.eoi_ids = policy, eoi_ids
-        self.start: torch.Tensor | None = None
-        self.prompt: torch.Tensor | None = None
-
-    def _continues(self, state: ForwardState) -> bool:
-        p, ids = self.prompt, state.input_ids
-        return (p is not None and ids is not None and ids.shape[0] == p.shape[0] and ids.shape[1] > p.shape[1]
-                and bool((ids[:, :p.shape[1]] == p.to(ids.device)).all()))
-
-    def update(self, state: ForwardState) -> None:
-        if state.past_len != 0 or self._continues(state):
-            if self.start is None:
-                raise InputError(f"positions={self.policy!r} needs to see the prompt: enter the steering context "
-                                 "before the first forward pass of a generation")
-            return
-        self.prompt = state.input_ids
-        if self.policy == "generated":
-            self.start = torch.full((state.batch,), state.seq, dtype=torch.long, device=state.mask.device)
-            return
-        ids = state.input_ids
-        if ids is None or not self.eoi_ids:
-            raise InputError("positions='from_eoi' needs token ids and a chat template")
-        k = len(self.eoi_ids)
-        pattern = torch.tensor(self.eoi_ids, device=ids.device)
-        windows = ids.unfold(1, k, 1) if ids.shape[1] >= k else ids.new_empty(ids.shape[0], 0, k)
-        hit = (windows == pattern).all(-1)  # [B, T-k+1]
-        if not bool(hit.any(1).all()):
-            row = int((~hit.any(1)).nonzero()[0])
-            raise InputError(f"positions='from_eoi': row {row} does not contain the chat template's "
-                             "end-of-instruction tokens; build prompts with the chat template or use 'all'")
-        last = hit.shape[1] - 1 - torch.argmax(torch.flip(hit, dims=[1]).to(torch.int8), dim=1)
-        self.start = last.to(state.mask.device)
-
-    def mask(self, state: ForwardState) -> torch.Tensor:
-        assert self.start is not None
-        pos = state.past_len + torch.arange(state.seq, device=state.mask.device)
-        return (pos[None, :] >= self.start[:, None]) & state.mask
-
-
-class Steering:
-    """Context manager adding vectors at hook points; also usable as a handle (``.remove()``)."""
-
-    def __init__(self, model: Model, additions: Sequence[Addition], *, positions: str = "all",
-                 eoi_ids: list[int] | None = None):
-        if positions not in APPLY_POLICIES:
-            raise InputError(f"unknown steering position policy {positions!r}; valid: {', '.join(APPLY_POLICIES)}")
-        if not additions:
-            raise InputError("nothing to steer with: no layer or vector given")
-        self.model, self.positions = model, positions
-        if positions == "from_eoi" and eoi_ids is None:
-            eoi_ids = default_eoi_ids(model)
-        self._thresholds = _Thresholds(positions, eoi_ids) if positions != "all" else None
-        self._deltas: dict[tuple[int, str, tuple[int, int]], tuple[Any, str, tuple[int, int], torch.Tensor]] = {}
-        for a in additions:
-            module, where = model.write_site(a.point)
-            width = model.d_mlp if a.point.kind == "mlp_hidden" else model.d_model
-            if a.vector.shape != (width,):
-                raise InputError(f"vector for {a.point.name} has shape {tuple(a.vector.shape)}, expected ({width},)")
-            key = (id(module), where, a.point.order)
-            delta = (a.multiplier * a.vector.double()).to(torch.float32)
-            if key in self._deltas:
-                delta = self._deltas[key][3] + delta
-            self._deltas[key] = (module, where, a.point.order, delta)
-        self.session: HookSession | None = None
-        self._install()
-
-    def _install(self) -> None:
-        session = HookSession(self.model.base)
-        try:
-            for module, where, order, delta in self._deltas.values():
-                param = next(module.parameters(), None)
-                dev = param.device if param is not None else self.model.device
-                dt = param.dtype if param is not None and param.is_floating_point() else self.model.dtype
-                session.add(module, where, self._handler(delta.to(device=dev, dtype=dt)), write=True, order=order)
-        except BaseException:
-            session.close()
-            raise
-        self.session = session
-
-    def _handler(self, delta: torch.Tensor):
-        thresholds = self._thresholds
-
-        def add(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
-            d = delta if delta.device == x.device else delta.to(x.device)
-            if d.dtype != x.dtype:
-                d = d.to(x.dtype)
-            if state is None:
-                return x + d
-            if thresholds is None:
-                if not state.padded:
-                    return x + d
-                return x + state.mask.to(x.device)[..., None].to(x.dtype) * d
-            key = ("steer_mask", id(thresholds))
-            if key not in state.cache:  # the first handler of this forward computes it
-                thresholds.update(state)
-                state.cache[key] = thresholds.mask(state)
-            m = state.cache[key].to(x.device)
-            return x + m[..., None].to(x.dtype) * d
-
-        return add
-
-    def remove(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
-
-    def __enter__(self) -> Steering:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def default_eoi_ids(model: Model) -> list[int]:
@@ -176,36 +59,133 @@ def default_eoi_ids(model: Model) -> list[int]:
     return list(ids)
 
 
+def _eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None) -> list[int] | None:
+    if positions == "from_eoi" and eoi_ids is None:
+        return default_eoi_ids(target)
+    return None if eoi_ids is None else list(eoi_ids)
+
+
+class Steer(Add):
+    """Add ``multiplier x vector`` of a :class:`SteeringVector` at ``layers`` (default: every layer it has;
+    any layer grammar: ``"10-12"``, ``[10, 12]``...) at its hook-point kind."""
+
+    kind = "steer"
+
+    def __init__(self, vector: SteeringVector, multiplier: float = 1.0, *,
+                 layers: str | int | Iterable[int] | None = None, positions: str = "all",
+                 eoi_ids: Sequence[int] | None = None):
+        self.vector = vector
+        self.layers_spec = layers if layers is None or isinstance(layers, (str, int)) else list(layers)
+        if isinstance(self.layers_spec, list) and not self.layers_spec:
+            raise InputError("the layer list is empty; give at least one layer to steer")
+        super().__init__({HookPoint(k, vector.point): v for k, v in vector.vectors.items()}, multiplier,
+                         positions=positions, eoi_ids=eoi_ids, source=vector.provenance())
+        self._layers: list[int] | None = None
+
+    def _resolved(self, target: Any) -> list[tuple[HookPoint, torch.Tensor, float]]:
+        self.vector.check_fits(target)
+        layers = self.vector.layers if self.layers_spec is None else layer_list(self.layers_spec, target.n_layers)
+        self._layers = layers
+        return [(HookPoint(i, self.vector.point), self.vector[i], self.multiplier) for i in layers]
+
+    def edits(self, target: Any) -> list:
+        if self.positions == "from_eoi" and self.eoi_ids is None:
+            self.eoi_ids = default_eoi_ids(target)
+        return super().edits(target)
+
+    def record(self) -> dict[str, Any]:
+        layers = self._layers if self._layers is not None else (self.layers_spec or self.vector.layers)
+        return {"kind": self.kind, "point": self.vector.point, "layers": layers, "multiplier": self.multiplier,
+                "positions": self.positions, **self.source}
+
+
+class Mix(Add):
+    """Activation mixing (the decoding study's patching of one prompt's activation into another run): record
+    ``source_prompt``'s activation at ``point`` at token ``position`` (an index over its real tokens, default
+    the last, as in the study; ``"mean"`` averages every token) when applied, and add ``scale`` times it."""
+
+    kind = "mix"
+
+    def __init__(self, source_prompt: str, point: HookPoint | str, scale: float = 1.0, *,
+                 position: int | str = -1, positions: str = "all", chat: bool = False,
+                 eoi_ids: Sequence[int] | None = None):
+        if not isinstance(source_prompt, str) or not source_prompt.strip():
+            raise InputError("the source prompt of activation mixing is empty")
+        if not (isinstance(position, int) and not isinstance(position, bool)) and position != "mean":
+            raise InputError(f"mixing position must be a token index or 'mean', not {position!r}")
+        self.source_prompt, self.point, self.position, self.chat = source_prompt, point, position, chat
+        self._eoi = eoi_ids
+        super().__init__({point: torch.zeros(1)}, scale, positions=positions, eoi_ids=eoi_ids,
+                         source={"source_prompt": source_prompt, "position": position, "chat": chat})
+
+    def edits(self, target: Any) -> list:
+        vec = record_activation(target, self.source_prompt, self.point, reduce=self.position, chat=self.chat)
+        self.vectors = {self.point: vec}
+        self.eoi_ids = _eoi_for(target, self.positions, self._eoi)
+        return super().edits(target)
+
+    def record(self) -> dict[str, Any]:
+        rec = super().record()
+        rec["kind"] = self.kind
+        return rec
+
+
+class Steering(Edits):
+    """Additions applied to a model (context manager, or a handle with ``remove()``). Kept for compatibility:
+    ``model.edit(Add(...))`` / :func:`steer` build the same thing."""
+
+    def __init__(self, model: Model, additions: Sequence[Addition], *, positions: str = "all",
+                 eoi_ids: list[int] | None = None):
+        if not additions:
+            raise InputError("nothing to steer with: no layer or vector given")
+        check_steer_positions(positions)
+        add = _MultiAdd(additions, positions=positions, eoi_ids=_eoi_for(model, positions, eoi_ids))
+        super().__init__(model, [add])
+        self.model, self.positions = model, positions
+
+
+class _MultiAdd(Add):
+    """:class:`Add` with a multiplier per addition (several additions may target one point)."""
+
+    def __init__(self, additions: Sequence[Addition], *, positions: str, eoi_ids: list[int] | None):
+        self.additions = list(additions)
+        super().__init__({a.point: a.vector for a in additions}, 1.0, positions=positions, eoi_ids=eoi_ids)
+
+    def _resolved(self, target: Any) -> list[tuple[HookPoint, torch.Tensor, float]]:
+        return [(parse_points(a.point, target.n_layers)[0], a.vector.detach().reshape(-1).float().cpu(),
+                 float(a.multiplier)) for a in self.additions]
+
+    def record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "points": [a.point.name for a in self.additions],
+                "multipliers": [float(a.multiplier) for a in self.additions], "positions": self.positions}
+
+
 def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector], multiplier: float | Sequence[float] = 1.0,
-          *, layers: Iterable[int] | None = None, positions: str = "all") -> Steering:
-    """Add ``multiplier x vector`` at ``layers`` (default: every layer the vector has) of one or more vectors."""
+          *, layers: str | int | Iterable[int] | None = None, positions: str = "all") -> Edits:
+    """Add ``multiplier x vector`` at ``layers`` (default: every layer the vector has) of one or more vectors;
+    applied at once, as a context manager or a handle. ``model.edit(Steer(...), ...)`` composes with others."""
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
     mults = [multiplier] * len(vecs) if isinstance(multiplier, (int, float)) else list(multiplier)
     if len(mults) != len(vecs):
         raise InputError(f"{len(vecs)} vectors but {len(mults)} multipliers")
-    additions = []
-    wanted = None if layers is None else list(layers)
-    if wanted is not None and not wanted:
-        raise InputError("the layer list is empty; give at least one layer to steer")
-    for v, m in zip(vecs, mults, strict=True):
-        v.check_fits(model)
-        for layer in wanted if wanted is not None else v.layers:
-            additions.append(Addition(HookPoint(layer, v.point), v[layer], float(m)))
-    return Steering(model, additions, positions=positions)
+    if not vecs:
+        raise InputError("nothing to steer with: no vector given")
+    return model.edit(*[Steer(v, m, layers=layers, positions=positions) for v, m in zip(vecs, mults, strict=True)])
 
 
 def add_vectors(model: Model, deltas: dict[str, torch.Tensor], multiplier: float = 1.0, *, positions: str = "all"
-                ) -> Steering:
-    """Add raw tensors at named hook points: ``{"blocks.5.resid_post": v}``."""
-    additions = []
+                ) -> Edits:
+    """Add raw tensors at named hook points: ``{"blocks.5.resid_post": v}`` (a kind names every layer)."""
+    vectors: dict[HookPoint | str, torch.Tensor] = {}
     for name, v in deltas.items():
         for p in model.parse_points(name):
-            additions.append(Addition(p, v.detach().float().cpu().reshape(-1), multiplier))
-    return Steering(model, additions, positions=positions)
+            vectors[p] = v.detach().float().cpu().reshape(-1)
+    return model.edit(Add(vectors, multiplier, positions=positions,
+                          eoi_ids=_eoi_for(model, check_steer_positions(positions), None)))
 
 
 @torch.no_grad()
-def record_activation(model: Model, prompt: str, point: str, *, reduce: str | int = "mean",
+def record_activation(model: Model, prompt: str, point: str | HookPoint, *, reduce: str | int = "mean",
                       chat: bool = False) -> torch.Tensor:
     """One prompt's activation at a hook point: the mean over its tokens (``reduce='mean'``) or the token
     at an index (``reduce=-1`` for the last), as a vector to mix into another run."""
@@ -217,13 +197,14 @@ def record_activation(model: Model, prompt: str, point: str, *, reduce: str | in
     if reduce == "mean":
         acts = model.activations(batch, pts, positions="tokens", dtype=torch.float64)
         return acts[pts[0].name].mean(0).float()
-    if isinstance(reduce, int):
+    if isinstance(reduce, int) and not isinstance(reduce, bool):
         return model.activations(batch, pts, positions=reduce, dtype=torch.float32)[pts[0].name][0]
     raise InputError(f"reduce must be 'mean' or a token index, not {reduce!r}")
 
 
 def mix(model: Model, source_prompt: str, point: str, scale: float = 1.0, *, reduce: str | int = "mean",
-        positions: str = "all", chat: bool = False) -> Steering:
-    """Record ``source_prompt``'s activation at ``point`` and add ``scale`` times it to later runs."""
-    vec = record_activation(model, source_prompt, point, reduce=reduce, chat=chat)
-    return add_vectors(model, {point: vec}, scale, positions=positions)
+        positions: str = "all", chat: bool = False) -> Edits:
+    """Record ``source_prompt``'s activation at ``point`` and add ``scale`` times it to later runs (applied at
+    once). ``reduce`` is kept from the first wave (default ``'mean'``); :class:`Mix` defaults to the study's
+    single position (the last token)."""
+    return model.edit(Mix(source_prompt, point, scale, position=reduce, positions=positions, chat=chat))

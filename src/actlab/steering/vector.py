@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ActlabError, InputError
-from ..hooks.points import BLOCK_KINDS
+from ..hooks.points import HookPoint, block_kind
 from ..runs import atomic_path
 
 if TYPE_CHECKING:
@@ -40,10 +40,13 @@ class SteeringVector:
     vectors: dict[int, torch.Tensor]
     point: str = "resid_post"
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # file + sha256 when loaded
 
     def __post_init__(self) -> None:
-        if self.point not in BLOCK_KINDS:
-            raise InputError(f"hook point kind {self.point!r} is not a block kind; valid: {', '.join(BLOCK_KINDS)}")
+        try:
+            block_kind(self.point)
+        except ActlabError as e:
+            raise InputError(str(e)) from None
         if not self.vectors:
             raise InputError("a steering vector needs at least one layer")
         widths = {int(v.shape[-1]) for v in self.vectors.values()}
@@ -73,11 +76,20 @@ class SteeringVector:
                               {**self.meta, "normalized": True})
 
     def select(self, layers: Iterable[int]) -> SteeringVector:
-        return SteeringVector({k: self[k] for k in layers}, self.point, dict(self.meta))
+        return SteeringVector({k: self[k] for k in layers}, self.point, dict(self.meta), dict(self.origin))
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the vector comes from, for run metadata: the file and its sha256 when it was loaded from one,
+        and the extraction facts of its header (method, model, read positions, dataset fingerprint)."""
+        keys = ("method", "model", "positions", "dataset_fingerprint", "purpose")
+        out: dict[str, Any] = {k: self.meta[k] for k in keys if k in self.meta}
+        if self.origin:
+            out["source"] = dict(self.origin)
+        return {"vector": out}
 
     def check_fits(self, model: Model) -> None:
         """Refuse a vector whose width or layers do not fit ``model``, naming both shapes."""
-        width = model.d_mlp if self.point == "mlp_hidden" else model.d_model
+        width = HookPoint(0, self.point).width(model)
         if self.d != width:
             raise VectorMismatchError(
                 f"vector width {self.d} does not fit {model.name!r}: its {self.point} is {width} wide "
@@ -134,7 +146,7 @@ class SteeringVector:
         for k in ("layers", "d", "schema_version"):
             meta.pop(k, None)
         vecs = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
-        return cls(vecs, point, meta)
+        return cls(vecs, point, meta, file_origin(path))
 
     # -- llama.cpp control vectors --------------------------------------------------------------------
     def to_gguf(self, path: str | os.PathLike[str], *, model_hint: str | None = None,
@@ -191,5 +203,13 @@ class SteeringVector:
                 hint = f.contents()
             except Exception:  # metadata is cosmetic for llama.cpp too
                 hint = None
-        return cls(vecs, "resid_post", {"method": "gguf-import", "model_family": hint, "source": str(path)})
+        return cls(vecs, "resid_post", {"method": "gguf-import", "model_family": hint, "source": str(path)},
+                   file_origin(path))
+
+
+def file_origin(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"file", "sha256"}`` of a file an intervention was read from (recorded in run metadata)."""
+    from ..runs import sha256_file
+
+    return {"file": str(path), "sha256": sha256_file(path)}
 
