@@ -1,9 +1,7 @@
 """DPO on preference pairs through TRL.
 
-Data: HH-RLHF rows (``chosen``/``rejected`` full dialogues, JSONL or .jsonl.gz; the prompt is their shared
-text up to the last ``"\\n\\nAssistant:"``) or explicit ``prompt``/``chosen``/``rejected`` JSONL (e.g.
-toxic-dpo). ``swap=True`` exchanges preferred and dispreferred answers (e.g. to train *towards* the
-rejected behaviour, as the study does for its dialogue tasks).
+Data: :func:`actlab.data.load_preferences` (HH-RLHF dialogues or prompt/chosen/rejected JSONL; ``swap=True``
+trains *towards* the rejected behaviour, as the study does for its dialogue tasks).
 
 Training reports preference accuracy and, as a KL estimate, the mean log-ratio between policy and
 reference on the training answers (TRL logs ``rewards/chosen`` = beta * log-ratio).
@@ -11,23 +9,17 @@ reference on the training answers (TRL logs ``rewards/chosen`` = beta * log-rati
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from ..errors import InputError
 from ..runs import write_json
 from .rl import _plot_history, _trl_common, history_from_trainer, quiet
 
 if TYPE_CHECKING:
     from ..models.model import Model
-
-ASSISTANT = "\n\nAssistant:"
-
 
 class DPOSettings(BaseModel):
     beta: float = Field(0.1, gt=0)
@@ -38,54 +30,6 @@ class DPOSettings(BaseModel):
     max_grad_norm: float = 1.0
     seed: int = 0
     logging_steps: int = 1
-
-
-def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """HH-RLHF: (prompt, chosen answer, rejected answer), split at the last shared assistant turn."""
-    k = chosen.rfind(ASSISTANT)
-    if k < 0 or rejected[: k + len(ASSISTANT)] != chosen[: k + len(ASSISTANT)]:
-        return None
-    cut = k + len(ASSISTANT)
-    return chosen[:cut], chosen[cut:], rejected[cut:]
-
-
-def load_preferences(path: str | os.PathLike[str], *, swap: bool = False, limit: int | None = None
-                     ) -> list[dict[str, str]]:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"preference file {str(p)!r} does not exist")
-    opener = gzip.open if p.suffix == ".gz" else open
-    rows: list[dict[str, str]] = []
-    skipped = 0
-    with opener(p, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if "prompt" in obj:
-                missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str)]
-                if missing:
-                    raise InputError(f"{p}:{n}: missing or non-string {', '.join(missing)}")
-                row = {"prompt": obj["prompt"], "chosen": obj["chosen"], "rejected": obj["rejected"]}
-            elif "chosen" in obj and "rejected" in obj:
-                parts = split_dialogue(obj["chosen"], obj["rejected"])
-                if parts is None:
-                    skipped += 1
-                    continue
-                row = dict(zip(("prompt", "chosen", "rejected"), parts, strict=True))
-            else:
-                raise InputError(f"{p}:{n}: expected prompt/chosen/rejected or HH-RLHF chosen/rejected fields")
-            if swap:
-                row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
-            rows.append(row)
-            if limit and len(rows) >= limit:
-                break
-    if not rows:
-        raise InputError(f"{p}: no usable preference pairs ({skipped} dialogues did not share a prompt)")
-    return rows
 
 
 def train_dpo(model: Model, pairs: list[dict[str, str]], cfg: DPOSettings, out_dir: str | os.PathLike[str],

@@ -9,7 +9,6 @@ learning rate (1e-6) and gradient clipping (1.0).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -46,27 +45,6 @@ RL_PRESETS: dict[str, RLConfig] = {
     "tiny": RLConfig(batch_size=16, num_generations=4, beta=0.5, lr=5e-5, max_steps=20, max_completion_length=24,
                      n_prompts=128),
 }
-
-
-def imdb_prefixes(path: str | os.PathLike[str], n: int, words: int = 8) -> list[str]:
-    """The first ``words`` words of ``n`` IMDb reviews (HTML line breaks removed)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"IMDb file {str(p)!r} does not exist")
-    out = []
-    with p.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if "text" not in (reader.fieldnames or []):
-            raise InputError(f"{p}:1: no 'text' column (columns: {', '.join(reader.fieldnames or [])})")
-        for row in reader:
-            ws = row["text"].replace("<br />", " ").split()
-            if len(ws) >= words:
-                out.append(" ".join(ws[:words]))
-            if len(out) >= n:
-                break
-    if not out:
-        raise InputError(f"{p}: no review has {words} words")
-    return out
 
 
 def _trl_common(cfg: Any, out: Path) -> dict[str, Any]:

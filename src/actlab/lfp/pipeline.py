@@ -63,7 +63,7 @@ class Context:
         return self._models[name]
 
     def texts(self, n: int) -> list[str]:
-        from ..sae.store import read_texts
+        from ..data import read_texts
 
         if self.cfg.data is None:
             raise InputError("the config needs `data:` (a text dataset such as the IMDb CSV)")
@@ -79,7 +79,8 @@ class Context:
 
 # -- stages ------------------------------------------------------------------------------------------------
 def stage_finetune(ctx: Context) -> dict[str, Any]:
-    from ..finetune import imdb_prefixes, load_preferences, train_dpo, train_rl
+    from ..data import imdb_prefixes, load_preferences
+    from ..finetune import train_dpo, train_rl
 
     cfg = ctx.cfg
     if cfg.tuned_model:
@@ -319,7 +320,8 @@ def stage_agreement(ctx: Context) -> dict[str, Any]:
 
 
 def stage_features(ctx: Context) -> dict[str, Any]:
-    from ..finetune import imdb_prefixes, lexicon_reward
+    from ..data import imdb_prefixes
+    from ..finetune import lexicon_reward
     from ..sae import FeatureIntervention, load_sae, overlap, top_examples
     from .explain import make_explainer
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.triples import load_triples
 from ..errors import InputError
 from ..llm import OpenAIChat
 
@@ -72,24 +73,7 @@ def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, 
 
 def file_triples(path: str | Path) -> list[dict[str, Any]]:
     """Triples from JSONL rows ``{"positive", "neutral", "negative"}`` (whole-input deltas)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"triples file {str(p)!r} does not exist")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        missing = [k for k in ("positive", "neutral", "negative") if not isinstance(obj.get(k), str)]
-        if missing:
-            raise InputError(f"{p}:{n}: missing {', '.join(missing)}")
-        out.append({k: {"text": obj[k], "span": None} for k in ("positive", "neutral", "negative")})
-    if not out:
-        raise InputError(f"{p}: no triples")
-    return out
+    return load_triples(path)
 
 
 REWRITE_PROMPT = (

@@ -11,7 +11,6 @@ verifies each shard's checksum when it loads it and names a corrupt or truncated
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -31,73 +30,10 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-TEXT_FIELDS = ("text", "review", "content", "document", "prompt", "question")
 
 
 class CacheError(ActlabError):
     """A cache does not match what it is used for, or a shard is corrupt."""
-
-
-# -- reading text datasets -------------------------------------------------------------------------------
-def read_texts(path: str | os.PathLike[str], *, field: str | None = None, limit: int | None = None) -> list[str]:
-    """Texts from JSONL/JSON (a text field), CSV (a text column), plain text (one per non-empty line), or a
-    folder saved with HF ``datasets`` (``save_to_disk``)."""
-    p = Path(path)
-    out: list[str] = []
-    keys = (field,) if field else TEXT_FIELDS
-    if p.is_dir():
-        try:
-            from datasets import load_from_disk
-        except ImportError as e:  # pragma: no cover
-            raise InputError("reading a saved HF dataset folder needs the datasets package") from e
-        from datasets import DatasetDict
-
-        ds = load_from_disk(str(p))
-        if isinstance(ds, DatasetDict):
-            ds = ds[next(iter(ds.keys()))]  # take the first split
-        col = next((k for k in keys if k in ds.column_names), None)
-        if col is None:
-            raise InputError(f"{p}: no column named {' or '.join(keys)} (columns: {', '.join(ds.column_names)})")
-        for t in ds[col]:
-            out.append(str(t))
-            if limit and len(out) >= limit:
-                break
-    elif not p.is_file():
-        raise InputError(f"dataset {str(p)!r} does not exist")
-    elif p.suffix.lower() == ".csv":
-        with p.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            col = next((k for k in keys if k in (reader.fieldnames or [])), None)
-            if col is None:
-                raise InputError(f"{p}:1: no column named {' or '.join(keys)} (columns: "
-                                 f"{', '.join(reader.fieldnames or [])})")
-            for row in reader:
-                if (row.get(col) or "").strip():
-                    out.append(row[col])
-                if limit and len(out) >= limit:
-                    break
-    elif p.suffix.lower() in (".jsonl", ".json"):
-        from ..steering.datasets import _rows
-
-        for line, obj in _rows(p):
-            if isinstance(obj, str):
-                out.append(obj)
-            else:
-                col = next((k for k in keys if isinstance(obj, dict) and k in obj), None)
-                if col is None:
-                    raise InputError(f"{p}:{line}: no field named {' or '.join(keys)}")
-                out.append(str(obj[col]))
-            if limit and len(out) >= limit:
-                break
-    else:
-        for line in p.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                out.append(line)
-            if limit and len(out) >= limit:
-                break
-    if not out:
-        raise InputError(f"{p}: no texts")
-    return out
 
 
 def _fingerprint(texts: Sequence[str]) -> str:

@@ -1,9 +1,9 @@
 """Steering: datasets and prompts, vector extraction, applying vectors, mixing, directional ablation,
 the refusal-direction pipeline and behaviour evaluation."""
 
+from ..data import ABItem, ContrastPair, DatasetError, load_ab, load_instructions, load_pairs
 from .ablate import DirectionalAblation, ablate, orthogonalize
 from .apply import APPLY_POLICIES, Addition, Steering, add_vectors, mix, record_activation, steer
-from .datasets import ABItem, ContrastPair, DatasetError, load_ab, load_instructions, load_pairs
 from .extract import METHODS, ContrastSet, contrast_from_ab, contrast_from_instructions, contrast_from_pairs, extract
 from .prompts import PromptStyle, format_prompt, resolve_style
 from .vector import SteeringVector, VectorMismatchError

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..data import ABItem
 from ..errors import InputError
 from ..runs import write_json, write_text
 from .apply import steer
-from .datasets import ABItem
 from .prompts import PromptStyle, format_prompt, with_answer
 from .scorers import Scorer
 from .vector import SteeringVector

@@ -104,7 +104,7 @@ def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, 
     if policy == "answer":
         if answer is None:
             raise InputError("position policy 'answer' needs an A/B answer appended to the prompt")
-        from .datasets import answer_letter
+        from ..data import answer_letter
 
         letter = answer_letter(answer)
         start = text.rindex(answer)

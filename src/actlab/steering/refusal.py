@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import __version__
+from ..data import fingerprint
 from ..errors import InputError
 from ..hooks.points import HookPoint
 from ..runs import write_json, write_text
 from .ablate import ablate
 from .apply import Addition, Steering
-from .datasets import fingerprint
 from .extract import collect
 from .prompts import PromptStyle, format_prompt, read_positions
 from .vector import SteeringVector
