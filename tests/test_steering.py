@@ -7,6 +7,7 @@ import torch
 
 import actlab
 import actlab.data
+import actlab.jobs
 import actlab.steering
 from actlab.analysis.vocab import vocab_view
 from actlab.steering import (
@@ -226,7 +227,11 @@ def test_sweep_responds_to_a_letter_direction(smollm, tmp_path):
     assert g[0] < g[1] < g[2]
     base = ab_probabilities(smollm, items, style)
     assert abs(float(base.mean()) - float(g[1])) < 1e-6
-    for f in ("sweep.json", "sweep.csv", "sweep_heatmap.png", "sweep_curves.png"):
+    # ab_sweep writes the data; the job (what `actlab steer sweep` runs) adds figures and run.json, reusing
+    # the finished cells of sweep.json
+    again = actlab.jobs.sweep(smollm, vec, items, tmp_path, layers=[last], multipliers=[-20, 0, 20])
+    assert torch.equal(again.grid(), res.grid()) and again.questions_per_second is None
+    for f in ("sweep.json", "sweep.csv", "sweep_heatmap.png", "sweep_curves.png", "run.json"):
         assert (tmp_path / f).is_file()
 
 

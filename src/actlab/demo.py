@@ -17,7 +17,7 @@ from .lens import logit_lens
 from .models import Model, load_model
 from .report import Page
 from .report.lens import lens_tables, target_heatmap
-from .runs import init_run_dir, write_json
+from .runs import Run, write_json
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -125,7 +125,14 @@ def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str =
              log: Callable[[str], None] = print, dtype: str | None = None, device: str | None = None) -> Path:
     """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir``."""
     out = Path(out_dir) if out_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    init_run_dir(out, config={"command": "demo", "model": model_name, "dtype": dtype, "device": device})
+    with Run(out, "demo", {"model": model_name, "dtype": dtype, "device": device}) as run:
+        summary = _demo(out, model_name, log, dtype, device)
+        run.results = summary
+    return out
+
+
+def _demo(out: Path, model_name: str, log: Callable[[str], None], dtype: str | None, device: str | None
+          ) -> dict[str, Any]:
     log(f"loading {model_name} ...")
     t0 = time.perf_counter()
     model = load_model(model_name, dtype=dtype, device=device)
@@ -140,4 +147,4 @@ def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str =
     write_json(out / "summary.json", summary)
     page.write(out / "index.html")
     log(f"report: {out / 'index.html'}")
-    return out
+    return summary

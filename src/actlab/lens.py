@@ -1,9 +1,7 @@
 """Unembedding and the logit lens.
 
-:class:`Unembed` = the model's own final norm (applied afresh to whatever it is given, so every layer is
-normalised by its own scale, never a cached one) + OPT's ``project_out`` where present + the unembedding
-+ Gemma-2/3's final logit soft-capping. The logit lens, vocabulary projections of directions and later
-lenses share it.
+:class:`~actlab.models.unembed.Unembed` (re-exported here) = the model's own final norm, recomputed for
+every vector, + the unembedding; the logit lens decodes hook points through it.
 
 Attention and MLP outputs are decoded on their own ("direct" view of what the sub-block writes); decode
 ``resid_mid``/``resid_post`` for the cumulative stream.
@@ -19,56 +17,12 @@ import torch
 
 from .errors import InputError
 from .hooks.points import RESIDUAL_KINDS, HookPoint
+from .models.unembed import Unembed
+
+__all__ = ["LensResult", "Unembed", "logit_lens", "resolve_target"]
 
 if TYPE_CHECKING:
     from .models.model import Model
-
-
-class Unembed:
-    """Final norm + unembedding of a model, as a function of residual-stream vectors."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.norm = model.final_norm_module
-        self.head = model.lm_head
-        self.project_out = model.project_out
-        cap = getattr(model.config, model.adapter.softcap_attr, None) if model.adapter.softcap_attr else None
-        self.softcap: float | None = float(cap) if cap else None
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
-        """Logits (float32, on ``x``'s device) for vectors ``x`` ``[..., d_model]``."""
-        w = self.head.weight
-        out_device = x.device
-        h = x.to(device=w.device, dtype=w.dtype)
-        if normalize:
-            h = self.norm(h.to(_module_device(self.norm, w.device)))
-        if self.project_out is not None:
-            h = self.project_out(h)
-        logits = self.head(h.to(w.device)).float()
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.to(out_device)
-
-
-    @torch.no_grad()
-    def direction_logits(self, v: torch.Tensor) -> torch.Tensor:
-        """How a residual *direction* moves each logit: ``(norm(v) - norm(0)) @ W_U^T``.
-
-        Subtracting ``norm(0)`` removes a LayerNorm bias (a constant offset, not part of the direction);
-        the RMS/LN scale is a positive scalar, so rankings match ``W_U (g * v)`` (centred for LayerNorm)."""
-        w = self.head.weight
-        h = v.reshape(1, -1).to(device=w.device, dtype=w.dtype)
-        normed = self.norm(h) - self.norm(torch.zeros_like(h))
-        if self.project_out is not None:
-            normed = self.project_out(normed)
-        return (normed @ w.T).float()[0].cpu()
-
-
-def _module_device(m: torch.nn.Module, default: torch.device) -> torch.device:
-    for p in m.parameters():
-        return p.device
-    return default
 
 
 @dataclass

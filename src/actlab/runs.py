@@ -73,24 +73,140 @@ def _json_default(obj: Any) -> Any:
 
 def versions() -> dict[str, str]:
     """Versions of the interpreter and the libraries results depend on."""
+    import importlib.metadata as md
+
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for mod in ("actlab", "torch", "transformers", "accelerate", "safetensors", "numpy"):
+    for mod in ("actlab", "torch", "transformers", "accelerate", "safetensors", "numpy", "trl"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # a missing optional library is recorded as absent, not fatal
+            out[mod] = md.version(mod)
+        except md.PackageNotFoundError:  # a missing optional library is recorded as absent, not fatal
             out[mod] = "absent"
     return out
 
 
+def git_revision() -> dict[str, Any] | None:
+    """The git commit of the actlab source (and whether it has uncommitted changes), when it is a checkout."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=3)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+                               capture_output=True, text=True, timeout=3)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def safe_child(root: str | os.PathLike[str], name: str, what: str = "name") -> Path:
+    """``root / name`` for a name taken from a config, refusing one that would leave ``root``."""
+    from .errors import InputError
+
+    root_p = Path(root)
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise InputError(f"{what} {name!r} must be a plain relative name inside {root_p} (no '..', no absolute "
+                         "path)")
+    return root_p / name
+
+
+class Run:
+    """A run folder owned by the library: every long job (sweep, refusal, SAE training, fine-tuning, LFP...)
+    records in ``run.json`` what it was asked to do and what happened, written atomically.
+
+    ``run.json`` holds the command, its config, the seed, library versions, the git revision of actlab when
+    available, the interventions applied to the model, start and end time, duration, and the status
+    (``running`` while it runs, then ``ok``, ``failed`` with the error's first line, or ``interrupted``). A
+    run re-entered in the same folder (resuming) keeps the earlier attempts under ``previous``.
+
+    >>> with Run(out, "steer sweep", config) as run:
+    ...     run.add_interventions(edits.records())
+    ...     run.results["cells"] = 12
+    """
+
+    FILE = "run.json"
+
+    def __init__(self, folder: str | os.PathLike[str], command: str, config: dict[str, Any] | None = None, *,
+                 seed: int | None = None):
+        self.path = Path(folder)
+        # the command is also kept inside the config, where the first wave's run.json had it
+        self.command, self.config, self.seed = command, {"command": command, **dict(config or {})}, seed
+        self.interventions: list[dict[str, Any]] = []
+        self.results: dict[str, Any] = {}
+        self.status = "created"
+        self.started: str | None = None
+        self._t0 = 0.0
+        self._previous: list[dict[str, Any]] = []
+
+    def child(self, name: str, what: str = "name") -> Path:
+        """A path inside the run folder for a name from a config (cannot leave the folder)."""
+        return safe_child(self.path, name, what)
+
+    def add_interventions(self, records: list[dict[str, Any]]) -> None:
+        """Record interventions applied during the run (``Edits.records()``, ``Intervention.record()``)."""
+        self.interventions += [dict(r) for r in records]
+        if self.status == "running":
+            self.write()
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "command": self.command, "config": self.config, "seed": self.seed, "versions": versions(),
+            "git": git_revision(), "interventions": self.interventions, "started": self.started,
+            "status": self.status,
+        }
+        if self.status != "running" and self.started is not None:
+            out["ended"] = _now()
+            out["duration_s"] = round(time.perf_counter() - self._t0, 3)
+        if self.results:
+            out["results"] = self.results
+        if self._previous:
+            out["previous"] = self._previous
+        return out
+
+    def write(self) -> Path:
+        return write_json(self.path / self.FILE, self.record())
+
+    def start(self) -> Run:
+        self.path.mkdir(parents=True, exist_ok=True)
+        old = self.path / self.FILE
+        if old.is_file():
+            try:
+                prev = json.loads(old.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                prev = None
+            if isinstance(prev, dict):
+                self._previous = list(prev.get("previous") or [])
+                self._previous.append({k: prev.get(k) for k in ("command", "started", "ended", "status")})
+        self.started, self._t0, self.status = _now(), time.perf_counter(), "running"
+        self.write()
+        return self
+
+    def finish(self, status: str = "ok", error: str | None = None) -> None:
+        self.status = status
+        if error:
+            self.results.setdefault("error", error.splitlines()[0][:500] if error else "")
+        self.write()
+
+    def __enter__(self) -> Run:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.finish("ok")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("interrupted")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")
+
+
 def init_run_dir(path: str | os.PathLike[str], *, config: dict[str, Any], seed: int | None = None) -> Path:
-    """Create ``path`` and record the run's config, versions, seed and start time in ``run.json``."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "config": config,
-        "seed": seed,
-        "versions": versions(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_json(path / "run.json", meta)
-    return path
+    """Create ``path`` and record the run's config, versions and seed in ``run.json`` (the first wave's form;
+    long jobs use :class:`Run`, which also records end time, duration, status and interventions)."""
+    run = Run(path, str(config.get("command", "")), config, seed=seed)
+    run.start()
+    return run.path

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, load, parse_layers, progress_bar
+from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, load, progress_bar
 
 compare_app = typer.Typer(help="Compare steering vectors across layers and models.", no_args_is_help=True)
 
@@ -24,14 +24,11 @@ def compare_vectors(
     force: Annotated[bool, typer.Option(help="Compare even when hook point / positions / family differ.")] = False,
 ) -> None:
     """Layer x layer cosine heatmaps, cross-model cosine per layer (with --vs), and a normalised PCA."""
-    from ..report.analyses import write_vector_comparison
-    from ..steering import SteeringVector
+    from ..jobs import vector_comparison
 
-    vs = [SteeringVector.load(p) for p in vectors]
-    other = [SteeringVector.load(p) for p in versus or []]
     names = list(labels) if labels else [p.stem for p in vectors]
     other_names = [f"{p.stem} ({p.parent.name})" if p.stem in names else p.stem for p in versus or []]
-    res = write_vector_comparison(out, vs, names, versus=other, versus_labels=other_names, force=force)
+    res = vector_comparison(out, vectors, names, versus=versus or [], versus_labels=other_names, force=force)
     for pair, per_layer in res["cross_model"].items():
         console.print(f"{pair}: " + ", ".join(f"L{k} {c:.3f}" for k, c in per_layer.items()))
     if res["forced_differences"]:
@@ -58,7 +55,7 @@ def layers_cmd(
 ) -> None:
     """Layer-selection metrics from two contrastive prompt sets, and the recommended layers."""
     from ..errors import InputError
-    from ..report.analyses import write_layer_metrics
+    from ..jobs import layer_selection
     from ..steering import load_ab, load_instructions, load_pairs, resolve_style
     from ..steering.prompts import with_answer
 
@@ -76,8 +73,8 @@ def layers_cmd(
     else:
         raise InputError("give --positive and --negative, or --pairs, or --ab")
     with progress_bar("streaming statistics", len(pos) + len(neg)) as advance:
-        res = write_layer_metrics(out, m, pos, neg, streams=[s.strip() for s in streams.split(",") if s.strip()],
-                                  positions=positions, batch_size=batch_size, top=top, progress=advance)
+        res = layer_selection(m, pos, neg, out, streams=[s.strip() for s in streams.split(",") if s.strip()],
+                              positions=positions, batch_size=batch_size, top_k=top, progress=advance)
     console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})")
     console.print(f"wrote {out}/layer_metrics.json and layer_metrics.png")
 
@@ -97,14 +94,11 @@ def project_vocab(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Top positive and negative tokens of a direction per layer (and its dot product along generations)."""
-    from ..report.analyses import write_vocab_projection
-    from ..steering import SteeringVector
+    from ..jobs import vocab_projection
 
     m = load(model, dtype, device, gguf_file)
-    vec = SteeringVector.load(vector)
-    vec.check_fits(m)
-    lay = parse_layers(layers, m.n_layers)
-    res = write_vocab_projection(out, m, vec, layers=lay, k=k, prompts=prompt or [], max_new_tokens=max_new_tokens)
+    res = vocab_projection(m, vector, out, layers=layers, top_k=k, prompts=prompt or [],
+                           max_new_tokens=max_new_tokens)
     t = Table(title=f"vocabulary projection of {vector.name}")
     t.add_column("layer", justify="right")
     t.add_column("top positive")
@@ -124,11 +118,11 @@ def diverge(
     device: DeviceOpt = None,
 ) -> None:
     """Per-layer parameter divergence (L2 norm of the difference per layer and module)."""
-    from ..report.analyses import write_divergence
+    from ..jobs import diverge as run_diverge
 
     a = load(model_a, dtype, device, validate=False)
     b = load(model_b, dtype, device, validate=False)
-    res = write_divergence(out, a, b, top_k=top_k)
+    res = run_diverge(a, b, out, top_k=top_k)
     console.print("top layers by L2 divergence: " + ", ".join(
         f"{i} ({res['per_layer'][i]:.4g})" for i in res["top_layers"]))
     console.print(f"wrote {out}/divergence.json and divergence.png")

@@ -39,36 +39,10 @@ def split_list(values: list[str] | None) -> list[str]:
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
-    """``"all"``/None -> None (every layer); ``"4,8,12"``, ``"4-12"``, ``"4-12:2"``, negatives count from the end."""
-    from ..errors import InputError
+    """The one layer grammar (:func:`actlab.hooks.points.parse_layers`): ``all``/None -> None (every layer)."""
+    from ..hooks.points import parse_layers as parse
 
-    if spec is None or spec.strip().lower() in ("", "all"):
-        return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        step = 1
-        if ":" in part:
-            part, step_s = part.split(":", 1)
-            step = int(step_s)
-        try:
-            if "-" in part[1:]:
-                lo_s, hi_s = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                lo, hi = int(lo_s), int(hi_s)
-                out += list(range(lo, hi + 1, step))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"cannot read layers from {spec!r}; use e.g. 4,8,12 or 4-12 or 4-12:2 or all") from None
-    out = [i + n_layers if i < 0 else i for i in out]
-    bad = [i for i in out if not 0 <= i < n_layers]
-    if bad:
-        raise InputError(f"layers {bad} are out of range; the model has layers 0..{n_layers - 1}")
-    if not out:
-        raise InputError(f"the layer list {spec!r} is empty")
-    return sorted(set(out))
+    return parse(spec, n_layers)
 
 
 def parse_floats(spec: str, what: str = "multipliers") -> list[float]:

@@ -28,14 +28,15 @@ def finetune_rl(
 ) -> None:
     """RL with the VADER-lexicon reward and a KL penalty (GRPO/RLOO; see docs/lfp.md for the PPO deviation)."""
     from ..errors import InputError
-    from ..finetune import RL_PRESETS, imdb_prefixes, train_rl
+    from ..finetune import RL_PRESETS
+    from ..jobs import finetune_rl
 
     if preset not in RL_PRESETS:
         raise InputError(f"unknown preset {preset!r}; valid: {', '.join(RL_PRESETS)}")
     cfg = RL_PRESETS[preset].model_copy(update={k: v for k, v in {"method": method, "max_steps": steps, "lr": lr,
                                                                   "beta": beta}.items() if v is not None})
     m = load(model, dtype, device)
-    res = train_rl(m, imdb_prefixes(data, cfg.n_prompts, cfg.prompt_words), cfg, out)
+    res = finetune_rl(m, data, out, cfg)
     h = res["history"]
     if h:
         console.print(f"reward {h[0].get('reward', float('nan')):.3f} -> {h[-1].get('reward', float('nan')):.3f}, "
@@ -59,12 +60,12 @@ def finetune_dpo(
     device: DeviceOpt = None,
 ) -> None:
     """DPO on preference pairs; reports preference accuracy and a KL estimate over steps."""
-    from ..finetune import DPOSettings, load_preferences, train_dpo
+    from ..finetune import DPOSettings
+    from ..jobs import finetune_dpo
 
     m = load(model, dtype, device)
-    pairs = load_preferences(data, swap=swap, limit=limit)
-    res = train_dpo(m, pairs, DPOSettings(max_steps=steps, batch_size=batch_size, lr=lr, beta=beta,
-                                          max_length=max_length), out, swapped=swap)
+    res = finetune_dpo(m, data, out, DPOSettings(max_steps=steps, batch_size=batch_size, lr=lr, beta=beta,
+                                                 max_length=max_length), swap=swap, limit=limit)
     h = res["history"]
     if h:
         console.print(f"preference accuracy {h[-1].get('preference_accuracy', float('nan')):.3f}, KL estimate "

@@ -35,14 +35,13 @@ def cache(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Stream a text dataset through the model and write hook-point activations (resumable)."""
-    from ..sae import cache_activations, read_texts
+    from ..jobs import cache_acts
 
     m = load(model, dtype, device, gguf_file, **({"device_map": device_map} if device_map else {}))
-    texts = read_texts(data, field=field, limit=limit)
-    with progress_bar(f"caching {len(texts)} texts", len(texts)) as advance:
-        man = cache_activations(m, texts, split_list(points), out, dtype=cache_dtype, batch_size=batch_size,
-                                shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
-                                overwrite=overwrite, progress=advance)
+    with progress_bar("caching texts", limit) as advance:
+        man = cache_acts(m, data, split_list(points), out, field=field, limit=limit, dtype=cache_dtype,
+                         batch_size=batch_size, shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
+                         overwrite=overwrite, progress=advance)
     console.print(f"wrote {out}: {man['n_tokens']} tokens x {len(man['points'])} points in {len(man['shards'])} "
                   f"shards ({cache_dtype})")
 
@@ -73,11 +72,9 @@ def train(
 ) -> None:
     """Train several dictionaries together on one activation stream (YAML config or flags)."""
     from ..errors import InputError
-    from ..report.sae import training_curves, write_sae_metrics
-    from ..runs import init_run_dir
-    from ..sae import CacheReader, online_batches, read_texts, reconstruction_metrics, train_saes
+    from ..jobs import train_saes as train_job
     from ..sae.spec import DictionarySpec, load_spec
-    from ..sae.train import rank_and_world, skip
+    from ..sae.train import rank_and_world
 
     overrides = {"cache": cache, "point": point, "out": out, "model": model, "data": data, "device": device,
                  "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
@@ -94,46 +91,18 @@ def train(
         raise InputError("give --config FILE or at least --point and --cache (or --model and --data)")
     spec = load_spec(config, overrides)
     rank, _ = rank_and_world()
-    if spec.cache is not None:
-        reader = CacheReader(spec.cache, spec.point, model=None)
-        d_in, model_name = reader.d, reader.manifest["model"]
-        bs, seed = spec.train.batch_size, spec.train.seed
-
-        def make(start: int):
-            return skip(reader.batches(bs, seed=seed, buffer_shards=spec.buffer_shards, epochs=None), start)
-
-        def eval_batches():
-            return reader.batches(bs, seed=seed + 1, buffer_shards=spec.buffer_shards, epochs=1)
-    else:
-        m = load(spec.model, None, None)  # type: ignore[arg-type]
-        texts = read_texts(spec.data, limit=spec.n_texts)  # type: ignore[arg-type]
-        p = m.parse_points(spec.point)[0]
-        d_in, model_name = (m.d_mlp if p.kind == "mlp_hidden" else m.d_model), m.name
-        bs, seed = spec.train.batch_size, spec.train.seed
-
-        def make(start: int):
-            return skip(online_batches(m, texts, spec.point, bs, seed=seed, max_length=spec.max_length,
-                                       epochs=None), start)
-
-        def eval_batches():
-            return online_batches(m, texts, spec.point, bs, seed=seed + 1, max_length=spec.max_length)
-    configs = [d.to_config(d_in, hook_point=spec.point, model=model_name) for d in spec.dictionaries]
-    if rank == 0:
-        init_run_dir(spec.out, config=spec.model_dump(mode="json"), seed=spec.train.seed)
+    m = load(spec.model, None, None) if spec.cache is None and spec.model else None
+    first = spec.dictionaries[0].name or None
     with progress_bar("training", spec.train.steps) as advance:
         def on_step(row: dict) -> None:
-            c = configs[0].name
+            c = first or next(k for k, v in row.items() if isinstance(v, dict))
             advance(1, description=f"training: {c} loss {row[c]['loss']:.4g} L0 {row[c]['l0']:.1f} "
                                    f"dead {row[c]['dead']:.2f}")
 
-        saes, _ = train_saes(configs, make, spec.train, out_dir=spec.out, device=spec.device, resume=resume,
-                             progress=on_step if rank == 0 else None)
+        res = train_job(spec, model=m, resume=resume, progress=on_step if rank == 0 else None)
     if rank != 0:
         return
-    metrics = {s.cfg.name: reconstruction_metrics(s, eval_batches(), max_batches=spec.eval_batches) for s in saes}
-    write_sae_metrics(spec.out, metrics)
-    training_curves(spec.out / "train_log.jsonl", spec.out / "sae_metrics_training.png")
-    _print_metrics(metrics)
+    _print_metrics(res.metrics)
     console.print(f"wrote {spec.out}/saes/, sae_metrics.json, train_log.jsonl")
 
 
@@ -164,25 +133,13 @@ def evaluate(
 ) -> None:
     """Reconstruction metrics (MSE, explained variance, L0, dead/dense) and downstream loss recovered."""
     from ..errors import InputError
-    from ..report.sae import write_sae_metrics
-    from ..sae import CacheReader, downstream_loss, load_sae, read_texts, reconstruction_metrics
+    from ..jobs import evaluate_saes
 
     if cache is None and (model is None or data is None):
         raise InputError("give --cache and/or --model with --data")
-    dicts = [load_sae(p) for p in saes]
-    metrics = {}
     m = load(model, dtype, device) if model else None
-    texts = read_texts(data, limit=n_texts) if data else []
-    for p, sae in zip(saes, dicts, strict=True):
-        name = sae.cfg.name or p.name
-        res: dict = {}
-        if cache is not None:
-            reader = CacheReader(cache, sae.cfg.hook_point, model=m.name if m else None)
-            res.update(reconstruction_metrics(sae, reader.batches(batch_size, seed=1), max_batches=max_batches))
-        if m is not None:
-            res.update(downstream_loss(m, sae, sae.cfg.hook_point, texts, max_length=max_length))
-        metrics[name] = res
-    write_sae_metrics(out, metrics, name="sae_eval")
+    metrics = evaluate_saes(saes, out, cache=cache, model=m, data=data, n_texts=n_texts, max_batches=max_batches,
+                            batch_size=batch_size, max_length=max_length)
     _print_metrics(metrics)
     console.print(f"wrote {out}/sae_eval.json")
 
@@ -196,11 +153,9 @@ def overlap_cmd(
     hungarian: Annotated[bool, typer.Option(help="Also the Hungarian-matched mean cosine.")] = True,
 ) -> None:
     """Mean max cosine (greedy and Hungarian) between two dictionaries' decoder directions."""
-    from ..runs import write_json
-    from ..sae import load_sae, overlap
+    from ..jobs import sae_overlap
 
-    res = overlap(load_sae(a), load_sae(b), top=top, hungarian=hungarian)
-    write_json(out / "overlap.json", {"kind": "sae_overlap", "a": str(a), "b": str(b), **res})
+    res = sae_overlap(a, b, out, top_k=top, hungarian=hungarian)
     console.print(f"mean max cos A->B {res['mean_max_cos_a_to_b']:.4f}, B->A {res['mean_max_cos_b_to_a']:.4f}"
                   + (f", Hungarian {res['hungarian_mean_cos']:.4f}" if "hungarian_mean_cos" in res else ""))
     console.print(f"wrote {out}/overlap.json")
@@ -222,19 +177,10 @@ def top_examples_cmd(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Top-activating contexts per feature, as JSON and an offline HTML page with the tokens highlighted."""
-    from ..report.sae import top_examples_page
-    from ..runs import write_json
-    from ..sae import load_sae, read_texts, top_examples
+    from ..jobs import top_examples
 
-    m = load(model, dtype, device, gguf_file)
-    d = load_sae(sae)
-    texts = read_texts(data, limit=limit)
     feats = [int(x) for x in features.split(",")] if features else None
-    ex = top_examples(m, d, d.cfg.hook_point, texts, features=feats, k=k, max_length=max_length)
-    if feats is None:
-        ranked = sorted(ex, key=lambda f: -(ex[f][0]["value"] if ex[f] else 0))[:n_features]
-        ex = {f: ex[f] for f in ranked}
-    write_json(out / "top_examples.json", {"kind": "top_examples", "sae": str(sae), "model": m.name,
-                                           "features": {str(f): v for f, v in ex.items()}})
-    top_examples_page(ex, out / "top_examples.html", title=f"top-activating contexts: {d.cfg.name}")
+    m = load(model, dtype, device, gguf_file)
+    ex = top_examples(sae, m, data, out, features=feats, top_k_features=n_features, contexts=k, limit=limit,
+                      max_length=max_length)
     console.print(f"wrote {out}/top_examples.json and top_examples.html ({len(ex)} features)")

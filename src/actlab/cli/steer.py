@@ -51,45 +51,18 @@ def extract(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Extract a steering vector from a contrastive dataset in one batched pass."""
-    from ..errors import InputError
-    from ..steering import (
-        contrast_from_ab,
-        contrast_from_instructions,
-        contrast_from_pairs,
-        load_ab,
-        load_instructions,
-        load_pairs,
-        resolve_style,
-    )
-    from ..steering import (
-        extract as do_extract,
-    )
-    from ..steering.prompts import PromptStyle
+    from ..jobs import extract_vector
 
     m = load(model, dtype, device, gguf_file)
-    lay = parse_layers(layers, m.n_layers)
-    if format == "ab":
-        style = resolve_style(m, chat)
-        cs = contrast_from_ab(m, load_ab(data, limit=limit), style, positions or "answer")
-    elif format == "pairs":
-        style = PromptStyle(chat=False) if not chat else resolve_style(m, True)
-        cs = contrast_from_pairs(m, load_pairs(data, limit=limit), style, positions or "mean")
-    elif format == "instructions":
-        if negative is None:
-            raise InputError("--format instructions needs --negative FILE (e.g. the harmless instructions)")
-        style = resolve_style(m, True if chat is None else chat)
-        cs = contrast_from_instructions(m, load_instructions(data, limit=limit),
-                                        load_instructions(negative, limit=limit), style, positions or "eoi")
-    else:
-        raise InputError(f"unknown dataset format {format!r}; valid: ab, pairs, instructions")
-    total = len(cs.positive) + len(cs.negative)
-    with progress_bar(f"extracting {method} at {point}", total) as advance:
-        vec = do_extract(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=advance)
-    vec.meta["dataset"]["file"] = str(data)
-    vec.save(out)
+    n = None
+    with progress_bar(f"extracting {method} at {point}", None) as advance:
+        vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers,
+                             method=method, positions=positions, chat=chat, limit=limit, batch_size=batch_size,
+                             progress=advance)
     norms = vec.norms()
-    console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {cs.policy}, "
-                  f"{len(cs)} contrasts; norms {min(norms.values()):.3g}..{max(norms.values()):.3g}")
+    n = vec.meta.get("n_positive")
+    console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {vec.meta['positions']}, "
+                  f"{n} contrasts; norms {min(norms.values()):.3g}..{max(norms.values()):.3g}")
 
 
 @app.command()
@@ -97,8 +70,8 @@ def generate(
     model: ModelArg,
     vector: Annotated[Path, typer.Option(help="Steering vector (.safetensors or GGUF control vector).")],
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeat for several).")],
-    layer: Annotated[list[int] | None, typer.Option(help="Layer(s) to steer (default: all the vector has).")]
-    = None,
+    layers: LayersOpt = None,
+    layer: Annotated[list[int] | None, typer.Option(help="Deprecated: use --layers.", hidden=True)] = None,
     multiplier: Annotated[float, typer.Option("--multiplier", "-m", help="Scale of the vector.")] = 4.0,
     positions: Annotated[str, typer.Option(help="all, generated or from_eoi.")] = "all",
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 40,
@@ -110,17 +83,17 @@ def generate(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Generate with and without steering and print them side by side."""
-    from ..steering import SteeringVector, resolve_style
-    from ..steering.evaluate import steered_generations
+    from ..jobs import generate as run_generate
 
+    if layer:
+        err_console.print("--layer is deprecated; use --layers (e.g. --layers 8,10 or --layers 8-12)")
+        layers = ",".join(str(i) for i in layer)
     m = load(model, dtype, device, gguf_file)
-    vec = SteeringVector.load(vector)
-    layers = layer or vec.layers
-    style = resolve_style(m, chat)
-    rows = steered_generations(m, prompt, vec, layers=layers, multipliers=[0.0, multiplier], style=style,
-                               positions=positions, max_new_tokens=max_new_tokens, do_sample=sample, seed=seed)
+    rows = run_generate(m, vector, prompt, multiplier=multiplier, layers=layers, positions=positions,
+                        max_new_tokens=max_new_tokens, chat=chat, sample=sample, seed=seed)
     n = len(prompt)
-    table = Table(title=f"steering at layers {layers}, x{multiplier:g}, positions={positions}", show_lines=True)
+    table = Table(title=f"steering at layers {layers or 'of the vector'}, x{multiplier:g}, positions={positions}",
+                  show_lines=True)
     table.add_column("prompt", max_width=30)
     table.add_column("unsteered")
     table.add_column(f"steered (x{multiplier:g})")
@@ -147,23 +120,20 @@ def sweep(
     gguf_file: GgufOpt = None,
 ) -> None:
     """p(answer matching behaviour) under steering, for each layer x multiplier."""
-    from ..steering import SteeringVector, load_ab, resolve_style
-    from ..steering.evaluate import ab_sweep
+    from ..jobs import sweep as run_sweep
 
-    m = load(model, dtype, device, gguf_file)
-    vec = SteeringVector.load(vector)
-    lay = parse_layers(layers, m.n_layers) or vec.layers
     mults = parse_floats(multipliers)
-    items = load_ab(data, limit=limit)
-    with progress_bar("sweep cells", len(lay) * len(mults)) as advance:
-        res = ab_sweep(m, vec, items, layers=lay, multipliers=mults, style=resolve_style(m, chat),
-                       positions=positions, out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=advance)
+    m = load(model, dtype, device, gguf_file)
+    with progress_bar("sweep cells", None) as advance:
+        res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
+                        limit=limit, overwrite=overwrite, batch_size=batch_size, progress=advance)
     grid = res.grid()
-    table = Table(title=f"p(matching behaviour), {len(items)} questions")
+    n_q = next(iter(res.cells.values()))["n"] if res.cells else 0
+    table = Table(title=f"p(matching behaviour), {n_q} questions")
     table.add_column("layer", justify="right")
     for mu in mults:
         table.add_column(f"x{mu:g}", justify="right")
-    for i, layer in enumerate(lay):
+    for i, layer in enumerate(res.layers):
         table.add_row(str(layer), *[f"{float(grid[i, j]):.3f}" for j in range(len(mults))])
     console.print(table)
     qps = f"{res.questions_per_second:.1f} questions/s" if res.questions_per_second else "all cells cached"
@@ -185,24 +155,18 @@ def ablate(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Bake a directional ablation into the weights and save the model (hooks are not needed afterwards)."""
-    from ..steering import SteeringVector, orthogonalize
+    from ..jobs import ablate_weights
 
     m = load(model, dtype, device, gguf_file)
-    vec = SteeringVector.load(direction)
-    d = vec[layer if layer is not None else vec.layers[0]]
-    texts = [m.chat_prompt(p) if m.tokenizer.chat_template else p for p in prompt or []]
-    before = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
-    orth = orthogonalize(m, d, copy_model=False)
-    with err_console.status(f"saving to {out} ..."):
-        orth.save(out)
-    if texts:
-        after = orth.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False)
+    with err_console.status(f"orthogonalising and saving to {out} ..."):
+        res = ablate_weights(m, direction, out, layer=layer, prompts=prompt or [], max_new_tokens=max_new_tokens)
+    if res["generations"]:
         table = Table(title="directional ablation (weights orthogonalised)", show_lines=True)
         table.add_column("prompt", max_width=30)
         table.add_column("before")
         table.add_column("after")
-        for p, b, a in zip(prompt or [], before, after, strict=True):
-            table.add_row(p, b, a)
+        for g in res["generations"]:
+            table.add_row(g["prompt"], g["before"], g["after"])
         console.print(table)
     console.print(f"wrote the orthogonalised model to {out}")
 
@@ -229,21 +193,14 @@ def refusal(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Find, score, select and save the refusal direction (Arditi et al. 2024)."""
-    from ..runs import init_run_dir
-    from ..steering import load_instructions
-    from ..steering.refusal import RefusalConfig, refusal_pipeline
+    from ..jobs import refusal as run_refusal
+    from ..steering.refusal import RefusalConfig
 
     m = load(model, dtype, device, gguf_file)
-    h_all = load_instructions(harmful)
-    n_all = load_instructions(harmless)
-    hv = load_instructions(harmful_val) if harmful_val else h_all[n_train:]
-    nv = load_instructions(harmless_val) if harmless_val else n_all[n_train:]
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, layers=parse_layers(layers, m.n_layers),
                         batch_size=batch_size, kl_threshold=kl_threshold, top_k=top_k, max_new_tokens=max_new_tokens)
-    init_run_dir(out, config={"command": "steer refusal", "model": model, "harmful": str(harmful),
-                              "harmless": str(harmless), **{k: v for k, v in vars(cfg).items()
-                                                            if k != "refusal_phrases"}}, seed=cfg.seed)
-    res = refusal_pipeline(m, h_all, n_all, hv, nv, config=cfg, out_dir=out, log=lambda s: err_console.print(s))
+    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg,
+                      log=lambda s: err_console.print(s))
     console.print(f"selected layer {res.layer}, eoi position {res.eoi_position}; refusal rate on harmful "
                   f"validation prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the "
                   f"direction ablated. Wrote {out}/direction.safetensors, candidates.csv, scores.png")

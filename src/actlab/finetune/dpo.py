@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from ..runs import write_json
-from .rl import _plot_history, _trl_common, history_from_trainer, quiet
+from .rl import _trl_common, history_from_trainer, quiet
 
 if TYPE_CHECKING:
     from ..models.model import Model
@@ -59,5 +59,4 @@ def train_dpo(model: Model, pairs: list[dict[str, str]], cfg: DPOSettings, out_d
                "history": hist, "model_dir": str(out / "model"),
                "kl_note": "kl_estimate = mean policy/reference log-ratio on the training answers"}
     write_json(out / "finetune.json", summary)
-    _plot_history(hist, out / "finetune.png", ("preference_accuracy", "kl_estimate"))
     return summary

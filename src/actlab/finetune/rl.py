@@ -98,21 +98,7 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
                "deviation": "GRPO/RLOO with a KL penalty (beta) instead of the study's PPO with a value head",
                "model_dir": str(out / "model")}
     write_json(out / "finetune.json", summary)
-    _plot_history(hist, out / "finetune.png", ("reward", "kl"))
     return summary
-
-
-def _plot_history(hist: list[dict[str, Any]], path: Path, keys: tuple[str, ...]) -> None:
-    from ..report.plots import pyplot, save_figure
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2))
-    for ax, k in zip(axes if len(keys) > 1 else [axes], keys, strict=True):
-        pts = [(h["step"], h[k]) for h in hist if k in h]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("step")
-    save_figure(fig, path)
 
 
 def load_history(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ..configs import build_config, read_yaml_mapping
 from ..errors import InputError
 from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
+from ..sae.spec import DictionarySpec, SAETrainSpec
 from ..sae.train import TrainConfig
 
 
@@ -30,14 +31,23 @@ class FinetuneSpec(BaseModel):
 
 
 class SAESpec(BaseModel):
+    """The LFP shorthand for one SAE training run per divergent layer: dictionaries named ``{expansion}x``
+    with a common L1 coefficient and tying (turned into the shared :class:`SAETrainSpec`)."""
+
     expansions: list[float] = [1.0, 2.0]
     l1_coefficient: float = 1e-3
     tied: bool = True
     point: str = "mlp_out"
     n_texts: int = 2000
     max_length: int = 128
+    eval_batches: int = 4
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=5000, batch_size=32, lr=1e-3,
                                                                    normalize_activations=False))
+
+    def train_spec(self, *, cache: Path, point: str, out: Path) -> SAETrainSpec:
+        return SAETrainSpec(point=point, out=out, cache=cache, train=self.train, eval_batches=self.eval_batches,
+                            dictionaries=[DictionarySpec(expansion=e, l1_coefficient=self.l1_coefficient,
+                                                         tied=self.tied, name=f"{e:g}x") for e in self.expansions])
 
 
 class TriplesSpec(BaseModel):

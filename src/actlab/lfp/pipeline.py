@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import ActlabError, InputError
-from ..runs import init_run_dir, write_json
+from ..hooks.points import HookPoint
+from ..runs import Run, write_json
 from .config import LFPConfig
 
 STAGES = ("finetune", "divergence", "sae", "triples", "deltas", "probes", "agreement", "features", "report")
@@ -106,13 +107,17 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
                         swapped=ft.swap)
     else:
         raise InputError(f"unknown finetune method {ft.method!r}; valid: rl, dpo")
+    from ..report.figures import training_history
+
+    keys = ("reward", "kl") if ft.method == "rl" else ("preference_accuracy", "kl_estimate")
+    training_history(res["history"], keys, out / "finetune.png")
     last = res["history"][-1] if res["history"] else {}
     ctx.log(f"  fine-tuned with {ft.method}: last logged step {last}")
     return {"method": ft.method, "last": last}
 
 
 def stage_divergence(ctx: Context) -> dict[str, Any]:
-    from ..report.analyses import write_divergence
+    from ..jobs.compare import write_divergence
 
     base, tuned = ctx.model("base"), ctx.model("tuned")
     if type(base.hf) is not type(tuned.hf) or base.n_layers != tuned.n_layers:
@@ -130,36 +135,27 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
 
 
 def stage_sae(ctx: Context) -> dict[str, Any]:
-    from ..report.sae import write_sae_metrics
-    from ..sae import CacheReader, SAEConfig, cache_activations, reconstruction_metrics, train_saes
-    from ..sae.train import skip
+    from ..report.sae import density_histogram, training_curves
+    from ..sae import cache_activations
+    from ..sae.runner import train_from_spec
 
     spec = ctx.cfg.sae
     layers = json.loads(ctx.need("divergence", "layers.json").read_text())["layers"]
     tuned = ctx.model("tuned")
     out = ctx.dir("sae")
-    points = [f"blocks.{i}.{spec.point}" for i in layers]
+    points = [HookPoint(i, spec.point).name for i in layers]
     cache_activations(tuned, ctx.texts(spec.n_texts), points, out / "cache", max_length=spec.max_length)
     dicts: dict[str, dict[str, str]] = {}
     metrics: dict[str, Any] = {}
     for i, point in zip(layers, points, strict=True):
-        reader = CacheReader(out / "cache", point, model=tuned.name)
-        d_in = reader.d
-        configs = [SAEConfig(d_in=d_in, d_sae=round(e * d_in), l1_coefficient=spec.l1_coefficient, tied=spec.tied,
-                             hook_point=point, model=tuned.name, name=f"{e:g}x") for e in spec.expansions]
-        bs, seed = spec.train.batch_size, spec.train.seed
-
-        def make(start: int, reader=reader, bs=bs, seed=seed):
-            return skip(reader.batches(bs, seed=seed, epochs=None), start)
-
-        saes, _ = train_saes(configs, make, spec.train, out_dir=out / f"layer{i}")
-        dicts[str(i)] = {c.name: str(out / f"layer{i}" / "saes" / c.name) for c in configs}
-        m = {s.cfg.name: reconstruction_metrics(s, reader.batches(min(bs * 8, 4096), seed=seed + 1), max_batches=4)
-             for s in saes}
-        write_sae_metrics(out / f"layer{i}", m)
-        metrics[str(i)] = {n: {k: v for k, v in x.items() if k != "density"} for n, x in m.items()}
+        run_spec = spec.train_spec(cache=out / "cache", point=point, out=out / f"layer{i}")
+        res = train_from_spec(run_spec)
+        density_histogram(res.metrics, run_spec.out / "sae_metrics_density.png")
+        training_curves(run_spec.out / "train_log.jsonl", run_spec.out / "sae_metrics_training.png")
+        dicts[str(i)] = {c.name: str(run_spec.out / "saes" / c.name) for c in res.configs}
+        metrics[str(i)] = {n: {k: v for k, v in x.items() if k != "density"} for n, x in res.metrics.items()}
         ctx.log(f"  layer {i}: " + "; ".join(f"{n} EV {x['explained_variance']:.3f} L0 {x['l0']:.1f}"
-                                             for n, x in m.items()))
+                                             for n, x in res.metrics.items()))
     write_json(out / "dictionaries.json", {"layers": layers, "point": spec.point, "dictionaries": dicts,
                                            "metrics": metrics})
     return {"layers": layers, "metrics": metrics}
@@ -429,11 +425,21 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 
 def run_stage(cfg: LFPConfig, stage: str, *, log: Log = print, ctx: Context | None = None) -> dict[str, Any]:
+    """Run one stage (its run record says ``lfp <stage>``); inside :func:`run_pipeline` the pipeline's record
+    covers it."""
     if stage not in STAGE_FUNCS:
         raise InputError(f"unknown LFP stage {stage!r}; valid: {', '.join(STAGES)}")
-    ctx = ctx or Context(cfg, log)
-    if not (ctx.root / "run.json").exists():
-        init_run_dir(ctx.root, config=cfg.model_dump(mode="json"), seed=cfg.seed)
+    if ctx is None:
+        ctx = Context(cfg, log)
+        with Run(ctx.root, f"lfp {stage}", cfg.model_dump(mode="json"), seed=cfg.seed) as run:
+            summary = _stage(ctx, stage)
+            run.results = {stage: summary}
+        return summary
+    return _stage(ctx, stage)
+
+
+def _stage(ctx: Context, stage: str) -> dict[str, Any]:
+    cfg, log = ctx.cfg, ctx.log
     log(f"[{stage}]")
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -446,13 +452,14 @@ def run_pipeline(cfg: LFPConfig, *, force: bool = False, log: Log = print, until
                  ) -> dict[str, Any]:
     """Run every stage in order, skipping finished ones (unless ``force``)."""
     ctx = Context(cfg, log)
-    init_run_dir(ctx.root, config=cfg.model_dump(mode="json"), seed=cfg.seed)
     results = {}
-    for stage in STAGES:
-        if ctx.done(stage) and not force:
-            log(f"[{stage}] done earlier, skipped")
-            continue
-        results[stage] = run_stage(cfg, stage, log=log, ctx=ctx)
-        if stage == until:
-            break
+    with Run(ctx.root, "lfp run", cfg.model_dump(mode="json"), seed=cfg.seed) as run:
+        for stage in STAGES:
+            if ctx.done(stage) and not force:
+                log(f"[{stage}] done earlier, skipped")
+                continue
+            results[stage] = run_stage(cfg, stage, log=log, ctx=ctx)
+            run.results = {"stages_run": list(results)}
+            if stage == until:
+                break
     return results

@@ -341,6 +341,6 @@ class Model:
     @property
     def unembed(self):
         """Final norm + unembedding (+ softcap) as one callable (see :class:`actlab.lens.Unembed`)."""
-        from ..lens import Unembed
+        from .unembed import Unembed
 
         return Unembed(self)

@@ -1,4 +1,5 @@
-"""Figures for the comparison analyses (matplotlib PNG, written atomically)."""
+"""Figures drawn from analysis results (matplotlib PNG, written atomically): comparisons, sweeps, refusal
+candidates, fine-tuning histories."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from ..analysis.divergence import Divergence
 from ..analysis.layers import LayerMetrics
 from ..analysis.pca import Projection
+from ..steering.evaluate import SweepResult
 from .plots import heatmaps, pyplot, save_figure
 
 
@@ -95,4 +97,61 @@ def divergence_plot(div: Divergence, path: str | os.PathLike[str], *, top_k: int
     ax.set_ylabel("squared L2 norm of the difference")
     ax.set_title(title or f"parameter divergence per layer (top {top_k} marked)", fontsize=9)
     ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def sweep_figures(res: SweepResult, out: str | os.PathLike[str], *, title: str = "") -> dict[str, Path]:
+    """A layer x multiplier heatmap of p(matching behaviour) and per-layer curves."""
+    out = Path(out)
+    grid = res.grid().numpy()
+    paths = {"heatmap": heatmaps([grid], [title or "A/B sweep"], row_labels=[str(x) for x in res.layers],
+                                 col_labels=[f"{m:g}" for m in res.multipliers], path=out / "sweep_heatmap.png",
+                                 vmin=0.0, vmax=1.0, cmap="RdBu_r", cbar_label="p(answer matching behaviour)")}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, layer in enumerate(res.layers):
+        ax.plot(res.multipliers, grid[i], marker="o", label=f"layer {layer}")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("multiplier")
+    ax.set_ylabel("p(answer matching behaviour)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "A/B sweep", fontsize=9)
+    paths["curves"] = save_figure(fig, out / "sweep_curves.png")
+    return paths
+
+
+def refusal_scores(candidates: Sequence[Mapping], *, layer: int, base_harmful: float, base_harmless: float,
+                   kl_threshold: float, path: str | os.PathLike[str]) -> Path:
+    """Bypass, induce and KL scores of every refusal-direction candidate per layer (one line per eoi position)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    positions = sorted({r["eoi_position"] for r in candidates})
+    for ax, key, label in zip(axes, ("bypass", "induce", "kl"),
+                              ("refusal score, harmful, ablated (lower = bypass)",
+                               "refusal score, harmless, added (higher = induce)", "KL on harmless, ablated"),
+                              strict=True):
+        for pos in positions:
+            rs = [r for r in candidates if r["eoi_position"] == pos and r[key] is not None]
+            ax.plot([r["layer"] for r in rs], [r[key] for r in rs], marker=".", label=f"eoi {pos}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("layer")
+        ax.axvline(layer, color="red", lw=0.8, ls=":")
+    axes[0].axhline(base_harmful, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(base_harmless, color="grey", lw=0.8, ls="--")
+    axes[2].axhline(kl_threshold, color="grey", lw=0.8, ls="--")
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def training_history(hist: Sequence[Mapping], keys: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """One panel per logged quantity (reward, KL, preference accuracy...) over fine-tuning steps."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys, strict=True):
+        pts = [(h["step"], h[k]) for h in hist if k in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
     return save_figure(fig, path)

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..runs import write_json
 from .html import Page, esc
 from .plots import pyplot, save_figure
 
@@ -48,16 +47,6 @@ def density_histogram(metrics: Mapping[str, Mapping[str, Any]], path: str | os.P
     ax.set_ylabel("features")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
-
-
-def write_sae_metrics(out: str | os.PathLike[str], metrics: Mapping[str, Mapping[str, Any]], *,
-                      name: str = "sae_metrics") -> Path:
-    """``<name>.json`` (densities dropped from the table, kept in a separate key) + density histogram."""
-    out = Path(out)
-    table = [{"dictionary": n, **{k: v for k, v in m.items() if k != "density"}} for n, m in metrics.items()]
-    write_json(out / f"{name}.json", {"kind": "sae_metrics", "dictionaries": table,
-                                      "density": {n: m["density"] for n, m in metrics.items() if "density" in m}})
-    return density_histogram({n: m for n, m in metrics.items() if "density" in m}, out / f"{name}_density.png")
 
 
 def top_examples_page(examples: Mapping[int, list[dict[str, Any]]], path: str | os.PathLike[str], *,

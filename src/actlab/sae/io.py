@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..errors import InputError
 from ..runs import atomic_path, sha256_file, write_json
+from ..version import __version__
 from .dictionary import SAEConfig, SparseAutoencoder
 
 WEIGHTS, CFG = "sae_weights.safetensors", "cfg.json"

@@ -8,13 +8,16 @@ bad as deleting the activation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
 from ..hooks.interventions import Edits, Replace
+from ..runs import write_json
 from .dictionary import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -52,6 +55,15 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
             "dead_fraction": float((density == 0).double().mean()),
             "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
             "density": density.float().cpu().tolist()}
+
+
+def write_metrics(out: str | os.PathLike[str], metrics: Mapping[str, Mapping[str, Any]], *,
+                  name: str = "sae_metrics") -> Path:
+    """``<name>.json``: one table row per dictionary (densities kept under their own key)."""
+    table = [{"dictionary": n, **{k: v for k, v in m.items() if k != "density"}} for n, m in metrics.items()]
+    return write_json(Path(out) / f"{name}.json", {
+        "kind": "sae_metrics", "dictionaries": table,
+        "density": {n: m["density"] for n, m in metrics.items() if "density" in m}})
 
 
 def _lm_loss(model: Model, batch: dict[str, torch.Tensor]) -> tuple[float, int]:

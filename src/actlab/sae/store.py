@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import __version__
 from ..errors import ActlabError, InputError
 from ..runs import atomic_path, sha256_file, write_json
+from ..version import __version__
 
 if TYPE_CHECKING:
     from ..models.model import Model

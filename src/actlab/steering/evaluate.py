@@ -3,8 +3,8 @@ scored by a pluggable scorer, and the vocabulary view of a vector.
 
 A/B probability: the prompt is the question followed by the start of the answer, ``"("``; the model's
 next-token probabilities of the two answer letters are normalised, ``p = P(match) / (P(match) + P(other))``.
-Sweep results are written after every cell (atomically) and finished cells are skipped on a re-run unless
-``overwrite`` is set.
+Sweep results (``sweep.json``, then ``sweep.csv``) are written after every cell (atomically) and finished
+cells are skipped on a re-run unless ``overwrite`` is set.
 """
 
 from __future__ import annotations
@@ -177,38 +177,18 @@ def ab_sweep(
                 progress(1)
     res = SweepResult(cells, list(layers), list(multipliers), n_done / t_spent if t_spent > 0 else None)
     if out is not None:
-        write_sweep_outputs(res, out, title=f"{model.name}: {vector.meta.get('dataset', {})}")
+        write_text(out / "sweep.csv", sweep_csv(res))
     return res
 
 
-def write_sweep_outputs(res: SweepResult, out: Path, *, title: str = "") -> dict[str, Path]:
-    """CSV of all cells, a layer x multiplier heatmap and per-layer curves."""
-    from ..report.plots import heatmaps, save_figure
-
+def sweep_csv(res: SweepResult) -> str:
+    """Every cell as CSV rows (layer, multiplier, p_matching, its standard error, n)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["layer", "multiplier", "p_matching", "p_matching_sem", "n"])
     for c in sorted(res.cells.values(), key=lambda c: (c["layer"], c["multiplier"])):
         w.writerow([c["layer"], c["multiplier"], f"{c['p_matching']:.6f}", f"{c['p_matching_sem']:.6f}", c["n"]])
-    paths = {"csv": write_text(out / "sweep.csv", buf.getvalue())}
-    grid = res.grid().numpy()
-    paths["heatmap"] = heatmaps([grid], [title or "A/B sweep"], row_labels=[str(x) for x in res.layers],
-                                col_labels=[f"{m:g}" for m in res.multipliers], path=out / "sweep_heatmap.png",
-                                vmin=0.0, vmax=1.0, cmap="RdBu_r", cbar_label="p(answer matching behaviour)")
-    from ..report.plots import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, layer in enumerate(res.layers):
-        ax.plot(res.multipliers, grid[i], marker="o", label=f"layer {layer}")
-    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("multiplier")
-    ax.set_ylabel("p(answer matching behaviour)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(title or "A/B sweep", fontsize=9)
-    paths["curves"] = save_figure(fig, out / "sweep_curves.png")
-    return paths
+    return buf.getvalue()
 
 
 @torch.no_grad()

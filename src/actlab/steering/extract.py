@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import __version__
 from ..data import ABItem, ContrastPair, fingerprint
 from ..errors import InputError
 from ..hooks.points import BLOCK_KINDS, HookPoint
+from ..version import __version__
 from .prompts import PromptStyle, format_prompt, read_positions, with_answer
 from .vector import SteeringVector
 

@@ -13,7 +13,8 @@
    with the direction ablated, scored by refusal-phrase matching. The lowest refusal rate wins (ties: lower
    ``bypass``).
 4. Outputs: ``direction.safetensors`` (a SteeringVector at ``resid_pre`` of the chosen layer),
-   ``candidates.json``/``.csv``, ``generations.json`` (before/after ablation), ``scores.png``.
+   ``refusal.json``, ``candidates.json``/``.csv``, ``generations.json`` (before/after ablation); the
+   ``scores.png`` figure is drawn by :func:`actlab.report.figures.refusal_scores`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import __version__
 from ..data import fingerprint
 from ..errors import InputError
 from ..hooks.points import HookPoint
 from ..runs import write_json, write_text
+from ..version import __version__
 from .ablate import ablate
 from .apply import Addition, Steering
 from .extract import collect
@@ -76,6 +77,8 @@ class RefusalResult:
     refusal_rate_before: float
     refusal_rate_after: float
     generations: list[dict[str, str]] = field(default_factory=list)
+    base_harmful: float = float("nan")  # clean refusal scores (log-odds) of the validation prompts
+    base_harmless: float = float("nan")
 
 
 def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
@@ -238,7 +241,8 @@ def refusal_pipeline(
     result = RefusalResult(best["layer"], best["eoi_position"], vec, rows, rate_before,
                            best["refusal_rate_ablated"],
                            [{"prompt": p, "before": b, "after": a} for p, b, a in zip(harmful_val, before, best_texts,
-                                                                                       strict=True)])
+                                                                                       strict=True)],
+                           base_harmful, base_harmless)
     log(f"  selected layer {best['layer']}, eoi position {best['eoi_position']}: refusal rate "
         f"{rate_before:.2f} -> {best['refusal_rate_ablated']:.2f} (KL {best['kl']:.3f})")
     if out is not None:
@@ -248,8 +252,6 @@ def refusal_pipeline(
 
 def write_refusal_outputs(res: RefusalResult, out: Path, cfg: RefusalConfig, base_harmful: float,
                           base_harmless: float) -> None:
-    from ..report.plots import pyplot, save_figure
-
     res.direction.save(out / "direction.safetensors")
     summary = {"layer": res.layer, "eoi_position": res.eoi_position, "refusal_rate_before": res.refusal_rate_before,
                "refusal_rate_after": res.refusal_rate_after, "clean_refusal_score_harmful": base_harmful,
@@ -265,23 +267,3 @@ def write_refusal_outputs(res: RefusalResult, out: Path, cfg: RefusalConfig, bas
         w.writerow({k: r.get(k, "") for k in keys})
     write_text(out / "candidates.csv", buf.getvalue())
     write_json(out / "generations.json", res.generations)
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    positions = sorted({r["eoi_position"] for r in res.candidates})
-    for ax, key, label in zip(axes, ("bypass", "induce", "kl"),
-                              ("refusal score, harmful, ablated (lower = bypass)",
-                               "refusal score, harmless, added (higher = induce)", "KL on harmless, ablated"),
-                              strict=True):
-        for pos in positions:
-            rs = [r for r in res.candidates if r["eoi_position"] == pos]
-            rs = [r for r in rs if r[key] is not None]
-            ax.plot([r["layer"] for r in rs], [r[key] for r in rs], marker=".", label=f"eoi {pos}")
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("layer")
-        ax.axvline(res.layer, color="red", lw=0.8, ls=":")
-    axes[0].axhline(base_harmful, color="grey", lw=0.8, ls="--")
-    axes[1].axhline(base_harmless, color="grey", lw=0.8, ls="--")
-    axes[2].axhline(cfg.kl_threshold, color="grey", lw=0.8, ls="--")
-    axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    save_figure(fig, out / "scores.png")

@@ -1,0 +1,113 @@
+"""SAE jobs: cache activations, train dictionaries, evaluate them, compare two, find top-activating contexts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.texts import read_texts
+from ..errors import InputError
+from ..report.sae import density_histogram, top_examples_page, training_curves
+from ..runs import Run, write_json
+from ..sae import CacheReader, cache_activations, downstream_loss, load_sae, overlap, reconstruction_metrics
+from ..sae import top_examples as top_examples_fn
+from ..sae.metrics import write_metrics
+from ..sae.runner import SAETrainResult, train_from_spec
+from ..sae.spec import SAETrainSpec
+from ..sae.train import rank_and_world
+from .common import ModelLike, as_model, name_of
+
+
+def cache_acts(model: ModelLike, data: str | os.PathLike[str], points: str | Sequence[str],
+               out: str | os.PathLike[str], *, field: str | None = None, limit: int | None = None,
+               dtype: str = "float32", max_length: int = 256, shard_tokens: int = 65536, batch_size: int = 16,
+               keep_bos: bool = False, overwrite: bool = False, progress: Callable[[int], None] | None = None
+               ) -> dict[str, Any]:
+    """Stream a text dataset through the model and write hook-point activations (sharded, resumable)."""
+    m = as_model(model)
+    texts = read_texts(data, field=field, limit=limit)
+    config = {"model": name_of(model), "data": str(data), "points": points, "limit": limit, "dtype": dtype,
+              "max_length": max_length, "shard_tokens": shard_tokens, "batch_size": batch_size, "keep_bos": keep_bos}
+    with Run(out, "acts cache", config) as run:
+        man = cache_activations(m, texts, points, out, dtype=dtype, batch_size=batch_size, shard_tokens=shard_tokens,
+                                max_length=max_length, keep_bos=keep_bos, overwrite=overwrite, progress=progress)
+        run.results = {"n_tokens": man["n_tokens"], "n_shards": len(man["shards"])}
+    return man
+
+
+def train_saes(spec: SAETrainSpec, *, model: ModelLike | None = None, resume: bool = True,
+               progress: Callable[[dict[str, Any]], None] | None = None) -> SAETrainResult:
+    """Train the dictionaries of ``spec`` in its run folder; rank 0 also writes metrics and figures."""
+    rank, _ = rank_and_world()
+    m = as_model(model) if model is not None else None
+    if rank != 0:
+        return train_from_spec(spec, model=m, resume=resume, progress=progress)
+    with Run(spec.out, "sae train", spec.model_dump(mode="json"), seed=spec.train.seed) as run:
+        res = train_from_spec(spec, model=m, resume=resume, progress=progress)
+        density_histogram(res.metrics, spec.out / "sae_metrics_density.png")
+        training_curves(spec.out / "train_log.jsonl", spec.out / "sae_metrics_training.png")
+        run.results = {n: {k: v for k, v in x.items() if k != "density"} for n, x in res.metrics.items()}
+    return res
+
+
+def evaluate_saes(saes: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                  cache: str | os.PathLike[str] | None = None, model: ModelLike | None = None,
+                  data: str | os.PathLike[str] | None = None, n_texts: int = 32, max_batches: int = 16,
+                  batch_size: int = 4096, max_length: int = 128) -> dict[str, dict[str, Any]]:
+    """Reconstruction metrics on a cache and/or the downstream loss with each dictionary spliced in."""
+    if cache is None and (model is None or data is None):
+        raise InputError("give a cache and/or a model with texts (data)")
+    dicts = [load_sae(p) for p in saes]
+    m = as_model(model) if model is not None else None
+    texts = read_texts(data, limit=n_texts) if data else []
+    config = {"saes": [str(p) for p in saes], "cache": str(cache) if cache else None,
+              "model": name_of(model) if model is not None else None, "data": str(data) if data else None,
+              "n_texts": n_texts, "max_batches": max_batches, "batch_size": batch_size}
+    metrics: dict[str, dict[str, Any]] = {}
+    with Run(out, "sae eval", config) as run:
+        for p, sae in zip(saes, dicts, strict=True):
+            res: dict[str, Any] = {}
+            if cache is not None:
+                reader = CacheReader(cache, sae.cfg.hook_point, model=m.name if m else None)
+                res.update(reconstruction_metrics(sae, reader.batches(batch_size, seed=1), max_batches=max_batches))
+            if m is not None:
+                res.update(downstream_loss(m, sae, sae.cfg.hook_point, texts, max_length=max_length))
+            metrics[sae.cfg.name or Path(p).name] = res
+        write_metrics(out, metrics, name="sae_eval")
+        with_density = {n: x for n, x in metrics.items() if "density" in x}
+        if with_density:
+            density_histogram(with_density, Path(out) / "sae_eval_density.png")
+        run.results = {n: {k: v for k, v in x.items() if k != "density"} for n, x in metrics.items()}
+    return metrics
+
+
+def sae_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                top_k: int = 20, hungarian: bool = True) -> dict[str, Any]:
+    """Mean max cosine (greedy and Hungarian) between two dictionaries' decoder directions."""
+    with Run(out, "sae overlap", {"a": str(a), "b": str(b), "top_k": top_k, "hungarian": hungarian}):
+        res = overlap(load_sae(a), load_sae(b), top=top_k, hungarian=hungarian)
+        write_json(Path(out) / "overlap.json", {"kind": "sae_overlap", "a": str(a), "b": str(b), **res})
+    return res
+
+
+def top_examples(sae: str | os.PathLike[str], model: ModelLike, data: str | os.PathLike[str],
+                 out: str | os.PathLike[str], *, features: Sequence[int] | None = None, top_k_features: int = 16,
+                 contexts: int = 8, limit: int = 200, max_length: int = 128) -> dict[int, list[dict[str, Any]]]:
+    """Top-activating contexts per feature (the most active features unless ``features`` is given), as
+    ``top_examples.json`` and an offline HTML page."""
+    m = as_model(model)
+    d = load_sae(sae)
+    texts = read_texts(data, limit=limit)
+    config = {"sae": str(sae), "model": name_of(model), "data": str(data), "features": list(features or []),
+              "top_k_features": top_k_features, "contexts": contexts, "limit": limit}
+    with Run(out, "sae top-examples", config):
+        ex = top_examples_fn(m, d, d.cfg.hook_point, texts, features=features, k=contexts, max_length=max_length)
+        if features is None:
+            ranked = sorted(ex, key=lambda f: -(ex[f][0]["value"] if ex[f] else 0))[:top_k_features]
+            ex = {f: ex[f] for f in ranked}
+        write_json(Path(out) / "top_examples.json", {"kind": "top_examples", "sae": str(sae), "model": m.name,
+                                                     "features": {str(f): v for f, v in ex.items()}})
+        top_examples_page(ex, Path(out) / "top_examples.html", title=f"top-activating contexts: {d.cfg.name}")
+    return ex

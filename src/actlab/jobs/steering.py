@@ -1,0 +1,150 @@
+"""Steering jobs: extract a vector, steered generations, the A/B sweep, weight orthogonalisation, the
+refusal-direction pipeline."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data import ABItem, load_ab, load_instructions, load_pairs
+from ..errors import InputError
+from ..hooks.points import HookPoint, parse_layers
+from ..runs import Run
+from ..steering import (
+    contrast_from_ab,
+    contrast_from_instructions,
+    contrast_from_pairs,
+    orthogonalize,
+    resolve_style,
+)
+from ..steering import extract as extract_fn
+from ..steering.apply import Steer
+from ..steering.evaluate import SweepResult, ab_sweep, steered_generations
+from ..steering.prompts import PromptStyle
+from ..steering.refusal import RefusalConfig, RefusalResult, refusal_pipeline
+from ..steering.vector import SteeringVector
+from .common import ModelLike, VectorLike, as_model, as_vector, name_of
+
+FORMATS = ("ab", "pairs", "instructions")
+DEFAULT_READ = {"ab": "answer", "pairs": "mean", "instructions": "eoi"}
+
+
+def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+                   format: str = "ab", negative: str | os.PathLike[str] | None = None, point: str = "resid_post",
+                   layers: str | Iterable[int] | None = None, method: str = "mean_diff",
+                   positions: str | None = None, chat: bool | None = None, limit: int | None = None,
+                   batch_size: int = 16, progress: Callable[[int], None] | None = None) -> SteeringVector:
+    """Extract a steering vector from a dataset file (A/B items, contrastive pairs, or two instruction lists)
+    and save it to ``out`` when given. ``positions`` is the reading policy (default per format: ``answer``,
+    ``mean``, ``eoi``)."""
+    if format not in FORMATS:
+        raise InputError(f"unknown dataset format {format!r}; valid: {', '.join(FORMATS)}")
+    if format == "instructions" and negative is None:
+        raise InputError("format 'instructions' needs a negative set (e.g. the harmless instructions)")
+    m = as_model(model)
+    lay = parse_layers(layers, m.n_layers)
+    read = positions or DEFAULT_READ[format]
+    if format == "ab":
+        cs = contrast_from_ab(m, load_ab(data, limit=limit), resolve_style(m, chat), read)
+    elif format == "pairs":
+        style = PromptStyle(chat=False) if not chat else resolve_style(m, True)
+        cs = contrast_from_pairs(m, load_pairs(data, limit=limit), style, read)
+    else:
+        assert negative is not None
+        style = resolve_style(m, True if chat is None else chat)
+        cs = contrast_from_instructions(m, load_instructions(data, limit=limit),
+                                        load_instructions(negative, limit=limit), style, read)
+    vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress)
+    vec.meta["dataset"]["file"] = str(data)
+    if out is not None:
+        vec.save(out)
+    return vec
+
+
+def generate(model: ModelLike, vector: VectorLike, prompts: Sequence[str], *, multiplier: float = 4.0,
+             layers: str | Iterable[int] | None = None, positions: str = "generated", max_new_tokens: int = 40,
+             chat: bool | None = None, sample: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+    """Generations for each prompt without steering (multiplier 0) and with it, as rows
+    ``{"multiplier", "prompt", "text"}``."""
+    m, vec = as_model(model), as_vector(vector)
+    lay = parse_layers(layers, m.n_layers) or vec.layers
+    return steered_generations(m, prompts, vec, layers=lay, multipliers=[0.0, multiplier],
+                               style=resolve_style(m, chat), positions=positions, max_new_tokens=max_new_tokens,
+                               do_sample=sample, seed=seed)
+
+
+def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | Sequence[ABItem],
+          out: str | os.PathLike[str], *, layers: str | Iterable[int] | None = None,
+          multipliers: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0), positions: str | None = None,
+          chat: bool | None = None, limit: int | None = None, overwrite: bool = False, batch_size: int = 16,
+          progress: Callable[[int], None] | None = None) -> SweepResult:
+    """p(answer matching behaviour) under steering for each layer x multiplier, in a run folder: ``run.json``,
+    ``sweep.json``/``.csv`` (resumable cell by cell), ``sweep_heatmap.png``, ``sweep_curves.png``."""
+    from ..report.figures import sweep_figures
+
+    m, vec = as_model(model), as_vector(vector)
+    items = list(data) if not isinstance(data, (str, os.PathLike)) else load_ab(data, limit=limit)
+    lay = parse_layers(layers, m.n_layers) or vec.layers
+    style = resolve_style(m, chat)
+    config = {"model": name_of(model), "vector": name_of(vector), "data": name_of(data) if isinstance(
+        data, (str, os.PathLike)) else f"{len(items)} items", "layers": lay, "multipliers": list(multipliers),
+              "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size}
+    with Run(out, "steer sweep", config) as run:
+        pos = positions or ("from_eoi" if style.chat else "all")
+        run.add_interventions([{**Steer(vec, 1.0, layers=lay, positions=pos).record(), "multiplier": "grid",
+                                "multipliers": list(multipliers)}])
+        res = ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
+                       out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
+        sweep_figures(res, out, title=f"{m.name}: {vec.point}, positions={pos}")
+        run.results = {"cells": len(res.cells), "questions": len(items),
+                       "questions_per_second": res.questions_per_second}
+    return res
+
+
+def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLike[str], *,
+                   layer: int | None = None, prompts: Sequence[str] = (), max_new_tokens: int = 40
+                   ) -> dict[str, Any]:
+    """Bake a directional ablation into the weights and save the model (HF format) with its ``run.json``;
+    with ``prompts``, generations before and after (greedy)."""
+    m, vec = as_model(model), as_vector(direction)
+    d = vec[layer if layer is not None else vec.layers[0]]
+    with Run(out, "steer ablate", {"model": name_of(model), "direction": name_of(direction),
+                                   "layer": layer if layer is not None else vec.layers[0]}) as run:
+        run.add_interventions([{"kind": "orthogonalize", "layers": "all", **vec.provenance()}])
+        texts = [m.chat_prompt(p) if getattr(m.tokenizer, "chat_template", None) else p for p in prompts]
+        before = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
+        orth = orthogonalize(m, d, copy_model=False)
+        orth.save(out)
+        after = orth.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
+    return {"model_dir": str(out), "generations": [{"prompt": p, "before": b, "after": a}
+                                                  for p, b, a in zip(prompts, before, after, strict=True)]}
+
+
+def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str],
+            out: str | os.PathLike[str], *, harmful_val: str | os.PathLike[str] | None = None,
+            harmless_val: str | os.PathLike[str] | None = None, config: RefusalConfig | None = None,
+            log: Callable[[str], None] = lambda s: None) -> RefusalResult:
+    """The refusal-direction pipeline in a run folder (``direction.safetensors``, candidates, generations,
+    ``scores.png``). Validation sets default to the training files after their first ``n_train`` items."""
+    from ..report.figures import refusal_scores
+
+    cfg = config or RefusalConfig()
+    m = as_model(model)
+    h_all, n_all = load_instructions(harmful), load_instructions(harmless)
+    hv = load_instructions(harmful_val) if harmful_val else h_all[cfg.n_train:]
+    nv = load_instructions(harmless_val) if harmless_val else n_all[cfg.n_train:]
+    run_cfg = {"model": name_of(model), "harmful": str(harmful), "harmless": str(harmless),
+               "harmful_val": str(harmful_val) if harmful_val else None,
+               "harmless_val": str(harmless_val) if harmless_val else None,
+               **{k: v for k, v in vars(cfg).items() if k != "refusal_phrases"}}
+    with Run(out, "steer refusal", run_cfg, seed=cfg.seed) as run:
+        res = refusal_pipeline(m, h_all, n_all, hv, nv, config=cfg, out_dir=out, log=log)
+        refusal_scores(res.candidates, layer=res.layer, base_harmful=res.base_harmful,
+                       base_harmless=res.base_harmless, kl_threshold=cfg.kl_threshold, path=Path(out) / "scores.png")
+        run.add_interventions([{"kind": "project_out", "layers": "all", "purpose": "candidate scoring",
+                                "point": HookPoint(res.layer, "resid_pre").name}])
+        run.results = {"layer": res.layer, "eoi_position": res.eoi_position,
+                       "refusal_rate_before": res.refusal_rate_before, "refusal_rate_after": res.refusal_rate_after}
+    return res

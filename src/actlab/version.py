@@ -1,0 +1,3 @@
+"""The actlab version (one place; pyproject reads it)."""
+
+__version__ = "0.1.0"
