@@ -27,7 +27,7 @@ FACT_PROMPTS: list[tuple[str, str]] = [
     ("The largest planet in our solar system is", " Jupiter"),
     ("Water is made of hydrogen and", " oxygen"),
 ]
-LENS_POINTS = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
+LENS_POINTS = "resid_pre,attn_out,mlp_out,resid_post"  # a point spec: these kinds at every layer
 
 
 def lens_section(model: Model, out: Path, page: Page, log: Callable[[str], None]) -> dict[str, Any]:

@@ -54,24 +54,11 @@ def layers_cmd(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Layer-selection metrics from two contrastive prompt sets, and the recommended layers."""
-    from ..errors import InputError
     from ..jobs import layer_selection
-    from ..steering import load_ab, load_instructions, load_pairs, resolve_style
-    from ..steering.prompts import with_answer
+    from ..jobs.compare import contrast_prompts
 
     m = load(model, dtype, device, gguf_file)
-    if pairs:
-        ps = load_pairs(pairs, limit=limit)
-        pos, neg = [p.positive for p in ps], [p.negative for p in ps]
-    elif ab:
-        style = resolve_style(m)
-        items = load_ab(ab, limit=limit)
-        pos = [with_answer(m, it.question, it.matching, style) for it in items]
-        neg = [with_answer(m, it.question, it.not_matching, style) for it in items]
-    elif positive and negative:
-        pos, neg = load_instructions(positive, limit=limit), load_instructions(negative, limit=limit)
-    else:
-        raise InputError("give --positive and --negative, or --pairs, or --ab")
+    pos, neg = contrast_prompts(m, positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit)
     with progress_bar("streaming statistics", len(pos) + len(neg)) as advance:
         res = layer_selection(m, pos, neg, out, streams=[s.strip() for s in streams.split(",") if s.strip()],
                               positions=positions, batch_size=batch_size, top_k=top, progress=advance)

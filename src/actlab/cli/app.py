@@ -48,10 +48,10 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
                  ("device", str(m.device))]:
         t.add_row(f"[bold]{k}[/bold]", str(v))
     console.print(t)
-    console.print("[bold]hook points[/bold]: embed, final_norm, and for each layer i in "
-                  f"0..{m.n_layers - 1}: " + ", ".join(f"blocks.{{i}}.{k}" for k in
-                                                       ("resid_pre", "attn_out", "resid_mid", "mlp_hidden",
-                                                        "mlp_out", "resid_post")))
+    from ..hooks.points import BLOCK_KINDS, GLOBAL_POINTS
+
+    console.print(f"[bold]hook points[/bold]: {', '.join(GLOBAL_POINTS)}, and for each layer i in "
+                  f"0..{m.n_layers - 1}: " + ", ".join(f"blocks.{{i}}.{k}" for k in BLOCK_KINDS))
     console.print(f"({len(m.hook_points)} in all)")
 
 
@@ -75,7 +75,7 @@ def lens(
     from ..lens import logit_lens
     from ..runs import write_json
 
-    pts = split_list(points) or ["resid_post", "attn_out", "mlp_out"]
+    pts = split_list(points) or ["resid_post,attn_out,mlp_out"]
     m = load(model, dtype, device, gguf_file)
     prompts = [m.chat_prompt(p) for p in prompt] if chat else list(prompt)
     tgt: str | int | None = target

@@ -24,14 +24,28 @@ from .sites import HookTarget, read_plan
 
 
 class Activations(dict):
-    """Hook-point name -> tensor. ``lengths`` holds per-row real-token counts (for ``positions='all'``)."""
+    """Hook point -> tensor, keyed by the point's name (the string form files use); a :class:`HookPoint` works
+    as a key too. ``lengths`` holds per-row real-token counts (for ``positions='all'``)."""
 
     def __init__(self, *args: Any, positions: Any = None, lengths: torch.Tensor | None = None, **kw: Any):
         super().__init__(*args, **kw)
         self.positions = positions
         self.lengths = lengths
 
-    def stack(self, names: Iterable[str] | None = None) -> torch.Tensor:
+    @staticmethod
+    def _key(k: Any) -> Any:
+        return k.name if isinstance(k, HookPoint) else k
+
+    def __getitem__(self, k: Any) -> torch.Tensor:
+        return super().__getitem__(self._key(k))
+
+    def __contains__(self, k: object) -> bool:
+        return super().__contains__(self._key(k))
+
+    def get(self, k: Any, default: Any = None) -> Any:
+        return super().get(self._key(k), default)
+
+    def stack(self, names: Iterable[str | HookPoint] | None = None) -> torch.Tensor:
         """Stack several points (e.g. one kind over layers) into ``[n_points, ...]``."""
         names = list(self.keys()) if names is None else list(names)
         return torch.stack([self[n] for n in names])

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import InputError
 from .core import ForwardState, HookSession
-from .points import RESIDUAL_KINDS, HookPoint, layer_list, parse_points
+from .points import ABLATION_KINDS, RESIDUAL_KINDS, HookPoint, layer_list, parse_points
 from .sites import HookTarget, write_plan
 
 EditFn = Callable[[torch.Tensor, "ForwardState | None"], torch.Tensor]
@@ -302,7 +302,6 @@ def unit(direction: torch.Tensor) -> torch.Tensor:
     return (d / n).float()
 
 
-ABLATION_KINDS = ("resid_pre", "attn_out", "mlp_out")
 
 
 class ProjectOut(Intervention):

@@ -52,6 +52,7 @@ class HookKind:
     width: Callable[[Any], int]
     residual: bool
     doc: str
+    role: str  # "stream": the residual stream itself; "write": what a sub-block adds to it; "internal"
     composite: tuple[str, Site] | None = None
     at_layer: int | None = None  # model-scope kinds read from a block's site: which block
 
@@ -68,27 +69,29 @@ def _d_mlp(m: Any) -> int:
 # that share a module, see hooks.core).
 KINDS: dict[str, HookKind] = {k.name: k for k in (
     HookKind("embed", "model", Site("block", "in"), _d_model, True,
-             "token (+ position) embeddings: the input of layer 0", at_layer=0),
+             "token (+ position) embeddings: the input of layer 0", "stream", at_layer=0),
     HookKind("resid_pre", "block", Site("block", "in"), _d_model, True,
-             "the residual stream entering layer i"),
+             "the residual stream entering layer i", "stream"),
     HookKind("attn_out", "block", Site("attn", "out"), _d_model, True,
-             "what the attention sub-block adds to the residual stream"),
+             "what the attention sub-block adds to the residual stream", "write"),
     HookKind("resid_mid", "block", Site("mlp_norm", "in"), _d_model, True,
-             "the residual stream after attention, before the MLP (parallel blocks: resid_pre + attn_out)",
+             "the residual stream after attention, before the MLP (parallel blocks: resid_pre + attn_out)", "stream",
              composite=("resid_pre", Site("attn", "out"))),
     HookKind("mlp_hidden", "block", Site("mlp_down", "in"), _d_mlp, False,
-             "the MLP's hidden activation (after the nonlinearity / gating), d_mlp wide"),
+             "the MLP's hidden activation (after the nonlinearity / gating), d_mlp wide", "internal"),
     HookKind("mlp_out", "block", Site("mlp_out", "out"), _d_model, True,
-             "what the MLP sub-block adds to the residual stream"),
+             "what the MLP sub-block adds to the residual stream", "write"),
     HookKind("resid_post", "block", Site("block", "out"), _d_model, True,
-             "the residual stream leaving layer i (= resid_pre of layer i+1)"),
+             "the residual stream leaving layer i (= resid_pre of layer i+1)", "stream"),
     HookKind("final_norm", "model", Site("final_norm", "out"), _d_model, True,
-             "the output of the final norm (what the unembedding reads)"),
+             "the output of the final norm (what the unembedding reads)", "stream"),
 )}
 
 BLOCK_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.scope == "block")
 GLOBAL_POINTS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.scope == "model")
 RESIDUAL_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].residual)
+# Directional ablation edits the stream entering each block and everything a sub-block writes into it.
+ABLATION_KINDS: tuple[str, ...] = (BLOCK_KINDS[0], *(k for k in BLOCK_KINDS if KINDS[k].role == "write"))
 _LAST = 1 << 30
 
 

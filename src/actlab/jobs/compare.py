@@ -81,6 +81,30 @@ def vector_comparison(out: str | os.PathLike[str], vectors: Sequence[VectorLike]
     return result
 
 
+def contrast_prompts(model: ModelLike, *, positive: str | os.PathLike[str] | None = None,
+                     negative: str | os.PathLike[str] | None = None, pairs: str | os.PathLike[str] | None = None,
+                     ab: str | os.PathLike[str] | None = None, limit: int | None = None
+                     ) -> tuple[list[str], list[str]]:
+    """Two contrastive prompt sets from files: instruction lists (``positive`` + ``negative``), contrastive
+    pairs, or A/B items (prompts ending in the matching / the other answer, chat template when there is one)."""
+    from ..data import load_ab, load_instructions, load_pairs
+    from ..steering import resolve_style
+    from ..steering.prompts import with_answer
+
+    if pairs:
+        ps = load_pairs(pairs, limit=limit)
+        return [p.positive for p in ps], [p.negative for p in ps]
+    if ab:
+        m = as_model(model)
+        style = resolve_style(m)
+        items = load_ab(ab, limit=limit)
+        return ([with_answer(m, it.question, it.matching, style) for it in items],
+                [with_answer(m, it.question, it.not_matching, style) for it in items])
+    if positive and negative:
+        return load_instructions(positive, limit=limit), load_instructions(negative, limit=limit)
+    raise InputError("give positive and negative instruction files, or pairs, or A/B items")
+
+
 def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
                     *, streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
                     batch_size: int = 16, top_k: int = 5, progress: Callable[[int], None] | None = None

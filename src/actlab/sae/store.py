@@ -95,7 +95,7 @@ def cache_activations(
     if not texts:
         raise InputError("no texts to cache")
     pts = model.parse_points(points)
-    widths = {p.name: (model.d_mlp if p.kind == "mlp_hidden" else model.d_model) for p in pts}
+    widths = {p.name: p.width(model) for p in pts}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(texts)

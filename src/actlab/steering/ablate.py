@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..hooks.interventions import ABLATION_KINDS, Edits, ProjectOut, unit
+from ..hooks.interventions import Edits, ProjectOut, unit
+from ..hooks.points import ABLATION_KINDS
 
 if TYPE_CHECKING:
     from ..models.model import Model

@@ -47,16 +47,12 @@ class Addition:
 
 
 def default_eoi_ids(model: Model) -> list[int]:
-    """Token ids of the chat template's end-of-instruction suffix."""
-    from .prompts import PromptStyle, eoi_suffix
+    """Token ids of the chat template's end-of-instruction suffix, as tokenized at the end of a prompt."""
+    from .prompts import eoi_token_ids
 
     if getattr(model.tokenizer, "chat_template", None) is None:
         raise InputError(f"positions='from_eoi' needs a chat template; {model.name!r} has none")
-    suffix = eoi_suffix(model, PromptStyle(chat=True))
-    ids = model.tokenizer(suffix, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise InputError("the chat template has an empty end-of-instruction suffix")
-    return list(ids)
+    return eoi_token_ids(model)
 
 
 def _eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None) -> list[int] | None:

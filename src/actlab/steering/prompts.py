@@ -92,6 +92,34 @@ def char_to_token(spans: list[tuple[int, int]], char: int) -> int:
     return best
 
 
+def eoi_first_token(model: Model, text: str, style: PromptStyle,
+                    spans: list[tuple[int, int]] | None = None) -> int:
+    """Index of the first end-of-instruction token of a templated prompt: the token covering the first
+    character of the chat template's suffix after the user message. This is the one ``eoi`` boundary: reading
+    policies ``eoi``/``eoi:k`` read from it, and steering ``from_eoi`` starts at it (the steering side finds
+    it again by :func:`eoi_token_ids`, the suffix's tokens as they appear in a prompt)."""
+    suffix = eoi_suffix(model, style)
+    if not suffix:
+        raise InputError("position policy 'eoi' needs the chat template (end-of-instruction tokens)")
+    if not text.endswith(suffix):
+        raise InputError("the prompt does not end with the chat template's end-of-instruction suffix")
+    if spans is None:
+        spans = token_spans(model, text, style.add_special_tokens())[1]
+    return char_to_token(spans, len(text) - len(suffix))
+
+
+def eoi_token_ids(model: Model, style: PromptStyle | None = None) -> list[int]:
+    """The end-of-instruction tokens as they appear at the end of a templated prompt (found with
+    :func:`eoi_first_token`, so tokenization across the message boundary is accounted for)."""
+    style = style or PromptStyle(chat=True)
+    text = format_prompt(model, "Hello.", style)
+    ids, spans = token_spans(model, text, style.add_special_tokens())
+    out = ids[eoi_first_token(model, text, style, spans):]
+    if not out:
+        raise InputError("the chat template has an empty end-of-instruction suffix")
+    return out
+
+
 def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, answer: str | None = None
                    ) -> list[int]:
     """Token indices (over the text's tokens) that a read policy selects."""
@@ -110,12 +138,7 @@ def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, 
         start = text.rindex(answer)
         return [char_to_token(spans, start + answer.index(letter))]
     if policy == "eoi" or policy.startswith("eoi:"):
-        suffix = eoi_suffix(model, style)
-        if not suffix:
-            raise InputError("position policy 'eoi' needs the chat template (end-of-instruction tokens)")
-        if not text.endswith(suffix):
-            raise InputError("the prompt does not end with the chat template's end-of-instruction suffix")
-        first = char_to_token(spans, len(text) - len(suffix))
+        first = eoi_first_token(model, text, style, spans)
         positions = list(range(first, n))
         if policy == "eoi":
             return positions

@@ -55,6 +55,11 @@ class SteeringVector:
         self.vectors = {int(k): v.detach().float().cpu() for k, v in sorted(self.vectors.items())}
 
     @property
+    def kind(self) -> str:
+        """The hook-point kind the vector lives at (the first wave called it ``point``)."""
+        return self.point
+
+    @property
     def layers(self) -> list[int]:
         return list(self.vectors)
 
