@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .hooks.points import HookPoint
 from .lens import logit_lens
 from .models import Model, load_model
 from .report import Page
@@ -47,7 +48,7 @@ def lens_section(model: Model, out: Path, page: Page, log: Callable[[str], None]
         png = target_heatmap(res, out / f"lens_{target.strip().lower()}.png")
         page.image(png, f"p({target!r}) per layer and point")
         lens_tables(page, res)
-        last = res.index(f"blocks.{model.n_layers - 1}.resid_post")
+        last = res.index(HookPoint(model.n_layers - 1, "resid_post"))
         for b, prompt in enumerate(prompts):
             post = [j for j, p in enumerate(res.points) if p.kind == "resid_post"]
             first = next((res.points[j].layer for j in post if int(res.target_ranks[b, j]) == 1), None)  # type: ignore[index]

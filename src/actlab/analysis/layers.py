@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..hooks.points import HookPoint
 from ..hooks.stats import stream_stats
 from .similarity import cosine
 
@@ -54,13 +55,13 @@ def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str]
     rank_stream = rank_stream or streams[-1]
     if rank_stream not in streams:
         raise InputError(f"rank stream {rank_stream!r} is not among the streams {streams}")
-    pts = [f"blocks.{i}.{s}" for s in streams for i in range(model.n_layers)]
+    pts = [HookPoint(i, s) for s in streams for i in range(model.n_layers)]
     sp = stream_stats(model, positive, pts, positions, batch_size=batch_size, progress=progress)
     sn = stream_stats(model, negative, pts, positions, batch_size=batch_size, progress=progress)
     layers = list(range(model.n_layers))
     out = LayerMetrics(streams, layers, {}, {}, {}, positions=positions)
     for s in streams:
-        names = [f"blocks.{i}.{s}" for i in layers]
+        names = [HookPoint(i, s).name for i in layers]
         out.cos_means[s] = [cosine(sp[n].mean, sn[n].mean) for n in names]
         out.var_mean[s] = {"positive": [float(sp[n].var.mean()) for n in names],
                            "negative": [float(sn[n].var.mean()) for n in names]}

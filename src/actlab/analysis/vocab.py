@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
+from ..hooks.points import HookPoint
 from ..steering.vector import SteeringVector
 
 if TYPE_CHECKING:
@@ -48,8 +49,7 @@ def direction_dots(model: Model, direction: torch.Tensor, prompts: Sequence[str]
     if u.numel() != model.d_model:
         raise InputError(f"direction has {u.numel()} entries; the model's d_model is {model.d_model}")
     u = u / u.norm().clamp_min(1e-12)
-    name = f"blocks.{layer}.{point}"
-    model.parse_points(name)
+    name = HookPoint.parse(HookPoint(layer, point).name, model.n_layers).name
     out = []
     for p in prompts:
         text = model.chat_prompt(p) if chat else p

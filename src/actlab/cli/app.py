@@ -72,16 +72,12 @@ def lens(
     gguf_file: GgufOpt = None,
 ) -> None:
     """Logit lens: decode hook points through the final norm and unembedding, layer by layer."""
-    from ..lens import logit_lens
-    from ..runs import write_json
+    from ..jobs.lens import DEFAULT_POINTS
+    from ..jobs.lens import lens as run_lens
 
-    pts = split_list(points) or ["resid_post,attn_out,mlp_out"]
     m = load(model, dtype, device, gguf_file)
-    prompts = [m.chat_prompt(p) for p in prompt] if chat else list(prompt)
-    tgt: str | int | None = target
-    if target is not None and target.isdigit():
-        tgt = int(target)
-    res = logit_lens(m, prompts, points=pts, position=position, top_k=top_k, target=tgt)
+    res = run_lens(m, prompt, points=split_list(points) or DEFAULT_POINTS, position=position, top_k=top_k,
+                   target=target, chat=chat, json_out=json_out, html_out=html_out)
     for b, p in enumerate(res.prompts):
         title = f"{p!r} at position {position} ({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}"
         if res.target_token is not None:
@@ -97,10 +93,8 @@ def lens(
         for layer in layers:
             cells = []
             for k in res.kinds:
-                name = k if layer is None else f"blocks.{layer}.{k}"
-                try:
-                    j = res.index(name)
-                except KeyError:
+                j = next((j for j, pt in enumerate(res.points) if pt.layer == layer and pt.kind == k), None)
+                if j is None:
                     cells.append("")
                     continue
                 cell = f"{res.top_tokens[b][j][0]!r} {float(res.top_probs[b, j, 0]):.2f}"
@@ -109,23 +103,9 @@ def lens(
                 cells.append(cell)
             table.add_row("-" if layer is None else str(layer), *cells)
         console.print(table)
-    if json_out:
-        write_json(json_out, res.to_dict())
-        err_console.print(f"wrote {json_out}")
-    if html_out:
-        from ..report import Page
-        from ..report.lens import lens_tables, target_heatmap
-
-        page = Page(f"Logit lens: {m.name}")
-        if res.target_probs is not None:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                png = target_heatmap(res, Path(tmp) / "lens.png")
-                page.image(png.read_bytes(), "target probability per layer and point")
-        lens_tables(page, res, top_k=top_k)
-        page.write(html_out)
-        err_console.print(f"wrote {html_out}")
+    for path in (json_out, html_out):
+        if path:
+            err_console.print(f"wrote {path}")
 
 
 @app.command()

@@ -10,11 +10,12 @@ spinner and prints a summary, so a notebook or the playground gets exactly what 
 
 from .compare import diverge, layer_selection, vector_comparison, vocab_projection
 from .finetune import finetune_dpo, finetune_rl
+from .lens import lens
 from .sae import cache_acts, evaluate_saes, sae_overlap, top_examples, train_saes
 from .steering import ablate_weights, extract_vector, generate, refusal, sweep
 
 __all__ = [
     "ablate_weights", "cache_acts", "diverge", "evaluate_saes", "extract_vector", "finetune_dpo", "finetune_rl",
-    "generate", "layer_selection", "refusal", "sae_overlap", "sweep", "top_examples", "train_saes",
+    "generate", "layer_selection", "lens", "refusal", "sae_overlap", "sweep", "top_examples", "train_saes",
     "vector_comparison", "vocab_projection",
 ]

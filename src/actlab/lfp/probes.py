@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..hooks.points import HookPoint
 from ..sae.dictionary import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def sae_features(model: Model, saes: dict[int, SparseAutoencoder], texts: Sequen
                  ) -> torch.Tensor:
     """``[n, sum of d_sae]``: per text, dictionary codes averaged over its positions, concatenated by layer."""
     layers = sorted(saes)
-    names = [f"blocks.{i}.{point}" for i in layers]
+    names = [HookPoint(i, point).name for i in layers]
     out = []
     for s in range(0, len(texts), batch_size):
         chunk = list(texts[s:s + batch_size])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import AdapterValidationError
+from ..hooks.points import HookPoint, parse_points
 
 if TYPE_CHECKING:
     from .model import Model
@@ -47,8 +48,8 @@ def validate_model(model: Model) -> dict[str, float]:
     """Check the adapter on a probe; returns the relative errors, raises AdapterValidationError on mismatch."""
     batch = probe_batch(model)
     last = model.n_layers - 1
-    pts = ["blocks.0.resid_pre", "blocks.0.attn_out", "blocks.0.resid_mid", "blocks.0.mlp_out",
-           "blocks.0.resid_post", f"blocks.{last}.resid_post"]
+    pts = [*parse_points("blocks.0.resid_pre,blocks.0.attn_out,blocks.0.resid_mid,blocks.0.mlp_out,"
+                         "blocks.0.resid_post", model.n_layers), HookPoint(last, "resid_post")]
     was_training = model.hf.training
     model.hf.eval()
     try:
@@ -59,7 +60,7 @@ def validate_model(model: Model) -> dict[str, float]:
     tol = _tol(model.dtype)
     errors: dict[str, float] = {}
     checks = {
-        "lens(last resid_post) == logits": (model.unembed(acts[f"blocks.{last}.resid_post"].to(model.dtype)),
+        "lens(last resid_post) == logits": (model.unembed(acts[HookPoint(last, "resid_post")].to(model.dtype)),
                                             out.logits.float().cpu()),
         "resid_post == resid_mid + mlp_out": (acts["blocks.0.resid_mid"] + acts["blocks.0.mlp_out"],
                                               acts["blocks.0.resid_post"]),

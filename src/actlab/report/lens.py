@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hooks.points import HookPoint
 from ..lens import LensResult
 from .html import Page, esc, tok
 from .plots import heatmaps
@@ -55,7 +56,7 @@ def lens_tables(page: Page, result: LensResult, *, top_k: int = 3) -> Page:
             cells = ["-" if layer is None else str(layer)]
             for kind in kinds:
                 try:
-                    j = result.index(kind if layer is None else f"blocks.{layer}.{kind}")
+                    j = result.index(HookPoint(layer, kind))
                 except KeyError:
                     cells.append("")
                     continue
