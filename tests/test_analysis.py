@@ -18,6 +18,7 @@ from actlab.analysis import (
     parameter_divergence,
     pca_2d,
 )
+from actlab.errors import InputError
 from actlab.steering import SteeringVector, VectorMismatchError
 from conftest import shared_path
 from test_cli import run
@@ -245,3 +246,25 @@ def test_compare_refuses_different_hook_points(tmp_path, capsys):
     code, _, err = run(["compare", "vectors", str(a), "--vs", str(b), "--out", str(tmp_path / "o"), "--force"],
                        capsys)
     assert code == 0, err
+
+
+def test_divergence_top_k_rank_by_and_unchanged_layers(tmp_path):
+    """Regression (issue 12.3): --top-k was ignored (every layer listed), unchanged layers were flagged 'top',
+    and the ranking was by whole-layer divergence only."""
+    import actlab.jobs
+
+    a, b = tiny_model("llama"), tiny_model("llama")
+    with torch.no_grad():
+        b.layers[1].mlp.down_proj.weight.add_(0.01)  # small MLP change in layer 1
+        b.layers[2].self_attn.o_proj.weight.add_(1.0)  # large attention change in layer 2; layer 0 untouched
+    res = actlab.jobs.diverge(a, b, tmp_path / "by-layer", top_k=1)
+    assert res["top_layers"] == [2] and res["rank_by"] == "layer"
+    res = actlab.jobs.diverge(a, b, tmp_path / "by-mlp", top_k=3, rank_by="mlp")
+    assert res["top_layers"] == [1]  # layers 0 and 2 have no MLP change: never "top"
+    res = actlab.jobs.diverge(a, b, tmp_path / "all", top_k=3)
+    assert res["top_layers"] == [2, 1] and 0 not in res["top_layers"]
+    saved = json.loads((tmp_path / "by-mlp" / "divergence.json").read_text())
+    assert saved["top_layers"] == [1] and saved["top_k"] == 3 and "mlp" in saved["rule"]
+    assert (tmp_path / "by-mlp" / "divergence.png").is_file() and (tmp_path / "by-mlp" / "run.json").is_file()
+    with pytest.raises(InputError, match="ranking"):
+        actlab.jobs.diverge(a, b, tmp_path / "bad", rank_by="attention")

@@ -2,7 +2,8 @@
 
 For every parameter present in both, the L2 norm of the difference; grouped per layer (and per module
 inside a layer: attention, MLP, norms) and for the parameters outside the layers (embeddings, final norm,
-unembedding). Different shapes are refused, naming the first mismatching parameter.
+unembedding). Different shapes are refused, naming the first mismatching parameter. Layers are ranked by
+the whole layer's divergence (``rank_by="layer"``) or by its MLP's (``"mlp"``, the LFP study's choice).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from ..models.model import Model
 
 
+RANK_BY = ("layer", "mlp")
+
+
 class DivergenceError(ActlabError):
     """The two models do not have the same parameters and shapes."""
 
@@ -29,11 +33,28 @@ class Divergence:
     relative: list[float]  # per_layer / L2 norm of the first model's layer parameters
     outside: dict[str, float] = field(default_factory=dict)
 
-    def top_layers(self, k: int = 5) -> list[int]:
-        return sorted(range(len(self.per_layer)), key=lambda i: -self.per_layer[i])[:k]
+    def ranking(self, rank_by: str = "layer") -> list[float]:
+        """The per-layer values layers are ranked by: ``layer`` (all of a layer's parameters) or ``mlp`` (its MLP
+        parameters only, as the LFP study ranks)."""
+        if rank_by == "layer":
+            return self.per_layer
+        if rank_by in self.per_module:
+            return self.per_module[rank_by]
+        valid = ", ".join(["layer", *sorted(self.per_module)])
+        raise DivergenceError(f"cannot rank layers by {rank_by!r}; valid: {valid}")
+
+    def top_layers(self, k: int = 5, *, rank_by: str = "layer") -> list[int]:
+        """The ``k`` layers that changed most (by ``rank_by``), most changed first; layers that did not change
+        at all are never listed, so fewer than ``k`` may come back."""
+        if k < 1:
+            raise DivergenceError(f"top_k must be at least 1, got {k}")
+        values = self.ranking(rank_by)
+        changed = [i for i, v in enumerate(values) if v > 0]
+        return sorted(changed, key=lambda i: -values[i])[:k]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "top_layers": self.top_layers(len(self.per_layer))}
+        """The measurements (norms of differences); the ranking is added by whoever chooses ``k``."""
+        return dict(self.__dict__)
 
 
 def _group(name: str) -> str:

@@ -101,6 +101,9 @@ def diverge(
     model_b: Annotated[str, typer.Argument(help="Second checkpoint of the same architecture.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     top_k: Annotated[int, typer.Option(help="How many layers to list.")] = 5,
+    rank_by: Annotated[str, typer.Option("--rank-by", help="Rank layers by the divergence of the whole layer "
+                                                             "('layer') or of its MLP ('mlp', as the LFP study).")]
+    = "layer",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -109,9 +112,10 @@ def diverge(
 
     a = load(model_a, dtype, device, validate=False)
     b = load(model_b, dtype, device, validate=False)
-    res = run_diverge(a, b, out, top_k=top_k)
-    console.print("top layers by L2 divergence: " + ", ".join(
-        f"{i} ({res['per_layer'][i]:.4g})" for i in res["top_layers"]))
+    res = run_diverge(a, b, out, top_k=top_k, rank_by=rank_by)
+    values = res["per_layer"] if rank_by == "layer" else res["per_module"][rank_by]
+    console.print(f"top layers by L2 divergence ({rank_by}): " + (", ".join(
+        f"{i} ({values[i]:.4g})" for i in res["top_layers"]) or "none: the two models are identical"))
     console.print(f"wrote {out}/divergence.json and divergence.png")
 
 

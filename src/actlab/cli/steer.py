@@ -24,6 +24,10 @@ from .common import (
 app = typer.Typer(help="Extract steering vectors, steer generation, sweep, ablate directions, find refusal.",
                   no_args_is_help=True)
 
+MinConfOpt = Annotated[float | None, typer.Option("--min-confidence", help="Anthropic persona files: keep items "
+                                                  "whose label_confidence is at least this.")]
+ChoicesOpt = Annotated[bool, typer.Option("--as-choices", help="Render Yes/No (persona) items as A/B choices "
+                                                               "(letters balanced across items).")]
 ChatOpt = Annotated[bool | None, typer.Option("--chat/--no-chat", help="Use the chat template (default: when the "
                                                                        "tokenizer has one).")]
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Layers: all, 4,8,12, 4-12 or 4-12:2.")]
@@ -46,6 +50,8 @@ def extract(
     chat: ChatOpt = None,
     limit: Annotated[int | None, typer.Option(help="Use at most this many items.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
+    min_confidence: MinConfOpt = None,
+    as_choices: ChoicesOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -58,7 +64,7 @@ def extract(
     with progress_bar(f"extracting {method} at {point}", None) as advance:
         vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers,
                              method=method, positions=positions, chat=chat, limit=limit, batch_size=batch_size,
-                             progress=advance)
+                             progress=advance, min_confidence=min_confidence, as_choices=as_choices)
     norms = vec.norms()
     n = vec.meta.get("n_positive")
     console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {vec.meta['positions']}, "
@@ -115,6 +121,8 @@ def sweep(
     limit: Annotated[int | None, typer.Option(help="Use at most this many questions.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Recompute cells already in sweep.json.")] = False,
     batch_size: Annotated[int, typer.Option(help="Questions per forward pass.")] = 16,
+    min_confidence: MinConfOpt = None,
+    as_choices: ChoicesOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -126,7 +134,8 @@ def sweep(
     m = load(model, dtype, device, gguf_file)
     with progress_bar("sweep cells", None) as advance:
         res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
-                        limit=limit, overwrite=overwrite, batch_size=batch_size, progress=advance)
+                        limit=limit, overwrite=overwrite, batch_size=batch_size, progress=advance,
+                        min_confidence=min_confidence, as_choices=as_choices)
     grid = res.grid()
     n_q = next(iter(res.cells.values()))["n"] if res.cells else 0
     table = Table(title=f"p(matching behaviour), {n_q} questions")
@@ -136,6 +145,10 @@ def sweep(
     for i, layer in enumerate(res.layers):
         table.add_row(str(layer), *[f"{float(grid[i, j]):.3f}" for j in range(len(mults))])
     console.print(table)
+    collapsed = res.collapsed_cells()
+    if collapsed:
+        err_console.print(f"[yellow]collapsed cells[/yellow] (the same answer to every question, so p(matching) "
+                          f"there only reflects the answer balance): {', '.join(collapsed)}")
     qps = f"{res.questions_per_second:.1f} questions/s" if res.questions_per_second else "all cells cached"
     console.print(f"wrote {out}/sweep.json, sweep.csv, sweep_heatmap.png, sweep_curves.png ({qps})")
 

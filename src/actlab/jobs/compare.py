@@ -19,6 +19,7 @@ from ..analysis import (
     pca_2d,
 )
 from ..analysis import vocab_projection as vocab_projection_fn
+from ..analysis.divergence import RANK_BY
 from ..errors import InputError
 from ..hooks.points import parse_layers
 from ..report.figures import cross_model_plot, divergence_plot, layer_cosine_heatmap, layer_metrics_plot, pca_plot
@@ -151,23 +152,33 @@ def vocab_projection(model: ModelLike, vector: VectorLike, out: str | os.PathLik
     return result
 
 
-def write_divergence(out: str | os.PathLike[str], a: Any, b: Any, *, top_k: int = 5) -> dict[str, Any]:
+def write_divergence(out: str | os.PathLike[str], a: Any, b: Any, *, top_k: int = 5, rank_by: str = "layer"
+                     ) -> dict[str, Any]:
     """Compute the parameter divergence of two loaded models and write ``divergence.json`` + ``.png``."""
     div = parameter_divergence(a, b)
-    result = {"kind": "divergence", "model_a": a.name, "model_b": b.name, "top_k": top_k,
-              **div.to_dict(), "top_layers": div.top_layers(top_k)}
-    divergence_plot(div, Path(out) / "divergence.png", top_k=top_k,
+    top = div.top_layers(top_k, rank_by=rank_by)
+    result = {"kind": "divergence", "model_a": a.name, "model_b": b.name, "top_k": top_k, "rank_by": rank_by,
+              **div.to_dict(), "top_layers": top,
+              "rule": f"the {top_k} layers with the largest L2 norm of the difference of their "
+                      f"{'parameters' if rank_by == 'layer' else rank_by + ' parameters'}; unchanged layers are "
+                      "never listed"}
+    divergence_plot(div, Path(out) / "divergence.png", top_k=top_k, rank_by=rank_by,
                     title=f"parameter divergence per layer: {a.name} vs {b.name}")
     write_json(Path(out) / "divergence.json", result)
     return result
 
 
-def diverge(model_a: ModelLike, model_b: ModelLike, out: str | os.PathLike[str], *, top_k: int = 5
-            ) -> dict[str, Any]:
+def diverge(model_a: ModelLike, model_b: ModelLike, out: str | os.PathLike[str], *, top_k: int = 5,
+            rank_by: str = "layer") -> dict[str, Any]:
     """Per-layer parameter divergence between two checkpoints, in a run folder."""
+    if rank_by not in RANK_BY:
+        raise InputError(f"unknown ranking {rank_by!r}; valid: {', '.join(RANK_BY)}")
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
     a = as_model(model_a, validate=False)
     b = as_model(model_b, validate=False)
-    with Run(out, "diverge", {"model_a": name_of(model_a), "model_b": name_of(model_b), "top_k": top_k}) as run:
-        result = write_divergence(out, a, b, top_k=top_k)
+    with Run(out, "diverge", {"model_a": name_of(model_a), "model_b": name_of(model_b), "top_k": top_k,
+                              "rank_by": rank_by}) as run:
+        result = write_divergence(out, a, b, top_k=top_k, rank_by=rank_by)
         run.results = {"top_layers": result["top_layers"]}
     return result

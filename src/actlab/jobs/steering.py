@@ -35,7 +35,8 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
                    format: str = "ab", negative: str | os.PathLike[str] | None = None, point: str = "resid_post",
                    layers: str | Iterable[int] | None = None, method: str = "mean_diff",
                    positions: str | None = None, chat: bool | None = None, limit: int | None = None,
-                   batch_size: int = 16, progress: Callable[[int], None] | None = None) -> SteeringVector:
+                   batch_size: int = 16, progress: Callable[[int], None] | None = None,
+                   min_confidence: float | None = None, as_choices: bool = False) -> SteeringVector:
     """Extract a steering vector from a dataset file (A/B items, contrastive pairs, or two instruction lists)
     and save it to ``out`` when given. ``positions`` is the reading policy (default per format: ``answer``,
     ``mean``, ``eoi``)."""
@@ -47,7 +48,8 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
     lay = parse_layers(layers, m.n_layers)
     read = positions or DEFAULT_READ[format]
     if format == "ab":
-        cs = contrast_from_ab(m, load_ab(data, limit=limit), resolve_style(m, chat), read)
+        items = load_ab(data, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
+        cs = contrast_from_ab(m, items, resolve_style(m, chat), read)
     elif format == "pairs":
         style = PromptStyle(chat=False) if not chat else resolve_style(m, True)
         cs = contrast_from_pairs(m, load_pairs(data, limit=limit), style, read)
@@ -79,18 +81,21 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
           out: str | os.PathLike[str], *, layers: str | Iterable[int] | None = None,
           multipliers: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0), positions: str | None = None,
           chat: bool | None = None, limit: int | None = None, overwrite: bool = False, batch_size: int = 16,
-          progress: Callable[[int], None] | None = None) -> SweepResult:
+          progress: Callable[[int], None] | None = None, min_confidence: float | None = None,
+          as_choices: bool = False) -> SweepResult:
     """p(answer matching behaviour) under steering for each layer x multiplier, in a run folder: ``run.json``,
     ``sweep.json``/``.csv`` (resumable cell by cell), ``sweep_heatmap.png``, ``sweep_curves.png``."""
     from ..report.figures import sweep_figures
 
     m, vec = as_model(model), as_vector(vector)
-    items = list(data) if not isinstance(data, (str, os.PathLike)) else load_ab(data, limit=limit)
+    items = list(data) if not isinstance(data, (str, os.PathLike)) else load_ab(
+        data, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
     lay = parse_layers(layers, m.n_layers) or vec.layers
     style = resolve_style(m, chat)
     config = {"model": name_of(model), "vector": name_of(vector), "data": name_of(data) if isinstance(
         data, (str, os.PathLike)) else f"{len(items)} items", "layers": lay, "multipliers": list(multipliers),
-              "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size}
+              "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size,
+              "min_confidence": min_confidence, "as_choices": as_choices}
     with Run(out, "steer sweep", config) as run:
         pos = positions or ("from_eoi" if style.chat else "all")
         run.add_interventions([{**Steer(vec, 1.0, layers=lay, positions=pos).record(), "multiplier": "grid",
@@ -99,7 +104,7 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
                        out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
         sweep_figures(res, out, title=f"{m.name}: {vec.point}, positions={pos}")
         run.results = {"cells": len(res.cells), "questions": len(items),
-                       "questions_per_second": res.questions_per_second}
+                       "questions_per_second": res.questions_per_second, "collapsed_cells": res.collapsed_cells()}
     return res
 
 

@@ -124,12 +124,14 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
         raise InputError(f"base and fine-tuned models have different architectures: {type(base.hf).__name__} "
                          f"({base.n_layers} layers) vs {type(tuned.hf).__name__} ({tuned.n_layers} layers)")
     out = ctx.dir("divergence")
-    res = write_divergence(out, base, tuned, top_k=min(ctx.cfg.top_k_layers, base.n_layers))
-    mlp = res["per_module"].get("mlp", res["per_layer"])
     k = min(ctx.cfg.top_k_layers, base.n_layers)
-    layers = sorted(sorted(range(base.n_layers), key=lambda i: -mlp[i])[:k])
-    write_json(out / "layers.json", {"layers": layers, "rule": f"top {k} layers by L2 divergence of MLP "
-                                                                "parameters", "mlp_divergence": mlp})
+    res = write_divergence(out, base, tuned, top_k=k, rank_by="mlp")
+    layers = sorted(res["top_layers"])
+    if not layers:
+        raise InputError("the fine-tuned model's MLP parameters equal the base model's: nothing was learned to "
+                         "audit (check tuned_model / the finetune stage)")
+    write_json(out / "layers.json", {"layers": layers, "rule": res["rule"], "mlp_divergence": res["per_module"]
+                                     .get("mlp", res["per_layer"])})
     ctx.log(f"  most divergent MLP layers: {layers}")
     return {"layers": layers}
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..analysis.divergence import Divergence
 from ..analysis.layers import LayerMetrics
 from ..analysis.pca import Projection
-from ..steering.evaluate import SweepResult
+from ..steering.evaluate import SweepResult, cell_key
 from .plots import heatmaps, pyplot, save_figure
 
 
@@ -81,21 +81,29 @@ def layer_metrics_plot(m: LayerMetrics, path: str | os.PathLike[str], *, title: 
     return save_figure(fig, path)
 
 
-def divergence_plot(div: Divergence, path: str | os.PathLike[str], *, top_k: int = 5, title: str = "") -> Path:
+def divergence_plot(div: Divergence, path: str | os.PathLike[str], *, top_k: int = 5, rank_by: str = "layer",
+                    title: str = "") -> Path:
+    """L2 norm of the parameter difference per layer: the whole layer (black line) and each module group
+    (bars), in the same units the JSON and the tables use; the top ``top_k`` layers by ``rank_by`` marked."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     n = len(div.per_layer)
-    top = set(div.top_layers(top_k))
-    bottom = np.zeros(n)
-    for gi, (g, vals) in enumerate(sorted(div.per_module.items())):
-        sq = np.asarray(vals) ** 2  # stack squared norms so bars add up to the layer's squared norm
-        ax.bar(range(n), sq, bottom=bottom, label=g, color=pyplot().get_cmap("tab10")(gi))
-        bottom += sq
-    for i in top:
-        ax.annotate("top", (i, bottom[i]), ha="center", fontsize=7, color="red")
+    groups = sorted(div.per_module.items())
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(n)
+    for gi, (g, vals) in enumerate(groups):
+        ax.bar(x - 0.4 + width * (gi + 0.5), vals, width=width, label=f"{g} parameters",
+               color=plt.get_cmap("tab10")(gi))
+    ax.plot(x, div.per_layer, color="black", marker=".", lw=1, label="whole layer")
+    top = div.top_layers(top_k, rank_by=rank_by)
+    ranked = div.ranking(rank_by)
+    if top:
+        ax.scatter(top, [ranked[i] for i in top], s=80, facecolors="none", edgecolors="red", zorder=3,
+                   label=f"top {len(top)} by {rank_by} divergence")
+    ax.set_xticks(x, [str(i) for i in range(n)], fontsize=7)
     ax.set_xlabel("layer")
-    ax.set_ylabel("squared L2 norm of the difference")
-    ax.set_title(title or f"parameter divergence per layer (top {top_k} marked)", fontsize=9)
+    ax.set_ylabel("L2 norm of the difference")
+    ax.set_title(title or "parameter divergence per layer", fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -104,13 +112,35 @@ def sweep_figures(res: SweepResult, out: str | os.PathLike[str], *, title: str =
     """A layer x multiplier heatmap of p(matching behaviour) and per-layer curves."""
     out = Path(out)
     grid = res.grid().numpy()
+    notes = []
+    for layer in res.layers:
+        row = []
+        for m in res.multipliers:
+            c = res.cells.get(cell_key(layer, m))
+            if c is None:
+                row.append("")
+                continue
+            text = f"{c['p_matching']:.2f}"
+            if "p_first" in c:
+                text += f"\np({c['first_label']}) {c['p_first']:.2f}\nflip {c['flip_fraction']:.2f}"
+                if c.get("collapsed"):
+                    text += f"\nCOLLAPSED: {c['majority_label']}"
+            row.append(text)
+        notes.append(row)
     paths = {"heatmap": heatmaps([grid], [title or "A/B sweep"], row_labels=[str(x) for x in res.layers],
                                  col_labels=[f"{m:g}" for m in res.multipliers], path=out / "sweep_heatmap.png",
-                                 vmin=0.0, vmax=1.0, cmap="RdBu_r", cbar_label="p(answer matching behaviour)")}
+                                 vmin=0.0, vmax=1.0, cmap="RdBu_r", cbar_label="p(answer matching behaviour)",
+                                 annotations=[notes], xlabel="multiplier", ylabel="layer")}
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    marked = False
     for i, layer in enumerate(res.layers):
         ax.plot(res.multipliers, grid[i], marker="o", label=f"layer {layer}")
+        bad = [j for j, m in enumerate(res.multipliers) if res.cells.get(cell_key(layer, m), {}).get("collapsed")]
+        if bad:
+            ax.scatter([res.multipliers[j] for j in bad], [grid[i][j] for j in bad], marker="x", s=60,
+                       color="black", zorder=3, label=None if marked else "collapsed: same answer to every question")
+            marked = True
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("multiplier")
     ax.set_ylabel("p(answer matching behaviour)")

@@ -44,27 +44,39 @@ def heatmaps(
     vmax: float | None = None,
     cmap: str = "viridis",
     annotate: bool = True,
+    annotations: Sequence[Sequence[Sequence[str]]] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
 ) -> Path:
-    """Side-by-side heatmaps sharing a colour scale (rows x cols each)."""
+    """Side-by-side heatmaps sharing a colour scale (rows x cols each). Cells are annotated with their value
+    (or with ``annotations[panel][row][col]``), in black or white by the cell colour's luminance."""
     plt = pyplot()
     n = len(matrices)
     rows, cols = len(row_labels), len(col_labels)
     fig, axes = plt.subplots(1, n, figsize=(max(3.0, 0.9 * cols + 1.8) * n, max(3.0, 0.28 * rows + 1.5)),
                              squeeze=False)
     im = None
-    for ax, m, title in zip(axes[0], matrices, titles, strict=True):
+    for k, (ax, m, title) in enumerate(zip(axes[0], matrices, titles, strict=True)):
         im = ax.imshow(np.asarray(m, dtype=float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                        origin="lower", interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(cols), col_labels, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(rows), row_labels, fontsize=7)
+        if xlabel:
+            ax.set_xlabel(xlabel, fontsize=8)
+        if ylabel:
+            ax.set_ylabel(ylabel, fontsize=8)
         if annotate and rows * cols <= 400:
             for r in range(rows):
                 for c in range(cols):
                     v = float(m[r][c])
-                    if np.isfinite(v):
-                        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                                color="white" if (vmax is None or v < 0.6 * (vmax or 1)) else "black")
+                    text = annotations[k][r][c] if annotations is not None else (f"{v:.2f}" if np.isfinite(v)
+                                                                                   else "")
+                    if text:
+                        rgb = im.cmap(im.norm(v))[:3] if np.isfinite(v) else (1.0, 1.0, 1.0)
+                        lum = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
+                        ax.text(c, r, text, ha="center", va="center", fontsize=6,
+                                color="black" if lum > 0.5 else "white")
     if im is not None:
         fig.colorbar(im, ax=list(axes[0]), label=cbar_label, shrink=0.8)
     if suptitle:

@@ -1,8 +1,12 @@
 """Evaluating behaviour under steering: the A/B sweep (layers x multipliers), open-ended generations
 scored by a pluggable scorer, and the vocabulary view of a vector.
 
-A/B probability: the prompt is the question followed by the start of the answer, ``"("``; the model's
-next-token probabilities of the two answer letters are normalised, ``p = P(match) / (P(match) + P(other))``.
+A/B probability: the question followed by each answer is tokenized; the tokens both share are the prompt
+(the question and e.g. ``"("``) and the model's next-token probabilities of the two answers' first differing
+tokens (``A``/``B``, ``Yes``/``No``) are normalised, ``p = P(match) / (P(match) + P(other))``. Mean
+p(matching) hides a model that gives the same answer to every question (on a balanced set it averages to
+~0.5), so every cell also reports the answer bias, the share of flipped answers and a collapse flag
+(:func:`cell_stats`).
 Sweep results (``sweep.json``, then ``sweep.csv``) are written after every cell (atomically) and finished
 cells are skipped on a re-run unless ``overwrite`` is set.
 """
@@ -33,50 +37,59 @@ if TYPE_CHECKING:
     from ..models.model import Model
 
 
-def _answer_prefix(answer: str) -> str:
-    """The part of an answer before its letter (``"("`` for ``"(A)"``)."""
-    from .datasets import answer_letter
-
-    return answer[: answer.index(answer_letter(answer))]
-
-
 @dataclass
 class _ABPrompt:
-    text: str
+    """The tokens both answers share (the question and the answer's start, e.g. ``(``) and the first token of
+    each answer after them (``A``/``B``, `` Yes``/`` No``)."""
+
+    ids: list[int]
     match_id: int
     other_id: int
+    match_label: str
+    other_label: str
 
 
 def _ab_prompts(model: Model, items: Sequence[ABItem], style: PromptStyle) -> list[_ABPrompt]:
-    """Each question followed by its answer prefix (``"("``), and the token ids of the two letters."""
+    """Tokenize the question followed by each answer and cut where the two tokenizations part: the shared
+    tokens are the prompt, the first differing tokens are what is scored (so ``(A`` merged into one token, a
+    space merged into `` Yes``, and plain or chat prompts all work)."""
     tok = model.tokenizer
     special = style.add_special_tokens()
     out = []
     for k, it in enumerate(items):
-        text = with_answer(model, it.question, _answer_prefix(it.matching), style)
-        ids_p = tok(text, add_special_tokens=special)["input_ids"]
-        letter_ids = []
-        for letter in (it.matching_letter, it.not_matching_letter):
-            full = tok(text + letter, add_special_tokens=special)["input_ids"]
-            if full[:-1] != ids_p:
-                raise InputError(f"item {k}: answer letter {letter!r} does not tokenize as one token after the "
-                                 "prompt, so it cannot be scored by next-token probability")
-            letter_ids.append(full[-1])
-        out.append(_ABPrompt(text, letter_ids[0], letter_ids[1]))
+        ids_m = tok(with_answer(model, it.question, it.matching, style), add_special_tokens=special)["input_ids"]
+        ids_o = tok(with_answer(model, it.question, it.not_matching, style), add_special_tokens=special)["input_ids"]
+        n = 0
+        while n < min(len(ids_m), len(ids_o)) and ids_m[n] == ids_o[n]:
+            n += 1
+        if n == 0 or n >= min(len(ids_m), len(ids_o)):
+            raise InputError(f"item {k}: the answers {it.matching!r} and {it.not_matching!r} do not differ in a "
+                             "token after a shared prompt, so they cannot be scored by next-token probability")
+        out.append(_ABPrompt(list(ids_m[:n]), int(ids_m[n]), int(ids_o[n]), it.matching_label,
+                             it.not_matching_label))
     return out
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, width - len(r):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 @torch.no_grad()
 def ab_probabilities(model: Model, items: Sequence[ABItem], style: PromptStyle, *, batch_size: int = 16,
                      prompts: list[_ABPrompt] | None = None) -> torch.Tensor:
-    """p(matching answer), normalised over the two letters, per item (under any active steering)."""
+    """p(matching answer), normalised over the two answers, per item (under any active steering)."""
     prompts = prompts or _ab_prompts(model, items, style)
+    pad = getattr(model.tokenizer, "pad_token_id", None) or 0
     out = []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s:s + batch_size]
-        batch = model.tokenize([p.text for p in chunk], padding_side="left",
-                               add_special_tokens=style.add_special_tokens())
-        logits = model.last_logits(**batch)
+        logits = model.last_logits(**_left_pad([p.ids for p in chunk], pad, model.device))
         lp = torch.log_softmax(logits, -1)
         a = lp[torch.arange(len(chunk)), torch.tensor([p.match_id for p in chunk])]
         b = lp[torch.arange(len(chunk)), torch.tensor([p.other_id for p in chunk])]
@@ -84,23 +97,62 @@ def ab_probabilities(model: Model, items: Sequence[ABItem], style: PromptStyle, 
     return torch.cat(out)
 
 
+COLLAPSE_SHARE = 0.95
+
+
+def first_label(prompts: Sequence[_ABPrompt]) -> str:
+    """The label whose probability measures answer bias: ``A`` for lettered items, else ``Yes`` if present, else
+    the alphabetically first label."""
+    labels = {p.match_label for p in prompts} | {p.other_label for p in prompts}
+    return "A" if "A" in labels else "Yes" if "Yes" in labels else min(labels)
+
+
+def cell_stats(p: torch.Tensor, prompts: Sequence[_ABPrompt], baseline: torch.Tensor | None, *,
+               label: str, collapse_share: float = COLLAPSE_SHARE) -> dict[str, Any]:
+    """What one sweep cell shows beyond mean p(matching), which hides collapse on a balanced set:
+
+    - ``p_first``: mean probability of the answer labelled ``label`` (``A``): the letter bias;
+    - ``flip_fraction``: share of questions whose preferred answer differs from the unsteered run's;
+    - ``majority_share``: share of questions whose preferred answer carries the most common label;
+    - ``collapsed``: ``majority_share >= collapse_share`` - the model gives the same answer whatever the
+      question (then p(matching) only measures the dataset's label balance)."""
+    is_first = torch.tensor([pr.match_label == label for pr in prompts])
+    other_first = torch.tensor([pr.other_label == label for pr in prompts])
+    p_first = torch.where(is_first, p, torch.where(other_first, 1 - p, torch.zeros_like(p)))
+    prefers_match = p > 0.5
+    chosen = [pr.match_label if m else pr.other_label for pr, m in zip(prompts, prefers_match.tolist(), strict=True)]
+    counts: dict[str, int] = {}
+    for c in chosen:
+        counts[c] = counts.get(c, 0) + 1
+    majority = max(counts.values()) / len(chosen)
+    out = {"p_first": float(p_first.mean()), "first_label": label, "majority_share": majority,
+           "majority_label": max(counts, key=lambda k: counts[k]), "collapsed": bool(majority >= collapse_share)}
+    out["flip_fraction"] = (float((prefers_match != (baseline > 0.5)).double().mean()) if baseline is not None
+                            else 0.0)
+    return out
+
+
 @dataclass
 class SweepResult:
-    """p(matching) per (layer, multiplier) cell, averaged over the questions."""
+    """Per (layer, multiplier) cell: p(matching) averaged over the questions, and the answer-bias diagnostics
+    of :func:`cell_stats` (``p_first``, ``flip_fraction``, ``majority_share``, ``collapsed``)."""
 
     cells: dict[str, dict[str, Any]]
     layers: list[int]
     multipliers: list[float]
     questions_per_second: float | None = None
 
-    def grid(self) -> torch.Tensor:
+    def grid(self, key: str = "p_matching") -> torch.Tensor:
         g = torch.full((len(self.layers), len(self.multipliers)), float("nan"))
         for i, layer in enumerate(self.layers):
             for j, m in enumerate(self.multipliers):
                 c = self.cells.get(cell_key(layer, m))
-                if c is not None:
-                    g[i, j] = c["p_matching"]
+                if c is not None and c.get(key) is not None:
+                    g[i, j] = float(c[key])
         return g
+
+    def collapsed_cells(self) -> list[str]:
+        return [k for k, c in self.cells.items() if c.get("collapsed")]
 
 
 def cell_key(layer: int, multiplier: float) -> str:
@@ -120,8 +172,10 @@ def ab_sweep(
     overwrite: bool = False,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    collapse_share: float = COLLAPSE_SHARE,
 ) -> SweepResult:
-    """p(matching behaviour) under steering at each layer x multiplier (multiplier 0 is run once)."""
+    """p(matching behaviour) under steering at each layer x multiplier (multiplier 0 is run once), with the
+    answer-bias diagnostics of :func:`cell_stats` per cell."""
     if not layers:
         raise InputError("the layer list is empty; give at least one layer to sweep")
     if not multipliers:
@@ -145,33 +199,48 @@ def ab_sweep(
         if saved.get("config", {}).get("n_questions") == len(items):
             cells = saved.get("cells", {})
     prompts = _ab_prompts(model, items, style)
+    label = first_label(prompts)
+    config["first_label"] = label
+    config["matching_labels"] = [pr.match_label for pr in prompts]
+    config["collapse_share"] = collapse_share
     n_done, t_spent = 0, 0.0
 
     def save() -> None:
         if results_path is not None:
             write_json(results_path, {"config": config, "cells": cells})
 
-    baseline = None
+    baseline: torch.Tensor | None = None
+    saved_base = next((c for c in cells.values() if c.get("multiplier") == 0 and "per_question" in c), None)
+    if saved_base is not None:
+        baseline = torch.tensor(saved_base["per_question"], dtype=torch.float32)
+
+    def unsteered() -> torch.Tensor:
+        nonlocal baseline, n_done, t_spent
+        if baseline is None:
+            t0 = time.perf_counter()
+            baseline = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
+            t_spent += time.perf_counter() - t0
+            n_done += len(items)
+        return baseline
+
     for layer in layers:
         for m in multipliers:
             key = cell_key(layer, m)
-            if key in cells:
+            if key in cells and "collapsed" in cells[key]:
                 continue
-            t0 = time.perf_counter()
+            base = unsteered()
             if m == 0:
-                if baseline is None:
-                    baseline = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
-                    t_spent += time.perf_counter() - t0
-                    n_done += len(items)
-                p = baseline
+                p = base
             else:
+                t0 = time.perf_counter()
                 with steer(model, vector, m, layers=[layer], positions=positions):
                     p = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
                 t_spent += time.perf_counter() - t0
                 n_done += len(items)
             cells[key] = {"layer": layer, "multiplier": m, "p_matching": float(p.mean()),
                           "p_matching_sem": float(p.std() / max(len(p), 1) ** 0.5) if len(p) > 1 else 0.0,
-                          "n": len(p), "per_question": [round(float(x), 5) for x in p]}
+                          "n": len(p), **cell_stats(p, prompts, base, label=label, collapse_share=collapse_share),
+                          "per_question": [round(float(x), 5) for x in p]}
             save()
             if progress is not None:
                 progress(1)
@@ -182,12 +251,16 @@ def ab_sweep(
 
 
 def sweep_csv(res: SweepResult) -> str:
-    """Every cell as CSV rows (layer, multiplier, p_matching, its standard error, n)."""
+    """Every cell as CSV rows: p(matching) and its standard error, the answer-bias diagnostics, n."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["layer", "multiplier", "p_matching", "p_matching_sem", "n"])
+    w.writerow(["layer", "multiplier", "p_matching", "p_matching_sem", "first_label", "p_first", "flip_fraction",
+                "majority_label", "majority_share", "collapsed", "n"])
     for c in sorted(res.cells.values(), key=lambda c: (c["layer"], c["multiplier"])):
-        w.writerow([c["layer"], c["multiplier"], f"{c['p_matching']:.6f}", f"{c['p_matching_sem']:.6f}", c["n"]])
+        w.writerow([c["layer"], c["multiplier"], f"{c['p_matching']:.6f}", f"{c['p_matching_sem']:.6f}",
+                    c.get("first_label", ""), f"{c.get('p_first', float('nan')):.6f}",
+                    f"{c.get('flip_fraction', float('nan')):.6f}", c.get("majority_label", ""),
+                    f"{c.get('majority_share', float('nan')):.6f}", c.get("collapsed", ""), c["n"]])
     return buf.getvalue()
 
 

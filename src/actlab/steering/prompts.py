@@ -132,11 +132,11 @@ def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, 
     if policy == "answer":
         if answer is None:
             raise InputError("position policy 'answer' needs an A/B answer appended to the prompt")
-        from ..data import answer_letter
+        from ..data.behaviour import answer_label
 
-        letter = answer_letter(answer)
+        label = answer_label(answer)
         start = text.rindex(answer)
-        return [char_to_token(spans, start + answer.index(letter))]
+        return [char_to_token(spans, start + answer.index(label))]
     if policy == "eoi" or policy.startswith("eoi:"):
         first = eoi_first_token(model, text, style, spans)
         positions = list(range(first, n))
