@@ -1,4 +1,5 @@
-"""Sparse autoencoders (dictionaries): ReLU + L1 (tied or untied decoder) and TopK.
+"""Sparse autoencoders (dictionaries): ReLU + L1 (tied or untied decoder) and TopK, trained here; JumpReLU
+(``relu(pre) * (pre > threshold)``, the architecture of Gemma Scope and other public releases) for inference.
 
 ``x_hat = f(x) @ W_dec + b_dec`` with ``f(x) = act((x - b_dec) @ W_enc + b_enc)``: the decoder bias also
 centres the input (the "input centring by a bias"). Decoder rows (one per feature) are kept at unit norm:
@@ -24,7 +25,8 @@ from torch import nn
 
 from ..errors import InputError
 
-ARCHITECTURES = ("relu", "topk")
+ARCHITECTURES = ("relu", "topk", "jumprelu")
+TRAINABLE = ("relu", "topk")  # JumpReLU dictionaries (e.g. Gemma Scope) are loaded for inference
 
 
 @dataclass
@@ -51,7 +53,8 @@ class SAEConfig:
             raise InputError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
         if not self.name:
             size = f"{self.d_sae // self.d_in}x" if self.d_sae % self.d_in == 0 else str(self.d_sae)
-            sparsity = f"k{self.k}" if self.architecture == "topk" else f"l1_{self.l1_coefficient:g}"
+            sparsity = (f"k{self.k}" if self.architecture == "topk" else "threshold" if self.architecture == "jumprelu"
+                        else f"l1_{self.l1_coefficient:g}")
             self.name = f"{self.architecture}-{size}-{sparsity}" + ("-tied" if self.tied else "")
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +75,8 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.register_buffer("input_scale", torch.tensor(1.0))
+        if cfg.architecture == "jumprelu":  # per-feature thresholds on the pre-activation (inference only)
+            self.register_buffer("threshold", torch.zeros(m))
         if cfg.tied:
             self.register_parameter("W_dec_param", None)
         else:
@@ -90,6 +95,8 @@ class SparseAutoencoder(nn.Module):
         if self.cfg.architecture == "topk":
             vals, idx = torch.relu(pre).topk(self.cfg.k, dim=-1)  # type: ignore[arg-type]
             return torch.zeros_like(pre).scatter(-1, idx, vals)
+        if self.cfg.architecture == "jumprelu":  # a feature is on only above its threshold
+            return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:

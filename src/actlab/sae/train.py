@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import ActlabError, InputError
 from ..runs import write_json
-from .dictionary import SAEConfig, SparseAutoencoder
+from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
 from .io import save_sae
 
 
@@ -99,6 +99,10 @@ class Trainer:
         if not configs:
             raise InputError("no dictionary to train")
         names = [c.name for c in configs]
+        untrainable = [c.name for c in configs if c.architecture not in TRAINABLE]
+        if untrainable:
+            raise InputError(f"cannot train {untrainable}: actlab trains {', '.join(TRAINABLE)} dictionaries "
+                             "(JumpReLU dictionaries load for inference only)")
         if len(set(names)) != len(names):
             raise InputError(f"dictionary names must differ: {names}")
         self.configs, self.tcfg = list(configs), tcfg
