@@ -97,17 +97,49 @@ def test_tiny_pipeline_every_stage(lfp_run):
     ag = json.loads((run_dir / "agreement" / "agreement.json").read_text())
     assert -1 <= ag["kendall_tau"] <= 1 and 0 <= ag["p_value"] <= 1 and ag["n_words"] == 200
     assert 0 <= ag["sign_accuracy_negative"] <= 1 and len(ag["words"]) == 200
+    # regression (issue 12.1): agreement is scored on words the probe never saw, beside training words and the
+    # untrained baseline
+    triples = [json.loads(line) for line in (run_dir / "triples" / "triples.jsonl").read_text().splitlines()]
+    substituted = {t[k]["word"] for t in triples for k in ("positive", "negative")}
+    split = json.loads((run_dir / "triples" / "word_split.json").read_text())
+    assert substituted <= set(split["train"]) and not substituted & set(split["heldout"])
+    assert not {w["word"] for w in ag["words"]} & substituted and all(w["heldout"] for w in ag["words"])
+    assert {w["word"] for w in ag["train_words"]} <= substituted
+    assert set(ag["groups"]) == {"heldout", "train", "untrained_baseline"}
+    assert ag["kendall_tau"] == ag["groups"]["heldout"]["kendall_tau"] and "kendall_tau_negative" in ag
+    assert ag["frequency"]["n_prompts"] == 24 and all("generated_count" in w for w in ag["words"])
     fe = json.loads((run_dir / "features" / "features.json").read_text())
     assert n_requests == fe["n_features"] == 8 and fe["label_note"].startswith("labels from openai:explainer-1")
     assert all(f["explanation"].startswith("fires on") for f in fe["features"])
     assert "reward_before" in fe["ablation"] and fe["frequency"]["average_feature_firing_rate_strong"] >= 0
     assert 0 < fe["n_related"] <= fe["n_features"] and "reward_after" in fe["ablation"]
+    assert "reward_after_random" in fe["ablation"] and len(fe["ablation"]["random_ablated"]) == fe["n_related"]
+    assert not {tuple(x) for x in fe["ablation"]["random_ablated"]} & {tuple(x) for x in fe["ablation"]["ablated"]}
+    assert not fe["frequency"]["self_consistency"]
     assert fe["frequency"]["related_firing_rate_strong"] is not None
     page = (run_dir / "report.html").read_text()
     for title in ("Parameter divergence per layer", "Probe accuracy", "Agreement with the true feedback",
-                  "Token table", "Feature validation", "PCA of the probe inputs"):
+                  "Token table", "Feature validation", "PCA of the probe inputs", "untrained probe (baseline)",
+                  "Probe error vs how often", "as many random features"):
         assert title in page, title
     assert "<script" not in page and "http://" not in page.replace(url_free(page), "")
+
+
+def test_labels_without_an_explainer_are_a_marked_self_consistency_check(lfp_run, capsys):
+    """Regression (issue 12, offline validity): with `kind: none` the labels came from probe weights and the
+    rates were measured on the same examples; now labels and rates use disjoint halves and say so."""
+    root, cfg, _, _ = lfp_run
+    none = root / "none.yaml"
+    none.write_text(cfg.read_text().split("explainer:")[0] + "explainer: {kind: none, n_features: 8}\n")
+    code, _, err = run(["lfp", "features", str(none)], capsys)
+    assert code == 0, err
+    fe = json.loads((root / "run" / "features" / "features.json").read_text())
+    assert fe["frequency"]["self_consistency"] and "SELF-CONSISTENCY" in fe["label_note"]
+    n_examples = 3 * json.loads((root / "run" / "deltas" / "deltas.json").read_text())["n"]
+    assert fe["frequency"]["n_examples_measured"] == n_examples - n_examples // 2
+    from actlab.report.lfp import lfp_warnings
+
+    assert any("self-consistency" in w for w in lfp_warnings(root / "run"))
 
 
 def url_free(page: str) -> str:
@@ -199,12 +231,18 @@ def test_dialogue_task_with_rewriter_triples_and_logistic_probe(lfp_run, tmp_pat
     assert json.loads((run_dir / "stages" / "agreement.json").read_text())["skipped"]
 
 
-def test_local_hf_explainer(smollm):
-    from actlab.lfp.explain import HFExplainer
+def test_hf_explainer_runs_a_local_chat_model_offline(smollm, monkeypatch):
+    """The `hf` explainer path for real (loading included): SmolLM2-Instruct reads highlighted contexts and its
+    reply is parsed by the same protocol as an endpoint's."""
+    import actlab.lfp.explain as explain_mod
 
-    ex = HFExplainer.__new__(HFExplainer)  # reuse the session's model instead of loading it again
-    ex.model, ex.name = smollm, f"hf:{smollm.name}"
+    ex = explain_mod.make_explainer("hf", base_url=None, model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert ex.name.startswith("hf:")
     rows = [{"tokens": ["The", " movie", " was", " wonderful", "."], "highlight": 3, "value": 2.0},
             {"tokens": ["A", " truly", " great", " film"], "highlight": 2, "value": 1.5}]
+    replies = []
+    parse = explain_mod.parse_reply
+    monkeypatch.setattr(explain_mod, "parse_reply", lambda reply: (replies.append(reply), parse(reply))[1])
     explanation, related = ex.explain(rows, "sentiment: positive or negative feelings")
+    assert replies and replies[0].strip()
     assert isinstance(explanation, str) and explanation and isinstance(related, bool)

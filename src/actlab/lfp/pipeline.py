@@ -166,13 +166,19 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
 def stage_triples(ctx: Context) -> dict[str, Any]:
     from ..finetune import vader_lexicon
     from ..llm import OpenAIChat
-    from .triples import file_triples, lexicon_triples, llm_triples
+    from .triples import file_triples, lexicon_triples, llm_triples, split_lexicon
 
     t = ctx.cfg.triples
     out = ctx.dir("triples")
     if t.source == "lexicon":
-        rows = lexicon_triples(ctx.texts(max(4 * t.n, 200)), vader_lexicon(), n=t.n, window_words=t.window_words,
-                               min_valence=t.min_valence, seed=t.seed)
+        lex = vader_lexicon()
+        split = split_lexicon(lex, t.heldout_fraction, t.seed)
+        write_json(out / "word_split.json", {"seed": t.seed, "heldout_fraction": t.heldout_fraction,
+                                             "rule": "scoreable lexicon words (alphabetic, |valence| >= 0.5) split "
+                                                     "at random; triples substitute only training words",
+                                             **split})
+        rows = lexicon_triples(ctx.texts(max(4 * t.n, 200)), lex, n=t.n, window_words=t.window_words,
+                               min_valence=t.min_valence, seed=t.seed, allowed=set(split["train"]))
     elif t.source == "file":
         if t.file is None:
             raise InputError("triples.source 'file' needs triples.file")
@@ -282,39 +288,114 @@ def _probe_predict(ctx: Context, x: torch.Tensor) -> torch.Tensor:
 AGREEMENT_TEMPLATES = ("The movie was {w}.", "I thought the acting was {w}.", "Honestly, the story felt {w}.")
 
 
+def _probe_untrained(ctx: Context, x: torch.Tensor) -> torch.Tensor:
+    """The untrained (Xavier) probe of the probes stage's baseline, on the same standardised inputs."""
+    from safetensors.torch import load_file
+
+    from .probes import xavier_predictions
+
+    p = load_file(str(ctx.need("probes", "probe.safetensors")))
+    z = ((x.float() - p["mean"]) / p["scale"]).double().numpy()
+    return torch.from_numpy(xavier_predictions(z, ctx.cfg.seed)).float()
+
+
+def _word_predictions(ctx: Context, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trained and untrained probe outputs per word, each averaged over the agreement templates."""
+    from .probes import sae_features
+
+    saes, tuned = _load_dicts(ctx), ctx.model("tuned")
+    trained, untrained = torch.zeros(len(words)), torch.zeros(len(words))
+    for tpl in AGREEMENT_TEMPLATES:
+        texts = [tpl.format(w=w) for w in words]
+        spans = [[tpl.index("{w}"), tpl.index("{w}") + len(w)] for w in words]
+        x = sae_features(tuned, saes, texts, spans, point=ctx.cfg.sae.point)
+        trained += _probe_predict(ctx, x)
+        untrained += _probe_untrained(ctx, x)
+    return trained / len(AGREEMENT_TEMPLATES), untrained / len(AGREEMENT_TEMPLATES)
+
+
+def _generated_counts(ctx: Context, words: list[str]) -> dict[str, int]:
+    """How often the fine-tuned model generates each word from IMDb prefixes (greedy)."""
+    from collections import Counter
+
+    from ..data import imdb_prefixes
+    from ..finetune import words as split_words
+
+    if ctx.cfg.data is None or ctx.cfg.frequency_prompts <= 0:
+        return {}
+    tuned = ctx.model("tuned")
+    prompts = imdb_prefixes(ctx.cfg.data, ctx.cfg.frequency_prompts)
+    counts: Counter[str] = Counter()
+    for s in range(0, len(prompts), 16):
+        for g in tuned.generate_text(prompts[s:s + 16], max_new_tokens=ctx.cfg.ablation_new_tokens):
+            counts.update(split_words(g))
+    return {w: counts.get(w, 0) for w in words}
+
+
 def stage_agreement(ctx: Context) -> dict[str, Any]:
     import random
 
+    from scipy.stats import spearmanr
+
     from ..finetune import vader_lexicon
-    from .probes import agreement, sae_features
+    from .probes import WORD_REWARD_MAX, agreement
 
     if ctx.cfg.task != "sentiment":
         return {"skipped": "agreement with lexicon values applies to the sentiment task"}
     lex = vader_lexicon()
-    saes = _load_dicts(ctx)
-    tuned = ctx.model("tuned")
-    rows = _triples(ctx)
-    used = sorted({r[k]["word"] for r in rows for k in ("positive", "negative") if r[k].get("word")})
-    pool = sorted(w for w, v in lex.items() if w.isalpha() and abs(v) >= 0.5 and w not in used)
+    n = ctx.cfg.n_agreement_words
     rng = random.Random(ctx.cfg.seed)
-    extra = rng.sample(pool, max(0, min(len(pool), ctx.cfg.n_agreement_words - len(used))))
-    vocab = (used + extra)[: ctx.cfg.n_agreement_words]
-    preds = torch.zeros(len(vocab))
-    for tpl in AGREEMENT_TEMPLATES:
-        texts = [tpl.format(w=w) for w in vocab]
-        spans = [[tpl.index("{w}"), tpl.index("{w}") + len(w)] for w in vocab]
-        preds += _probe_predict(ctx, sae_features(tuned, saes, texts, spans, point=ctx.cfg.sae.point))
-    preds /= len(AGREEMENT_TEMPLATES)
-    true = [lex[w] for w in vocab]
-    res = agreement(preds.tolist(), true)
-    table = sorted(({"word": w, "lexicon": lex[w], "predicted": float(p)} for w, p in zip(vocab, preds, strict=True)),
-                   key=lambda r: -abs(r["lexicon"]))
+    split_path = ctx.root / "triples" / "word_split.json"
+    trained_on = sorted({r[k]["word"] for r in _triples(ctx) for k in ("positive", "negative") if r[k].get("word")})
+    if split_path.is_file():
+        split = json.loads(split_path.read_text())
+        heldout_pool = sorted(set(split["heldout"]) - set(trained_on))
+    else:  # triples from a file or an LLM: no word was substituted, every scoreable word is held out
+        from .triples import AGREEMENT_MIN_VALENCE
+
+        split = None
+        heldout_pool = sorted(w for w, v in lex.items() if w.isalpha() and abs(v) >= AGREEMENT_MIN_VALENCE
+                              and w not in trained_on)
+    heldout = sorted(rng.sample(heldout_pool, min(n, len(heldout_pool))))
+    train_words = sorted(rng.sample(trained_on, min(n, len(trained_on))))
+    if len(heldout) < 3:
+        raise InputError(f"only {len(heldout)} held-out lexicon words to score; lower triples.heldout_fraction's "
+                         "complement or use a larger lexicon")
+    words = heldout + train_words
+    pred, base = _word_predictions(ctx, words)
+    true = [lex[w] for w in words]
+    k = len(heldout)
+    groups = {"heldout": agreement(pred[:k].tolist(), true[:k]),
+              "untrained_baseline": agreement(base[:k].tolist(), true[:k])}
+    if train_words:
+        groups["train"] = agreement(pred[k:].tolist(), true[k:])
+    counts = _generated_counts(ctx, words)
+    table = [{"word": w, "lexicon": lex[w], "predicted": float(p), "untrained": float(b),
+              "error": abs(float(p) - lex[w] / 5), "heldout": i < k, "generated_count": counts.get(w)}
+             for i, (w, p, b) in enumerate(zip(words, pred, base, strict=True))]
+    table.sort(key=lambda r: -abs(r["lexicon"]))
+    freq: dict[str, Any] = {}
+    if counts:
+        errs = [r["error"] for r in table]
+        cnts = [r["generated_count"] for r in table]
+        rho, pv = spearmanr(cnts, errs) if len(set(cnts)) > 1 else (float("nan"), float("nan"))
+        freq = {"spearman_error_vs_count": float(rho), "p_value": float(pv), "n_prompts": ctx.cfg.frequency_prompts,
+                "new_tokens": ctx.cfg.ablation_new_tokens, "words_generated": sum(1 for c in cnts if c)}
+    res = {**groups["heldout"], "groups": groups, "n_heldout": k, "n_train_words": len(train_words),
+           "split": {"heldout_fraction": split["heldout_fraction"] if split else None,
+                     "seed": split["seed"] if split else None,
+                     "note": "agreement words are held out from the triples the probe was trained on"},
+           "error_definition": f"|probe output - valence / 5| (the per-word reward, max {WORD_REWARD_MAX})",
+           "frequency": freq}
     out = ctx.dir("agreement")
-    write_json(out / "agreement.json", {**res, "templates": list(AGREEMENT_TEMPLATES), "words": table})
-    ctx.log(f"  Kendall tau {res['kendall_tau']:.3f} (p={res['p_value']:.2g}), sign accuracy "
-            f"{res['sign_accuracy']:.3f} (positive {res['sign_accuracy_positive']:.3f}, negative "
-            f"{res['sign_accuracy_negative']:.3f}) on {res['n_words']} words")
-    return res
+    write_json(out / "agreement.json", {**res, "templates": list(AGREEMENT_TEMPLATES),
+                                        "words": [r for r in table if r["heldout"]],
+                                        "train_words": [r for r in table if not r["heldout"]]})
+    h, t0, b0 = groups["heldout"], groups.get("train"), groups["untrained_baseline"]
+    ctx.log(f"  held-out words ({k}): Kendall tau {h['kendall_tau']:.3f} (p={h['p_value']:.2g}), sign accuracy "
+            f"{h['sign_accuracy']:.3f}; untrained probe tau {b0['kendall_tau']:.3f}"
+            + (f"; training words ({len(train_words)}): tau {t0['kendall_tau']:.3f}" if t0 else ""))
+    return {k_: v for k_, v in res.items() if k_ != "groups"}
 
 
 def stage_features(ctx: Context) -> dict[str, Any]:
@@ -348,8 +429,15 @@ def stage_features(ctx: Context) -> dict[str, Any]:
     d = _load_deltas(ctx)
     x_all = torch.cat([d["f_pos"], d["f_neu"], d["f_neg"]])
     pred = _probe_predict(ctx, x_all)
-    strong = pred.abs() >= torch.quantile(pred.abs(), 0.8)
-    fires = x_all > 0
+    # Without an explainer the labels come from the probe's own statistics, so they are chosen on one half of
+    # the examples and the firing rates measured on the other (a self-consistency check, said so in the output).
+    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed))
+    label_idx, measure_idx = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    if explainer is not None:
+        measure_idx = torch.arange(len(x_all))
+    x_m, p_m = x_all[measure_idx], pred[measure_idx]
+    strong = p_m.abs() >= torch.quantile(p_m.abs(), 0.8)
+    fires = x_m > 0
     feats = []
     for cos, layer, f in chosen:
         rows = top_examples(tuned, saes[layer], saes[layer].cfg.hook_point, texts, features=[f], k=ex.contexts,
@@ -364,17 +452,19 @@ def stage_features(ctx: Context) -> dict[str, Any]:
                       "firing_rate_all": float(fires[:, col].float().mean()),
                       "contexts": [{"tokens": r["tokens"], "highlight": r["highlight"], "value": r["value"]}
                                    for r in rows]})
-    if explainer is None:  # no explainer: the features the probe weighs most stand in for labelled ones
-        from safetensors.torch import load_file
-
-        w = load_file(str(ctx.need("probes", "probe.safetensors")))["weight"].abs()
+    if explainer is None:  # the quarter of the features most correlated with the probe's output on half A
+        xa, pa = x_all[label_idx].double(), pred[label_idx].double()
+        xa, pa = xa - xa.mean(0), pa - pa.mean()
+        corr = (xa * pa[:, None]).sum(0) / (xa.norm(dim=0) * pa.norm()).clamp_min(1e-12)
         cols = {offsets[r["layer"]] + r["feature"]: r for r in feats}
-        ranked = sorted(cols, key=lambda c: -float(w[c]))
+        ranked = sorted(cols, key=lambda c: -abs(float(corr[c])))
         for c in ranked[: max(1, len(ranked) // 4)]:
             cols[c]["related"] = True
-        label_note = "no explainer configured: the top quarter of the features by |probe weight| are labelled"
+        label_note = ("no explainer configured: SELF-CONSISTENCY CHECK, not the study's Table 7. The top quarter "
+                      "of the features by |correlation with the probe's output| on one half of the examples are "
+                      "labelled related; the firing rates are measured on the other half")
     else:
-        label_note = f"labels from {explainer.name}"
+        label_note = f"labels from {explainer.name}; firing rates measured on every example"
     related = [r for r in feats if r["related"]]
     avg_strong = float(fires[strong].float().mean())
     freq = {"related_firing_rate_strong": (sum(r["firing_rate_strong"] for r in related) / len(related)
@@ -382,32 +472,45 @@ def stage_features(ctx: Context) -> dict[str, Any]:
             "related_firing_rate_all": (sum(r["firing_rate_all"] for r in related) / len(related)
                                         if related else None),
             "average_feature_firing_rate_strong": avg_strong,
-            "average_feature_firing_rate_all": float(fires.float().mean())}
-    # ablation of the related features during generation, scored with the lexicon reward
+            "average_feature_firing_rate_all": float(fires.float().mean()),
+            "self_consistency": explainer is None, "n_examples_measured": len(measure_idx)}
+    # ablation of the related features during generation, scored with the lexicon reward, beside the ablation
+    # of as many random features per layer (the baseline any effect is read against)
     prompts = imdb_prefixes(cfg.data, cfg.ablation_prompts) if cfg.data else []
     ablation: dict[str, Any] = {"n_prompts": len(prompts)}
     if prompts:
-        def mean_reward() -> float:
-            gens = tuned.generate_text(prompts, max_new_tokens=cfg.ablation_new_tokens)
+        def mean_reward(which: dict[int, list[int]] | None = None) -> float:
+            from contextlib import ExitStack
+
+            with ExitStack() as stack:
+                for layer, fs in (which or {}).items():
+                    stack.enter_context(FeatureIntervention(tuned, saes[layer], saes[layer].cfg.hook_point,
+                                                            ablate=fs))
+                gens = tuned.generate_text(prompts, max_new_tokens=cfg.ablation_new_tokens)
             return sum(lexicon_reward(g) for g in gens) / len(gens)
 
         ablation["reward_before"] = mean_reward()
         if related:
-            from contextlib import ExitStack
-
-            with ExitStack() as stack:
-                for layer in sorted({r["layer"] for r in related}):
-                    fs = [r["feature"] for r in related if r["layer"] == layer]
-                    stack.enter_context(FeatureIntervention(tuned, saes[layer], saes[layer].cfg.hook_point,
-                                                            ablate=fs))
-                ablation["reward_after"] = mean_reward()
+            chosen_by_layer: dict[int, list[int]] = {}
+            for r in related:
+                chosen_by_layer.setdefault(r["layer"], []).append(r["feature"])
+            g = torch.Generator().manual_seed(cfg.seed + 1)
+            random_by_layer = {}
+            for layer, fs in chosen_by_layer.items():
+                pool = [f for f in range(saes[layer].cfg.d_sae) if f not in fs]
+                pick = torch.randperm(len(pool), generator=g)[: len(fs)].tolist()
+                random_by_layer[layer] = sorted(pool[i] for i in pick)
+            ablation["reward_after"] = mean_reward(chosen_by_layer)
+            ablation["reward_after_random"] = mean_reward(random_by_layer)
             ablation["ablated"] = [[r["layer"], r["feature"]] for r in related]
+            ablation["random_ablated"] = [[layer, f] for layer, fs in random_by_layer.items() for f in fs]
     out = ctx.dir("features")
     summary = {"label_note": label_note, "frequency": freq, "ablation": ablation, "n_features": len(feats),
                "n_related": len(related)}
     write_json(out / "features.json", {**summary, "features": feats})
     ctx.log(f"  {len(related)}/{len(feats)} features labelled related; ablation reward "
-            f"{ablation.get('reward_before', float('nan')):.3f} -> {ablation.get('reward_after', float('nan')):.3f}")
+            f"{ablation.get('reward_before', float('nan')):.3f} -> {ablation.get('reward_after', float('nan')):.3f} "
+            f"(as many random features: {ablation.get('reward_after_random', float('nan')):.3f})")
     return summary
 
 

@@ -26,6 +26,24 @@ NEUTRAL_WORDS = (
 )
 
 
+AGREEMENT_MIN_VALENCE = 0.5  # lexicon words weaker than this are not scored for agreement
+
+
+def split_lexicon(lexicon: dict[str, float], heldout_fraction: float, seed: int) -> dict[str, list[str]]:
+    """A seeded random split of the scoreable lexicon words (alphabetic, |valence| >= 0.5) into words the probe
+    may be trained on and words held out from training for the agreement test (the study's Table 4 scores
+    words; scoring the words the probe was fitted on would be in-sample)."""
+    import random
+
+    if not 0 < heldout_fraction < 1:
+        raise InputError(f"heldout_fraction must be between 0 and 1 (exclusive), got {heldout_fraction}")
+    words = sorted(w for w, v in lexicon.items() if w.isalpha() and abs(v) >= AGREEMENT_MIN_VALENCE)
+    rng = random.Random(seed)
+    rng.shuffle(words)
+    n_out = round(len(words) * heldout_fraction)
+    return {"heldout": sorted(words[:n_out]), "train": sorted(words[n_out:])}
+
+
 def substitute_words(lexicon: dict[str, float], min_valence: float) -> tuple[list[str], list[str], list[str]]:
     """Positive, neutral and negative substitutes (alphabetic words; neutral ones absent from the lexicon)."""
     pos = sorted(w for w, v in lexicon.items() if v >= min_valence and w.isalpha() and len(w) > 2)
@@ -35,10 +53,13 @@ def substitute_words(lexicon: dict[str, float], min_valence: float) -> tuple[lis
 
 
 def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, window_words: int = 40,
-                    min_valence: float = 1.5, seed: int = 0) -> list[dict[str, Any]]:
-    """Up to ``n`` triples from ``texts`` (see module docstring)."""
+                    min_valence: float = 1.5, seed: int = 0, allowed: set[str] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Up to ``n`` triples from ``texts`` (see module docstring); substitute words are drawn from ``allowed``
+    only when given (the training side of :func:`split_lexicon`)."""
     rng = random.Random(seed)
-    pos, neu, neg = substitute_words(lexicon, min_valence)
+    pool = lexicon if allowed is None else {w: v for w, v in lexicon.items() if w in allowed}
+    pos, neu, neg = substitute_words(pool, min_valence)
     if not pos or not neg or not neu:
         raise InputError("the lexicon has no positive, neutral or negative substitute words")
     out: list[dict[str, Any]] = []

@@ -50,10 +50,60 @@ def _agreement_scatter(words: list[dict[str, Any]], out: Path) -> Path:
     return save_figure(fig, out)
 
 
+def _frequency_plot(words: list[dict[str, Any]], out: Path) -> Path | None:
+    """The study's Fig. 4: probe error per word against how often the fine-tuned model generates it."""
+    pts = [w for w in words if w.get("generated_count") is not None]
+    if not pts:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for held, color, label in ((True, "#2c7fb8", "held-out words"), (False, "#f03b20", "training words")):
+        sel = [w for w in pts if w.get("heldout", True) == held]
+        if sel:
+            ax.scatter([w["generated_count"] for w in sel], [w["error"] for w in sel], s=12, alpha=0.6, color=color,
+                       label=label)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("times the fine-tuned model generated the word")
+    ax.set_ylabel("probe error |prediction - valence / 5|")
+    ax.set_title("probe error vs generation frequency (Fig. 4 of the study)", fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def lfp_warnings(root: Path) -> list[str]:
+    """What the data says a reader must know before trusting the tables below."""
+    out = []
+    dic = _load(root / "sae" / "dictionaries.json")
+    for layer, ms in (dic or {}).get("metrics", {}).items():
+        for name, m in ms.items():
+            if m.get("dense_fraction", 0) > 0.1:
+                out.append(f"dense dictionary: layer {layer} {name} has {m['dense_fraction']:.0%} of its features "
+                           "active on more than 10% of tokens (raise the L1 coefficient or train longer)")
+    pr = _load(root / "probes" / "probes.json")
+    if pr and pr.get("test", {}).get("r2", 0) < 0:
+        out.append(f"the probe's held-out R^2 is negative ({pr['test']['r2']:.2f}): it predicts the held-out "
+                   "deltas worse than their mean; read its agreement numbers with care")
+    fe = _load(root / "features" / "features.json")
+    if fe and fe.get("frequency", {}).get("self_consistency"):
+        out.append("no explainer ran: the feature labels come from the probe itself (chosen on half of the "
+                   "examples, measured on the other half) - a self-consistency check, not the study's Table 7")
+    ab = (fe or {}).get("ablation", {})
+    if {"reward_before", "reward_after", "reward_after_random"} <= set(ab):
+        eff, rnd = ab["reward_after"] - ab["reward_before"], ab["reward_after_random"] - ab["reward_before"]
+        if abs(eff) <= abs(rnd):
+            out.append(f"ablating the related features changed the reward by {eff:+.3f}, no more than ablating as "
+                       f"many random features ({rnd:+.3f}): no evidence that they carry the feedback")
+    return out
+
+
 def build_lfp_report(root: Path, cfg: Any) -> Path:
     root = Path(root)
     page = Page("Learned Feedback Patterns", f"base {cfg.base_model}; fine-tuned {cfg.tuned_model or 'by this run'}; "
                                               f"task {cfg.task}")
+    warnings = lfp_warnings(root)
+    if warnings:
+        page.section("Warnings", "warnings")
+        page.html("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
     ft = _load(root / "finetune" / "finetune.json")
     page.section("Fine-tuning", "finetune")
     if ft:
@@ -88,11 +138,28 @@ def build_lfp_report(root: Path, cfg: Any) -> Path:
     ag = _load(root / "agreement" / "agreement.json")
     page.section("Agreement with the true feedback", "agreement")
     if ag:
-        page.table(["Kendall tau", "p-value", "sign accuracy", "positive words", "negative words",
-                    "tau (negative words)", "words"],
-                   [[ag["kendall_tau"], ag["p_value"], ag["sign_accuracy"], ag["sign_accuracy_positive"],
-                     ag["sign_accuracy_negative"], ag.get("kendall_tau_negative", float("nan")), ag["n_words"]]])
+        page.text("Kendall's tau between the probe's prediction for lexicon words and their valences (Table 4), "
+                  "tau on negative words only (Table 10) and sign accuracy (Table 5). Held-out words never appeared "
+                  "in the triples the probe was trained on; the untrained (Xavier) probe on the same held-out "
+                  "words is the baseline.", muted=True)
+        labels = {"heldout": "held-out words (trained probe)", "train": "training words (in-sample)",
+                  "untrained_baseline": "held-out words, untrained probe (baseline)"}
+        groups = ag.get("groups", {"heldout": ag})
+        page.table(["words", "Kendall tau", "p-value", "sign accuracy", "positive words", "negative words",
+                    "tau (negative words)", "n"],
+                   [[labels.get(k, k), g["kendall_tau"], g["p_value"], g["sign_accuracy"], g["sign_accuracy_positive"],
+                     g["sign_accuracy_negative"], g.get("kendall_tau_negative", float("nan")), g["n_words"]]
+                    for k, g in groups.items()])
         page.image(_agreement_scatter(ag["words"], root / "report_agreement.png"), "predicted vs true")
+        fig4 = _frequency_plot(ag["words"] + ag.get("train_words", []), root / "report_frequency.png")
+        if fig4:
+            fr = ag.get("frequency", {})
+            page.heading("Probe error vs how often the fine-tuned model generates the word")
+            page.image(fig4, "probe error vs generation frequency")
+            if fr:
+                page.text(f"Spearman rho(error, count) = {fr['spearman_error_vs_count']:.3f} (p = {fr['p_value']:.2g}) "
+                          f"over {fr['n_prompts']} greedy generations of {fr['new_tokens']} tokens; "
+                          f"{fr['words_generated']} of the scored words were generated at least once.", muted=True)
         page.heading("Token table: predicted vs true feedback (strongest lexicon words)")
         page.table(["word", "lexicon valence", "probe prediction"],
                    [[w["word"], w["lexicon"], w["predicted"]] for w in ag["words"][:40]])
@@ -106,9 +173,11 @@ def build_lfp_report(root: Path, cfg: Any) -> Path:
         page.table(["measure", "value"], [[k, v] for k, v in fr.items()])
         ab = fe["ablation"]
         page.heading("Zero-ablating the related features during generation (lexicon reward)")
-        page.table(["prompts", "reward before", "reward after", "ablated features"],
+        page.table(["prompts", "reward before", "after ablating the related features",
+                    "after ablating as many random features", "ablated features"],
                    [[ab.get("n_prompts", 0), ab.get("reward_before", float("nan")),
-                     ab.get("reward_after", float("nan")), len(ab.get("ablated", []))]])
+                     ab.get("reward_after", float("nan")), ab.get("reward_after_random", float("nan")),
+                     len(ab.get("ablated", []))]])
         rows = []
         for f in fe["features"]:
             ctx0 = f["contexts"][0] if f["contexts"] else None
