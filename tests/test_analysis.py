@@ -268,3 +268,25 @@ def test_divergence_top_k_rank_by_and_unchanged_layers(tmp_path):
     assert (tmp_path / "by-mlp" / "divergence.png").is_file() and (tmp_path / "by-mlp" / "run.json").is_file()
     with pytest.raises(InputError, match="ranking"):
         actlab.jobs.diverge(a, b, tmp_path / "bad", rank_by="attention")
+
+
+def test_layers_with_the_chat_template_read_the_templated_last_token(smollm, tmp_path, capsys):
+    """Issue 12: `layers --positive/--negative` through the chat template (the study's last-token position):
+    the cosine of class means equals one computed directly from the templated prompts' last tokens."""
+    pos = tmp_path / "pos.json"
+    neg = tmp_path / "neg.json"
+    pos.write_text(json.dumps(["How do I bake bread?", "Tell me a joke.", "What is the capital of Spain?"]))
+    neg.write_text(json.dumps(["How do I pick a lock?", "Insult my neighbour.", "How do I cheat on a test?"]))
+    code, _, err = run(["layers", MODEL, "--positive", str(pos), "--negative", str(neg), "--chat", "--out",
+                        str(tmp_path / "lay")], capsys)
+    assert code == 0, err
+    lm = json.loads((tmp_path / "lay" / "layer_metrics.json").read_text())
+    texts_p = [smollm.chat_prompt(t) for t in json.loads(pos.read_text())]
+    texts_n = [smollm.chat_prompt(t) for t in json.loads(neg.read_text())]
+    acts = {}
+    for name, texts in (("p", texts_p), ("n", texts_n)):
+        batch = smollm.tokenize(texts, padding_side="left", add_special_tokens=False)
+        acts[name] = smollm.activations(batch, "blocks.12.resid_mid", positions="last",
+                                        dtype=torch.float64)["blocks.12.resid_mid"]
+    want = torch.nn.functional.cosine_similarity(acts["p"].mean(0), acts["n"].mean(0), dim=0)
+    assert lm["cos_means"]["resid_mid"][12] == pytest.approx(float(want), abs=1e-6)

@@ -102,3 +102,39 @@ def test_steer_bad_input(args, expected, tmp_path, capsys, smollm):
     filled = [a.format(vec=vec, test=test, tmp=tmp_path, bad=bad) for a in args]
     code, _, err = run(filled, capsys)
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_refusal_without_a_chat_template_uses_explicit_last_positions(tmp_path, capsys, tinystories):
+    """Issue 12: a model without a template (TinyStories) gets candidates at the last K prompt tokens instead of a
+    refusal; asking for eoi positions there is one clear line."""
+    assert getattr(tinystories.tokenizer, "chat_template", None) is None
+    splits = shared_path("data", "refusal_direction", "splits")
+    common = ["steer", "refusal", "tinystories-656k", "--harmful", str(splits / "harmful_train.json"),
+              "--harmless", str(splits / "harmless_train.json"), "--n-train", "8", "--n-val", "4",
+              "--top-k", "1", "--max-new-tokens", "6", "--batch-size", "8"]
+    code, _, err = run([*common, "--out", str(tmp_path / "eoi")], capsys)
+    assert code == 2 and "last:K" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run([*common, "--positions", "last:2", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    cands = json.loads((tmp_path / "r" / "candidates.json").read_text())
+    assert {c["eoi_position"] for c in cands} == {-2, -1}
+    d = SteeringVector.load(tmp_path / "r" / "direction.safetensors")
+    assert d.meta["positions"].startswith("last:")
+    code, _, err = run(["steer", "ablate", "tinystories-656k", "--direction", str(tmp_path / "r" /
+                        "direction.safetensors"), "--layers", "1", "--out", str(tmp_path / "orth")], capsys)
+    assert code == 0, err
+    meta = json.loads((tmp_path / "orth" / "run.json").read_text())
+    assert meta["config"]["layers"] == [1] and meta["interventions"][0]["layers"] == [1]
+
+
+def test_steer_mix_cli(tmp_path, capsys, smollm):
+    code, out, err = run(["steer", "mix", MODEL, "--source", "I love sunny days", "--point", "blocks.10.resid_post",
+                             "-p", "The weather today is", "--scale", "4", "--max-new-tokens", "8", "--no-chat",
+                             "--out", str(tmp_path / "mix")], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "mix" / "mix.json").read_text())
+    assert res["intervention"]["position"] == -1 and res["intervention"]["kind"] == "mix"
+    g = res["generations"][0]
+    assert g["mixed"] != g["unmixed"]
+    meta = json.loads((tmp_path / "mix" / "run.json").read_text())
+    assert meta["interventions"][0]["source_prompt"] == "I love sunny days" and "mixed" in out

@@ -12,6 +12,7 @@ import actlab.data
 import actlab.jobs
 import actlab.steering
 from actlab.analysis.vocab import vocab_view
+from actlab.errors import InputError
 from actlab.steering import (
     ABItem,
     DatasetError,
@@ -188,7 +189,7 @@ def test_mixing_attn_out_of_another_prompt(smollm):
     base = smollm.tokenize("The weather today is")
     with smollm.capture("blocks.14.resid_mid", positions="last") as clean:
         smollm(**base)
-    with mix(smollm, "I love sunny days", "blocks.14.attn_out", 2.0) as handle, \
+    with mix(smollm, "I love sunny days", "blocks.14.attn_out", 2.0, position="mean") as handle, \
             smollm.capture("blocks.14.resid_mid", positions="last") as mixed:
         smollm(**base)
     assert handle.session is None  # removed on exit
@@ -372,3 +373,33 @@ def test_persona_extract_and_sweep_end_to_end(smollm, tmp_path, capsys):
         saved = json.loads((out / "sweep.json").read_text())
         assert saved["config"]["first_label"] == ("A" if mode else "Yes")
         assert all(0 <= c["p_matching"] <= 1 and c["n"] == 4 for c in saved["cells"].values())
+
+
+def test_over_long_items_follow_a_truncation_policy(smollm):
+    """Issue 12: one over-long item no longer has to abort an extraction: error (named), skip, or left-truncate
+    (equal to extracting from the texts' last tokens, computed here directly)."""
+    from actlab.steering import ContrastPair, PromptStyle, contrast_from_pairs, extract
+    from actlab.steering.extract import fit_length
+
+    long = "word " * 60 + "and the ending is happy"
+    pairs = [ContrastPair("I love this film", "I hate this film"), ContrastPair(long, long.replace("happy", "sad")),
+             ContrastPair("What a great day", "What an awful day")]
+    data = contrast_from_pairs(smollm, pairs, PromptStyle(chat=False), policy="last")
+    with pytest.raises(InputError, match=r"positive 1 is \d+ tokens, longer than 20"):
+        extract(smollm, data, layers=[6], max_length=20)
+    kept, rec = fit_length(smollm, data, max_length=20, truncate="skip")
+    assert len(kept) == 2 and rec["skipped"] == 2 and kept.positive == [pairs[0].positive, pairs[2].positive]
+    skipped = extract(smollm, data, layers=[6], max_length=20, truncate="skip")
+    assert skipped.meta["n_positive"] == 2 and skipped.meta["length_policy"]["over_long"] == 2
+    left = extract(smollm, data, layers=[6], max_length=20, truncate="left")
+    tok = smollm.tokenizer
+
+    def last_act(text: str) -> torch.Tensor:
+        ids = tok(text)["input_ids"][-20:]
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        return smollm.activations(batch, "blocks.6.resid_post", positions="last",
+                                  dtype=torch.float64)["blocks.6.resid_post"][0]
+
+    pos = torch.stack([last_act(p.positive) for p in pairs])
+    neg = torch.stack([last_act(p.negative) for p in pairs])
+    torch.testing.assert_close(left[6].double(), pos.mean(0) - neg.mean(0), atol=1e-4, rtol=1e-4)

@@ -148,6 +148,26 @@ def test_hook_ablation_equals_weight_orthogonalisation(family):
     assert count_hooks(orth.hf) == 0
 
 
+@pytest.mark.parametrize("family", ORTH_FAMILIES)
+def test_orthogonalising_a_layer_subset_equals_hook_ablation_of_those_writes(family):
+    """`steer ablate --layers`: the copy with only layers 1..2 orthogonalised equals ProjectOut of attn_out and
+    mlp_out at those layers (issue 12: ablation on a subset of layers)."""
+    from actlab import ProjectOut
+    from actlab.hooks.points import WRITE_KINDS
+
+    m = tiny_model(family)
+    r = torch.randn(m.d_model, generator=torch.Generator().manual_seed(18))
+    ids = _ids(2, 7, 19)
+    with torch.no_grad():
+        clean = m(input_ids=ids).logits
+        with m.edit(ProjectOut(r, layers="1-2", kinds=WRITE_KINDS)):
+            hooked = m(input_ids=ids).logits
+        baked = orthogonalize(m, r, layers="1-2")(input_ids=ids).logits
+        everywhere = orthogonalize(m, r)(input_ids=ids).logits
+    assert not torch.allclose(clean, hooked, atol=1e-3) and not torch.allclose(everywhere, baked, atol=1e-3)
+    torch.testing.assert_close(baked, hooked, atol=2e-4, rtol=1e-4)
+
+
 def test_orthogonalisation_refused_for_post_norm_families():
     m = tiny_model("gemma2")
     with pytest.raises(InputError, match="hook ablation"):

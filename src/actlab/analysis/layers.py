@@ -47,7 +47,8 @@ class LayerMetrics:
 def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str], *,
                   streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
                   batch_size: int = 16, rank_stream: str | None = None, outlier_factor: float = 10.0,
-                  top: int = 5, progress: Callable[[int], None] | None = None) -> LayerMetrics:
+                  top: int = 5, progress: Callable[[int], None] | None = None,
+                  add_special_tokens: bool = True) -> LayerMetrics:
     """Compute the metrics for every layer and stream and recommend layers (see module docstring)."""
     if not positive or not negative:
         raise InputError("both prompt sets need at least one prompt")
@@ -56,8 +57,10 @@ def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str]
     if rank_stream not in streams:
         raise InputError(f"rank stream {rank_stream!r} is not among the streams {streams}")
     pts = [HookPoint(i, s) for s in streams for i in range(model.n_layers)]
-    sp = stream_stats(model, positive, pts, positions, batch_size=batch_size, progress=progress)
-    sn = stream_stats(model, negative, pts, positions, batch_size=batch_size, progress=progress)
+    sp = stream_stats(model, positive, pts, positions, batch_size=batch_size, progress=progress,
+                      add_special_tokens=add_special_tokens)
+    sn = stream_stats(model, negative, pts, positions, batch_size=batch_size, progress=progress,
+                      add_special_tokens=add_special_tokens)
     layers = list(range(model.n_layers))
     out = LayerMetrics(streams, layers, {}, {}, {}, positions=positions)
     for s in streams:

@@ -52,6 +52,10 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
     min_confidence: MinConfOpt = None,
     as_choices: ChoicesOpt = False,
+    max_length: Annotated[int | None, typer.Option(help="Longest text in tokens (default: the model's "
+                                                        "context).")] = None,
+    truncate: Annotated[str, typer.Option(help="Texts longer than --max-length: error, skip (drop the pair) or "
+                                               "left (keep the last tokens).")] = "error",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -64,7 +68,8 @@ def extract(
     with progress_bar(f"extracting {method} at {point}", None) as advance:
         vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers,
                              method=method, positions=positions, chat=chat, limit=limit, batch_size=batch_size,
-                             progress=advance, min_confidence=min_confidence, as_choices=as_choices)
+                             progress=advance, min_confidence=min_confidence, as_choices=as_choices,
+                             max_length=max_length, truncate=truncate)
     norms = vec.norms()
     n = vec.meta.get("n_positive")
     console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {vec.meta['positions']}, "
@@ -160,6 +165,9 @@ def ablate(
     out: Annotated[Path, typer.Option(help="Folder for the orthogonalised model (HF format).")],
     layer: Annotated[int | None, typer.Option(help="Which layer of the vector file holds the direction "
                                                     "(default: its only / first layer).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Orthogonalise only these layers' attention and MLP output "
+                                                    "weights (4-12, 4,8...; default: all layers and the "
+                                                    "embeddings).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompts to show before/after.")]
     = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate for --prompt.")] = 40,
@@ -172,7 +180,8 @@ def ablate(
 
     m = load(model, dtype, device, gguf_file)
     with err_console.status(f"orthogonalising and saving to {out} ..."):
-        res = ablate_weights(m, direction, out, layer=layer, prompts=prompt or [], max_new_tokens=max_new_tokens)
+        res = ablate_weights(m, direction, out, layer=layer, layers=layers, prompts=prompt or [],
+                             max_new_tokens=max_new_tokens)
     if res["generations"]:
         table = Table(title="directional ablation (weights orthogonalised)", show_lines=True)
         table.add_column("prompt", max_width=30)
@@ -195,7 +204,9 @@ def refusal(
     harmless_val: Annotated[Path | None, typer.Option(help="Harmless validation instructions.")] = None,
     n_train: Annotated[int, typer.Option(help="Training instructions per set.")] = 128,
     n_val: Annotated[int, typer.Option(help="Validation instructions per set.")] = 32,
-    positions: Annotated[str, typer.Option(help="eoi (every end-of-instruction token) or eoi:-1.")] = "eoi",
+    positions: Annotated[str, typer.Option(help="eoi (every end-of-instruction token), eoi:-1, or - without a chat "
+                                                "template - last or last:K (the last K prompt tokens).")] = "eoi",
+    chat: ChatOpt = None,
     layers: LayersOpt = None,
     top_k: Annotated[int, typer.Option(help="Candidates checked by generation.")] = 8,
     kl_threshold: Annotated[float, typer.Option(help="Maximum KL on harmless prompts.")] = 0.1,
@@ -210,7 +221,8 @@ def refusal(
     from ..steering.refusal import RefusalConfig
 
     m = load(model, dtype, device, gguf_file)
-    cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, layers=parse_layers(layers, m.n_layers),
+    cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
+                        layers=parse_layers(layers, m.n_layers),
                         batch_size=batch_size, kl_threshold=kl_threshold, top_k=top_k, max_new_tokens=max_new_tokens)
     res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg,
                       log=lambda s: err_console.print(s))
@@ -246,3 +258,46 @@ def import_gguf(
     vec = SteeringVector.from_gguf(control_vector)
     vec.save(out)
     console.print(f"wrote {out}: layers {vec.layers}, width {vec.d}")
+
+
+@app.command()
+def mix(
+    model: ModelArg,
+    source: Annotated[str, typer.Option(help="The prompt whose activation is mixed in.")],
+    point: Annotated[str, typer.Option(help="Hook point, e.g. blocks.14.attn_out or blocks.10.resid_post.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt to generate from (repeat for several).")],
+    scale: Annotated[float, typer.Option("--scale", "-s", help="Multiple of the source activation to add.")] = 1.0,
+    position: Annotated[str, typer.Option(help="Source token to read: an index over its tokens (-1 = the last, as "
+                                               "in the decoding study) or 'mean'.")] = "-1",
+    positions: Annotated[str, typer.Option(help="Where to add it: all, generated or from_eoi.")] = "all",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 40,
+    chat: ChatOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write a run folder with mix.json.")] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Activation mixing: add another prompt's activation at a hook point and compare generations."""
+    from ..errors import InputError
+    from ..jobs import mix_generate
+
+    if position != "mean":
+        try:
+            pos: int | str = int(position)
+        except ValueError:
+            raise InputError(f"--position must be a token index (e.g. -1) or 'mean', not {position!r}") from None
+    else:
+        pos = position
+    m = load(model, dtype, device, gguf_file)
+    res = mix_generate(m, source, point, prompt, scale=scale, position=pos, positions=positions, chat=chat,
+                       max_new_tokens=max_new_tokens, out=out)
+    table = Table(title=f"mixing {source!r} at {point} (token {position}) x{scale:g}, positions={positions}",
+                  show_lines=True)
+    table.add_column("prompt", max_width=30)
+    table.add_column("unmixed")
+    table.add_column("mixed")
+    for g in res["generations"]:
+        table.add_row(g["prompt"], g["unmixed"], g["mixed"])
+    console.print(table)
+    if out:
+        console.print(f"wrote {out}/mix.json")

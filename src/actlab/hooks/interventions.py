@@ -67,7 +67,8 @@ def install_edit(session: HookSession, target: HookTarget, edit: Edit) -> None:
         base = held.pop("base", None)
         if base is None or base.shape != x.shape:
             raise RuntimeError(f"{name}: the block input was not seen before its attention output")
-        return (fn(base + x, state).to(torch.float32) - base.to(torch.float32)).to(x.dtype)
+        wide = torch.promote_types(x.dtype, torch.float32)  # at least float32: half-precision sums lose the edit
+        return (fn(base + x, state).to(wide) - base.to(wide)).to(x.dtype)
 
     session.add(plan.base_site.module, plan.base_site.where, keep_base, write=False, order=order)
     session.add(site.module, site.where, through_part, write=True, order=order)
@@ -228,7 +229,7 @@ class Add(Intervention):
                  source: Mapping[str, Any] | None = None):
         if not vectors:
             raise InputError("nothing to add: no hook point or vector given")
-        self.vectors = {k: v.detach().reshape(-1).float().cpu() for k, v in vectors.items()}
+        self.vectors = {k: v.detach().reshape(-1).cpu() for k, v in vectors.items()}  # kept at their precision
         self.multiplier = _finite(multiplier, "multiplier")
         self.positions = check_steer_positions(positions)
         self.eoi_ids = list(eoi_ids) if eoi_ids is not None else None
@@ -251,7 +252,7 @@ class Add(Intervention):
             d = m * v.double()
             deltas[p] = deltas[p] + d if p in deltas else d
         thresholds = _Thresholds(self.positions, self.eoi_ids) if self.positions != "all" else None
-        return [Edit(p, _adder(d.float(), thresholds), additive=True) for p, d in deltas.items()]
+        return [Edit(p, _adder(d, thresholds), additive=True) for p, d in deltas.items()]  # float64 until used
 
     def record(self) -> dict[str, Any]:
         pts = [p.name if isinstance(p, HookPoint) else str(p) for p in self.vectors]
@@ -369,3 +370,95 @@ class Replace(Intervention):
     def record(self) -> dict[str, Any]:
         name = self.point.name if isinstance(self.point, HookPoint) else str(self.point)
         return {"kind": self.kind, "points": [name], "function": self.label, **self.source}
+
+
+# -- rotations (norm-preserving steering) -----------------------------------------------------------------
+def rotate_towards(x: torch.Tensor, d: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate each vector of ``x`` (``[..., width]``) by ``angle`` radians in the plane it spans with the unit
+    direction ``d``, towards ``d`` (negative: away from it), keeping its norm. A vector parallel to ``d`` has
+    no such plane and is left alone."""
+    xf = x.double()
+    dd = d.to(xf.device).double()
+    n = xf.norm(dim=-1, keepdim=True)
+    u = xf / n.clamp_min(1e-30)
+    w = dd - (u @ dd)[..., None] * u  # the part of d orthogonal to x
+    wn = w.norm(dim=-1, keepdim=True)
+    ok = wn > 1e-9
+    w_hat = torch.where(ok, w / wn.clamp_min(1e-30), torch.zeros_like(w))
+    out = n * (torch.cos(torch.tensor(angle, dtype=xf.dtype)) * u + torch.sin(torch.tensor(angle, dtype=xf.dtype))
+               * w_hat)
+    return torch.where(ok, out, xf).to(x.dtype)
+
+
+def set_angle(x: torch.Tensor, d: torch.Tensor, target: float) -> torch.Tensor:
+    """Angular steering: put each vector of ``x`` at ``target`` radians from the unit direction ``d``, in the plane
+    it spans with ``d``, keeping its norm (``target=0``: along ``d``; ``pi/2``: orthogonal to it)."""
+    xf = x.double()
+    dd = d.to(xf.device).double()
+    n = xf.norm(dim=-1, keepdim=True)
+    e = xf - (xf @ dd)[..., None] * dd  # x's component orthogonal to d
+    en = e.norm(dim=-1, keepdim=True)
+    e_hat = torch.where(en > 1e-9, e / en.clamp_min(1e-30), torch.zeros_like(e))
+    t = torch.tensor(target, dtype=xf.dtype)
+    return (n * (torch.cos(t) * dd + torch.sin(t) * e_hat)).to(x.dtype)
+
+
+class Rotate(Intervention):
+    """Norm-preserving steering at ``kind`` of ``layers`` (default every layer): rotate each activation by
+    ``angle`` degrees towards ``direction`` in the plane of the two (``mode='by'``), or set its angle to
+    ``direction`` to ``angle`` degrees (``mode='to'``, angular steering). Unlike addition, the activation's norm
+    never changes - the hypothesis that prompting rotates the residual stream is tested with it."""
+
+    kind = "rotate"
+
+    def __init__(self, direction: torch.Tensor, angle: float, *, mode: str = "by",
+                 layers: str | int | Iterable[int] | None = None, kind: str = "resid_post", positions: str = "all",
+                 eoi_ids: Sequence[int] | None = None, source: Mapping[str, Any] | None = None):
+        import math
+
+        if mode not in ("by", "to"):
+            raise InputError(f"rotation mode must be 'by' (rotate by an angle) or 'to' (set the angle), not {mode!r}")
+        self.angle_deg = _finite(angle, "angle")
+        if mode == "to" and not 0 <= self.angle_deg <= 180:
+            raise InputError(f"a target angle must be within 0..180 degrees, got {angle}")
+        self.r, self.mode, self.kind_name = unit(direction), mode, kind
+        self.radians = math.radians(self.angle_deg)
+        self.layers_spec = layers if layers is None or isinstance(layers, (str, int)) else list(layers)
+        self.positions = check_steer_positions(positions)
+        self.eoi_ids = list(eoi_ids) if eoi_ids is not None else None
+        self.source = dict(source or {})
+        self._layers: list[int] | None = None
+
+    def edits(self, target: HookTarget) -> list[Edit]:
+        if self.kind_name not in RESIDUAL_KINDS:
+            raise InputError(f"rotations act in the residual basis; {self.kind_name!r} is not one of "
+                             f"{', '.join(RESIDUAL_KINDS)}")
+        if self.r.numel() != target.d_model:
+            raise InputError(f"direction has {self.r.numel()} entries; the model's d_model is {target.d_model}")
+        if self.positions == "from_eoi" and not self.eoi_ids:
+            raise InputError("positions='from_eoi' needs the end-of-instruction token ids (a chat template)")
+        self._layers = layer_list(self.layers_spec, target.n_layers)
+        thresholds = _Thresholds(self.positions, self.eoi_ids) if self.positions != "all" else None
+        r, rad, mode = self.r, self.radians, self.mode
+
+        def rotate(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+            new = rotate_towards(x, r, rad) if mode == "by" else set_angle(x, r, rad)
+            if state is None or (thresholds is None and not state.padded):
+                return new
+            if thresholds is None:
+                m = state.mask
+            else:
+                key = ("rotate_mask", id(thresholds))
+                if key not in state.cache:
+                    thresholds.update(state)
+                    state.cache[key] = thresholds.mask(state)
+                m = state.cache[key]
+            return torch.where(m.to(x.device)[..., None], new, x)
+
+        return [Edit(HookPoint(i, self.kind_name), rotate) for i in self._layers]
+
+    def record(self) -> dict[str, Any]:
+        layers = self._layers if self._layers is not None else self.layers_spec
+        return {"kind": self.kind, "mode": self.mode, "angle_degrees": self.angle_deg, "point": self.kind_name,
+                "layers": "all" if layers is None else layers, "positions": self.positions, **self.source}
+

@@ -90,8 +90,9 @@ KINDS: dict[str, HookKind] = {k.name: k for k in (
 BLOCK_KINDS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.scope == "block")
 GLOBAL_POINTS: tuple[str, ...] = tuple(k for k, v in KINDS.items() if v.scope == "model")
 RESIDUAL_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].residual)
-# Directional ablation edits the stream entering each block and everything a sub-block writes into it.
-ABLATION_KINDS: tuple[str, ...] = (BLOCK_KINDS[0], *(k for k in BLOCK_KINDS if KINDS[k].role == "write"))
+# What a sub-block adds to the residual stream; directional ablation edits those and the stream entering each block.
+WRITE_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].role == "write")
+ABLATION_KINDS: tuple[str, ...] = (BLOCK_KINDS[0], *WRITE_KINDS)
 _LAST = 1 << 30
 
 

@@ -25,7 +25,8 @@ class TextReader(Protocol):
     n_layers: int
     device: torch.device
 
-    def tokenize(self, texts: Sequence[str], *, padding_side: str = ...) -> dict[str, torch.Tensor]: ...
+    def tokenize(self, texts: Sequence[str], *, padding_side: str = ..., add_special_tokens: bool = ...
+                 ) -> dict[str, torch.Tensor]: ...
 
     def activations(self, inputs: Any, points: Any, positions: PositionSpec = ..., **kw: Any) -> dict: ...
 
@@ -98,6 +99,7 @@ def stream_stats(
     batch_size: int = 16,
     padding_side: str = "right",
     progress: Any = None,
+    add_special_tokens: bool = True,
 ) -> dict[str, RunningStats]:
     """Stream ``texts`` through the model in batches; return per-point running statistics.
 
@@ -111,7 +113,7 @@ def stream_stats(
     buf: list[str] = []
 
     def flush() -> None:
-        batch = model.tokenize(buf, padding_side=padding_side)
+        batch = model.tokenize(buf, padding_side=padding_side, add_special_tokens=add_special_tokens)
         acts = model.activations(batch, pts, positions, dtype=None, device=model.device)
         for name, x in acts.items():
             stats[name].update(x)

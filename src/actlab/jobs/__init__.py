@@ -8,14 +8,14 @@ spinner and prints a summary, so a notebook or the playground gets exactly what 
                      layers="8-12:2", multipliers=[-2, 0, 2])
 """
 
-from .compare import diverge, layer_selection, vector_comparison, vocab_projection
+from .compare import curvature, diverge, hessian, layer_selection, prompting, vector_comparison, vocab_projection
 from .finetune import finetune_dpo, finetune_rl
 from .lens import lens
 from .sae import cache_acts, evaluate_saes, sae_overlap, top_examples, train_saes
-from .steering import ablate_weights, extract_vector, generate, refusal, sweep
+from .steering import ablate_weights, extract_vector, generate, mix_generate, refusal, sweep
 
 __all__ = [
-    "ablate_weights", "cache_acts", "diverge", "evaluate_saes", "extract_vector", "finetune_dpo", "finetune_rl",
-    "generate", "layer_selection", "lens", "refusal", "sae_overlap", "sweep", "top_examples", "train_saes",
-    "vector_comparison", "vocab_projection",
+    "ablate_weights", "cache_acts", "curvature", "diverge", "evaluate_saes", "extract_vector", "finetune_dpo",
+    "finetune_rl", "generate", "hessian", "layer_selection", "lens", "mix_generate", "prompting", "refusal",
+    "sae_overlap", "sweep", "top_examples", "train_saes", "vector_comparison", "vocab_projection",
 ]

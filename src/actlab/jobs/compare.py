@@ -21,7 +21,7 @@ from ..analysis import (
 from ..analysis import vocab_projection as vocab_projection_fn
 from ..analysis.divergence import RANK_BY
 from ..errors import InputError
-from ..hooks.points import parse_layers
+from ..hooks.points import HookPoint, parse_layers
 from ..report.figures import cross_model_plot, divergence_plot, layer_cosine_heatmap, layer_metrics_plot, pca_plot
 from ..runs import Run, write_json
 from .common import ModelLike, VectorLike, as_model, as_vector, name_of
@@ -84,39 +84,52 @@ def vector_comparison(out: str | os.PathLike[str], vectors: Sequence[VectorLike]
 
 def contrast_prompts(model: ModelLike, *, positive: str | os.PathLike[str] | None = None,
                      negative: str | os.PathLike[str] | None = None, pairs: str | os.PathLike[str] | None = None,
-                     ab: str | os.PathLike[str] | None = None, limit: int | None = None
-                     ) -> tuple[list[str], list[str]]:
+                     ab: str | os.PathLike[str] | None = None, limit: int | None = None,
+                     chat: bool | None = None) -> tuple[list[str], list[str], bool]:
     """Two contrastive prompt sets from files: instruction lists (``positive`` + ``negative``), contrastive
-    pairs, or A/B items (prompts ending in the matching / the other answer, chat template when there is one)."""
+    pairs (used as they are unless ``chat=True``), or A/B items (prompts ending in the matching / the other
+    answer). Instruction lists and A/B items go through the chat template when the tokenizer has one
+    (``chat=None``), so ``positions='last'`` reads the last token of the templated prompt, as the study does.
+    The third value says whether the tokenizer should add its special tokens (not to templated text)."""
     from ..data import load_ab, load_instructions, load_pairs
     from ..steering import resolve_style
-    from ..steering.prompts import with_answer
+    from ..steering.prompts import format_prompt, with_answer
 
     if pairs:
         ps = load_pairs(pairs, limit=limit)
-        return [p.positive for p in ps], [p.negative for p in ps]
+        if not chat:
+            return [p.positive for p in ps], [p.negative for p in ps], True
+        m = as_model(model)
+        style = resolve_style(m, True)
+        return ([format_prompt(m, p.positive, style) for p in ps], [format_prompt(m, p.negative, style) for p in ps],
+                False)
     if ab:
         m = as_model(model)
-        style = resolve_style(m)
+        style = resolve_style(m, chat)
         items = load_ab(ab, limit=limit)
         return ([with_answer(m, it.question, it.matching, style) for it in items],
-                [with_answer(m, it.question, it.not_matching, style) for it in items])
+                [with_answer(m, it.question, it.not_matching, style) for it in items], style.add_special_tokens())
     if positive and negative:
-        return load_instructions(positive, limit=limit), load_instructions(negative, limit=limit)
+        m = as_model(model)
+        style = resolve_style(m, chat)
+        return ([format_prompt(m, t, style) for t in load_instructions(positive, limit=limit)],
+                [format_prompt(m, t, style) for t in load_instructions(negative, limit=limit)],
+                style.add_special_tokens())
     raise InputError("give positive and negative instruction files, or pairs, or A/B items")
 
 
 def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
                     *, streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
-                    batch_size: int = 16, top_k: int = 5, progress: Callable[[int], None] | None = None
-                    ) -> dict[str, Any]:
-    """Layer-selection metrics from two contrastive prompt sets and the recommended layers."""
+                    batch_size: int = 16, top_k: int = 5, progress: Callable[[int], None] | None = None,
+                    add_special_tokens: bool = True) -> dict[str, Any]:
+    """Layer-selection metrics from two contrastive prompt sets and the recommended layers
+    (``add_special_tokens=False`` for prompts that already hold them, e.g. chat-templated ones)."""
     m = as_model(model)
     config = {"model": name_of(model), "n_positive": len(positive), "n_negative": len(negative),
               "streams": list(streams), "positions": positions, "top_k": top_k}
     with Run(out, "layers", config) as run:
         lm = layer_metrics(m, positive, negative, streams=streams, positions=positions, batch_size=batch_size,
-                           top=top_k, progress=progress)
+                           top=top_k, progress=progress, add_special_tokens=add_special_tokens)
         result = {"kind": "layer_metrics", "model": m.name, "n_positive": len(positive),
                   "n_negative": len(negative), **lm.to_dict()}
         layer_metrics_plot(lm, Path(out) / "layer_metrics.png")
@@ -182,3 +195,111 @@ def diverge(model_a: ModelLike, model_b: ModelLike, out: str | os.PathLike[str],
         result = write_divergence(out, a, b, top_k=top_k, rank_by=rank_by)
         run.results = {"top_layers": result["top_layers"]}
     return result
+
+
+def prompting(model: ModelLike, instruction: str, prompts: Sequence[str], out: str | os.PathLike[str], *,
+              layers: str | Iterable[int] | None = None, kind: str = "resid_post", chat: bool | None = None,
+              train_fraction: float = 0.5, seed: int = 0, batch_size: int = 16, kl: bool = True,
+              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Does the instruction add to the residual stream or rotate it? (``analysis.prompting``)"""
+    from ..analysis.prompting import addition_vs_rotation
+    from ..hooks.points import layer_list
+    from ..report.figures import prompting_plot
+
+    m = as_model(model)
+    lay = layer_list(layers, m.n_layers)
+    config = {"model": name_of(model), "instruction": instruction, "n_prompts": len(prompts), "layers": lay,
+              "kind": kind, "chat": chat, "train_fraction": train_fraction, "seed": seed, "kl": kl}
+    with Run(out, "compare prompting", config, seed=seed) as run:
+        res = addition_vs_rotation(m, instruction, prompts, layers=lay, kind=kind, chat=chat,
+                                   train_fraction=train_fraction, seed=seed, batch_size=batch_size, kl=kl,
+                                   progress=progress)
+        result = {"kind": "prompting", "model": m.name, **res.to_dict()}
+        write_json(Path(out) / "prompting.json", result)
+        prompting_plot(res.per_layer, Path(out) / "prompting.png",
+                       title=f"{m.name}: '{instruction[:60]}' - addition vs rotation ({kind})")
+        best = min(res.per_layer, key=lambda r: r["residual_error_rotate"] - r["residual_error_add"])
+        run.results = {"layers_where_rotation_fits_better": [r["layer"] for r in res.per_layer
+                                                             if r["residual_error_rotate"] < r["residual_error_add"]],
+                       "most_rotation_like_layer": best["layer"]}
+    return result
+
+
+def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str], *, layer: int | None = None,
+              multipliers: Sequence[float] = (-4.0, -2.0, 0.0, 2.0, 4.0), texts: Sequence[str] = (),
+              ab: str | os.PathLike[str] | None = None, limit: int | None = 32, max_length: int = 64,
+              batch_size: int = 8) -> dict[str, Any]:
+    """Second derivative of the next-token loss (``texts``) or of mean log p(matching answer) (``ab`` items)
+    along a steering vector, at each multiplier (autograd; ``analysis.curvature``)."""
+    from ..analysis.curvature import answer_logprob_metric, direction_derivatives, lm_loss_metric
+    from ..data import load_ab
+    from ..report.figures import curvature_plot
+    from ..steering import resolve_style
+    from ..steering.evaluate import _ab_prompts
+
+    m, vec = as_model(model), as_vector(vector)
+    vec.check_fits(m)
+    lay = layer if layer is not None else vec.layers[0]
+    point = HookPoint(lay, vec.point)
+    if (ab is None) == (not texts):
+        raise InputError("give either texts (next-token loss) or A/B items (log p(matching answer))")
+    if ab is not None:
+        prompts = _ab_prompts(m, load_ab(ab, limit=limit), resolve_style(m))
+        metric, name = answer_logprob_metric(m, prompts, batch_size=batch_size), "log p(matching answer)"
+    else:
+        from ..sae.store import _token_batch
+
+        batches = [_token_batch(m, list(texts[s:s + batch_size]), max_length)
+                   for s in range(0, len(texts), batch_size)]
+        metric, name = lm_loss_metric(m, batches), "next-token loss"
+    config = {"model": name_of(model), "vector": name_of(vector), "point": point.name,
+              "multipliers": list(multipliers), "metric": name, "ab": str(ab) if ab else None,
+              "n_texts": len(texts), "limit": limit}
+    with Run(out, "compare curvature", config) as run:
+        run.add_interventions([{"kind": "steer", "point": point.name, "multiplier": "grid", **vec.provenance()}])
+        rows = direction_derivatives(m, point, vec[lay], metric, multipliers)
+        result = {"kind": "curvature", "model": m.name, "point": point.name, "metric": name, "rows": rows,
+                  "vector_norm": float(vec[lay].norm()),
+                  "note": "derivatives with respect to the multiplier m of m * vector added at every position"}
+        write_json(Path(out) / "curvature.json", result)
+        curvature_plot(rows, Path(out) / "curvature.png", metric=name, title=f"{m.name}: {point.name}")
+        run.results = {"max_abs_second_derivative": max(abs(r["second_derivative"]) for r in rows)}
+    return result
+
+
+def hessian(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, layer: int,
+            kind: str = "resid_post", vector: VectorLike | None = None, top_k: int = 5, method: str = "lanczos",
+            which: str = "LM", max_length: int = 64, batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position of a
+    layer, and (with a vector) their cosines to it (``analysis.curvature``)."""
+    from ..analysis.curvature import LossHessian, eigen_report, top_eigen
+    from ..hooks.points import point as make_point
+    from ..report.figures import hessian_plot
+    from ..runs import write_bytes
+    from ..sae.store import _token_batch
+
+    m = as_model(model)
+    p = HookPoint.parse(make_point(layer, kind).name, m.n_layers)
+    vec = as_vector(vector) if vector is not None else None
+    if not texts:
+        raise InputError("no texts to compute the loss on")
+    batches = [_token_batch(m, list(texts[s:s + batch_size]), max_length) for s in range(0, len(texts), batch_size)]
+    config = {"model": name_of(model), "point": p.name, "n_texts": len(texts), "top_k": top_k, "method": method,
+              "which": which, "vector": name_of(vector) if vector is not None else None, "seed": seed}
+    with Run(out, "compare hessian", config, seed=seed) as run:
+        hess = LossHessian(m, p, batches)
+        vals, vecs = top_eigen(hess, top_k, which=which, method=method, seed=seed)
+        v = None
+        if vec is not None:
+            vec.check_fits(m)
+            v = vec[layer] if layer in vec.layers else vec[vec.layers[0]]
+        report = {"kind": "hessian", "model": m.name, "point": p.name, "method": method, "which": which,
+                  "hessian_vector_products": hess.n_products, **eigen_report(vals, vecs, v)}
+        write_json(Path(out) / "hessian.json", report)
+        from safetensors.torch import save as save_tensors
+
+        write_bytes(Path(out) / "hessian_eigenvectors.safetensors",
+                    save_tensors({"eigenvalues": vals.float(), "eigenvectors": vecs.float().contiguous()}))
+        hessian_plot(report, Path(out) / "hessian.png", title=f"{m.name}: {p.name}")
+        run.results = {"eigenvalues": report["eigenvalues"]}
+    return report

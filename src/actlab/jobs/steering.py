@@ -11,7 +11,7 @@ from typing import Any
 from ..data import ABItem, load_ab, load_instructions, load_pairs
 from ..errors import InputError
 from ..hooks.points import HookPoint, parse_layers
-from ..runs import Run
+from ..runs import Run, write_json
 from ..steering import (
     contrast_from_ab,
     contrast_from_instructions,
@@ -22,7 +22,7 @@ from ..steering import (
 from ..steering import extract as extract_fn
 from ..steering.apply import Steer
 from ..steering.evaluate import SweepResult, ab_sweep, steered_generations
-from ..steering.prompts import PromptStyle
+from ..steering.prompts import PromptStyle, format_prompt
 from ..steering.refusal import RefusalConfig, RefusalResult, refusal_pipeline
 from ..steering.vector import SteeringVector
 from .common import ModelLike, VectorLike, as_model, as_vector, name_of
@@ -36,7 +36,8 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
                    layers: str | Iterable[int] | None = None, method: str = "mean_diff",
                    positions: str | None = None, chat: bool | None = None, limit: int | None = None,
                    batch_size: int = 16, progress: Callable[[int], None] | None = None,
-                   min_confidence: float | None = None, as_choices: bool = False) -> SteeringVector:
+                   min_confidence: float | None = None, as_choices: bool = False, max_length: int | None = None,
+                   truncate: str = "error") -> SteeringVector:
     """Extract a steering vector from a dataset file (A/B items, contrastive pairs, or two instruction lists)
     and save it to ``out`` when given. ``positions`` is the reading policy (default per format: ``answer``,
     ``mean``, ``eoi``)."""
@@ -58,7 +59,8 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
         style = resolve_style(m, True if chat is None else chat)
         cs = contrast_from_instructions(m, load_instructions(data, limit=limit),
                                         load_instructions(negative, limit=limit), style, read)
-    vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress)
+    vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress,
+                     max_length=max_length, truncate=truncate)
     vec.meta["dataset"]["file"] = str(data)
     if out is not None:
         vec.save(out)
@@ -109,18 +111,21 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
 
 
 def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLike[str], *,
-                   layer: int | None = None, prompts: Sequence[str] = (), max_new_tokens: int = 40
-                   ) -> dict[str, Any]:
-    """Bake a directional ablation into the weights and save the model (HF format) with its ``run.json``;
-    with ``prompts``, generations before and after (greedy)."""
+                   layer: int | None = None, layers: str | Iterable[int] | None = None, prompts: Sequence[str] = (),
+                   max_new_tokens: int = 40) -> dict[str, Any]:
+    """Bake a directional ablation into the weights and save the model (HF format) with its ``run.json``:
+    every layer (and the embeddings), or only the attention/MLP output weights of ``layers``. ``layer`` picks
+    the direction from a multi-layer vector file. With ``prompts``, generations before and after (greedy)."""
     m, vec = as_model(model), as_vector(direction)
     d = vec[layer if layer is not None else vec.layers[0]]
+    lay = parse_layers(layers, m.n_layers)
     with Run(out, "steer ablate", {"model": name_of(model), "direction": name_of(direction),
-                                   "layer": layer if layer is not None else vec.layers[0]}) as run:
-        run.add_interventions([{"kind": "orthogonalize", "layers": "all", **vec.provenance()}])
+                                   "layer": layer if layer is not None else vec.layers[0],
+                                   "layers": lay or "all"}) as run:
+        run.add_interventions([{"kind": "orthogonalize", "layers": lay or "all", **vec.provenance()}])
         texts = [m.chat_prompt(p) if getattr(m.tokenizer, "chat_template", None) else p for p in prompts]
         before = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
-        orth = orthogonalize(m, d, copy_model=False)
+        orth = orthogonalize(m, d, copy_model=False, layers=lay)
         orth.save(out)
         after = orth.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
     return {"model_dir": str(out), "generations": [{"prompt": p, "before": b, "after": a}
@@ -152,4 +157,37 @@ def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | o
                                 "point": HookPoint(res.layer, "resid_pre").name}])
         run.results = {"layer": res.layer, "eoi_position": res.eoi_position,
                        "refusal_rate_before": res.refusal_rate_before, "refusal_rate_after": res.refusal_rate_after}
+    return res
+
+
+def mix_generate(model: ModelLike, source: str, point: str, prompts: Sequence[str], *, scale: float = 1.0,
+                 position: int | str = -1, positions: str = "all", chat: bool | None = None,
+                 max_new_tokens: int = 40, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Activation mixing (the decoding study): generations for ``prompts`` without and with ``scale`` times the
+    ``source`` prompt's activation at ``point`` (token ``position``, default the last) added; with ``out``, a run
+    folder with ``mix.json``."""
+    from ..steering.apply import Mix
+
+    m = as_model(model)
+    style = resolve_style(m, chat)
+    texts = [format_prompt(m, p, style) for p in prompts]
+    special = style.add_special_tokens()
+    mixing = Mix(source, point, scale, position=position, positions=positions, chat=style.chat)
+
+    def run_all() -> dict[str, Any]:
+        before = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=special)
+        with m.edit(mixing) as ed:
+            after = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=special)
+        return {"kind": "mix", "model": m.name, "intervention": ed.records()[0],
+                "generations": [{"prompt": p, "unmixed": b, "mixed": a}
+                                for p, b, a in zip(prompts, before, after, strict=True)]}
+
+    if out is None:
+        return run_all()
+    config = {"model": name_of(model), "source": source, "point": point, "scale": scale, "position": position,
+              "positions": positions, "chat": style.chat, "prompts": list(prompts), "max_new_tokens": max_new_tokens}
+    with Run(out, "steer mix", config) as run:
+        res = run_all()
+        run.add_interventions([res["intervention"]])
+        write_json(Path(out) / "mix.json", res)
     return res

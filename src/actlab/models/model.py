@@ -206,8 +206,9 @@ class Model:
 
     # -- text in -----------------------------------------------------------------------------------
     def tokenize(self, texts: TextBatch, *, padding_side: str = "right", add_special_tokens: bool = True,
-                 check_context: bool = True) -> dict[str, torch.Tensor]:
-        """Tokenize one text or a batch into ``input_ids`` + ``attention_mask`` on the model's device."""
+                 check_context: bool = True, truncate_left: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize one text or a batch into ``input_ids`` + ``attention_mask`` on the model's device;
+        ``truncate_left=N`` keeps only the last ``N`` tokens of a longer text."""
         if self.tokenizer is None:
             raise InputError("this model has no tokenizer; pass token ids instead of text")
         batch = [texts] if isinstance(texts, str) else list(texts)
@@ -221,12 +222,16 @@ class Model:
         if padding_side not in ("left", "right"):
             raise InputError(f"padding_side {padding_side!r} is not one of: left, right")
         tok = self.tokenizer
-        old = tok.padding_side
+        old, old_trunc = tok.padding_side, getattr(tok, "truncation_side", "right")
         tok.padding_side = padding_side
+        kw: dict[str, Any] = {}
+        if truncate_left is not None:
+            tok.truncation_side = "left"
+            kw = {"truncation": True, "max_length": int(truncate_left)}
         try:
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens, **kw)
         finally:
-            tok.padding_side = old
+            tok.padding_side, tok.truncation_side = old, old_trunc
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if ids.shape[1] == 0 or bool((mask.sum(1) == 0).any()):
             raise InputError("a prompt tokenizes to no tokens")

@@ -185,3 +185,80 @@ def training_history(hist: Sequence[Mapping], keys: Sequence[str], path: str | o
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step")
     return save_figure(fig, path)
+
+
+def prompting_plot(per_layer: Sequence[Mapping], path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Per layer: how much of the instruction's effect addition and rotation reproduce (held-out residual error,
+    relative to no map) and the KL from the prompted run's next-token distribution."""
+    plt = pyplot()
+    layers = [r["layer"] for r in per_layer]
+    has_kl = "kl_none" in per_layer[0]
+    fig, axes = plt.subplots(1, 2 if has_kl else 1, figsize=(11 if has_kl else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(layers, [1.0] * len(layers), color="grey", ls=":", label="no map (= 1)")
+    ax.plot(layers, [r["residual_error_add"] for r in per_layer], marker="o", label="addition (x + mean diff.)")
+    ax.plot(layers, [r["residual_error_rotate"] for r in per_layer], marker="s", label="rotation (norm kept)")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("held-out |y - map(x)|^2 / |y - x|^2")
+    ax.set_title("residual error of each map", fontsize=9)
+    ax.legend(fontsize=7)
+    if has_kl:
+        ax = axes[0][1]
+        for key, label, marker in (("kl_none", "no map", "."), ("kl_add", "addition", "o"),
+                                   ("kl_rotate", "rotation", "s")):
+            ax.plot(layers, [r[key] for r in per_layer], marker=marker, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("KL(prompted || mapped), next token")
+        ax.set_title("next-token KL to the prompted run", fontsize=9)
+        ax.legend(fontsize=7)
+    for a in axes[0]:
+        a.set_xticks(layers if len(layers) <= 16 else layers[:: max(1, len(layers) // 16)])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def curvature_plot(rows: Sequence[Mapping], path: str | os.PathLike[str], *, metric: str, title: str = "") -> Path:
+    """The metric and its second derivative along the steering direction, against the multiplier."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ms = [r["multiplier"] for r in rows]
+    axes[0].plot(ms, [r["value"] for r in rows], marker="o")
+    axes[0].set_ylabel(metric)
+    axes[0].set_title(f"{metric} along the direction", fontsize=9)
+    axes[1].plot(ms, [r["second_derivative"] for r in rows], marker="o", color="#c0392b")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    axes[1].set_ylabel(f"d^2 {metric} / d m^2")
+    axes[1].set_title("curvature (0 everywhere = flat)", fontsize=9)
+    for a in axes:
+        a.set_xlabel("multiplier m")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def hessian_plot(report: Mapping, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Leading Hessian eigenvalues and, with a steering vector, each eigenvector's |cosine| to it."""
+    plt = pyplot()
+    vals = report["eigenvalues"]
+    has_cos = "abs_cos_to_vector" in report
+    fig, axes = plt.subplots(1, 2 if has_cos else 1, figsize=(10 if has_cos else 5.5, 3.6), squeeze=False)
+    idx = list(range(1, len(vals) + 1))
+    axes[0][0].bar(idx, vals, color=["#2c7fb8" if v >= 0 else "#f03b20" for v in vals])
+    axes[0][0].axhline(0, color="grey", lw=0.8)
+    axes[0][0].set_xticks(idx)
+    axes[0][0].set_xlabel("eigenvector (leading first)")
+    axes[0][0].set_ylabel("eigenvalue")
+    axes[0][0].set_title("Hessian of the next-token loss w.r.t. a vector added at every position", fontsize=8)
+    if has_cos:
+        ax = axes[0][1]
+        ax.bar(idx, report["abs_cos_to_vector"], color="#756bb1", label="|cos(eigenvector, steering vector)|")
+        ax.axhline(report["random_direction_abs_cos"], color="grey", ls="--", label="a random direction")
+        ax.set_xticks(idx)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("eigenvector")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

@@ -81,10 +81,16 @@ def _untie(hf: nn.Module) -> None:
 
 
 @torch.no_grad()
-def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = True) -> Model:
+def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = True,
+                  layers: str | int | Iterable[int] | None = None) -> Model:
     """A model whose weights never write ``direction`` into the residual stream (see module docstring).
 
-    ``copy_model=False`` edits ``model`` in place (no second copy in memory, for large models)."""
+    ``layers`` (the layer grammar) restricts the edit to the attention and MLP output weights of those layers:
+    the saved copy then equals hook ablation of ``attn_out`` and ``mlp_out`` at those layers
+    (``ProjectOut(direction, layers=..., kinds=WRITE_KINDS)``); the embeddings are edited only with every layer
+    (a block input, ``resid_pre``, also carries what earlier layers wrote, which no weight edit of a subset can
+    remove). ``copy_model=False`` edits ``model`` in place (no second copy in memory, for large models)."""
+    from ..hooks.points import parse_layers
     from ..models.model import Model as ModelCls
 
     a = model.adapter
@@ -92,22 +98,23 @@ def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = T
         raise InputError(f"weight orthogonalisation is not exact for the {a.family!r} family (its attention and "
                          "MLP outputs pass through a norm before the residual); use hook ablation (ablate)")
     r = unit(direction)
+    subset = parse_layers(layers, model.n_layers)
     hf = copy.deepcopy(model.hf) if copy_model else model.hf
     _untie(hf)
     target = ModelCls(hf, model.tokenizer, name=model.name + "+orth", adapter=a, source=dict(model.source))
-    project_in = None
-    if a.project_in:
-        try:
-            project_in = hf.get_submodule(a.project_in)
-        except AttributeError:
-            project_in = None
-    _orth_out(project_in if project_in is not None else hf.get_input_embeddings(), r)
-    if a.pos_embed:
-        _orth_out(hf.get_submodule(a.pos_embed), r)
-    for layer in target.layers:
-        _orth_out(layer.get_submodule(a.attn_proj), r)
-        _orth_out(layer.get_submodule(a.mlp_down), r)
-    target.source["orthogonalized"] = True
+    if subset is None:
+        project_in = None
+        if a.project_in:
+            try:
+                project_in = hf.get_submodule(a.project_in)
+            except AttributeError:
+                project_in = None
+        _orth_out(project_in if project_in is not None else hf.get_input_embeddings(), r)
+        if a.pos_embed:
+            _orth_out(hf.get_submodule(a.pos_embed), r)
+    for i, layer in enumerate(target.layers):
+        if subset is None or i in subset:
+            _orth_out(layer.get_submodule(a.attn_proj), r)
+            _orth_out(layer.get_submodule(a.mlp_down), r)
+    target.source["orthogonalized"] = "all layers" if subset is None else subset
     return target
-
-

@@ -198,9 +198,15 @@ def record_activation(model: Model, prompt: str, point: str | HookPoint, *, redu
     raise InputError(f"reduce must be 'mean' or a token index, not {reduce!r}")
 
 
-def mix(model: Model, source_prompt: str, point: str, scale: float = 1.0, *, reduce: str | int = "mean",
-        positions: str = "all", chat: bool = False) -> Edits:
-    """Record ``source_prompt``'s activation at ``point`` and add ``scale`` times it to later runs (applied at
-    once). ``reduce`` is kept from the first wave (default ``'mean'``); :class:`Mix` defaults to the study's
-    single position (the last token)."""
-    return model.edit(Mix(source_prompt, point, scale, position=reduce, positions=positions, chat=chat))
+def mix(model: Model, source_prompt: str, point: str, scale: float = 1.0, *, position: int | str = -1,
+        positions: str = "all", chat: bool = False, reduce: str | int | None = None) -> Edits:
+    """Record ``source_prompt``'s activation at ``point`` at token ``position`` (default the last, as in the
+    decoding study; ``"mean"`` averages its tokens) and add ``scale`` times it to later runs (applied at once).
+    ``reduce`` is the first wave's name for ``position`` (whose default was ``"mean"``), kept with a warning."""
+    if reduce is not None:
+        import warnings
+
+        warnings.warn("mix(reduce=...) is deprecated; use position=... (default -1, the last token)",
+                      DeprecationWarning, stacklevel=2)
+        position = reduce
+    return model.edit(Mix(source_prompt, point, scale, position=position, positions=positions, chat=chat))

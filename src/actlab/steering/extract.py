@@ -79,18 +79,80 @@ def contrast_from_instructions(model: Model, positive: Sequence[str], negative: 
                        {"kind": "instructions", "n_positive": len(pos), "n_negative": len(neg)})
 
 
+TRUNCATE = ("error", "skip", "left")
+
+
+def token_lengths(model: Model, texts: Sequence[str], add_special_tokens: bool) -> list[int]:
+    tok = model.tokenizer
+    return [len(tok(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts]
+
+
+def fit_length(model: Model, data: ContrastSet, *, max_length: int | None = None, truncate: str = "error"
+               ) -> tuple[ContrastSet, dict[str, Any]]:
+    """Apply a length policy to texts longer than ``max_length`` tokens (default: the model's context):
+    ``error`` names the first one, ``skip`` drops it (with its pair when the data is paired), ``left`` keeps its
+    last ``max_length`` tokens (read positions shift with the cut; one that falls in the cut is an error).
+    Returns the data to extract from and a record for the vector's metadata."""
+    if truncate not in TRUNCATE:
+        raise InputError(f"unknown truncation policy {truncate!r}; valid: {', '.join(TRUNCATE)}")
+    limit = max_length or model.context_length
+    if limit is None:
+        return data, {}
+    if limit < 1:
+        raise InputError(f"max_length must be a positive number of tokens, got {limit}")
+    texts = data.positive + data.negative
+    lens = token_lengths(model, texts, data.style.add_special_tokens())
+    over = [i for i, n in enumerate(lens) if n > limit]
+    record: dict[str, Any] = {"max_length": limit, "truncate": truncate, "over_long": len(over)}
+    if not over:
+        return data, record
+    n = len(data.positive)
+    if truncate == "error":
+        i = over[0]
+        which = f"positive {i}" if i < n else f"negative {i - n}"
+        raise InputError(f"text {which} is {lens[i]} tokens, longer than {limit} ({len(over)} texts are); use "
+                         "truncate 'skip' (drop them) or 'left' (keep their last tokens), or a larger max_length")
+    if truncate == "left":
+        positions = data.pos_positions + data.neg_positions
+        for i in over:
+            cut = lens[i] - limit
+            if min(positions[i]) < cut:
+                raise InputError(f"text {i}: its read positions fall in the {cut} tokens cut from its start; use "
+                                 "truncate 'skip'")
+        return data, {**record, "left_truncated_to": limit}
+    bad = set(over)
+    if data.paired:  # positive i and negative i go together
+        keep_p = keep_n = [i for i in range(n) if i not in bad and i + n not in bad]
+    else:
+        keep_p = [i for i in range(n) if i not in bad]
+        keep_n = [i for i in range(len(data.negative)) if i + n not in bad]
+    if not keep_p or not keep_n:
+        raise InputError(f"every text of one side is longer than {limit} tokens; nothing left to extract from")
+    kept = ContrastSet([data.positive[i] for i in keep_p], [data.negative[i] for i in keep_n],
+                       [data.pos_positions[i] for i in keep_p], [data.neg_positions[i] for i in keep_n],
+                       data.paired, data.style, data.policy, data.fingerprint,
+                       {**data.source, "skipped_over_long": len(data.positive) - len(keep_p)})
+    return kept, {**record, "skipped": len(data.positive) - len(keep_p) + len(data.negative) - len(keep_n)}
+
+
 @torch.no_grad()
 def collect(model: Model, texts: Sequence[str], positions: Sequence[Sequence[int]], points: Sequence[HookPoint],
             *, add_special_tokens: bool, batch_size: int = 16, reduce: str = "mean",
-            progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+            progress: Callable[[int], None] | None = None, truncate_left: int | None = None
+            ) -> dict[str, torch.Tensor]:
     """Per text, the activations at its positions: ``[n, d]`` (``reduce='mean'``, float64 mean) or
-    ``[n, k, d]`` (``reduce='stack'``, every text having ``k`` positions). Stored as float32 on CPU."""
+    ``[n, k, d]`` (``reduce='stack'``, every text having ``k`` positions). Stored as float32 on CPU. With
+    ``truncate_left=N`` a longer text keeps its last ``N`` tokens and its positions shift accordingly."""
     if len(texts) != len(positions):
         raise InputError(f"{len(texts)} texts but {len(positions)} position lists")
+    if truncate_left is not None:
+        lens = token_lengths(model, texts, add_special_tokens)
+        positions = [[p - max(0, n - truncate_left) for p in pos] for pos, n in zip(positions, lens, strict=True)]
     out: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
     for s in range(0, len(texts), batch_size):
         chunk = list(texts[s:s + batch_size])
-        batch = model.tokenize(chunk, padding_side="right", add_special_tokens=add_special_tokens)
+        batch = model.tokenize(chunk, padding_side="right", add_special_tokens=add_special_tokens,
+                               truncate_left=truncate_left)
         T = batch["input_ids"].shape[1]
         mask = torch.zeros(len(chunk), T, dtype=torch.bool)
         counts = []
@@ -161,9 +223,10 @@ def direction(method: str, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor
 
 
 def extract(model: Model, data: ContrastSet, *, layers: Sequence[int] | None = None, point: str = "resid_post",
-            method: str = "mean_diff", batch_size: int = 16, progress: Callable[[int], None] | None = None
-            ) -> SteeringVector:
-    """Extract a steering vector at ``point`` for each of ``layers`` (default: all) in one batched pass."""
+            method: str = "mean_diff", batch_size: int = 16, progress: Callable[[int], None] | None = None,
+            max_length: int | None = None, truncate: str = "error") -> SteeringVector:
+    """Extract a steering vector at ``point`` for each of ``layers`` (default: all) in one batched pass; texts
+    longer than ``max_length`` (default: the model's context) follow ``truncate`` (see :func:`fit_length`)."""
     if method not in METHODS:
         raise InputError(f"unknown extraction method {method!r}; valid: {', '.join(METHODS)}")
     if point not in BLOCK_KINDS:
@@ -176,15 +239,17 @@ def extract(model: Model, data: ContrastSet, *, layers: Sequence[int] | None = N
     pts = [HookPoint(i, point) for i in layer_list]
     for p in pts:
         model.read_site(p)  # range check with a clear error
+    data, length = fit_length(model, data, max_length=max_length, truncate=truncate)
     texts = data.positive + data.negative
     acts = collect(model, texts, data.pos_positions + data.neg_positions, pts,
-                   add_special_tokens=data.style.add_special_tokens(), batch_size=batch_size, progress=progress)
+                   add_special_tokens=data.style.add_special_tokens(), batch_size=batch_size, progress=progress,
+                   truncate_left=length.get("left_truncated_to"))
     n = len(data.positive)
     vecs = {p.layer: direction(method, acts[p.name][:n], acts[p.name][n:]).float() for p in pts}
     meta = {
         "model": model.name, "model_family": model.adapter.family, "n_layers": model.n_layers,
         "d_model": model.d_model, "method": method, "positions": data.policy, "chat": data.style.chat,
         "dataset_fingerprint": data.fingerprint, "dataset": data.source, "n_positive": n,
-        "n_negative": len(data.negative), "actlab_version": __version__,
+        "n_negative": len(data.negative), "actlab_version": __version__, "length_policy": length,
     }
     return SteeringVector(vecs, point, meta)  # type: ignore[arg-type]

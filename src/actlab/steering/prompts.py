@@ -4,7 +4,8 @@ Reading positions (extraction):
 
 - ``"answer"``: the answer-letter token of an A/B item appended after the prompt (CAA reads ``A`` in
   ``(A)``);
-- ``"last"``: the last token;
+- ``"last"``: the last token; ``"last:k"`` the last ``k`` tokens (e.g. refusal candidates without a chat
+  template);
 - ``"eoi"``: the end-of-instruction tokens, i.e. the chat template's suffix after the user message
   (``<|im_end|>\\n<|im_start|>assistant\\n`` for ChatML), averaged; ``"eoi:-1"`` (or any index) picks one;
 - ``"mean"``: the mean over all real tokens of the text.
@@ -127,6 +128,14 @@ def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, 
     n = len(ids)
     if policy == "last":
         return [n - 1]
+    if policy.startswith("last:"):  # the last k tokens (candidate positions when there is no chat template)
+        try:
+            k = int(policy.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"cannot read {policy!r}; use last:K with K a number of tokens, e.g. last:3") from None
+        if not 1 <= k <= n:
+            raise InputError(f"{policy!r}: the prompt has {n} tokens; K must be in 1..{n}")
+        return list(range(n - k, n))
     if policy == "mean":
         return list(range(n))
     if policy == "answer":
@@ -147,4 +156,5 @@ def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, 
             return [positions[k]]
         except IndexError:
             raise InputError(f"'{policy}': there are only {len(positions)} end-of-instruction tokens") from None
-    raise InputError(f"unknown read position policy {policy!r}; valid: {', '.join(READ_POLICIES)}, eoi:<index>")
+    raise InputError(f"unknown read position policy {policy!r}; valid: {', '.join(READ_POLICIES)}, eoi:<index>, "
+                     "last:<count>")

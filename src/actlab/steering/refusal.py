@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ import torch
 from ..data import fingerprint
 from ..errors import InputError
 from ..hooks.points import HookPoint
-from ..runs import write_json, write_text
+from ..runs import atomic_path, write_json, write_text
 from ..version import __version__
 from .ablate import ablate
 from .apply import Addition, Steering
@@ -57,7 +58,8 @@ class RefusalConfig:
 
     n_train: int = 128
     n_val: int = 32
-    positions: str = "eoi"  # all eoi positions; "eoi:-1" for the last only
+    positions: str = "eoi"  # all eoi positions; "eoi:-1" for the last only; "last:K" for the last K tokens
+    chat: bool | None = None  # None: the chat template when the tokenizer has one (plain prompts need last:K)
     layers: list[int] | None = None
     batch_size: int = 16
     kl_threshold: float = 0.1
@@ -133,12 +135,16 @@ def refusal_pipeline(
     out_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> RefusalResult:
-    """Run the pipeline (see module docstring); resumes from ``out_dir/candidates.pt`` when present."""
+    """Run the pipeline (see module docstring); resumes from ``out_dir/candidates.safetensors`` when present."""
     cfg = config or RefusalConfig()
-    if getattr(model.tokenizer, "chat_template", None) is None:
-        raise InputError(f"the refusal pipeline reads end-of-instruction tokens of the chat template; "
-                         f"{model.name!r} has none")
-    style = PromptStyle(chat=True)
+    from .prompts import resolve_style
+
+    style = resolve_style(model, cfg.chat)
+    if not style.chat and not cfg.positions.startswith("last"):
+        raise InputError(f"{model.name!r} is prompted without a chat template, so there are no end-of-instruction "
+                         f"tokens for positions={cfg.positions!r}; give positions 'last' or 'last:K' (the last K "
+                         "prompt tokens)")
+    special = style.add_special_tokens()
     harmful_train, harmless_train = list(harmful_train)[: cfg.n_train], list(harmless_train)[: cfg.n_train]
     harmful_val, harmless_val = list(harmful_val)[: cfg.n_val], list(harmless_val)[: cfg.n_val]
     for name, xs in (("harmful_train", harmful_train), ("harmless_train", harmless_train),
@@ -155,14 +161,17 @@ def refusal_pipeline(
     ref_ids = torch.tensor(refusal_token_ids(model, phrases))
 
     # 1. candidate directions -------------------------------------------------------------------------
-    cache = out / "candidates.pt" if out else None
+    cache = out / "candidates.safetensors" if out else None
     fp = fingerprint([*harmful_train, "\0", *harmless_train])
+    identity = {"fingerprint": fp, "layers": layers, "positions": cfg.positions, "chat": style.chat}
     cands: torch.Tensor | None = None
     if cache is not None and cache.exists():
-        saved = torch.load(cache, weights_only=True)
-        if saved.get("fingerprint") == fp and saved.get("layers") == layers and saved.get("positions") == cfg.positions:
-            cands = saved["directions"]
-            log("  candidates: reused from the run directory")
+        from safetensors import safe_open
+
+        with safe_open(str(cache), framework="pt") as f:
+            if json.loads((f.metadata() or {}).get("actlab", "{}")) == identity:
+                cands = f.get_tensor("directions")
+                log("  candidates: reused from the run directory")
     texts_h = [format_prompt(model, t, style) for t in harmful_train]
     texts_n = [format_prompt(model, t, style) for t in harmless_train]
     if cands is None:
@@ -171,16 +180,17 @@ def refusal_pipeline(
         pos_h = [read_positions(model, t, cfg.positions, style) for t in texts_h]
         pos_n = [read_positions(model, t, cfg.positions, style) for t in texts_n]
         pts = [HookPoint(i, "resid_pre") for i in layers]
-        acts = collect(model, texts_h + texts_n, pos_h + pos_n, pts, add_special_tokens=False,
+        acts = collect(model, texts_h + texts_n, pos_h + pos_n, pts, add_special_tokens=special,
                        batch_size=cfg.batch_size, reduce="stack")
         nh = len(texts_h)
         # [n_pos, n_layers, d]: mean over prompts, in float64
         cands = torch.stack([acts[p.name][:nh].double().mean(0) - acts[p.name][nh:].double().mean(0)
                              for p in pts], dim=1).float()
         if cache is not None:
-            tmp = cache.with_suffix(".tmp")
-            torch.save({"fingerprint": fp, "layers": layers, "positions": cfg.positions, "directions": cands}, tmp)
-            os.replace(tmp, cache)
+            from safetensors.torch import save_file
+
+            with atomic_path(cache) as tmp:
+                save_file({"directions": cands.contiguous()}, str(tmp), metadata={"actlab": json.dumps(identity)})
     n_pos = cands.shape[0]
 
     # 2. cheap scores -----------------------------------------------------------------------------------
@@ -217,13 +227,13 @@ def refusal_pipeline(
         log("  no candidate passes the KL/induce/layer filters; ranking all candidates by bypass score")
         pool = [r for r in rows if not r.get("degenerate")]
     pool.sort(key=lambda r: r["bypass"])
-    before = model.generate_text(vh, max_new_tokens=cfg.max_new_tokens, add_special_tokens=False)
+    before = model.generate_text(vh, max_new_tokens=cfg.max_new_tokens, add_special_tokens=special)
     rate_before = refusal_rate(before, phrases)
     best, best_texts = None, []
     for r in pool[: cfg.top_k]:
         d = cands[r["eoi_position"] + n_pos, layers.index(r["layer"])]
         with ablate(model, d):
-            texts = model.generate_text(vh, max_new_tokens=cfg.max_new_tokens, add_special_tokens=False)
+            texts = model.generate_text(vh, max_new_tokens=cfg.max_new_tokens, add_special_tokens=special)
         r["refusal_rate_ablated"] = refusal_rate(texts, phrases)
         if best is None or (r["refusal_rate_ablated"], r["bypass"]) < (best["refusal_rate_ablated"], best["bypass"]):
             best, best_texts = r, texts
@@ -232,7 +242,8 @@ def refusal_pipeline(
     d = cands[best["eoi_position"] + n_pos, layers.index(best["layer"])]
     vec = SteeringVector({best["layer"]: d}, "resid_pre", {
         "model": model.name, "model_family": model.adapter.family, "n_layers": model.n_layers,
-        "d_model": model.d_model, "method": "mean_diff", "positions": f"eoi:{best['eoi_position']}",
+        "d_model": model.d_model, "method": "mean_diff",
+        "positions": f"{cfg.positions.split(':')[0]}:{best['eoi_position']}",
         "dataset_fingerprint": fp, "dataset": {"kind": "instructions", "n_harmful": len(harmful_train),
                                                "n_harmless": len(harmless_train)},
         "actlab_version": __version__, "purpose": "refusal", "scores": {k: best[k] for k in

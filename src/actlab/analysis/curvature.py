@@ -1,0 +1,196 @@
+"""Is activation space Euclidean for the model? Curvature of the model's output along a steering direction and
+the top eigenpairs of the Hessian of the next-token loss with respect to a layer's activations.
+
+- **Along a direction**: ``f(m)`` is a scalar metric (mean next-token loss over texts, or mean log p(answer) of
+  A/B prompts) with ``m * v`` added to the hook point at every position. Its first and second derivatives in
+  ``m`` come from autograd (a double backward through the model); a flat model would have ``f'' = 0``.
+- **Hessian eigenpairs**: ``L(delta)`` is the mean next-token loss with one vector ``delta`` (``[d_model]``, the
+  space steering vectors live in) added at every real position of a layer, accumulated over batches of texts
+  weighted by their token counts. Its Hessian at ``delta = 0`` is never formed: Lanczos (scipy's ``eigsh``, via
+  a ``LinearOperator``) or power iteration calls Hessian-vector products, each one forward and a double
+  backward per batch. With a steering vector, the cosine of each eigenvector to it is reported beside the
+  ``1/sqrt(d)`` a random direction would give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..hooks.interventions import Replace
+from ..hooks.points import HookPoint
+
+if TYPE_CHECKING:
+    from ..models.model import Model
+
+Metric = Callable[[], torch.Tensor]
+
+
+def second_order_attention() -> contextlib.AbstractContextManager:
+    """Scaled-dot-product attention through PyTorch's math kernel, the one that supports double backward (the
+    fused CPU/GPU kernels have no second derivative); eager-attention models are unaffected."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def lm_loss_metric(model: Model, batches: Sequence[dict[str, torch.Tensor]]) -> Metric:
+    """Mean next-token negative log-likelihood over the real tokens of ``batches`` (a differentiable scalar)."""
+    n_total = sum(int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in batches)
+    if n_total == 0:
+        raise InputError("no next-token pairs to score: give texts of at least two tokens")
+
+    def metric() -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for b in batches:
+            logits = model(**b, use_cache=False).logits.double()
+            lp = torch.log_softmax(logits[:, :-1], -1)
+            nll = -lp.gather(-1, b["input_ids"][:, 1:, None])[..., 0]
+            m = (b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).to(nll.dtype)
+            total = total + (nll * m).sum().cpu()
+        return total / n_total
+
+    return metric
+
+
+def answer_logprob_metric(model: Model, prompts: Sequence[Any], *, batch_size: int = 16) -> Metric:
+    """Mean log p(matching answer token) of A/B prompts (``steering.evaluate._ab_prompts`` objects)."""
+    from ..steering.evaluate import _left_pad
+
+    pad = getattr(model.tokenizer, "pad_token_id", None) or 0
+
+    def metric() -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float64)
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s:s + batch_size]
+            logits = model.last_logits(**_left_pad([p.ids for p in chunk], pad, model.device))
+            lp = torch.log_softmax(logits.double(), -1)
+            total = total + lp[torch.arange(len(chunk)), torch.tensor([p.match_id for p in chunk])].sum().cpu()
+        return total / len(prompts)
+
+    return metric
+
+
+def direction_derivatives(model: Model, point: HookPoint, v: torch.Tensor, metric: Metric,
+                          multipliers: Sequence[float]) -> list[dict[str, float]]:
+    """``f(m)``, ``f'(m)`` and ``f''(m)`` at each multiplier, ``f`` being ``metric`` with ``m * v`` added at
+    ``point`` (every position)."""
+    if v.numel() != point.width(model):
+        raise InputError(f"vector has {v.numel()} entries; {point.name} is {point.width(model)} wide")
+    out = []
+    vv = v.detach().reshape(-1)
+    for m0 in multipliers:
+        m = torch.tensor(float(m0), dtype=torch.float64, requires_grad=True)
+
+        def shift(x: torch.Tensor, m: torch.Tensor = m) -> torch.Tensor:
+            return x + (m * vv.to(device=x.device, dtype=torch.float64)).to(x.dtype)
+
+        with torch.enable_grad(), second_order_attention(), model.edit(Replace(point, shift, label="m * v")):
+            f = metric()
+            (g,) = torch.autograd.grad(f, m, create_graph=True)
+            (h,) = torch.autograd.grad(g, m)
+        out.append({"multiplier": float(m0), "value": float(f.detach()), "first_derivative": float(g.detach()),
+                    "second_derivative": float(h)})
+    return out
+
+
+class LossHessian:
+    """Hessian-vector products of the mean next-token loss w.r.t. a vector added at every position of a point."""
+
+    def __init__(self, model: Model, point: HookPoint, batches: Sequence[dict[str, torch.Tensor]]):
+        self.model, self.point, self.batches = model, point, list(batches)
+        self.d = point.width(model)
+        self.weights = [int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in self.batches]
+        if sum(self.weights) == 0:
+            raise InputError("no next-token pairs to score: give texts of at least two tokens")
+        self.n_products = 0
+
+    def _loss(self, b: dict[str, torch.Tensor], delta: torch.Tensor) -> torch.Tensor:
+        def shift(x: torch.Tensor) -> torch.Tensor:
+            return x + delta.to(device=x.device, dtype=x.dtype)
+
+        with self.model.edit(Replace(self.point, shift, label="delta")):
+            return lm_loss_metric(self.model, [b])()
+
+    def loss(self, delta: torch.Tensor) -> torch.Tensor:
+        """``L(delta)``, the token-weighted mean over batches (for dense checks)."""
+        total = sum(w * self._loss(b, delta) for w, b in zip(self.weights, self.batches, strict=True))
+        return total / sum(self.weights)
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` at ``delta = 0`` (float64, ``[d]``)."""
+        self.n_products += 1
+        v = v.detach().double().reshape(-1)
+        out = torch.zeros(self.d, dtype=torch.float64)
+        n = sum(self.weights)
+        for w, b in zip(self.weights, self.batches, strict=True):
+            delta = torch.zeros(self.d, dtype=torch.float64, requires_grad=True)
+            with torch.enable_grad(), second_order_attention():
+                loss = self._loss(b, delta)
+                (g,) = torch.autograd.grad(loss, delta, create_graph=True)
+                (hv,) = torch.autograd.grad(g @ v, delta)
+            out += (w / n) * hv.detach()
+        return out
+
+
+def top_eigen(hess: LossHessian, k: int = 5, *, which: str = "LM", method: str = "lanczos", iters: int = 100,
+              tol: float = 1e-6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` leading eigenvalues (``[k]``) and unit eigenvectors (``[k, d]``) of the Hessian, largest first:
+    by magnitude (``which='LM'``) or algebraically (``'LA'``). ``method='lanczos'`` (scipy ARPACK) or ``'power'``
+    (power iteration with deflation, for a quick top few)."""
+    if not 1 <= k < hess.d:
+        raise InputError(f"k must be in 1..{hess.d - 1} (the width of the activations), got {k}")
+    if which not in ("LM", "LA"):
+        raise InputError(f"which must be 'LM' (largest magnitude) or 'LA' (largest algebraic), not {which!r}")
+    if method == "lanczos":
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        op = LinearOperator((hess.d, hess.d), dtype=np.float64,
+                            matvec=lambda x: hess.hvp(torch.from_numpy(np.asarray(x).reshape(-1))).numpy())
+        v0 = torch.randn(hess.d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+        vals, vecs = eigsh(op, k=k, which=which, tol=tol, v0=v0, maxiter=iters * hess.d)
+        order = np.argsort(-np.abs(vals) if which == "LM" else -vals)
+        return torch.from_numpy(vals[order].copy()), torch.from_numpy(vecs[:, order].T.copy())
+    if method != "power":
+        raise InputError(f"unknown eigen method {method!r}; valid: lanczos, power")
+    g = torch.Generator().manual_seed(seed)
+    vals, vecs = [], []
+    for _ in range(k):
+        v = torch.randn(hess.d, generator=g, dtype=torch.float64)
+        lam = 0.0
+        for _ in range(iters):
+            for u in vecs:  # deflate the eigenvectors found so far
+                v = v - (u @ v) * u
+            v = v / v.norm()
+            hv = hess.hvp(v)
+            for u, lu in zip(vecs, vals, strict=True):
+                hv = hv - lu * (u @ v) * u
+            new = float(v @ hv)
+            v = hv
+            if abs(new - lam) <= tol * max(1.0, abs(new)):
+                lam = new
+                break
+            lam = new
+        v = v / v.norm()
+        vals.append(lam)
+        vecs.append(v)
+    return torch.tensor(vals, dtype=torch.float64), torch.stack(vecs)
+
+
+def eigen_report(vals: torch.Tensor, vecs: torch.Tensor, vector: torch.Tensor | None = None) -> dict[str, Any]:
+    """JSON-ready eigenvalues, and each eigenvector's |cosine| to ``vector`` beside a random direction's."""
+    out: dict[str, Any] = {"eigenvalues": [float(x) for x in vals]}
+    if vector is not None:
+        u = vector.double().reshape(-1)
+        u = u / u.norm().clamp_min(1e-30)
+        out["abs_cos_to_vector"] = [float((e @ u).abs()) for e in vecs]
+        out["random_direction_abs_cos"] = math.sqrt(2 / (math.pi * vecs.shape[1]))  # E|cos| for random d-dim
+    return out
