@@ -116,7 +116,7 @@ def _stage_command(stage: str):
 
 
 def _register() -> None:
-    from ..lfp.pipeline import STAGES
+    from ..lfp.stages import STAGES
 
     for stage in STAGES:
         lfp_app.command(stage)(_stage_command(stage))

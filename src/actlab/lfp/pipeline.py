@@ -21,8 +21,8 @@ from ..errors import ActlabError, InputError
 from ..hooks.points import HookPoint
 from ..runs import Run, write_json
 from .config import LFPConfig
+from .stages import STAGES
 
-STAGES = ("finetune", "divergence", "sae", "triples", "deltas", "probes", "agreement", "features", "report")
 Log = Callable[[str], None]
 
 
