@@ -14,8 +14,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Rank of every top-level module/package of actlab: an import may only point to the same or a lower rank.
 LAYERS: dict[str, int] = {
     # core: no knowledge of models or features
-    "errors": 0, "settings": 0, "version": 0, "configs": 0, "runs": 0, "llm": 0,
+    "errors": 0, "settings": 0, "version": 0, "configs": 0, "runs": 0, "llm": 0, "progress": 0,
     "data": 1, "hooks": 1,          # datasets; hook points, capture, interventions (on a protocol, not Model)
+    "checks": 1,                    # input checks that run before a model loads
     "models": 2,                    # loading, adapters, Model (implements the hooks protocol)
     "lens": 3,
     "steering": 4, "analysis": 4, "sae": 4, "finetune": 4,   # features: compute, return and write data

@@ -83,10 +83,19 @@ def test_pipeline_runs_and_numbers_are_sane(sae_run):
 def test_resume_after_interruption_continues(sae_run, capsys):
     root, _ = sae_run
     log = (root / "layer0" / "train_log.jsonl").read_text().splitlines()
+    # other settings than the checkpoint's: refused unless asked for (issue 11), then recorded
     code, _, err = run(["sae", "train", "--config", str(root / "train.yaml"), "--steps", "200"], capsys)
+    assert code == 2 and "train.steps: 150 vs 200" in err and "--resume-anyway" in err
+    code, _, err = run(["sae", "train", "--config", str(root / "train.yaml"), "--steps", "200", "--resume-anyway"],
+                       capsys)
     assert code == 0, err
     steps = [json.loads(x)["step"] for x in (root / "layer0" / "train_log.jsonl").read_text().splitlines()]
     assert steps[-1] == 200 and len(steps) > len(log)
+    assert len(steps) == len(set(steps))  # resuming never repeats log rows
+    rec = json.loads((root / "layer0" / "train_config.json").read_text())
+    assert rec["train"]["steps"] == 200 and rec["resumed"]["settings_before"]["train"]["steps"] == 150
+    saved = json.loads((root / "layer0" / "saes" / "relu-1x-l1_1" / "cfg.json").read_text())["actlab"]
+    assert saved["steps"] == 200 and saved["resumed"]["from_step"] <= 150
 
 
 def test_online_mode_and_bad_input(tmp_path, capsys, sae_run):

@@ -6,11 +6,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import InputError
+from .errors import InputError, choices_hint
 
 C = TypeVar("C", bound=BaseModel)
+
+
+class StrictConfig(BaseModel):
+    """A config section: a misspelt or unknown key is an error (with a did-you-mean), never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -34,4 +40,34 @@ def build_config(cls: type[C], raw: dict[str, Any], what: str) -> C:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"]) or "config"
-        raise InputError(f"invalid {what} config at {loc}: {first['msg']}") from None
+        if first.get("type") == "extra_forbidden":
+            key = str(first["loc"][-1])
+            section = _section(cls, first["loc"][:-1])
+            valid = list(section.model_fields) if section is not None else []
+            raise InputError(f"unknown key {loc!r} in the {what} config." + choices_hint(key, valid)) from None
+        got = first.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+        raise InputError(f"invalid {what} config at {loc}: {first['msg']}{shown}") from None
+
+
+def _section(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class a pydantic error location points into (for the valid keys of a nested section)."""
+    import typing
+
+    cur: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        for arg in (ann, *typing.get_args(ann)):
+            inner = [a for a in typing.get_args(arg)] if typing.get_origin(arg) is list else [arg]
+            found = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if found is not None:
+                cur = found
+                break
+        else:
+            return None
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None

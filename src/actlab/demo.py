@@ -16,6 +16,7 @@ from typing import Any
 from .hooks.points import HookPoint
 from .lens import logit_lens
 from .models import Model, load_model
+from .progress import info as progress_info
 from .report import Page
 from .report.lens import lens_tables, target_heatmap
 from .runs import Run, write_json
@@ -56,7 +57,8 @@ def lens_section(model: Model, out: Path, page: Page, log: Callable[[str], None]
                    "model_prediction": res.final_top_tokens[b], "first_layer_top1": first}
             summary.append(row)
             log(f"  {prompt!r} -> {res.final_top_tokens[b]!r}; p({target!r}) at the last layer "
-                f"{row['final_prob']:.3f}, top-1 from layer {first}")
+                f"{row['final_prob']:.3f}, " + (f"top-1 from layer {first}" if first is not None
+                                                 else "never the top-1 token at any layer"))
     write_json(out / "lens.json", {"results": results, "summary": summary})
     page.heading("Summary")
     page.table(["prompt", "target", "p(target), last layer", "model predicts", "first layer where top-1"],
@@ -123,7 +125,8 @@ def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], N
 
 
 def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str = DEFAULT_MODEL,
-             log: Callable[[str], None] = print, dtype: str | None = None, device: str | None = None) -> Path:
+             log: Callable[[str], None] = progress_info, dtype: str | None = None, device: str | None = None
+             ) -> Path:
     """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir``."""
     out = Path(out_dir) if out_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     with Run(out, "demo", {"model": model_name, "dtype": dtype, "device": device}) as run:

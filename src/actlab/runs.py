@@ -14,23 +14,89 @@ from pathlib import Path
 from typing import Any
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+def file_mode() -> int:
+    """The mode a new file gets under the user's umask (``0666 & ~umask``)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual mode
+    return 0o666 & ~umask
+
+
+def apply_umask(path: str | os.PathLike[str]) -> None:
+    """Give a file, or every file under a folder, the user's usual mode: some writers (``mkstemp``,
+    safetensors >= 0.8, ``save_pretrained`` through it) create files 0600 whatever the umask."""
+    p = Path(path)
+    mode = file_mode()
+    for f in [p] if p.is_file() else (x for x in p.rglob("*") if x.is_file() and not x.is_symlink()):
+        os.chmod(f, mode)
+
+
+TMP_PREFIX = "."
+TMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (``.{name}.XXXX.tmp``); rename it onto ``path`` with the user's
+    usual file mode only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # after writing: the writer may have re-created the file as 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+LOCK_FILE = ".actlab.lock"
+_HELD: dict[str, list[Any]] = {}
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str], what: str = "folder") -> Iterator[None]:
+    """Hold ``folder/.actlab.lock`` (filelock) while writing into it, so two actlab processes never write one
+    cache or run folder at once; re-entrant within a process (a job and the cache it fills share one lock)."""
+    from filelock import FileLock, Timeout
+
+    from .errors import InputError
+
+    p = Path(folder)
+    p.mkdir(parents=True, exist_ok=True)
+    key = str(p.resolve())
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    lock = FileLock(str(p / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"another actlab process is writing the {what} {str(p)!r} (it holds {LOCK_FILE}); wait "
+                         "for it or use another folder") from None
+    _HELD[key] = [lock, 1]
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
+def remove_orphan_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files an interrupted atomic write left in ``folder`` (not recursive); returns them."""
+    out = []
+    for f in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        if f.is_file():
+            f.unlink()
+            out.append(f)
+    return out
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -192,16 +258,42 @@ class Run:
             self.results.setdefault("error", error.splitlines()[0][:500] if error else "")
         self.write()
 
+    LOG = "run.log"
+
     def __enter__(self) -> Run:
-        return self.start()
+        """Lock the folder (no second process writes into it), start the record, and copy every actlab log
+        line (progress included) into ``run.log``."""
+        import logging
+        from contextlib import ExitStack
+
+        self._stack = ExitStack()
+        try:
+            self._stack.enter_context(folder_lock(self.path, "run folder"))
+            self.start()
+            handler = logging.FileHandler(self.path / self.LOG, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            handler.setLevel(logging.INFO)
+            log = logging.getLogger("actlab")
+            if log.level == logging.NOTSET:  # actlab's default (INFO) unless the application chose a level
+                log.setLevel(logging.INFO)
+            log.addHandler(handler)
+            self._stack.callback(handler.close)
+            self._stack.callback(log.removeHandler, handler)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is None:
-            self.finish("ok")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted")
-        else:
-            self.finish("failed", f"{exc_type.__name__}: {exc}")
+        try:
+            if exc_type is None:
+                self.finish("ok")
+            elif issubclass(exc_type, KeyboardInterrupt):
+                self.finish("interrupted")
+            else:
+                self.finish("failed", f"{exc_type.__name__}: {exc}")
+        finally:
+            self._stack.close()
 
 
 def init_run_dir(path: str | os.PathLike[str], *, config: dict[str, Any], seed: int | None = None) -> Path:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ..models.model import Model
 
 Metric = Callable[[], torch.Tensor]
+EIGEN_METHODS = ("lanczos", "power")
+WHICH = ("LM", "LA")  # largest magnitude, largest algebraic
 
 
 def second_order_attention() -> contextlib.AbstractContextManager:

@@ -25,6 +25,12 @@ def vocab_view(model: Model, vector: SteeringVector | torch.Tensor, layer: int |
     v = vector[layer if layer is not None else vector.layers[0]] if isinstance(vector, SteeringVector) else vector
     if v.numel() != model.d_model:
         raise InputError(f"direction has {v.numel()} entries; the model's d_model is {model.d_model}")
+    if not bool(torch.isfinite(v).all()):
+        raise InputError("the direction contains NaN or infinite values; it has no vocabulary projection")
+    if float(v.abs().max()) == 0:
+        raise InputError("the direction is a zero vector; it has no vocabulary projection")
+    if k > model.vocab_size:
+        raise InputError(f"k={k} is larger than the vocabulary ({model.vocab_size} tokens)")
     scores = model.unembed.direction_logits(v)
     tok = model.tokenizer
     dec = (lambda i: tok.decode([i])) if tok is not None else str

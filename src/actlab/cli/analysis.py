@@ -1,4 +1,5 @@
-"""Comparison commands: ``compare vectors``, ``layers``, ``project-vocab``, ``diverge``, ``report``."""
+"""Comparison commands: ``layers``, ``compare vectors|prompting|curvature|hessian``, ``project-vocab``,
+``diverge``."""
 
 from __future__ import annotations
 
@@ -8,89 +9,154 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, err_console, load, parse_floats, progress_bar
+from .common import (
+    BatchOpt,
+    ChatOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GgufOpt,
+    LayersOpt,
+    LimitOpt,
+    ModelArg,
+    checks,
+    console,
+    deprecated,
+    load,
+    opt,
+    parse_floats,
+    wrote,
+)
 
-compare_app = typer.Typer(help="Compare steering vectors across layers and models.", no_args_is_help=True)
+compare_app = typer.Typer(help="Compare steering vectors across layers and models; ask whether prompting adds or "
+                               "rotates, and how curved the model is along a direction.", no_args_is_help=True,
+                          rich_markup_mode=None)
+OutDir = Annotated[Path, opt("--out", metavar="DIR", help="Run folder (JSON, PNG, run.json).")]
 
 
 @compare_app.command("vectors")
 def compare_vectors(
-    vectors: Annotated[list[Path], typer.Argument(help="Vector files (.safetensors).")],
-    out: Annotated[Path, typer.Option(help="Output folder (JSON + PNG).")],
-    versus: Annotated[list[Path] | None, typer.Option("--vs", help="Vectors of a second model for the same "
-                                                              "behaviours, paired by order with VECTORS.")] = None,
-    labels: Annotated[list[str] | None, typer.Option("--label", help="Names for VECTORS (default: file stems).")]
-    = None,
-    force: Annotated[bool, typer.Option(help="Compare even when hook point / positions / family differ.")] = False,
+    vectors: Annotated[list[Path], typer.Argument(help="Vector files (.safetensors).", metavar="VECTOR...",
+                                                  show_default=False)],
+    out: OutDir,
+    versus: Annotated[list[Path] | None, opt("--vs", metavar="FILE", help="Vectors of a second model for the same "
+                                             "behaviours, paired by order with VECTORS (repeat).")] = None,
+    labels: Annotated[list[str] | None, opt("--label", metavar="NAME", help="Names for VECTORS [default: file "
+                                            "stems].")] = None,
+    force: Annotated[bool, opt("--force", help="Compare even when hook point / positions / family differ.")] = False,
 ) -> None:
     """Layer x layer cosine heatmaps, cross-model cosine per layer (with --vs), and a normalised PCA."""
     from ..jobs import vector_comparison
 
+    for v in [*vectors, *(versus or [])]:
+        checks.input_file(v, "vector file")
+    checks.output_dir(out, "--out folder")
     names = list(labels) if labels else [p.stem for p in vectors]
     other_names = [f"{p.stem} ({p.parent.name})" if p.stem in names else p.stem for p in versus or []]
     res = vector_comparison(out, vectors, names, versus=versus or [], versus_labels=other_names, force=force)
     for pair, per_layer in res["cross_model"].items():
-        console.print(f"{pair}: " + ", ".join(f"L{k} {c:.3f}" for k, c in per_layer.items()))
+        console.print(f"{pair}: " + ", ".join(f"L{k} {c:.3f}" for k, c in per_layer.items()), highlight=False)
     if res["forced_differences"]:
-        console.print("[yellow]compared despite differences:[/yellow] " + "; ".join(res["forced_differences"]))
-    console.print(f"wrote {out}/vector_comparison.json and PNGs")
+        console.print("compared despite differences: " + "; ".join(res["forced_differences"]), highlight=False)
+    wrote(out / "vector_comparison.json", "PNGs")
 
 
 def layers_cmd(
     model: ModelArg,
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    positive: Annotated[Path | None, typer.Option(help="Positive prompts (instruction list JSON/CSV).")] = None,
-    negative: Annotated[Path | None, typer.Option(help="Negative prompts.")] = None,
-    pairs: Annotated[Path | None, typer.Option(help="Or: contrastive pairs JSONL (positive/negative).")] = None,
-    ab: Annotated[Path | None, typer.Option(help="Or: A/B items; prompts end in the matching / other answer.")]
-    = None,
-    streams: Annotated[str, typer.Option(help="Comma-separated streams.")] = "resid_pre,resid_mid",
-    positions: Annotated[str, typer.Option(help="last or tokens.")] = "last",
-    limit: Annotated[int | None, typer.Option(help="Use at most this many prompts per set.")] = None,
-    top: Annotated[int, typer.Option(help="How many layers to recommend.")] = 5,
-    chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Instruction lists and A/B items through the "
-                                                                      "chat template (default: when the tokenizer "
-                                                                      "has one; positions=last is then the last "
-                                                                      "token of the templated prompt).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
+    out: OutDir,
+    positive: Annotated[Path | None, opt("--positive", metavar="FILE", help="Positive prompts (instruction list "
+                                         "JSON/CSV).")] = None,
+    negative: Annotated[Path | None, opt("--negative", metavar="FILE", help="Negative prompts.")] = None,
+    pairs: Annotated[Path | None, opt("--pairs", metavar="FILE", help="Or: contrastive pairs JSONL "
+                                      "(positive/negative).")] = None,
+    ab: Annotated[Path | None, opt("--ab", metavar="FILE", help="Or: A/B items; prompts end in the matching / "
+                                   "other answer.")] = None,
+    streams: Annotated[str, opt("--streams", metavar="KINDS", help="Comma-separated residual kinds.")]
+    = "resid_pre,resid_mid",
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help="Capture positions: last or tokens.")]
+    = "last",
+    limit: LimitOpt = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="How many layers to recommend.")] = 5,
+    top: Annotated[int | None, opt("--top", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
+    chat: ChatOpt = None,
+    batch_size: BatchOpt = 16,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Layer-selection metrics from two contrastive prompt sets, and the recommended layers."""
+    from ..errors import InputError
+    from ..hooks.points import RESIDUAL_KINDS
     from ..jobs import layer_selection
     from ..jobs.compare import contrast_prompts
 
+    if top is not None:
+        deprecated("--top", "--top-k")
+        top_k = top
+    if not (pairs or ab or (positive and negative)):
+        raise InputError("give --positive and --negative, or --pairs, or --ab")
+    for f, what in ((positive, "--positive"), (negative, "--negative"), (pairs, "--pairs"), (ab, "--ab")):
+        checks.input_file(f, f"{what} file")
+    checks.output_dir(out, "--out folder")
+    stream_list = [s.strip() for s in streams.split(",") if s.strip()]
+    for s in stream_list or [""]:
+        checks.choice(s, "stream", RESIDUAL_KINDS)
+    checks.choice(positions, "--positions", ("last", "tokens"))
+    checks.positive(limit, "--limit")
+    checks.positive(top_k, "--top-k")
+    checks.positive(batch_size, "--batch-size")
     m = load(model, dtype, device, gguf_file)
     pos, neg, special = contrast_prompts(m, positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit,
                                          chat=chat)
-    with progress_bar("streaming statistics", len(pos) + len(neg)) as advance:
-        res = layer_selection(m, pos, neg, out, streams=[s.strip() for s in streams.split(",") if s.strip()],
-                              positions=positions, batch_size=batch_size, top_k=top, progress=advance,
-                              add_special_tokens=special)
-    console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})")
-    console.print(f"wrote {out}/layer_metrics.json and layer_metrics.png")
+    res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
+                          top_k=top_k, add_special_tokens=special)
+    console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})", highlight=False)
+    wrote(out / "layer_metrics.json", "layer_metrics.png")
+
+
+def _model_first(model: str, other: Path, kind: str) -> tuple[str, Path]:
+    """MODEL comes first everywhere; the first wave's order (the vector or dictionary first) still works for one
+    release, with a deprecation line."""
+    first, second = Path(model), Path(str(other))
+    looks = {"vector": lambda p: p.is_file() and p.suffix in (".safetensors", ".gguf"),
+             "dictionary": lambda p: p.is_dir() and (p / "cfg.json").is_file()}[kind]
+    if looks(first) and not looks(second):
+        deprecated(f"the {kind} before MODEL", f"MODEL first: actlab ... {second} {first}")
+        return str(second), first
+    return model, other
 
 
 def project_vocab(
-    vector: Annotated[Path, typer.Argument(help="Vector file.")],
     model: ModelArg,
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    layers: Annotated[str | None, typer.Option(help="Layers (default: all the vector has).")] = None,
-    k: Annotated[int, typer.Option("--k", help="Tokens per side.")] = 10,
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Also: dot products with the "
-                                                                            "activations of generated tokens.")]
-    = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 24,
+    vector: Annotated[Path, typer.Argument(help="Vector file.", metavar="VECTOR", show_default=False)],
+    out: OutDir,
+    layers: LayersOpt = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="Tokens per side.")] = 10,
+    k: Annotated[int | None, opt("--k", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
+    prompt: Annotated[list[str] | None, opt("--prompt", "-p", metavar="TEXT", help="Also: dot products with the "
+                                            "activations of generated tokens.")] = None,
+    max_new_tokens: Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens to generate per prompt.")]
+    = 24,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Top positive and negative tokens of a direction per layer (and its dot product along generations)."""
+    from ..errors import InputError
     from ..jobs import vocab_projection
 
+    if k is not None:
+        deprecated("--k", "--top-k")
+        top_k = k
+    model, vector = _model_first(model, vector, "vector")
+    checks.input_file(vector, "vector file")
+    checks.output_dir(out, "--out folder")
+    checks.layer_syntax(layers)
+    checks.positive(top_k, "--top-k")
+    checks.positive(max_new_tokens, "--max-new-tokens")
     m = load(model, dtype, device, gguf_file)
-    res = vocab_projection(m, vector, out, layers=layers, top_k=k, prompts=prompt or [],
+    if top_k > m.vocab_size:
+        raise InputError(f"--top-k {top_k} is larger than the vocabulary ({m.vocab_size} tokens)")
+    res = vocab_projection(m, vector, out, layers=layers, top_k=top_k, prompts=prompt or [],
                            max_new_tokens=max_new_tokens)
     t = Table(title=f"vocabulary projection of {vector.name}")
     t.add_column("layer", justify="right")
@@ -99,72 +165,78 @@ def project_vocab(
     for row in res["layers"]:
         t.add_row(str(row["layer"]), row["positive"], row["negative"])
     console.print(t)
-    console.print(f"wrote {out}/vocab_projection.json" + (" and direction_dots.json" if prompt else ""))
+    wrote(out / "vocab_projection.json", *(["direction_dots.json"] if prompt else []))
 
 
 def diverge(
-    model_a: Annotated[str, typer.Argument(help="First checkpoint (e.g. the base model).")],
-    model_b: Annotated[str, typer.Argument(help="Second checkpoint of the same architecture.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    top_k: Annotated[int, typer.Option(help="How many layers to list.")] = 5,
-    rank_by: Annotated[str, typer.Option("--rank-by", help="Rank layers by the divergence of the whole layer "
-                                                             "('layer') or of its MLP ('mlp', as the LFP study).")]
-    = "layer",
+    model_a: Annotated[str, typer.Argument(help="First checkpoint (e.g. the base model).", metavar="MODEL_A",
+                                           show_default=False)],
+    model_b: Annotated[str, typer.Argument(help="Second checkpoint of the same architecture.", metavar="MODEL_B",
+                                           show_default=False)],
+    out: OutDir,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="How many layers to list.")] = 5,
+    rank_by: Annotated[str, opt("--rank-by", metavar="WHAT", help="Rank layers by the divergence of the whole "
+                                "layer ('layer') or of its MLP ('mlp', as the LFP study).")] = "layer",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Per-layer parameter divergence (L2 norm of the difference per layer and module)."""
+    from ..analysis.divergence import RANK_BY
     from ..jobs import diverge as run_diverge
 
+    checks.output_dir(out, "--out folder")
+    checks.positive(top_k, "--top-k")
+    checks.choice(rank_by, "--rank-by", RANK_BY)
     a = load(model_a, dtype, device, validate=False)
     b = load(model_b, dtype, device, validate=False)
     res = run_diverge(a, b, out, top_k=top_k, rank_by=rank_by)
     values = res["per_layer"] if rank_by == "layer" else res["per_module"][rank_by]
     console.print(f"top layers by L2 divergence ({rank_by}): " + (", ".join(
-        f"{i} ({values[i]:.4g})" for i in res["top_layers"]) or "none: the two models are identical"))
-    console.print(f"wrote {out}/divergence.json and divergence.png")
-
-
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by actlab.")],
-    out: Annotated[Path | None, typer.Option(help="Output HTML (default: RUN_DIR/report.html).")] = None,
-) -> None:
-    """Build one self-contained offline HTML page for everything a run directory holds."""
-    from ..report.run_report import build_report
-
-    path = build_report(run_dir, out)
-    console.print(f"wrote {path}")
+        f"{i} ({values[i]:.4g})" for i in res["top_layers"]) or "none: the two models are identical"),
+        highlight=False)
+    wrote(out / "divergence.json", "divergence.png")
 
 
 @compare_app.command("prompting")
 def compare_prompting(
     model: ModelArg,
     instruction: Annotated[str, typer.Option(help="The instruction put before each prompt (e.g. 'Answer like a "
-                                                  "pirate.').")],
-    prompts: Annotated[Path, typer.Option(help="Base prompts (JSON list / JSONL / CSV of instructions).")],
-    out: Annotated[Path, typer.Option(help="Output folder (prompting.json, prompting.png, run.json).")],
-    layers: Annotated[str | None, typer.Option(help="Layers: all, 4,8,12, 4-12 or 4-12:2.")] = None,
-    kind: Annotated[str, typer.Option(help="Residual-stream kind to read and edit.")] = "resid_post",
+                                                  "pirate.').", metavar="TEXT")],
+    prompts: Annotated[Path, opt("--prompts", metavar="FILE", help="Base prompts (JSON list / JSONL / CSV of "
+                                                                   "instructions).")],
+    out: OutDir,
+    layers: LayersOpt = None,
+    kind: Annotated[str, typer.Option(metavar="KIND", help="Residual-stream kind to read and edit.")] = "resid_post",
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Use the chat template (default: when the "
                                                                       "tokenizer has one).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many prompts.")] = None,
-    train_fraction: Annotated[float, typer.Option(help="Share of prompts that fit the maps (the rest test "
+    limit: Annotated[int | None, typer.Option(metavar="N", help="Use at most this many prompts.")] = None,
+    train_fraction: Annotated[float, typer.Option(metavar="X", help="Share of prompts that fit the maps (the rest test "
                                                        "them).")] = 0.5,
     kl: Annotated[bool, typer.Option(help="Also the next-token KL of each map to the prompted run.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the train/test split.")] = 0,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the train/test split.")] = 0,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Does an instruction add to the residual stream or rotate it? Fits both maps per layer."""
     from ..data import load_instructions
+    from ..hooks.points import RESIDUAL_KINDS
     from ..jobs import prompting
 
+    checks.input_file(prompts, "--prompts file")
+    checks.output_dir(out, "--out folder")
+    checks.layer_syntax(layers)
+    checks.choice(kind, "--kind", RESIDUAL_KINDS)
+    checks.positive(limit, "--limit")
+    checks.fraction(train_fraction, "--train-fraction")
+    if not instruction.strip():
+        from ..errors import InputError
+
+        raise InputError("--instruction is empty")
     texts = load_instructions(prompts, limit=limit)
     m = load(model, dtype, device, gguf_file)
-    with progress_bar("layers", None) as advance:
-        res = prompting(m, instruction, texts, out, layers=layers, kind=kind, chat=chat,
-                        train_fraction=train_fraction, seed=seed, kl=kl, progress=advance)
+    res = prompting(m, instruction, texts, out, layers=layers, kind=kind, chat=chat, train_fraction=train_fraction,
+                    seed=seed, kl=kl)
     t = Table(title=f"held-out residual error (1 = explains nothing), {res['n_test']} test prompts")
     for col in ("layer", "addition", "rotation", "cos(x, y)", "|y|/|x|", "angle") + (("KL add", "KL rot", "KL none")
                                                                                    if kl else ()):
@@ -176,20 +248,23 @@ def compare_prompting(
             row += [f"{r['kl_add']:.3g}", f"{r['kl_rotate']:.3g}", f"{r['kl_none']:.3g}"]
         t.add_row(*row)
     console.print(t)
-    console.print(f"wrote {out}/prompting.json and prompting.png")
+    wrote(out / "prompting.json", "prompting.png")
 
 
 @compare_app.command("curvature")
 def compare_curvature(
     model: ModelArg,
-    vector: Annotated[Path, typer.Option(help="Steering vector (.safetensors).")],
-    out: Annotated[Path, typer.Option(help="Output folder (curvature.json, curvature.png, run.json).")],
-    layer: Annotated[int | None, typer.Option(help="Layer of the vector to use (default: its first).")] = None,
-    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-4,-2,0,2,4",
-    data: Annotated[Path | None, typer.Option(help="Texts: curvature of the next-token loss.")] = None,
-    ab: Annotated[Path | None, typer.Option(help="Or A/B items: curvature of log p(matching answer).")] = None,
-    limit: Annotated[int, typer.Option(help="Use at most this many texts or items.")] = 32,
-    max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 64,
+    vector: Annotated[Path, typer.Option(metavar="FILE", help="Steering vector (.safetensors).")],
+    out: OutDir,
+    layer: Annotated[int | None, opt("--layer", metavar="N", help="Layer of the vector to use [default: its "
+                                                                   "first].")] = None,
+    multipliers: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated multipliers.")] = "-4,-2,0,2,4",
+    data: Annotated[Path | None, opt("--data", metavar="FILE", help="Texts: curvature of the next-token loss.")]
+    = None,
+    ab: Annotated[Path | None, opt("--ab", metavar="FILE", help="Or A/B items: curvature of log p(matching "
+                                                               "answer).")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="Use at most this many texts or items.")] = 32,
+    max_length: Annotated[int, typer.Option(metavar="N", help="Tokens per text.")] = 64,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -201,6 +276,12 @@ def compare_curvature(
 
     if (data is None) == (ab is None):
         raise InputError("give --data TEXTS (next-token loss) or --ab ITEMS (log p(matching answer)), not both")
+    checks.input_file(vector, "--vector file")
+    checks.input_path(data, "--data")
+    checks.input_file(ab, "--ab file")
+    checks.output_dir(out, "--out folder")
+    checks.positive(limit, "--limit")
+    checks.positive(max_length, "--max-length")
     mults = parse_floats(multipliers)
     texts = read_texts(data, limit=limit) if data else []
     m = load(model, dtype, device, gguf_file)
@@ -213,38 +294,51 @@ def compare_curvature(
         t.add_row(f"{r['multiplier']:g}", f"{r['value']:.5g}", f"{r['first_derivative']:.4g}",
                   f"{r['second_derivative']:.4g}")
     console.print(t)
-    console.print(f"wrote {out}/curvature.json and curvature.png")
+    wrote(out / "curvature.json", "curvature.png")
 
 
 @compare_app.command("hessian")
 def compare_hessian(
     model: ModelArg,
-    layer: Annotated[int, typer.Option(help="Layer whose activations the loss is differentiated against.")],
-    data: Annotated[Path, typer.Option(help="Texts the next-token loss is averaged over.")],
-    out: Annotated[Path, typer.Option(help="Output folder (hessian.json, hessian.png, eigenvectors).")],
-    kind: Annotated[str, typer.Option(help="Residual-stream kind.")] = "resid_post",
-    vector: Annotated[Path | None, typer.Option(help="A steering vector to compare the eigenvectors with.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Eigenpairs to find.")] = 5,
-    method: Annotated[str, typer.Option(help="lanczos (scipy ARPACK) or power (iteration with deflation).")]
-    = "lanczos",
-    which: Annotated[str, typer.Option(help="LM: largest magnitude; LA: largest algebraic.")] = "LM",
-    limit: Annotated[int, typer.Option(help="Use at most this many texts.")] = 16,
-    max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 64,
+    layer: Annotated[int, opt("--layer", metavar="N", help="Layer whose activations the loss is differentiated "
+                                                            "against.")],
+    data: Annotated[Path, typer.Option(metavar="FILE", help="Texts the next-token loss is averaged over.")],
+    out: OutDir,
+    kind: Annotated[str, typer.Option(metavar="KIND", help="Residual-stream kind.")] = "resid_post",
+    vector: Annotated[Path | None, opt("--vector", metavar="FILE", help="A steering vector to compare the "
+                                                                        "eigenvectors with.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Eigenpairs to find.")] = 5,
+    method: Annotated[str, opt("--method", metavar="METHOD", help="lanczos (scipy ARPACK) or power (iteration "
+                                                                   "with deflation).")] = "lanczos",
+    which: Annotated[str, typer.Option(metavar="WHICH", help="LM: largest magnitude; LA: largest algebraic.")] = "LM",
+    limit: Annotated[int, typer.Option(metavar="N", help="Use at most this many texts.")] = 16,
+    max_length: Annotated[int, typer.Option(metavar="N", help="Tokens per text.")] = 64,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position."""
+    from ..analysis.curvature import EIGEN_METHODS, WHICH
     from ..data import read_texts
+    from ..hooks.points import RESIDUAL_KINDS
     from ..jobs import hessian
 
+    checks.input_path(data, "--data")
+    checks.input_file(vector, "--vector file")
+    checks.output_dir(out, "--out folder")
+    checks.non_negative(layer, "--layer")
+    checks.choice(kind, "--kind", RESIDUAL_KINDS)
+    checks.positive(top_k, "--top-k")
+    checks.choice(method, "--method", EIGEN_METHODS)
+    checks.choice(which, "--which", WHICH)
+    checks.positive(limit, "--limit")
+    checks.positive(max_length, "--max-length")
     texts = read_texts(data, limit=limit)
     m = load(model, dtype, device, gguf_file)
-    with err_console.status("Hessian-vector products (Lanczos) ..."):
-        rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vector, top_k=top_k, method=method, which=which,
-                      max_length=max_length)
+    rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vector, top_k=top_k, method=method, which=which,
+                  max_length=max_length)
     console.print("eigenvalues: " + ", ".join(f"{v:.4g}" for v in rep["eigenvalues"])
                   + (" | |cos| to the vector: " + ", ".join(f"{c:.3f}" for c in rep["abs_cos_to_vector"])
                      + f" (random ~{rep['random_direction_abs_cos']:.3f})" if "abs_cos_to_vector" in rep else ""))
-    console.print(f"wrote {out}/hessian.json, hessian.png and hessian_eigenvectors.safetensors "
-                  f"({rep['hessian_vector_products']} Hessian-vector products)")
+    wrote(out / "hessian.json", "hessian.png", f"hessian_eigenvectors.safetensors "
+          f"({rep['hessian_vector_products']} Hessian-vector products)")

@@ -1,4 +1,6 @@
-"""The Typer application and the foundation commands: ``info``, ``lens``, ``demo``."""
+"""The Typer application: commands in workflow order (info, lens, demo, steer, layers, compare, project-vocab,
+diverge, acts, sae, finetune, lfp, report), and the foundation commands ``info``, ``lens``, ``demo``,
+``report``. The vocabulary every command shares is documented once, in docs/cli.md."""
 
 from __future__ import annotations
 
@@ -6,50 +8,61 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from typer.core import TyperArgument
 
-from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, err_console, load, split_list
-
-app = typer.Typer(
-    name="actlab",
-    help="Activation-engineering workbench for Hugging Face causal LMs: read, steer, compare, decompose.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+from .common import (
+    DeviceOpt,
+    DtypeOpt,
+    GgufOpt,
+    ModelArg,
+    checks,
+    console,
+    err_console,
+    load,
+    opt,
+    split_list,
+    wrote,
 )
 
 
-def _register_subcommands() -> None:
-    from . import analysis, lfp, sae, steer
-
-    app.add_typer(steer.app, name="steer")
-    app.add_typer(analysis.compare_app, name="compare")
-    app.command("layers")(analysis.layers_cmd)
-    app.command("project-vocab")(analysis.project_vocab)
-    app.command("diverge")(analysis.diverge)
-    app.command("report")(analysis.report)
-    app.add_typer(sae.acts_app, name="acts")
-    app.add_typer(sae.sae_app, name="sae")
-    app.add_typer(lfp.finetune_app, name="finetune")
-    app.add_typer(lfp.lfp_app, name="lfp")
+def _usage_name(self: TyperArgument) -> str:
+    """Conventional usage: ``MODEL`` for a required argument, ``[MODEL]`` for an optional one (Typer 0.29 writes
+    ``{MODEL}`` and a ``<str>`` type beside it)."""
+    name = self.display_name_raw
+    name = name if self.required else f"[{name}]"
+    return name + ("..." if self.nargs != 1 else "")
 
 
-_register_subcommands()
+TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign,assignment]
+
+app = typer.Typer(
+    name="actlab",
+    help="Activation-engineering workbench for Hugging Face causal LMs: read, steer, compare, decompose, audit. "
+         "Global flags anywhere on the line: -v/--verbose (third-party logs too), -q/--quiet (errors and "
+         "warnings only), --debug (tracebacks for every error).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
 
 
 @app.command()
 def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf_file: GgufOpt = None) -> None:
     """Print a model's architecture, layer count, widths and hook points."""
+    from rich.table import Table
+
+    from ..hooks.points import BLOCK_KINDS, GLOBAL_POINTS
+
     m = load(model, dtype, device, gguf_file)
     t = Table(show_header=False, box=None)
     for k, v in [("model", m.name), ("architecture", type(m.hf).__name__), ("family", m.adapter.family),
                  ("layers", m.n_layers), ("d_model", m.d_model), ("d_mlp", m.d_mlp), ("vocab", m.vocab_size),
                  ("context", m.context_length), ("parallel residual", m.parallel), ("dtype", str(m.dtype)),
-                 ("device", str(m.device))]:
+                 ("checkpoint dtype", m.source.get("checkpoint_dtype", "-")), ("device", str(m.device))]:
         t.add_row(f"[bold]{k}[/bold]", str(v))
     console.print(t)
-    from ..hooks.points import BLOCK_KINDS, GLOBAL_POINTS
-
     console.print(f"[bold]hook points[/bold]: {', '.join(GLOBAL_POINTS)}, and for each layer i in "
                   f"0..{m.n_layers - 1}: " + ", ".join(f"blocks.{{i}}.{k}" for k in BLOCK_KINDS))
     console.print(f"({len(m.hook_points)} in all)")
@@ -58,26 +71,39 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
 @app.command()
 def lens(
     model: ModelArg,
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt text (repeat for a batch).")],
-    points: Annotated[list[str] | None, typer.Option("--points", help="Hook points or kinds, comma-separated "
-                                                     "(default: resid_post,attn_out,mlp_out).")] = None,
-    position: Annotated[int, typer.Option(help="Token position over real tokens (-1 = last).")] = -1,
-    top_k: Annotated[int, typer.Option("--top-k", help="Tokens per layer.")] = 5,
-    target: Annotated[str | None, typer.Option(help="Target token (one token, e.g. ' Paris') or id.")] = None,
-    chat: Annotated[bool, typer.Option(help="Wrap each prompt in the chat template.")] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full result as JSON.")] = None,
-    html_out: Annotated[Path | None, typer.Option("--html", help="Write an offline HTML page.")] = None,
+    prompt: Annotated[list[str], opt("--prompt", "-p", help="Prompt text (repeat for a batch).", metavar="TEXT")],
+    points: Annotated[list[str] | None, opt("--points", metavar="POINTS", help="Hook points or kinds, "
+                                            "comma-separated [default: resid_post,attn_out,mlp_out].")] = None,
+    position: Annotated[int, opt("--position", metavar="INDEX", help="Token position over real tokens "
+                                                                      "(-1 = last).")] = -1,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="Tokens per layer.")] = 5,
+    target: Annotated[str | None, opt("--target", metavar="TOKEN", help="Target token (one token, e.g. ' Paris') "
+                                                                          "or its id.")] = None,
+    chat: Annotated[bool, opt("--chat/--no-chat", help="Wrap each prompt in the chat template.")] = False,
+    json_out: Annotated[Path | None, opt("--json", metavar="FILE", help="Write the full result as JSON.")] = None,
+    html_out: Annotated[Path | None, opt("--html", metavar="FILE", help="Write an offline HTML page.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Logit lens: decode hook points through the final norm and unembedding, layer by layer."""
+    from rich.table import Table
+
     from ..jobs.lens import DEFAULT_POINTS
     from ..jobs.lens import lens as run_lens
 
+    pts = split_list(points) or [DEFAULT_POINTS]
+    checks.point_syntax(pts)
+    checks.positive(top_k, "--top-k")
+    checks.output_file(json_out, "--json file")
+    checks.output_file(html_out, "--html file")
+    if any(not p.strip() for p in prompt):
+        from ..errors import InputError
+
+        raise InputError("a --prompt is empty; give some text")
     m = load(model, dtype, device, gguf_file)
-    res = run_lens(m, prompt, points=split_list(points) or DEFAULT_POINTS, position=position, top_k=top_k,
-                   target=target, chat=chat, json_out=json_out, html_out=html_out)
+    res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
+                   json_out=json_out, html_out=html_out)
     for b, p in enumerate(res.prompts):
         title = f"{p!r} at position {position} ({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}"
         if res.target_token is not None:
@@ -105,17 +131,55 @@ def lens(
         console.print(table)
     for path in (json_out, html_out):
         if path:
-            err_console.print(f"wrote {path}")
+            err_console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()
 def demo(
-    out: Annotated[Path | None, typer.Option(help="Report folder (default: runs/demo-<time>).")] = None,
-    model: Annotated[str, typer.Option(help="Model to run the demo on.")] = "HuggingFaceTB/SmolLM2-135M-Instruct",
+    out: Annotated[Path | None, opt("--out", metavar="DIR", help="Report folder [default: runs/demo-<time>].")]
+    = None,
+    model: Annotated[str, opt("--model", metavar="MODEL", help="Model to run the demo on.")]
+    = "HuggingFaceTB/SmolLM2-135M-Instruct",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Run the demo on a real model and write a report folder (JSON, PNG, offline HTML)."""
+    """Run the demo on a real model and write a report folder (JSON, PNG, offline HTML); about a minute on a CPU."""
     from ..demo import run_demo
 
-    run_demo(out, model_name=model, dtype=dtype, device=device, log=lambda s: err_console.print(s))
+    checks.output_dir(out, "--out folder")
+    checks.device(device)
+    path = run_demo(out, model_name=model, dtype=dtype, device=device)
+    wrote(path / "index.html")
+
+
+def _register() -> None:
+    """Command groups and commands after the foundation ones, in workflow order."""
+    from . import analysis, lfp, sae, steer
+
+    app.add_typer(steer.app, name="steer")
+    app.command("layers")(analysis.layers_cmd)
+    app.add_typer(analysis.compare_app, name="compare")
+    app.command("project-vocab")(analysis.project_vocab)
+    app.command("diverge")(analysis.diverge)
+    app.add_typer(sae.acts_app, name="acts")
+    app.add_typer(sae.sae_app, name="sae")
+    app.add_typer(lfp.finetune_app, name="finetune")
+    app.add_typer(lfp.lfp_app, name="lfp")
+    app.command("report")(report)
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by actlab.", metavar="RUN_DIR",
+                                            show_default=False)],
+    out: Annotated[Path | None, opt("--out", metavar="FILE", help="Output HTML [default: RUN_DIR/report.html]."
+                                    )] = None,
+) -> None:
+    """Build one self-contained offline HTML page for everything a run directory holds."""
+    from ..report.run_report import build_report
+
+    checks.input_dir(run_dir, "run directory")
+    checks.output_file(out, "--out file")
+    wrote(build_report(run_dir, out))
+
+
+_register()

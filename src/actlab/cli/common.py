@@ -1,33 +1,79 @@
-"""Options and helpers shared by the CLI commands."""
+"""Options, checks and helpers shared by the CLI commands. The CLI is the edge: it parses flags, checks them
+before any model loads (:mod:`actlab.checks`), calls one job and prints; nothing here computes."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+from .. import checks
+from .output import console, err_console, raw
+
+__all__ = ["checks", "console", "err_console", "raw"]
+
+LAYER_HELP = "Layers: all, 4, 4,8,12, 4-12 or 4-12:2 (inclusive; negative counts from the end)."
 
 ModelArg = Annotated[str, typer.Argument(help="Hub id, local folder, GGUF file, or a short name found in "
-                                              "ACTLAB_MODELS_DIR.")]
-DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16, float16 or auto "
-                                                              "(default: float32 on CPU, auto on GPU).")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if "
-                                                                "available).")]
-GgufOpt = Annotated[str | None, typer.Option("--gguf-file", help="GGUF file name inside a model folder.")]
+                                              "ACTLAB_MODELS_DIR.", metavar="MODEL", show_default=False)]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", metavar="DTYPE", help="float32, bfloat16, float16 or "
+                                              "auto (default: float32 on CPU, the checkpoint's on a GPU).")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cpu, cuda, cuda:N or mps "
+                                               "(default: cuda when available, else cpu).")]
+GgufOpt = Annotated[str | None, typer.Option("--gguf-file", metavar="NAME", help="GGUF file name inside a model "
+                                             "folder.")]
+DeviceMapOpt = Annotated[str | None, typer.Option("--device-map", metavar="MAP", help="'auto' spreads a model too "
+                                                  "large for one GPU over the GPUs (accelerate).")]
+MaxMemOpt = Annotated[str | None, typer.Option("--max-memory", metavar="SPEC", help="With --device-map auto: memory "
+                                               "per device, e.g. 0:20GiB,1:20GiB,cpu:64GiB.")]
+LayersOpt = Annotated[str | None, typer.Option("--layers", metavar="LAYERS", help=LAYER_HELP)]
+ChatOpt = Annotated[bool | None, typer.Option("--chat/--no-chat", help="Use the chat template (default: when the "
+                                              "tokenizer has one).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", metavar="N", help="Use at most this many items.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", metavar="N", help="Prompts per forward pass.")]
 
 
-def load(model: str, dtype: str | None, device: str | None, gguf_file: str | None = None, **kw: Any):
-    """Load a model with a status spinner."""
-    from transformers.utils import logging as hf_logging
+def opt(*names: str, help: str, metavar: str | None = None, hidden: bool = False, **kw: Any) -> Any:
+    """``typer.Option`` with a conventional metavar."""
+    return typer.Option(*names, help=help, metavar=metavar, hidden=hidden, **kw)
 
+
+def deprecated(old: str, new: str) -> None:
+    logging.getLogger("actlab").warning(f"{old} is deprecated and will be removed in the next release; use {new}")
+
+
+def load(model: str, dtype: str | None, device: str | None, gguf_file: str | None = None, *,
+         device_map: str | None = None, max_memory: str | None = None, **kw: Any):
+    """Load a model (checked device and dtype first; loading reports its own progress)."""
     from ..models import load_model
+    from ..models.loading import parse_dtype
 
-    hf_logging.disable_progress_bar()  # the spinner below says what is happening
-    with err_console.status(f"loading {model} ..."):
-        return load_model(model, dtype=dtype, device=device, gguf_file=gguf_file, **kw)
+    checks.device(device)
+    parse_dtype(dtype)
+    if max_memory is not None:
+        kw["max_memory"] = parse_max_memory(max_memory)
+        device_map = device_map or "auto"
+    if device_map is not None:
+        checks.choice(device_map, "--device-map", ("auto", "balanced", "balanced_low_0", "sequential"))
+        kw["device_map"] = device_map
+    return load_model(model, dtype=dtype, device=device, gguf_file=gguf_file, **kw)
+
+
+def parse_max_memory(spec: str) -> dict[Any, str]:
+    """``0:20GiB,1:20GiB,cpu:64GiB`` -> accelerate's max_memory mapping."""
+    from ..errors import InputError
+
+    out: dict[Any, str] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        dev, _, size = part.partition(":")
+        if not size or not (dev.isdigit() or dev in ("cpu", "mps", "disk")):
+            raise InputError(f"cannot read --max-memory {spec!r} at {part!r}; use e.g. 0:20GiB,1:20GiB,cpu:64GiB")
+        out[int(dev) if dev.isdigit() else dev] = size
+    if not out:
+        raise InputError(f"--max-memory {spec!r} is empty; use e.g. 0:20GiB,cpu:64GiB")
+    return out
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -46,36 +92,9 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int] | None:
 
 
 def parse_floats(spec: str, what: str = "multipliers") -> list[float]:
-    """``"-2,-1,0,1,2"`` -> floats; empty is an error."""
-    from ..errors import InputError
-
-    try:
-        vals = [float(x) for x in spec.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise InputError(f"cannot read {what} from {spec!r}; use e.g. -2,-1,0,1,2") from None
-    if not vals:
-        raise InputError(f"the {what} grid {spec!r} is empty")
-    return vals
+    """``"-2,-1,0,1,2"`` -> finite floats (an empty list, NaN or infinity is an error)."""
+    return checks.numbers(spec, what)
 
 
-class progress_bar:
-    """A rich progress bar on stderr; ``with progress_bar("extracting", total) as advance: advance(n)``."""
-
-    def __init__(self, description: str, total: int | None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=err_console, transient=False)
-        self.description, self.total = description, total
-
-    def __enter__(self):
-        self.progress.start()
-        task = self.progress.add_task(self.description, total=self.total)
-
-        def advance(n: int = 1, description: str | None = None) -> None:
-            self.progress.update(task, advance=n, **({"description": description} if description else {}))
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+def wrote(*paths: Path | str) -> None:
+    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False, soft_wrap=True)

@@ -7,94 +7,117 @@ from typing import Annotated
 
 import typer
 
-from .common import DeviceOpt, DtypeOpt, ModelArg, console, err_console, load
+from .common import DeviceOpt, DtypeOpt, ModelArg, checks, console, load, opt, raw, wrote
 
-finetune_app = typer.Typer(help="Fine-tune with feedback (TRL): lexicon-reward RL or DPO.", no_args_is_help=True)
-lfp_app = typer.Typer(help="The Learned-Feedback-Patterns pipeline (resumable run directory).", no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune with feedback (TRL): lexicon-reward RL or DPO.", no_args_is_help=True,
+                           rich_markup_mode=None)
+lfp_app = typer.Typer(help="The Learned-Feedback-Patterns pipeline (resumable run directory).", no_args_is_help=True,
+                      rich_markup_mode=None)
+OutDir = Annotated[Path, opt("--out", metavar="DIR", help="Run folder (model/, finetune.json, finetune.png, "
+                                                          "run.json).")]
 
 
 @finetune_app.command("rl")
 def finetune_rl(
     model: ModelArg,
-    data: Annotated[Path, typer.Option(help="IMDb CSV (review prefixes are the prompts).")],
-    out: Annotated[Path, typer.Option(help="Output folder (model/, finetune.json, finetune.png).")],
-    preset: Annotated[str, typer.Option(help="study (batch 64, KL 0.5, lr 1e-6, clip 1) or tiny.")] = "study",
-    method: Annotated[str | None, typer.Option(help="grpo or rloo.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Override max steps.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Override the learning rate.")] = None,
-    beta: Annotated[float | None, typer.Option(help="Override the KL coefficient.")] = None,
+    data: Annotated[Path, opt("--data", metavar="FILE", help="IMDb CSV (review prefixes are the prompts).")],
+    out: OutDir,
+    preset: Annotated[str, opt("--preset", metavar="NAME", help="tiny (minutes on a CPU) or study (batch 64, KL "
+                                                                 "0.5, lr 1e-6, clip 1; a GPU).")] = "study",
+    method: Annotated[str | None, opt("--method", metavar="METHOD", help="grpo or rloo [default: grpo].")] = None,
+    steps: Annotated[int | None, opt("--steps", metavar="N", help="Override the preset's steps.")] = None,
+    lr: Annotated[float | None, opt("--lr", metavar="X", help="Override the learning rate.")] = None,
+    beta: Annotated[float | None, opt("--beta", metavar="X", help="Override the KL coefficient.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """RL with the VADER-lexicon reward and a KL penalty (GRPO/RLOO; see docs/lfp.md for the PPO deviation)."""
-    from ..errors import InputError
+    from ..configs import build_config
     from ..finetune import RL_PRESETS
+    from ..finetune.rl import RLConfig
     from ..jobs import finetune_rl
 
-    if preset not in RL_PRESETS:
-        raise InputError(f"unknown preset {preset!r}; valid: {', '.join(RL_PRESETS)}")
-    cfg = RL_PRESETS[preset].model_copy(update={k: v for k, v in {"method": method, "max_steps": steps, "lr": lr,
-                                                                  "beta": beta}.items() if v is not None})
+    checks.choice(preset, "--preset", list(RL_PRESETS))
+    checks.input_file(data, "--data file")
+    checks.output_dir(out, "--out folder")
+    overrides = {k: v for k, v in {"method": method, "max_steps": steps, "lr": lr, "beta": beta}.items()
+                 if v is not None}
+    cfg = build_config(RLConfig, {**RL_PRESETS[preset].model_dump(), **overrides}, "RL")  # validated
     m = load(model, dtype, device)
     res = finetune_rl(m, data, out, cfg)
     h = res["history"]
     if h:
         console.print(f"reward {h[0].get('reward', float('nan')):.3f} -> {h[-1].get('reward', float('nan')):.3f}, "
-                      f"KL {h[-1].get('kl', float('nan')):.4f} after {h[-1]['step']} steps")
-    console.print(f"wrote {out}/model (HF format), finetune.json, finetune.png")
+                      f"KL {h[-1].get('kl', float('nan')):.4f} after {h[-1]['step']} steps", highlight=False)
+    wrote(f"{out}/model (HF format, the checkpoint's dtype)", "finetune.json", "finetune.png")
 
 
 @finetune_app.command("dpo")
 def finetune_dpo(
     model: ModelArg,
-    data: Annotated[Path, typer.Option(help="HH-RLHF JSONL(.gz) or prompt/chosen/rejected JSONL.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    swap: Annotated[bool, typer.Option(help="Swap preferred and dispreferred answers.")] = False,
-    steps: Annotated[int, typer.Option(help="Max steps.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-7,
-    beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.1,
-    max_length: Annotated[int, typer.Option(help="Max tokens per example.")] = 512,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many pairs.")] = None,
+    data: Annotated[Path, opt("--data", metavar="FILE", help="HH-RLHF JSONL(.gz) or prompt/chosen/rejected "
+                                                              "JSONL.")],
+    out: OutDir,
+    swap: Annotated[bool, opt("--swap", help="Swap preferred and dispreferred answers.")] = False,
+    steps: Annotated[int, opt("--steps", metavar="N", help="Max steps.")] = 200,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Pairs per step.")] = 8,
+    lr: Annotated[float, opt("--lr", metavar="X", help="Learning rate.")] = 5e-7,
+    beta: Annotated[float, opt("--beta", metavar="X", help="DPO beta.")] = 0.1,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Max tokens per example.")] = 512,
+    limit: Annotated[int | None, opt("--limit", metavar="N", help="Use at most this many pairs.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """DPO on preference pairs; reports preference accuracy and a KL estimate over steps."""
+    from ..configs import build_config
     from ..finetune import DPOSettings
     from ..jobs import finetune_dpo
 
+    checks.input_file(data, "--data file")
+    checks.output_dir(out, "--out folder")
+    checks.positive(limit, "--limit")
+    cfg = build_config(DPOSettings, {"max_steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta,
+                                     "max_length": max_length}, "DPO")
     m = load(model, dtype, device)
-    res = finetune_dpo(m, data, out, DPOSettings(max_steps=steps, batch_size=batch_size, lr=lr, beta=beta,
-                                                 max_length=max_length), swap=swap, limit=limit)
+    res = finetune_dpo(m, data, out, cfg, swap=swap, limit=limit)
     h = res["history"]
     if h:
         console.print(f"preference accuracy {h[-1].get('preference_accuracy', float('nan')):.3f}, KL estimate "
-                      f"{h[-1].get('kl_estimate', float('nan')):.4f} after {h[-1]['step']} steps")
-    console.print(f"wrote {out}/model (HF format), finetune.json, finetune.png")
+                      f"{h[-1].get('kl_estimate', float('nan')):.4f} after {h[-1]['step']} steps", highlight=False)
+    wrote(f"{out}/model (HF format, the checkpoint's dtype)", "finetune.json", "finetune.png")
 
 
-ConfigArg = Annotated[Path, typer.Argument(help="LFP config (YAML).")]
+ConfigArg = Annotated[Path, typer.Argument(help="LFP config (YAML).", metavar="CONFIG", show_default=False)]
+
+
+def _config(path: Path):
+    from ..lfp import load_config
+
+    checks.input_file(path, "config file")
+    return load_config(path)
 
 
 @lfp_app.command("run")
 def lfp_run(config: ConfigArg,
-            force: Annotated[bool, typer.Option(help="Re-run stages that finished before.")] = False) -> None:
+            force: Annotated[bool, opt("--force", help="Re-run stages that finished before.")] = False) -> None:
     """Run every stage, skipping those already finished in the run directory."""
-    from ..lfp import load_config, run_pipeline
+    from ..lfp import run_pipeline
 
-    cfg = load_config(config)
-    run_pipeline(cfg, force=force, log=lambda s: err_console.print(s, highlight=False))
-    console.print(f"done: {cfg.run_dir}/report.html")
+    cfg = _config(config)
+    run_pipeline(cfg, force=force)
+    wrote(f"{cfg.run_dir}/report.html")
 
 
 @lfp_app.command("preset")
 def lfp_preset(
-    name: Annotated[str, typer.Argument(help="tiny or paper.")],
-    run_dir: Annotated[str, typer.Option(help="Run folder to write into the config.")] = "runs/lfp",
-    data: Annotated[str | None, typer.Option(help="Text dataset (IMDb CSV).")] = None,
-    base_model: Annotated[str | None, typer.Option(help="Base model.")] = None,
+    name: Annotated[str, typer.Argument(help="tiny (a CPU, about a minute) or paper (the study's settings; a "
+                                             "GPU).", metavar="NAME", show_default=False)],
+    run_dir: Annotated[str, opt("--run-dir", metavar="DIR", help="Run folder to write into the config.")]
+    = "runs/lfp",
+    data: Annotated[str | None, opt("--data", metavar="FILE", help="Text dataset (IMDb CSV).")] = None,
+    base_model: Annotated[str | None, opt("--base-model", metavar="MODEL", help="Base model.")] = None,
 ) -> None:
-    """Print a starting config for a preset (redirect it to a file and edit)."""
+    """Print a starting config for a preset (redirect it to a file and edit); written raw, never wrapped."""
     from ..lfp.config import preset_yaml
 
     fields = {"run_dir": run_dir}
@@ -102,14 +125,14 @@ def lfp_preset(
         fields["base_model"] = base_model
     if data:
         fields["data"] = data
-    console.print(preset_yaml(name, **fields), end="", highlight=False, markup=False)
+    raw(preset_yaml(name, **fields))
 
 
 def _stage_command(stage: str):
     def cmd(config: ConfigArg) -> None:
-        from ..lfp import load_config, run_stage
+        from ..lfp import run_stage
 
-        run_stage(load_config(config), stage, log=lambda s: err_console.print(s, highlight=False))
+        run_stage(_config(config), stage)
 
     cmd.__doc__ = f"Run only the '{stage}' stage."
     return cmd

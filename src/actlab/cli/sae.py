@@ -3,110 +3,169 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, console, load, progress_bar, split_list
+from .common import (
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GgufOpt,
+    LimitOpt,
+    MaxMemOpt,
+    ModelArg,
+    checks,
+    console,
+    deprecated,
+    load,
+    opt,
+    split_list,
+    wrote,
+)
 
-acts_app = typer.Typer(help="Cache activations to disk (sharded safetensors + manifest).", no_args_is_help=True)
-sae_app = typer.Typer(help="Train, evaluate and inspect sparse autoencoders.", no_args_is_help=True)
+acts_app = typer.Typer(help="Cache activations to disk (sharded safetensors + manifest, resumable).",
+                       no_args_is_help=True, rich_markup_mode=None)
+sae_app = typer.Typer(help="Train, evaluate and inspect sparse autoencoders.", no_args_is_help=True,
+                      rich_markup_mode=None)
+OutDir = Annotated[Path, opt("--out", metavar="DIR", help="Output folder (with run.json).")]
 
 
 @acts_app.command("cache")
 def cache(
     model: ModelArg,
-    data: Annotated[Path, typer.Option(help="Texts: JSONL/JSON, CSV, plain text, or a saved HF dataset folder.")],
-    points: Annotated[list[str], typer.Option("--points", help="Hook points (comma-separated or repeated).")],
-    out: Annotated[Path, typer.Option(help="Cache folder.")],
-    field: Annotated[str | None, typer.Option(help="Text field/column (default: text, review, ...).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many texts.")] = None,
-    cache_dtype: Annotated[str, typer.Option("--cache-dtype", help="float32, float16 or bfloat16.")] = "float32",
-    max_length: Annotated[int, typer.Option(help="Truncate texts to this many tokens.")] = 256,
-    shard_tokens: Annotated[int, typer.Option(help="Tokens per shard file.")] = 65536,
-    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 16,
-    keep_bos: Annotated[bool, typer.Option(help="Keep the BOS token's activations.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
-    device_map: Annotated[str | None, typer.Option(help="'auto' spreads a large model over the GPUs "
-                                                        "(accelerate).")] = None,
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Texts: JSONL/JSON, CSV, plain text, or a saved HF "
+                                                              "dataset folder.")],
+    points: Annotated[list[str], opt("--points", metavar="POINTS", help="Hook points (comma-separated or "
+                                                                         "repeated).")],
+    out: Annotated[Path, opt("--out", metavar="DIR", help="Cache folder.")],
+    field: Annotated[str | None, opt("--field", metavar="NAME", help="Text field/column [default: text, review, "
+                                                                      "content...].")] = None,
+    limit: LimitOpt = None,
+    cache_dtype: Annotated[str, opt("--cache-dtype", metavar="DTYPE", help="float32, float16 or bfloat16.")]
+    = "float32",
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Truncate texts to this many tokens.")] = 256,
+    shard_tokens: Annotated[int, opt("--shard-tokens", metavar="N", help="Tokens per shard file.")] = 65536,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Texts per forward pass.")] = 16,
+    keep_bos: Annotated[bool, opt("--keep-bos/--drop-bos", help="Keep the BOS token's activations.")] = False,
+    overwrite: Annotated[bool, opt("--overwrite", help="Start over instead of resuming.")] = False,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Stream a text dataset through the model and write hook-point activations (resumable)."""
     from ..jobs import cache_acts
+    from ..sae.store import DTYPES
 
-    m = load(model, dtype, device, gguf_file, **({"device_map": device_map} if device_map else {}))
-    with progress_bar("caching texts", limit) as advance:
-        man = cache_acts(m, data, split_list(points), out, field=field, limit=limit, dtype=cache_dtype,
-                         batch_size=batch_size, shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
-                         overwrite=overwrite, progress=advance)
+    pts = split_list(points)
+    checks.point_syntax(pts)
+    checks.input_path(data, "--data")
+    checks.output_dir(out, "--out folder")
+    checks.choice(cache_dtype, "--cache-dtype", list(DTYPES))
+    for v, what in ((limit, "--limit"), (max_length, "--max-length"), (shard_tokens, "--shard-tokens"),
+                    (batch_size, "--batch-size")):
+        checks.positive(v, what)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    man = cache_acts(m, data, pts, out, field=field, limit=limit, dtype=cache_dtype, batch_size=batch_size,
+                     shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos, overwrite=overwrite)
     console.print(f"wrote {out}: {man['n_tokens']} tokens x {len(man['points'])} points in {len(man['shards'])} "
-                  f"shards ({cache_dtype})")
+                  f"shards ({cache_dtype})", highlight=False)
+
+
+def _train_default(field: str) -> Any:
+    from ..sae.config import TrainConfig
+
+    return TrainConfig.model_fields[field].default
 
 
 @sae_app.command("train")
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run spec (flags override it).")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Activation cache folder.")] = None,
-    point: Annotated[str | None, typer.Option(help="Hook point to train on.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
-    model: Annotated[str | None, typer.Option(help="For on-the-fly activations (with --data).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Texts for on-the-fly activations.")] = None,
-    expansion: Annotated[str | None, typer.Option(help="Dictionary widths as multiples of d_in, e.g. 1,2.")] = None,
-    l1: Annotated[str | None, typer.Option(help="L1 coefficients, e.g. 1e-3 (one per width or one for all).")]
+    config: Annotated[Path | None, opt("--config", "-c", metavar="FILE", help="YAML run spec (the flags below "
+                                       "override it).")] = None,
+    cache: Annotated[Path | None, opt("--cache", metavar="DIR", help="Activation cache folder.")] = None,
+    point: Annotated[str | None, opt("--point", metavar="POINT", help="Hook point to train on, e.g. "
+                                     "blocks.1.mlp_out.")] = None,
+    out: Annotated[Path | None, opt("--out", metavar="DIR", help="Run folder.")] = None,
+    model: Annotated[str | None, opt("--model", metavar="MODEL", help="For on-the-fly activations (with "
+                                     "--data).")] = None,
+    data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts for on-the-fly activations.")] = None,
+    expansion: Annotated[str | None, opt("--expansion", metavar="LIST", help="Dictionary widths as multiples of "
+                                         "d_in, e.g. 1,2 [default: 1].")] = None,
+    l1: Annotated[str | None, opt("--l1", metavar="LIST", help="L1 coefficients, one per width or one for all "
+                                  "[default: 1e-3].")] = None,
+    architecture: Annotated[str | None, opt("--architecture", metavar="ARCH", help="relu or topk [default: "
+                                            "relu].")] = None,
+    k: Annotated[int | None, opt("--k", metavar="K", help="k for TopK.")] = None,
+    aux_k_coefficient: Annotated[float | None, opt("--aux-k-coefficient", metavar="X", help="TopK: weight of the "
+                                                   "auxiliary loss on dead features [default: 1/32; 0 = off].")]
     = None,
-    architecture: Annotated[str | None, typer.Option(help="relu or topk.")] = None,
-    k: Annotated[int | None, typer.Option(help="k for TopK.")] = None,
-    aux_k_coefficient: Annotated[float | None, typer.Option(
-        help="TopK: weight of the auxiliary loss that trains dead features (default 1/32; 0 = off).")] = None,
-    tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Tie decoder to encoder.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tokens per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume from the run folder's latest checkpoint.")] = True,
-    device: Annotated[str | None, typer.Option(help="Device for the dictionaries.")] = None,
+    tied: Annotated[bool | None, opt("--tied/--untied", help="Tie decoder to encoder [default: untied].")] = None,
+    steps: Annotated[int | None, opt("--steps", metavar="N", help="Training steps [default: "
+                                     f"{_train_default('steps')}].")] = None,
+    batch_size: Annotated[int | None, opt("--batch-size", metavar="N", help="Tokens per batch [default: "
+                                          f"{_train_default('batch_size')}].")] = None,
+    lr: Annotated[float | None, opt("--lr", metavar="X", help=f"Learning rate [default: {_train_default('lr')}].")]
+    = None,
+    seed: Annotated[int | None, opt("--seed", metavar="N", help="Seed [default: 0].")] = None,
+    checkpoint_every: Annotated[int | None, opt("--checkpoint-every", metavar="N", help="Steps between checkpoints "
+                                                "[default: none].")] = None,
+    resume: Annotated[bool, opt("--resume/--no-resume", help="Resume from the run folder's latest checkpoint.")]
+    = True,
+    overwrite: Annotated[bool, opt("--overwrite", help="Start over, deleting earlier checkpoints and "
+                                   "dictionaries.")] = False,
+    resume_anyway: Annotated[bool, opt("--resume-anyway", help="Continue a checkpoint trained with other settings "
+                                       "(both are recorded).")] = False,
+    device: Annotated[str | None, opt("--device", metavar="DEVICE", help="Device for the dictionaries [default: "
+                                      "cpu].")] = None,
 ) -> None:
     """Train several dictionaries together on one activation stream (YAML config or flags)."""
     from ..errors import InputError
     from ..jobs import train_saes as train_job
+    from ..sae.dictionary import TRAINABLE
     from ..sae.spec import DictionarySpec, load_spec
     from ..sae.train import rank_and_world
 
-    overrides = {"cache": cache, "point": point, "out": out, "model": model, "data": data, "device": device,
-                 "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
-                 "train.checkpoint_every": checkpoint_every, "train.aux_k_coefficient": aux_k_coefficient}
+    if config is None and point is None:
+        raise InputError("give --config FILE or at least --point and --cache (or --model and --data)")
+    checks.input_file(config, "--config file")
+    checks.input_dir(cache, "--cache folder")
+    checks.input_path(data, "--data")
+    checks.point_syntax(point)
+    checks.output_dir(out, "--out folder")
+    checks.device(device)
+    for v, what in ((steps, "--steps"), (batch_size, "--batch-size"), (lr, "--lr"), (k, "--k"),
+                    (checkpoint_every, "--checkpoint-every")):
+        checks.positive(v, what)
+    checks.non_negative(aux_k_coefficient, "--aux-k-coefficient")
+    if architecture is not None:
+        checks.choice(architecture, "--architecture", TRAINABLE)
+    overrides: dict[str, Any] = {
+        "cache": cache, "point": point, "out": out, "model": model, "data": data, "device": device,
+        "train.steps": steps, "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
+        "train.checkpoint_every": checkpoint_every, "train.aux_k_coefficient": aux_k_coefficient}
     if expansion or l1 or architecture or k or tied is not None:
-        widths = [float(x) for x in (expansion or "1").split(",")]
-        l1s = [float(x) for x in (l1 or "1e-3").split(",")]
+        widths = [checks.positive(x, "--expansion") for x in checks.numbers(expansion or "1", "--expansion")]
+        l1s = [checks.non_negative(x, "--l1") for x in checks.numbers(l1 or "1e-3", "--l1")]
         if len(l1s) not in (1, len(widths)):
             raise InputError(f"--l1 gives {len(l1s)} values for {len(widths)} widths; give one or one per width")
         overrides["dictionaries"] = [DictionarySpec(expansion=w, l1_coefficient=l1s[i if len(l1s) > 1 else 0],
                                                     architecture=architecture or "relu", k=k, tied=bool(tied))
                                      for i, w in enumerate(widths)]
-    if config is None and point is None:
-        raise InputError("give --config FILE or at least --point and --cache (or --model and --data)")
-    spec = load_spec(config, overrides)
+    spec = load_spec(config, overrides)  # the whole spec is checked (unknown keys, ranges) before anything loads
     rank, _ = rank_and_world()
     m = load(spec.model, None, None) if spec.cache is None and spec.model else None
-    first = spec.dictionaries[0].name or None
-    with progress_bar("training", spec.train.steps) as advance:
-        def on_step(row: dict) -> None:
-            c = first or next(k for k, v in row.items() if isinstance(v, dict))
-            advance(1, description=f"training: {c} loss {row[c]['loss']:.4g} L0 {row[c]['l0']:.1f} "
-                                   f"dead {row[c]['dead']:.2f}")
-
-        res = train_job(spec, model=m, resume=resume, progress=on_step if rank == 0 else None)
+    res = train_job(spec, model=m, resume=resume, overwrite=overwrite, resume_anyway=resume_anyway)
     if rank != 0:
         return
     _print_metrics(res.metrics)
-    console.print(f"wrote {spec.out}/saes/, sae_metrics.json, train_log.jsonl")
+    wrote(f"{spec.out}/saes/", "sae_metrics.json", "train_log.jsonl")
 
 
-def _print_metrics(metrics) -> None:
+def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title="dictionaries")
     cols = ["explained_variance", "mse", "l0", "dead_fraction", "dense_fraction", "loss_recovered"]
     t.add_column("dictionary")
@@ -119,15 +178,20 @@ def _print_metrics(metrics) -> None:
 
 @sae_app.command("eval")
 def evaluate(
-    saes: Annotated[list[Path], typer.Argument(help="Dictionary folders.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    cache: Annotated[Path | None, typer.Option(help="Activation cache for reconstruction metrics.")] = None,
-    model: Annotated[str | None, typer.Option(help="Model for the downstream loss (with --data).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Texts for the downstream loss.")] = None,
-    n_texts: Annotated[int, typer.Option(help="Texts for the downstream loss.")] = 32,
-    max_batches: Annotated[int, typer.Option(help="Cache batches to evaluate on.")] = 16,
-    batch_size: Annotated[int, typer.Option(help="Tokens per cache batch.")] = 4096,
-    max_length: Annotated[int, typer.Option(help="Tokens per text for the downstream loss.")] = 128,
+    saes: Annotated[list[Path], typer.Argument(help="Dictionary folders.", metavar="SAE...", show_default=False)],
+    out: OutDir,
+    cache: Annotated[Path | None, opt("--cache", metavar="DIR", help="Activation cache for reconstruction "
+                                      "metrics.")] = None,
+    model: Annotated[str | None, opt("--model", metavar="MODEL", help="Model for the downstream loss (with "
+                                     "--data).")] = None,
+    data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts for the downstream loss.")] = None,
+    limit: Annotated[int, opt("--limit", metavar="N", help="Texts for the downstream loss.")] = 32,
+    n_texts: Annotated[int | None, opt("--n-texts", metavar="N", help="Deprecated: use --limit.", hidden=True)]
+    = None,
+    max_batches: Annotated[int, opt("--max-batches", metavar="N", help="Cache batches to evaluate on.")] = 16,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Tokens per cache batch.")] = 4096,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text for the downstream loss.")]
+    = 128,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -135,52 +199,91 @@ def evaluate(
     from ..errors import InputError
     from ..jobs import evaluate_saes
 
+    if n_texts is not None:
+        deprecated("--n-texts", "--limit")
+        limit = n_texts
     if cache is None and (model is None or data is None):
         raise InputError("give --cache and/or --model with --data")
+    for s in saes:
+        checks.input_dir(s, "dictionary folder")
+    checks.output_dir(out, "--out folder")
+    checks.input_dir(cache, "--cache folder")
+    checks.input_path(data, "--data")
+    for v, what in ((limit, "--limit"), (max_batches, "--max-batches"), (batch_size, "--batch-size"),
+                    (max_length, "--max-length")):
+        checks.positive(v, what)
     m = load(model, dtype, device) if model else None
-    metrics = evaluate_saes(saes, out, cache=cache, model=m, data=data, n_texts=n_texts, max_batches=max_batches,
+    metrics = evaluate_saes(saes, out, cache=cache, model=m, data=data, n_texts=limit, max_batches=max_batches,
                             batch_size=batch_size, max_length=max_length)
     _print_metrics(metrics)
-    console.print(f"wrote {out}/sae_eval.json")
+    wrote(out / "sae_eval.json")
 
 
 @sae_app.command("overlap")
 def overlap_cmd(
-    a: Annotated[Path, typer.Argument(help="First dictionary folder.")],
-    b: Annotated[Path, typer.Argument(help="Second dictionary folder.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    top: Annotated[int, typer.Option(help="Most similar pairs to list.")] = 20,
-    hungarian: Annotated[bool, typer.Option(help="Also the Hungarian-matched mean cosine.")] = True,
+    a: Annotated[Path, typer.Argument(help="First dictionary folder.", metavar="SAE_A", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="Second dictionary folder.", metavar="SAE_B", show_default=False)],
+    out: OutDir,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="Most similar pairs to list.")] = 20,
+    top: Annotated[int | None, opt("--top", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
+    hungarian: Annotated[bool, opt("--hungarian/--no-hungarian", help="Also the Hungarian-matched mean cosine.")]
+    = True,
 ) -> None:
     """Mean max cosine (greedy and Hungarian) between two dictionaries' decoder directions."""
     from ..jobs import sae_overlap
 
-    res = sae_overlap(a, b, out, top_k=top, hungarian=hungarian)
+    if top is not None:
+        deprecated("--top", "--top-k")
+        top_k = top
+    checks.input_dir(a, "dictionary folder")
+    checks.input_dir(b, "dictionary folder")
+    checks.output_dir(out, "--out folder")
+    checks.positive(top_k, "--top-k")
+    res = sae_overlap(a, b, out, top_k=top_k, hungarian=hungarian)
     console.print(f"mean max cos A->B {res['mean_max_cos_a_to_b']:.4f}, B->A {res['mean_max_cos_b_to_a']:.4f}"
-                  + (f", Hungarian {res['hungarian_mean_cos']:.4f}" if "hungarian_mean_cos" in res else ""))
-    console.print(f"wrote {out}/overlap.json")
+                  + (f", Hungarian {res['hungarian_mean_cos']:.4f}" if "hungarian_mean_cos" in res else ""),
+                  highlight=False)
+    wrote(out / "overlap.json")
 
 
 @sae_app.command("top-examples")
 def top_examples_cmd(
-    sae: Annotated[Path, typer.Argument(help="Dictionary folder.")],
     model: ModelArg,
-    data: Annotated[Path, typer.Option(help="Texts to search.")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
-    features: Annotated[str | None, typer.Option(help="Features, e.g. 0,5,9 (default: the most active).")] = None,
-    n_features: Annotated[int, typer.Option(help="How many features when --features is not given.")] = 16,
-    k: Annotated[int, typer.Option(help="Contexts per feature.")] = 8,
-    limit: Annotated[int, typer.Option(help="Texts to read.")] = 200,
-    max_length: Annotated[int, typer.Option(help="Tokens per text.")] = 128,
+    sae: Annotated[Path, typer.Argument(help="Dictionary folder.", metavar="SAE", show_default=False)],
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Texts to search.")],
+    out: OutDir,
+    features: Annotated[str | None, opt("--features", metavar="LIST", help="Features, e.g. 0,5,9 [default: the "
+                                        "most active].")] = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="How many features when --features is not given.")]
+    = 16,
+    n_features: Annotated[int | None, opt("--n-features", metavar="K", help="Deprecated: use --top-k.",
+                                          hidden=True)] = None,
+    contexts: Annotated[int, opt("--contexts", metavar="N", help="Contexts per feature.")] = 8,
+    k: Annotated[int | None, opt("--k", metavar="N", help="Deprecated: use --contexts.", hidden=True)] = None,
+    limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read.")] = 200,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Top-activating contexts per feature, as JSON and an offline HTML page with the tokens highlighted."""
     from ..jobs import top_examples
+    from .analysis import _model_first
 
-    feats = [int(x) for x in features.split(",")] if features else None
+    if n_features is not None:
+        deprecated("--n-features", "--top-k")
+        top_k = n_features
+    if k is not None:
+        deprecated("--k", "--contexts")
+        contexts = k
+    model, sae = _model_first(model, sae, "dictionary")
+    checks.input_dir(sae, "dictionary folder")
+    checks.input_path(data, "--data")
+    checks.output_dir(out, "--out folder")
+    for v, what in ((top_k, "--top-k"), (contexts, "--contexts"), (limit, "--limit"), (max_length, "--max-length")):
+        checks.positive(v, what)
+    feats = checks.integers(features, "--features") if features else None
     m = load(model, dtype, device, gguf_file)
-    ex = top_examples(sae, m, data, out, features=feats, top_k_features=n_features, contexts=k, limit=limit,
+    ex = top_examples(sae, m, data, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
                       max_length=max_length)
-    console.print(f"wrote {out}/top_examples.json and top_examples.html ({len(ex)} features)")
+    wrote(out / "top_examples.json", f"top_examples.html ({len(ex)} features)")

@@ -1,4 +1,4 @@
-"""``actlab steer ...``: extract, generate, sweep, ablate, refusal, export-gguf, import-gguf."""
+"""``actlab steer ...``: extract, generate, sweep, mix, ablate, refusal, export-gguf, import-gguf."""
 
 from __future__ import annotations
 
@@ -6,99 +6,140 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from .common import (
+    BatchOpt,
+    ChatOpt,
     DeviceOpt,
     DtypeOpt,
     GgufOpt,
+    LayersOpt,
+    LimitOpt,
     ModelArg,
+    checks,
     console,
-    err_console,
+    deprecated,
     load,
+    opt,
     parse_floats,
     parse_layers,
-    progress_bar,
+    wrote,
 )
 
-app = typer.Typer(help="Extract steering vectors, steer generation, sweep, ablate directions, find refusal.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Extract steering vectors, steer generation, sweep behaviour, mix activations, ablate "
+                       "directions, find the refusal direction.", no_args_is_help=True, rich_markup_mode=None)
 
-MinConfOpt = Annotated[float | None, typer.Option("--min-confidence", help="Anthropic persona files: keep items "
-                                                  "whose label_confidence is at least this.")]
-ChoicesOpt = Annotated[bool, typer.Option("--as-choices", help="Render Yes/No (persona) items as A/B choices "
-                                                               "(letters balanced across items).")]
-ChatOpt = Annotated[bool | None, typer.Option("--chat/--no-chat", help="Use the chat template (default: when the "
-                                                                       "tokenizer has one).")]
-LayersOpt = Annotated[str | None, typer.Option("--layers", help="Layers: all, 4,8,12, 4-12 or 4-12:2.")]
+READ_HELP = ("Read positions: answer (A/B), last, eoi (every end-of-instruction token), eoi:K, mean "
+             "[default: answer / mean / eoi by format].")
+STEER_HELP = ("Steered tokens: auto (from the end of the instruction with a chat template, else every token), "
+              "all, from_eoi or generated.")
+MinConfOpt = Annotated[float | None, opt("--min-confidence", metavar="X", help="Anthropic persona files: keep "
+                                         "items whose label_confidence is at least this.")]
+ChoicesOpt = Annotated[bool, opt("--as-choices", help="Render Yes/No (persona) items as A/B choices (letters "
+                                 "balanced across items).")]
+VectorOpt = Annotated[Path, opt("--vector", metavar="FILE", help="Steering vector (.safetensors or a GGUF "
+                                "control vector).")]
+MaxNewOpt = Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens to generate.")]
+
+
+def _steer_positions(value: str) -> str:
+    from ..hooks.interventions import check_steer_positions
+
+    return check_steer_positions(value)
 
 
 @app.command()
 def extract(
     model: ModelArg,
-    data: Annotated[Path, typer.Option(help="Dataset file (A/B JSON/JSONL, pairs JSONL, or instructions).")],
-    out: Annotated[Path, typer.Option(help="Where to write the vector (.safetensors).")],
-    format: Annotated[str, typer.Option("--format", help="ab, pairs or instructions.")] = "ab",
-    negative: Annotated[Path | None, typer.Option(help="For --format instructions: the negative set "
-                                                       "(e.g. harmless).")] = None,
-    point: Annotated[str, typer.Option(help="Hook point kind to read (resid_post, resid_pre, attn_out...).")]
-    = "resid_post",
+    data: Annotated[Path, opt("--data", metavar="FILE", help="Dataset (A/B JSON/JSONL, pairs JSONL, or an "
+                                                              "instruction list).")],
+    out: Annotated[Path, opt("--out", metavar="FILE", help="Where to write the vector (.safetensors).")],
+    format: Annotated[str, opt("--format", metavar="FORMAT", help="ab, pairs or instructions.")] = "ab",
+    negative: Annotated[Path | None, opt("--negative", metavar="FILE", help="For --format instructions: the "
+                                         "negative set (e.g. harmless).")] = None,
+    point: Annotated[str, opt("--point", metavar="KIND", help="Hook-point kind to read (resid_post, resid_pre, "
+                                                               "attn_out...).")] = "resid_post",
     layers: LayersOpt = None,
-    method: Annotated[str, typer.Option(help="mean_diff, pca or logreg.")] = "mean_diff",
-    positions: Annotated[str | None, typer.Option(help="Read positions: answer (A/B), last, eoi, eoi:-1, mean "
-                                                       "(default: answer / mean / eoi by format).")] = None,
+    method: Annotated[str, opt("--method", metavar="METHOD", help="mean_diff, pca or logreg.")] = "mean_diff",
+    positions: Annotated[str | None, opt("--positions", metavar="POLICY", help=READ_HELP)] = None,
     chat: ChatOpt = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many items.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
+    limit: LimitOpt = None,
+    batch_size: BatchOpt = 16,
     min_confidence: MinConfOpt = None,
     as_choices: ChoicesOpt = False,
-    max_length: Annotated[int | None, typer.Option(help="Longest text in tokens (default: the model's "
-                                                        "context).")] = None,
-    truncate: Annotated[str, typer.Option(help="Texts longer than --max-length: error, skip (drop the pair) or "
-                                               "left (keep the last tokens).")] = "error",
+    max_length: Annotated[int | None, opt("--max-length", metavar="N", help="Longest text in tokens [default: the "
+                                          "model's context].")] = None,
+    truncate: Annotated[str, opt("--truncate", metavar="POLICY", help="Texts longer than --max-length: error, "
+                                 "skip (drop the pair) or left (keep the last tokens).")] = "error",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Extract a steering vector from a contrastive dataset in one batched pass."""
+    from ..hooks.points import block_kind
     from ..jobs import extract_vector
+    from ..jobs.steering import FORMATS
+    from ..steering.extract import METHODS, TRUNCATE
 
+    checks.input_file(data, "--data file")
+    checks.choice(format, "--format", FORMATS)
+    if format == "instructions" and negative is None:
+        from ..errors import InputError
+
+        raise InputError("--format instructions needs --negative FILE (e.g. the harmless instructions)")
+    checks.input_file(negative, "--negative file")
+    checks.output_file(out, "--out file")
+    block_kind(point)
+    checks.layer_syntax(layers)
+    checks.choice(method, "--method", METHODS)
+    checks.choice(truncate, "--truncate", TRUNCATE)
+    checks.positive(limit, "--limit")
+    checks.positive(batch_size, "--batch-size")
+    checks.positive(max_length, "--max-length")
+    if min_confidence is not None:
+        checks.finite(min_confidence, "--min-confidence")
     m = load(model, dtype, device, gguf_file)
-    n = None
-    with progress_bar(f"extracting {method} at {point}", None) as advance:
-        vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers,
-                             method=method, positions=positions, chat=chat, limit=limit, batch_size=batch_size,
-                             progress=advance, min_confidence=min_confidence, as_choices=as_choices,
-                             max_length=max_length, truncate=truncate)
+    vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers, method=method,
+                         positions=positions, chat=chat, limit=limit, batch_size=batch_size,
+                         min_confidence=min_confidence, as_choices=as_choices, max_length=max_length,
+                         truncate=truncate)
     norms = vec.norms()
-    n = vec.meta.get("n_positive")
     console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {vec.meta['positions']}, "
-                  f"{n} contrasts; norms {min(norms.values()):.3g}..{max(norms.values()):.3g}")
+                  f"{vec.meta.get('n_positive')} contrasts; norms {min(norms.values()):.3g}.."
+                  f"{max(norms.values()):.3g}", highlight=False)
 
 
 @app.command()
 def generate(
     model: ModelArg,
-    vector: Annotated[Path, typer.Option(help="Steering vector (.safetensors or GGUF control vector).")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeat for several).")],
+    vector: VectorOpt,
+    prompt: Annotated[list[str], opt("--prompt", "-p", metavar="TEXT", help="Prompt (repeat for several).")],
     layers: LayersOpt = None,
-    layer: Annotated[list[int] | None, typer.Option(help="Deprecated: use --layers.", hidden=True)] = None,
-    multiplier: Annotated[float, typer.Option("--multiplier", "-m", help="Scale of the vector.")] = 4.0,
-    positions: Annotated[str, typer.Option(help="all, generated or from_eoi.")] = "all",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 40,
+    layer: Annotated[list[int] | None, opt("--layer", metavar="N", help="Deprecated: use --layers.", hidden=True)]
+    = None,
+    multiplier: Annotated[float, opt("--multiplier", "-m", metavar="X", help="Scale of the vector.")] = 4.0,
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help=STEER_HELP)] = "auto",
+    max_new_tokens: MaxNewOpt = 40,
     chat: ChatOpt = None,
-    sample: Annotated[bool, typer.Option("--sample/--greedy", help="Sample (seeded) or greedy.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    sample: Annotated[bool, opt("--sample/--greedy", help="Sample (seeded) or greedy.")] = False,
+    seed: Annotated[int, opt("--seed", metavar="N", help="Seed for sampling.")] = 0,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Generate with and without steering and print them side by side."""
+    from rich.table import Table
+
     from ..jobs import generate as run_generate
 
     if layer:
-        err_console.print("--layer is deprecated; use --layers (e.g. --layers 8,10 or --layers 8-12)")
+        deprecated("--layer", "--layers (e.g. --layers 8,10 or --layers 8-12)")
         layers = ",".join(str(i) for i in layer)
+    checks.input_file(vector, "--vector file")
+    checks.layer_syntax(layers)
+    checks.finite(multiplier, "--multiplier")
+    _steer_positions(positions)
+    checks.positive(max_new_tokens, "--max-new-tokens")
     m = load(model, dtype, device, gguf_file)
     rows = run_generate(m, vector, prompt, multiplier=multiplier, layers=layers, positions=positions,
                         max_new_tokens=max_new_tokens, chat=chat, sample=sample, seed=seed)
@@ -116,31 +157,44 @@ def generate(
 @app.command()
 def sweep(
     model: ModelArg,
-    vector: Annotated[Path, typer.Option(help="Steering vector (.safetensors).")],
-    data: Annotated[Path, typer.Option(help="Held-out A/B questions (CAA JSON / Anthropic JSONL).")],
-    out: Annotated[Path, typer.Option(help="Output folder (sweep.json, sweep.csv, PNGs).")],
+    vector: VectorOpt,
+    data: Annotated[Path, opt("--data", metavar="FILE", help="Held-out A/B questions (CAA JSON / Anthropic "
+                                                              "JSONL).")],
+    out: Annotated[Path, opt("--out", metavar="DIR", help="Run folder (sweep.json, sweep.csv, PNGs, run.json).")],
     layers: LayersOpt = None,
-    multipliers: Annotated[str, typer.Option(help="Comma-separated multipliers.")] = "-2,-1,0,1,2",
-    positions: Annotated[str | None, typer.Option(help="from_eoi (chat default) or all.")] = None,
+    multipliers: Annotated[str, opt("--multipliers", metavar="LIST", help="Comma-separated multipliers.")]
+    = "-2,-1,0,1,2",
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help=STEER_HELP)] = "auto",
     chat: ChatOpt = None,
-    limit: Annotated[int | None, typer.Option(help="Use at most this many questions.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Recompute cells already in sweep.json.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Questions per forward pass.")] = 16,
+    limit: LimitOpt = None,
+    overwrite: Annotated[bool, opt("--overwrite", help="Recompute cells already in sweep.json.")] = False,
+    batch_size: BatchOpt = 16,
     min_confidence: MinConfOpt = None,
     as_choices: ChoicesOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
-    """p(answer matching behaviour) under steering, for each layer x multiplier."""
+    """p(answer matching behaviour) under steering, for each layer x multiplier, with collapse diagnostics."""
+    from rich.table import Table
+
+    from ..errors import InputError
     from ..jobs import sweep as run_sweep
 
+    checks.input_file(vector, "--vector file")
+    checks.input_file(data, "--data file")
+    checks.output_dir(out, "--out folder")
+    checks.layer_syntax(layers)
     mults = parse_floats(multipliers)
+    if _steer_positions(positions) == "generated":
+        raise InputError("--positions generated steers nothing in a one-forward A/B evaluation; use auto, "
+                         "from_eoi or all")
+    checks.positive(limit, "--limit")
+    checks.positive(batch_size, "--batch-size")
     m = load(model, dtype, device, gguf_file)
-    with progress_bar("sweep cells", None) as advance:
-        res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
-                        limit=limit, overwrite=overwrite, batch_size=batch_size, progress=advance,
-                        min_confidence=min_confidence, as_choices=as_choices)
+    res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
+                    limit=limit, overwrite=overwrite, batch_size=batch_size, min_confidence=min_confidence,
+                    as_choices=as_choices)
     grid = res.grid()
     n_q = next(iter(res.cells.values()))["n"] if res.cells else 0
     table = Table(title=f"p(matching behaviour), {n_q} questions")
@@ -152,142 +206,50 @@ def sweep(
     console.print(table)
     collapsed = res.collapsed_cells()
     if collapsed:
-        err_console.print(f"[yellow]collapsed cells[/yellow] (the same answer to every question, so p(matching) "
-                          f"there only reflects the answer balance): {', '.join(collapsed)}")
+        console.print(f"collapsed cells (the same answer to every question, so p(matching) there only reflects the "
+                      f"answer balance): {', '.join(collapsed)}", highlight=False)
     qps = f"{res.questions_per_second:.1f} questions/s" if res.questions_per_second else "all cells cached"
-    console.print(f"wrote {out}/sweep.json, sweep.csv, sweep_heatmap.png, sweep_curves.png ({qps})")
-
-
-@app.command()
-def ablate(
-    model: ModelArg,
-    direction: Annotated[Path, typer.Option(help="Direction to ablate (a vector file).")],
-    out: Annotated[Path, typer.Option(help="Folder for the orthogonalised model (HF format).")],
-    layer: Annotated[int | None, typer.Option(help="Which layer of the vector file holds the direction "
-                                                    "(default: its only / first layer).")] = None,
-    layers: Annotated[str | None, typer.Option(help="Orthogonalise only these layers' attention and MLP output "
-                                                    "weights (4-12, 4,8...; default: all layers and the "
-                                                    "embeddings).")] = None,
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompts to show before/after.")]
-    = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate for --prompt.")] = 40,
-    dtype: DtypeOpt = None,
-    device: DeviceOpt = None,
-    gguf_file: GgufOpt = None,
-) -> None:
-    """Bake a directional ablation into the weights and save the model (hooks are not needed afterwards)."""
-    from ..jobs import ablate_weights
-
-    m = load(model, dtype, device, gguf_file)
-    with err_console.status(f"orthogonalising and saving to {out} ..."):
-        res = ablate_weights(m, direction, out, layer=layer, layers=layers, prompts=prompt or [],
-                             max_new_tokens=max_new_tokens)
-    if res["generations"]:
-        table = Table(title="directional ablation (weights orthogonalised)", show_lines=True)
-        table.add_column("prompt", max_width=30)
-        table.add_column("before")
-        table.add_column("after")
-        for g in res["generations"]:
-            table.add_row(g["prompt"], g["before"], g["after"])
-        console.print(table)
-    console.print(f"wrote the orthogonalised model to {out}")
-
-
-@app.command()
-def refusal(
-    model: ModelArg,
-    harmful: Annotated[Path, typer.Option(help="Harmful training instructions (JSON/CSV).")],
-    harmless: Annotated[Path, typer.Option(help="Harmless training instructions.")],
-    out: Annotated[Path, typer.Option(help="Run folder.")],
-    harmful_val: Annotated[Path | None, typer.Option(help="Harmful validation instructions (default: the "
-                                                          "training file, after the training items).")] = None,
-    harmless_val: Annotated[Path | None, typer.Option(help="Harmless validation instructions.")] = None,
-    n_train: Annotated[int, typer.Option(help="Training instructions per set.")] = 128,
-    n_val: Annotated[int, typer.Option(help="Validation instructions per set.")] = 32,
-    positions: Annotated[str, typer.Option(help="eoi (every end-of-instruction token), eoi:-1, or - without a chat "
-                                                "template - last or last:K (the last K prompt tokens).")] = "eoi",
-    chat: ChatOpt = None,
-    layers: LayersOpt = None,
-    top_k: Annotated[int, typer.Option(help="Candidates checked by generation.")] = 8,
-    kl_threshold: Annotated[float, typer.Option(help="Maximum KL on harmless prompts.")] = 0.1,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens generated per check.")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
-    dtype: DtypeOpt = None,
-    device: DeviceOpt = None,
-    gguf_file: GgufOpt = None,
-) -> None:
-    """Find, score, select and save the refusal direction (Arditi et al. 2024)."""
-    from ..jobs import refusal as run_refusal
-    from ..steering.refusal import RefusalConfig
-
-    m = load(model, dtype, device, gguf_file)
-    cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
-                        layers=parse_layers(layers, m.n_layers),
-                        batch_size=batch_size, kl_threshold=kl_threshold, top_k=top_k, max_new_tokens=max_new_tokens)
-    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg,
-                      log=lambda s: err_console.print(s))
-    console.print(f"selected layer {res.layer}, eoi position {res.eoi_position}; refusal rate on harmful "
-                  f"validation prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the "
-                  f"direction ablated. Wrote {out}/direction.safetensors, candidates.csv, scores.png")
-
-
-@app.command("export-gguf")
-def export_gguf(
-    vector: Annotated[Path, typer.Argument(help="Steering vector (.safetensors).")],
-    out: Annotated[Path, typer.Argument(help="Output .gguf control vector.")],
-    model_hint: Annotated[str | None, typer.Option(help="Architecture hint stored in the file.")] = None,
-    multiplier: Annotated[float, typer.Option(help="Scale baked into the file.")] = 1.0,
-) -> None:
-    """Export a resid_post vector as a llama.cpp control vector (--control-vector)."""
-    from ..steering import SteeringVector
-
-    vec = SteeringVector.load(vector)
-    vec.to_gguf(out, model_hint=model_hint, multiplier=multiplier)
-    skipped = " (layer 0 skipped: llama.cpp cannot steer it)" if 0 in vec.layers else ""
-    console.print(f"wrote {out}{skipped}")
-
-
-@app.command("import-gguf")
-def import_gguf(
-    control_vector: Annotated[Path, typer.Argument(help="llama.cpp control vector (.gguf).")],
-    out: Annotated[Path, typer.Argument(help="Output .safetensors.")],
-) -> None:
-    """Import a llama.cpp control vector as an actlab vector (resid_post)."""
-    from ..steering import SteeringVector
-
-    vec = SteeringVector.from_gguf(control_vector)
-    vec.save(out)
-    console.print(f"wrote {out}: layers {vec.layers}, width {vec.d}")
+    wrote(f"{out}/sweep.json", "sweep.csv", "sweep_heatmap.png", f"sweep_curves.png ({qps})")
 
 
 @app.command()
 def mix(
     model: ModelArg,
-    source: Annotated[str, typer.Option(help="The prompt whose activation is mixed in.")],
-    point: Annotated[str, typer.Option(help="Hook point, e.g. blocks.14.attn_out or blocks.10.resid_post.")],
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt to generate from (repeat for several).")],
-    scale: Annotated[float, typer.Option("--scale", "-s", help="Multiple of the source activation to add.")] = 1.0,
-    position: Annotated[str, typer.Option(help="Source token to read: an index over its tokens (-1 = the last, as "
-                                               "in the decoding study) or 'mean'.")] = "-1",
-    positions: Annotated[str, typer.Option(help="Where to add it: all, generated or from_eoi.")] = "all",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 40,
+    source: Annotated[str, opt("--source", metavar="TEXT", help="The prompt whose activation is mixed in.")],
+    point: Annotated[str, opt("--point", metavar="POINT", help="Hook point, e.g. blocks.14.attn_out.")],
+    prompt: Annotated[list[str], opt("--prompt", "-p", metavar="TEXT", help="Prompt to generate from (repeat for "
+                                                                              "several).")],
+    scale: Annotated[float, opt("--scale", "-s", metavar="X", help="Multiple of the source activation to add.")]
+    = 1.0,
+    position: Annotated[str, opt("--position", metavar="INDEX", help="Source token to read: an index over its "
+                                 "tokens (-1 = the last, as in the decoding study) or 'mean'.")] = "-1",
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help=STEER_HELP)] = "auto",
+    max_new_tokens: MaxNewOpt = 40,
     chat: ChatOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Also write a run folder with mix.json.")] = None,
+    out: Annotated[Path | None, opt("--out", metavar="DIR", help="Also write a run folder with mix.json.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
     """Activation mixing: add another prompt's activation at a hook point and compare generations."""
+    from rich.table import Table
+
     from ..errors import InputError
     from ..jobs import mix_generate
 
+    if not source.strip():
+        raise InputError("--source is empty; give the prompt to mix in")
+    checks.point_syntax(point)
+    checks.finite(scale, "--scale")
+    pos: int | str = position
     if position != "mean":
         try:
-            pos: int | str = int(position)
+            pos = int(position)
         except ValueError:
             raise InputError(f"--position must be a token index (e.g. -1) or 'mean', not {position!r}") from None
-    else:
-        pos = position
+    _steer_positions(positions)
+    checks.positive(max_new_tokens, "--max-new-tokens")
+    checks.output_dir(out, "--out folder")
     m = load(model, dtype, device, gguf_file)
     res = mix_generate(m, source, point, prompt, scale=scale, position=pos, positions=positions, chat=chat,
                        max_new_tokens=max_new_tokens, out=out)
@@ -300,4 +262,141 @@ def mix(
         table.add_row(g["prompt"], g["unmixed"], g["mixed"])
     console.print(table)
     if out:
-        console.print(f"wrote {out}/mix.json")
+        wrote(out / "mix.json")
+
+
+@app.command()
+def ablate(
+    model: ModelArg,
+    direction: Annotated[Path, opt("--direction", metavar="FILE", help="Direction to ablate (a vector file).")],
+    out: Annotated[Path, opt("--out", metavar="DIR", help="Folder for the orthogonalised model (HF format).")],
+    layer: Annotated[int | None, opt("--layer", metavar="N", help="Which layer of the vector file holds the "
+                                     "direction [default: its only / first layer].")] = None,
+    layers: Annotated[str | None, opt("--layers", metavar="LAYERS", help="Orthogonalise only these layers' "
+                                      "attention and MLP output weights [default: all layers and the "
+                                      "embeddings].")] = None,
+    prompt: Annotated[list[str] | None, opt("--prompt", "-p", metavar="TEXT", help="Prompts to show before and "
+                                            "after.")] = None,
+    max_new_tokens: MaxNewOpt = 40,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Bake a directional ablation into the weights and save the model (in the checkpoint's dtype)."""
+    from rich.table import Table
+
+    from ..jobs import ablate_weights
+
+    checks.input_file(direction, "--direction file")
+    checks.output_dir(out, "--out folder")
+    checks.layer_syntax(layers)
+    checks.positive(max_new_tokens, "--max-new-tokens")
+    m = load(model, dtype, device, gguf_file)
+    res = ablate_weights(m, direction, out, layer=layer, layers=layers, prompts=prompt or [],
+                         max_new_tokens=max_new_tokens)
+    if res["generations"]:
+        table = Table(title="directional ablation (weights orthogonalised)", show_lines=True)
+        table.add_column("prompt", max_width=30)
+        table.add_column("before")
+        table.add_column("after")
+        for g in res["generations"]:
+            table.add_row(g["prompt"], g["before"], g["after"])
+        console.print(table)
+    console.print(f"wrote the orthogonalised model to {out}", highlight=False)
+
+
+@app.command()
+def refusal(
+    model: ModelArg,
+    harmful: Annotated[Path, opt("--harmful", metavar="FILE", help="Harmful training instructions (JSON/CSV).")],
+    harmless: Annotated[Path, opt("--harmless", metavar="FILE", help="Harmless training instructions.")],
+    out: Annotated[Path, opt("--out", metavar="DIR", help="Run folder.")],
+    harmful_val: Annotated[Path | None, opt("--harmful-val", metavar="FILE", help="Harmful validation "
+                                            "instructions [default: the training file after --n-train].")] = None,
+    harmless_val: Annotated[Path | None, opt("--harmless-val", metavar="FILE", help="Harmless validation "
+                                             "instructions.")] = None,
+    n_train: Annotated[int, opt("--n-train", metavar="N", help="Training instructions per set.")] = 128,
+    n_val: Annotated[int, opt("--n-val", metavar="N", help="Validation instructions per set.")] = 32,
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help="eoi (every end-of-instruction token), "
+                                  "eoi:K, or - without a chat template - last or last:K (the last K tokens).")]
+    = "eoi",
+    chat: ChatOpt = None,
+    layers: LayersOpt = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="Candidates checked by generation.")] = 8,
+    kl_threshold: Annotated[float, opt("--kl-threshold", metavar="X", help="Maximum KL on harmless prompts.")]
+    = 0.1,
+    max_new_tokens: Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens generated per check.")] = 32,
+    batch_size: BatchOpt = 16,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Find, score, select and save the refusal direction (Arditi et al. 2024)."""
+    from ..jobs import refusal as run_refusal
+    from ..steering.refusal import RefusalConfig
+
+    for f, what in ((harmful, "--harmful"), (harmless, "--harmless"), (harmful_val, "--harmful-val"),
+                    (harmless_val, "--harmless-val")):
+        checks.input_file(f, f"{what} file")
+    checks.output_dir(out, "--out folder")
+    for v, what in ((n_train, "--n-train"), (n_val, "--n-val"), (top_k, "--top-k"),
+                    (max_new_tokens, "--max-new-tokens"), (batch_size, "--batch-size"),
+                    (kl_threshold, "--kl-threshold")):
+        checks.positive(v, what)
+    checks.layer_syntax(layers)
+    _refusal_positions(positions)
+    m = load(model, dtype, device, gguf_file)
+    cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
+                        layers=parse_layers(layers, m.n_layers), batch_size=batch_size, kl_threshold=kl_threshold,
+                        top_k=top_k, max_new_tokens=max_new_tokens)
+    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg)
+    console.print(f"selected layer {res.layer}, position {res.eoi_position}; refusal rate on harmful validation "
+                  f"prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the direction "
+                  f"ablated", highlight=False)
+    wrote(f"{out}/direction.safetensors", "candidates.csv", "scores.png")
+
+
+def _refusal_positions(spec: str) -> None:
+    import re
+
+    from ..errors import InputError
+
+    if not re.fullmatch(r"eoi|eoi:-?\d+|last|last:\d+", spec):
+        raise InputError(f"unknown refusal positions {spec!r}; valid: eoi, eoi:K (e.g. eoi:-1), last, last:K")
+
+
+@app.command("export-gguf")
+def export_gguf(
+    vector: Annotated[Path, typer.Argument(help="Steering vector (.safetensors).", metavar="VECTOR",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Output .gguf control vector.", metavar="OUT", show_default=False)],
+    model_hint: Annotated[str | None, opt("--model-hint", metavar="NAME", help="Architecture hint stored in the "
+                                          "file.")] = None,
+    multiplier: Annotated[float, opt("--multiplier", metavar="X", help="Scale baked into the file.")] = 1.0,
+) -> None:
+    """Export a resid_post vector as a llama.cpp control vector (--control-vector)."""
+    from ..steering import SteeringVector
+
+    checks.input_file(vector, "vector file")
+    checks.output_file(out, "output file")
+    checks.finite(multiplier, "--multiplier")
+    vec = SteeringVector.load(vector)
+    vec.to_gguf(out, model_hint=model_hint, multiplier=multiplier)
+    skipped = " (layer 0 skipped: llama.cpp cannot steer it)" if 0 in vec.layers else ""
+    console.print(f"wrote {out}{skipped}", highlight=False)
+
+
+@app.command("import-gguf")
+def import_gguf(
+    control_vector: Annotated[Path, typer.Argument(help="llama.cpp control vector (.gguf).", metavar="GGUF",
+                                                   show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Output .safetensors.", metavar="OUT", show_default=False)],
+) -> None:
+    """Import a llama.cpp control vector as an actlab vector (resid_post)."""
+    from ..steering import SteeringVector
+
+    checks.input_file(control_vector, "control vector")
+    checks.output_file(out, "output file")
+    vec = SteeringVector.from_gguf(control_vector)
+    vec.save(out)
+    console.print(f"wrote {out}: layers {vec.layers}, width {vec.d}", highlight=False)

@@ -13,15 +13,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..configs import StrictConfig
 from ..runs import write_json
 from .rl import _trl_common, history_from_trainer, quiet
 
 if TYPE_CHECKING:
     from ..models.model import Model
 
-class DPOSettings(BaseModel):
+class DPOSettings(StrictConfig):
     beta: float = Field(0.1, gt=0)
     lr: float = Field(5e-7, gt=0)
     batch_size: int = Field(8, gt=0)

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..configs import StrictConfig
 from ..errors import InputError
 from ..runs import write_json
 from .rewards import lexicon_reward_fn
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from ..models.model import Model
 
 
-class RLConfig(BaseModel):
+class RLConfig(StrictConfig):
     method: str = "grpo"
     batch_size: int = Field(64, gt=0)
     num_generations: int = Field(8, gt=1)

@@ -146,32 +146,38 @@ def active_records(target: HookTarget) -> list[dict[str, Any]]:
 
 
 # -- position policies for additions ---------------------------------------------------------------------
-STEER_POSITIONS = ("all", "from_eoi", "generated")
+STEER_POSITIONS = ("auto", "all", "from_eoi", "generated")
+DEFAULT_STEER_POSITIONS = "auto"
 
 
 def check_steer_positions(positions: str) -> str:
     if positions not in STEER_POSITIONS:
         raise InputError(f"unknown steering position policy {positions!r}; valid: {', '.join(STEER_POSITIONS)} "
-                         "(all: every real token; from_eoi: from the end-of-instruction tokens on; generated: "
+                         "(auto: from the end-of-instruction tokens on where a row has them, else every token; "
+                         "all: every real token; from_eoi: from the end-of-instruction tokens on; generated: "
                          "only generated tokens)")
     return positions
 
 
-def eoi_start(ids: torch.Tensor, eoi_ids: Sequence[int]) -> torch.Tensor:
+def eoi_start(ids: torch.Tensor, eoi_ids: Sequence[int], *, missing: int | None = None) -> torch.Tensor:
     """Per row of ``ids`` ``[batch, seq]``, the index of the first token of the *last* occurrence of the
     end-of-instruction sequence ``eoi_ids`` - the one boundary that reading (``eoi``) and steering
-    (``from_eoi``) positions both refer to. A row without it is an error naming the row."""
+    (``from_eoi``) positions both refer to. A row without it is an error naming the row, or gets ``missing``."""
     k = len(eoi_ids)
     if k == 0:
         raise InputError("the end-of-instruction token sequence is empty")
     pattern = torch.tensor(list(eoi_ids), device=ids.device)
     windows = ids.unfold(1, k, 1) if ids.shape[1] >= k else ids.new_empty(ids.shape[0], 0, k)
     hit = (windows == pattern).all(-1)  # [B, T-k+1]
-    if not bool(hit.any(1).all()):
-        row = int((~hit.any(1)).nonzero()[0])
+    found = hit.any(1)
+    if missing is None and not bool(found.all()):
+        row = int((~found).nonzero()[0])
         raise InputError(f"row {row} does not contain the chat template's end-of-instruction tokens; build "
                          "prompts with the chat template or steer positions='all'")
-    return hit.shape[1] - 1 - torch.argmax(torch.flip(hit, dims=[1]).to(torch.int8), dim=1)
+    if hit.shape[1] == 0:  # every row is shorter than the sequence (and missing is allowed)
+        return torch.full((ids.shape[0],), missing or 0, dtype=torch.long, device=ids.device)
+    start = hit.shape[1] - 1 - torch.argmax(torch.flip(hit, dims=[1]).to(torch.int8), dim=1)
+    return torch.where(found, start, torch.full_like(start, missing or 0))
 
 
 class _Thresholds:
@@ -200,6 +206,12 @@ class _Thresholds:
         if self.policy == "generated":
             self.start = torch.full((state.batch,), state.seq, dtype=torch.long, device=state.mask.device)
             return
+        if self.policy == "auto":  # rows with an end of instruction steer from it, the others everywhere
+            if state.input_ids is None or not self.eoi_ids:
+                self.start = torch.zeros(state.batch, dtype=torch.long, device=state.mask.device)
+            else:
+                self.start = eoi_start(state.input_ids, self.eoi_ids, missing=0).to(state.mask.device)
+            return
         if state.input_ids is None or not self.eoi_ids:
             raise InputError("positions='from_eoi' needs token ids and a chat template")
         self.start = eoi_start(state.input_ids, self.eoi_ids).to(state.mask.device)
@@ -220,12 +232,13 @@ def _as_point(target: HookTarget, p: HookPoint | str) -> HookPoint:
 class Add(Intervention):
     """Add ``multiplier * vector`` at hook points (steering, mixing), at the tokens ``positions`` selects:
     ``all`` (every real token, prompt included), ``from_eoi`` (from the end-of-instruction tokens on),
-    ``generated`` (tokens after the prompt). Vectors at one site are summed (float64) into one delta."""
+    ``generated`` (tokens after the prompt), ``auto`` (``from_eoi`` in rows that have end-of-instruction tokens,
+    ``all`` in the others). Vectors at one site are summed (float64) into one delta."""
 
     kind = "add"
 
     def __init__(self, vectors: Mapping[HookPoint | str, torch.Tensor], multiplier: float = 1.0, *,
-                 positions: str = "all", eoi_ids: Sequence[int] | None = None,
+                 positions: str = DEFAULT_STEER_POSITIONS, eoi_ids: Sequence[int] | None = None,
                  source: Mapping[str, Any] | None = None):
         if not vectors:
             raise InputError("nothing to add: no hook point or vector given")
@@ -412,7 +425,8 @@ class Rotate(Intervention):
     kind = "rotate"
 
     def __init__(self, direction: torch.Tensor, angle: float, *, mode: str = "by",
-                 layers: str | int | Iterable[int] | None = None, kind: str = "resid_post", positions: str = "all",
+                 layers: str | int | Iterable[int] | None = None, kind: str = "resid_post",
+                 positions: str = DEFAULT_STEER_POSITIONS,
                  eoi_ids: Sequence[int] | None = None, source: Mapping[str, Any] | None = None):
         import math
 

@@ -267,6 +267,30 @@ def parse_points(spec: str | HookPoint | Iterable[str | HookPoint], n_layers: in
     return sorted(out, key=lambda p: p.order)
 
 
+def check_spec(spec: str | Iterable[str]) -> None:
+    """Check a spec's grammar and kinds without a model (layer numbers are checked once the model is known)."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    parts = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    if not parts:
+        raise HookPointError("no hook point given." + choices_hint("", KINDS))
+    for part in parts:
+        if part in KINDS:
+            continue
+        m = _BLOCK_RE.match(part)
+        if m is None:
+            examples = [*KINDS, *(f"blocks.0.{k}" for k in BLOCK_KINDS)]
+            raise HookPointError(f"unknown hook point {part!r}." + choices_hint(part, examples, limit=20))
+        if m.group("kind") not in BLOCK_KINDS:
+            raise HookPointError(f"unknown hook-point kind {m.group('kind')!r} in {part!r}."
+                                 + choices_hint(m.group("kind"), BLOCK_KINDS))
+        token = m.group("layer")
+        if not (_SLICE.match(token) or token in ("all", "*")):
+            try:
+                parse_layers(token, 1 << 20)
+            except InputError as e:
+                raise HookPointError(f"hook point {part!r}: {e}") from None
+
+
 def _checked(p: HookPoint, n_layers: int) -> HookPoint:
     k = kind(p.kind)
     if k.scope == "model":

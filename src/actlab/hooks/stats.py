@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import InputError
+from ..progress import task as progress_task
 from .points import parse_points
 from .positions import PositionSpec
 
@@ -112,21 +113,22 @@ def stream_stats(
     stats = {p.name: RunningStats() for p in pts}
     buf: list[str] = []
 
-    def flush() -> None:
-        batch = model.tokenize(buf, padding_side=padding_side, add_special_tokens=add_special_tokens)
-        acts = model.activations(batch, pts, positions, dtype=None, device=model.device)
-        for name, x in acts.items():
-            stats[name].update(x)
-        if progress is not None:
-            progress(len(buf))
-        buf.clear()
+    texts = list(texts)
+    with progress_task("streaming statistics", total=len(texts), unit="texts", callback=progress) as task:
+        def flush() -> None:
+            batch = model.tokenize(buf, padding_side=padding_side, add_special_tokens=add_special_tokens)
+            acts = model.activations(batch, pts, positions, dtype=None, device=model.device)
+            for name, x in acts.items():
+                stats[name].update(x)
+            task.advance(len(buf))
+            buf.clear()
 
-    for t in texts:
-        buf.append(t)
-        if len(buf) == batch_size:
+        for t in texts:
+            buf.append(t)
+            if len(buf) == batch_size:
+                flush()
+        if buf:
             flush()
-    if buf:
-        flush()
     if all(s.count == 0 for s in stats.values()):
         raise InputError("no text given: the dataset is empty")
     return stats

@@ -38,14 +38,17 @@ def cache_acts(model: ModelLike, data: str | os.PathLike[str], points: str | Seq
 
 
 def train_saes(spec: SAETrainSpec, *, model: ModelLike | None = None, resume: bool = True,
-               progress: Callable[[dict[str, Any]], None] | None = None) -> SAETrainResult:
-    """Train the dictionaries of ``spec`` in its run folder; rank 0 also writes metrics and figures."""
+               progress: Callable[[dict[str, Any]], None] | None = None, overwrite: bool = False,
+               resume_anyway: bool = False) -> SAETrainResult:
+    """Train the dictionaries of ``spec`` in its run folder; rank 0 also writes metrics and figures. A finished
+    or interrupted run with other settings is refused unless ``overwrite`` or ``resume_anyway``."""
     rank, _ = rank_and_world()
     m = as_model(model) if model is not None else None
+    kw = {"resume": resume, "progress": progress, "overwrite": overwrite, "resume_anyway": resume_anyway}
     if rank != 0:
-        return train_from_spec(spec, model=m, resume=resume, progress=progress)
+        return train_from_spec(spec, model=m, **kw)
     with Run(spec.out, "sae train", spec.model_dump(mode="json"), seed=spec.train.seed) as run:
-        res = train_from_spec(spec, model=m, resume=resume, progress=progress)
+        res = train_from_spec(spec, model=m, **kw)
         density_histogram(res.metrics, spec.out / "sae_metrics_density.png")
         training_curves(spec.out / "train_log.jsonl", spec.out / "sae_metrics_training.png")
         run.results = {n: {k: v for k, v in x.items() if k != "density"} for n, x in res.metrics.items()}
@@ -73,6 +76,7 @@ def evaluate_saes(saes: Sequence[str | os.PathLike[str]], out: str | os.PathLike
                 reader = CacheReader(cache, sae.cfg.hook_point, model=m.name if m else None)
                 res.update(reconstruction_metrics(sae, reader.batches(batch_size, seed=1), max_batches=max_batches))
             if m is not None:
+                _check_width(p, sae, m)
                 res.update(downstream_loss(m, sae, sae.cfg.hook_point, texts, max_length=max_length))
             metrics[sae.cfg.name or Path(p).name] = res
         write_metrics(out, metrics, name="sae_eval")
@@ -81,6 +85,18 @@ def evaluate_saes(saes: Sequence[str | os.PathLike[str]], out: str | os.PathLike
             density_histogram(with_density, Path(out) / "sae_eval_density.png")
         run.results = {n: {k: v for k, v in x.items() if k != "density"} for n, x in metrics.items()}
     return metrics
+
+
+def _check_width(folder: Any, sae: Any, m: Any) -> None:
+    """A dictionary spliced into a model must read activations of its width at its hook point."""
+    from ..hooks.points import HookPoint
+
+    if not sae.cfg.hook_point:
+        raise InputError(f"dictionary {folder} records no hook point; it cannot be spliced into {m.name}")
+    point = HookPoint.parse(sae.cfg.hook_point, m.n_layers)
+    if point.width(m) != sae.cfg.d_in:
+        raise InputError(f"dictionary {folder} reads {sae.cfg.d_in}-wide activations but {point.name} of {m.name} "
+                         f"is {point.width(m)} wide; it belongs to another model")
 
 
 def sae_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.PathLike[str], *,

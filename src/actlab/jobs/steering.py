@@ -11,6 +11,7 @@ from typing import Any
 from ..data import ABItem, load_ab, load_instructions, load_pairs
 from ..errors import InputError
 from ..hooks.points import HookPoint, parse_layers
+from ..progress import info as progress_info
 from ..runs import Run, write_json
 from ..steering import (
     contrast_from_ab,
@@ -21,7 +22,7 @@ from ..steering import (
 )
 from ..steering import extract as extract_fn
 from ..steering.apply import Steer
-from ..steering.evaluate import SweepResult, ab_sweep, steered_generations
+from ..steering.evaluate import SweepResult, ab_sweep, resolve_positions, steered_generations
 from ..steering.prompts import PromptStyle, format_prompt
 from ..steering.refusal import RefusalConfig, RefusalResult, refusal_pipeline
 from ..steering.vector import SteeringVector
@@ -68,7 +69,7 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
 
 
 def generate(model: ModelLike, vector: VectorLike, prompts: Sequence[str], *, multiplier: float = 4.0,
-             layers: str | Iterable[int] | None = None, positions: str = "generated", max_new_tokens: int = 40,
+             layers: str | Iterable[int] | None = None, positions: str = "auto", max_new_tokens: int = 40,
              chat: bool | None = None, sample: bool = False, seed: int = 0) -> list[dict[str, Any]]:
     """Generations for each prompt without steering (multiplier 0) and with it, as rows
     ``{"multiplier", "prompt", "text"}``."""
@@ -99,7 +100,7 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
               "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size,
               "min_confidence": min_confidence, "as_choices": as_choices}
     with Run(out, "steer sweep", config) as run:
-        pos = positions or ("from_eoi" if style.chat else "all")
+        pos = resolve_positions(positions or "auto", style)
         run.add_interventions([{**Steer(vec, 1.0, layers=lay, positions=pos).record(), "multiplier": "grid",
                                 "multipliers": list(multipliers)}])
         res = ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
@@ -135,7 +136,7 @@ def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLi
 def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str],
             out: str | os.PathLike[str], *, harmful_val: str | os.PathLike[str] | None = None,
             harmless_val: str | os.PathLike[str] | None = None, config: RefusalConfig | None = None,
-            log: Callable[[str], None] = lambda s: None) -> RefusalResult:
+            log: Callable[[str], None] = progress_info) -> RefusalResult:
     """The refusal-direction pipeline in a run folder (``direction.safetensors``, candidates, generations,
     ``scores.png``). Validation sets default to the training files after their first ``n_train`` items."""
     from ..report.figures import refusal_scores
@@ -161,7 +162,7 @@ def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | o
 
 
 def mix_generate(model: ModelLike, source: str, point: str, prompts: Sequence[str], *, scale: float = 1.0,
-                 position: int | str = -1, positions: str = "all", chat: bool | None = None,
+                 position: int | str = -1, positions: str = "auto", chat: bool | None = None,
                  max_new_tokens: int = 40, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Activation mixing (the decoding study): generations for ``prompts`` without and with ``scale`` times the
     ``source`` prompt's activation at ``point`` (token ``position``, default the last) added; with ``out``, a run

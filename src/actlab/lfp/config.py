@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from ..configs import build_config, read_yaml_mapping
+from ..configs import StrictConfig, build_config, read_yaml_mapping
 from ..errors import InputError
 from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
+from ..sae.config import TrainConfig
 from ..sae.spec import DictionarySpec, SAETrainSpec
-from ..sae.train import TrainConfig
 
 
-class FinetuneSpec(BaseModel):
+class FinetuneSpec(StrictConfig):
     method: str = "rl"  # rl or dpo
     data: Path | None = None  # IMDb CSV for rl; preference JSONL(.gz) for dpo
     swap: bool = False
@@ -30,11 +30,11 @@ class FinetuneSpec(BaseModel):
     n_pairs: int | None = None
 
 
-class SAESpec(BaseModel):
+class SAESpec(StrictConfig):
     """The LFP shorthand for one SAE training run per divergent layer: dictionaries named ``{expansion}x``
     with a common L1 coefficient and tying (turned into the shared :class:`SAETrainSpec`)."""
 
-    expansions: list[float] = [1.0, 2.0]
+    expansions: list[float] = Field(default_factory=lambda: [1.0, 2.0])
     l1_coefficient: float = 1e-3
     tied: bool = True
     point: str = "mlp_out"
@@ -50,7 +50,7 @@ class SAESpec(BaseModel):
                                                          tied=self.tied, name=f"{e:g}x") for e in self.expansions])
 
 
-class TriplesSpec(BaseModel):
+class TriplesSpec(StrictConfig):
     source: str = "lexicon"  # lexicon (sentiment task), file, or llm (OpenAI-compatible rewriter)
     file: Path | None = None
     n: int = 1000
@@ -62,7 +62,7 @@ class TriplesSpec(BaseModel):
     seed: int = 0
 
 
-class ExplainerSpec(BaseModel):
+class ExplainerSpec(StrictConfig):
     kind: str = "openai"  # openai, hf, or none
     base_url: str | None = None
     model: str | None = None
@@ -71,7 +71,7 @@ class ExplainerSpec(BaseModel):
     n_texts: int = 200
 
 
-class LFPConfig(BaseModel):
+class LFPConfig(StrictConfig):
     """Everything one LFP run needs; every stage reads it and the run directory."""
 
     run_dir: Path
@@ -147,4 +147,4 @@ def load_config(path: str | Path) -> LFPConfig:
 def preset_yaml(name: str, **fields: Any) -> str:
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    return yaml.safe_dump({"preset": name, **fields}, sort_keys=False)
+    return yaml.safe_dump({"preset": name, **fields}, sort_keys=False, width=1 << 30)  # never folded

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ActlabError, InputError
 from ..hooks.points import HookPoint
+from ..progress import info as progress_info
 from ..runs import Run, write_json
 from .config import LFPConfig
 from .stages import STAGES
@@ -529,7 +530,8 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def run_stage(cfg: LFPConfig, stage: str, *, log: Log = print, ctx: Context | None = None) -> dict[str, Any]:
+def run_stage(cfg: LFPConfig, stage: str, *, log: Log = progress_info, ctx: Context | None = None
+              ) -> dict[str, Any]:
     """Run one stage (its run record says ``lfp <stage>``); inside :func:`run_pipeline` the pipeline's record
     covers it."""
     if stage not in STAGE_FUNCS:
@@ -553,7 +555,7 @@ def _stage(ctx: Context, stage: str) -> dict[str, Any]:
     return summary
 
 
-def run_pipeline(cfg: LFPConfig, *, force: bool = False, log: Log = print, until: str | None = None
+def run_pipeline(cfg: LFPConfig, *, force: bool = False, log: Log = progress_info, until: str | None = None
                  ) -> dict[str, Any]:
     """Run every stage in order, skipping finished ones (unless ``force``)."""
     ctx = Context(cfg, log)

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from .. import settings
 from ..errors import ActlabError, ModelNotFoundError
+from ..progress import task as progress_task
+from ..progress import third_party_quiet
 from . import gguf as gguf_mod
 from .adapters import get_adapter
 from .model import Model
@@ -132,11 +135,13 @@ def load_model(
     ``device_map='auto'`` spreads a large model over the available GPUs with accelerate (then ``device``
     is ignored). ``validate`` checks the architecture adapter on a short probe (one tiny forward).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ModelNotFoundError(f"model name {name_or_path!r} is empty" + _local_hint())
-    kind, location, gguf_path = _resolve(name_or_path.strip(), gguf_file)
+    requested = name_or_path.strip()
+    kind, location, gguf_path = _resolve(requested, gguf_file)
+    if kind == "hub":
+        _hub_reachable(requested)
     if device_map is None:
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
@@ -155,17 +160,37 @@ def load_model(
     if device_map is not None:
         model_kwargs["device_map"] = device_map
 
+    with progress_task(f"loading {requested}", unit="") as loading:
+        model = _load_and_wrap(requested, name_or_path, kind, location, gguf_path, dt, device, device_map, common,
+                               model_kwargs, cache_gguf, validate, source, t0)
+        loading.info.update({"family": model.adapter.family, "layers": model.n_layers, "d_model": model.d_model,
+                             "dtype": str(model.dtype).replace("torch.", ""), "device": str(model.device)})
+    return model
+
+
+def _load_and_wrap(requested: str, name_or_path: str, kind: str, location: str, gguf_path: Path | None, dt: Any,
+                   device: Any, device_map: Any, common: dict[str, Any], model_kwargs: dict[str, Any],
+                   cache_gguf: bool, validate: bool, source: dict[str, Any], t0: float) -> Model:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     try:
-        if kind == "gguf":
-            assert gguf_path is not None
-            hf_model, tokenizer = _load_gguf(Path(location), gguf_path, dt, model_kwargs, cache_gguf, source)
-        else:
-            config = AutoConfig.from_pretrained(location, **common)
-            get_adapter(config)  # fail fast, before downloading or loading weights
-            hf_model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        with third_party_quiet():
+            if kind == "gguf":
+                assert gguf_path is not None
+                hf_model, tokenizer = _load_gguf(Path(location), gguf_path, dt, model_kwargs, cache_gguf, source)
+            else:
+                config = AutoConfig.from_pretrained(location, **common)
+                get_adapter(config)  # fail fast, before downloading or loading weights
+                ck = getattr(config, "dtype" if _dtype_kwarg() == "dtype" else "torch_dtype", None)
+                if ck is not None:
+                    source["checkpoint_dtype"] = str(ck).replace("torch.", "")
+                hf_model = AutoModelForCausalLM.from_pretrained(location, **model_kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except ActlabError:
         raise
+    except SafetensorError as e:
+        raise ModelNotFoundError(f"cannot load model from {location!r}: a weights file is corrupt or truncated "
+                                 f"({str(e).splitlines()[0]})") from None
     except OSError as e:
         if kind == "hub":
             raise ModelNotFoundError(
@@ -177,10 +202,33 @@ def load_model(
         hf_model.to(device)
     hf_model.eval()
     source["load_seconds"] = round(time.perf_counter() - t0, 3)
-    name = name_or_path if kind == "hub" else Path(location).name
-    if gguf_path is not None:
-        name = f"{Path(location).name}/{gguf_path.name}"
+    if Path(requested).expanduser().exists():  # a path: the folder's (or the GGUF file's) name
+        name = Path(location).name if gguf_path is None else f"{Path(location).name}/{gguf_path.name}"
+    else:  # a hub id or short name (also when found in ACTLAB_MODELS_DIR): the name the user gave
+        name = requested
     return Model.wrap(hf_model, tokenizer, validate=validate, name=name, source=source)
+
+
+def _hub_reachable(name: str) -> None:
+    """Fail in seconds, not after a minute of retries, when a model would come from an unreachable hub."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelNotFoundError(f"model {name!r} is not a local folder, GGUF file or a model in "
+                                 "ACTLAB_MODELS_DIR, and HF_HUB_OFFLINE is set, so the hub is not asked."
+                                 + _local_hint())
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=5)
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise ModelNotFoundError(f"model {name!r} was not found locally nor on the hub "
+                                 f"({type(e).__name__})." + _local_hint()) from None
+    except Exception as e:  # connection refused, DNS, timeout, proxy...: one check, no retry storm
+        raise ModelNotFoundError(f"model {name!r} is not local and the Hugging Face hub cannot be reached "
+                                 f"({type(e).__name__}); set ACTLAB_MODELS_DIR to a folder holding it, or "
+                                 "HF_HUB_OFFLINE=1 to fail at once." + _local_hint()) from None
 
 
 def _dtype_kwarg() -> str:

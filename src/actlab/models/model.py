@@ -8,6 +8,7 @@ positions as the same row unpadded (HF's forward alone would shift them).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +25,7 @@ from ..hooks.interventions import Edit, Edits, Intervention, install_edit
 from ..hooks.points import HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
 from ..hooks.sites import read_plan, write_plan
+from ..runs import apply_umask, write_json
 from .adapters import ArchAdapter, get_adapter
 
 TextBatch = str | Sequence[str]
@@ -34,9 +36,11 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def save_pretrained_plain(hf_model: nn.Module, folder: str | os.PathLike[str]) -> None:
+def save_pretrained_plain(hf_model: nn.Module, folder: str | os.PathLike[str], *, dtype: torch.dtype | None = None
+                          ) -> None:
     """``save_pretrained`` that also works for GGUF-loaded models: their weights are plain de-quantized
-    tensors, but transformers 5 keeps a GGUF "quantizer" on them and refuses to save; detach it meanwhile."""
+    tensors, but transformers 5 keeps a GGUF "quantizer" on them and refuses to save; detach it meanwhile.
+    With ``dtype``, floating-point weights are written in it (a cast copy; the model is not changed)."""
     quantizer = getattr(hf_model, "hf_quantizer", None)
     qcfg = getattr(hf_model.config, "quantization_config", None)
     try:
@@ -44,7 +48,24 @@ def save_pretrained_plain(hf_model: nn.Module, folder: str | os.PathLike[str]) -
             hf_model.hf_quantizer = None
         if qcfg is not None:
             del hf_model.config.quantization_config
-        hf_model.save_pretrained(folder, safe_serialization=True)
+        kw: dict[str, Any] = {}
+        mem_dtype = next((p.dtype for p in hf_model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and dtype != mem_dtype:
+            kw["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v
+                                for k, v in hf_model.state_dict().items()}
+            attr = "dtype" if int(__import__("transformers").__version__.split(".")[0]) >= 5 else "torch_dtype"
+            old_cfg = getattr(hf_model.config, attr, None)
+            setattr(hf_model.config, attr, dtype)
+        try:
+            hf_model.save_pretrained(folder, safe_serialization=True, **kw)
+        finally:
+            if "state_dict" in kw:
+                setattr(hf_model.config, attr, old_cfg)
+        if "state_dict" in kw:  # save_pretrained writes the in-memory dtype into config.json; say what was saved
+            cfg_path = Path(folder) / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg[attr] = str(dtype).replace("torch.", "")
+            write_json(cfg_path, cfg)
     finally:
         if quantizer is not None:
             hf_model.hf_quantizer = quantizer
@@ -94,13 +115,22 @@ class Model:
             validate_model(m)
         return m
 
-    def save(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Save the model (e.g. an orthogonalised copy) and its tokenizer in standard HF format."""
+    def save(self, out_dir: str | os.PathLike[str], *, dtype: str | torch.dtype | None = "checkpoint") -> Path:
+        """Save the model (e.g. an orthogonalised or fine-tuned copy) and its tokenizer in standard HF format,
+        in the checkpoint's dtype by default (a bf16 checkpoint loaded in float32 on a CPU is saved in bf16
+        again; the weights in memory are left alone), or in ``dtype`` (None: as in memory)."""
+        from ..progress import third_party_quiet
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_pretrained_plain(self.hf, out)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
+        target = self.source.get("checkpoint_dtype") if dtype == "checkpoint" else dtype
+        if isinstance(target, str):
+            target = getattr(torch, target, None)
+        with third_party_quiet():
+            save_pretrained_plain(self.hf, out, dtype=target if isinstance(target, torch.dtype) else None)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(out)
+        apply_umask(out)
         return out
 
     # -- shape facts -------------------------------------------------------------------------------

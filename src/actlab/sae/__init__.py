@@ -1,18 +1,27 @@
 """Sparse autoencoders: activation caches, dictionaries, training (several at once, resumable, data-parallel),
-metrics, overlap, top-activating contexts and feature interventions."""
+metrics, overlap, top-activating contexts and feature interventions. Names load on first use."""
 
-from ..data.texts import read_texts
-from .dictionary import ARCHITECTURES, SAEConfig, SparseAutoencoder
-from .features import FeatureEdit, FeatureIntervention, decoder_cosines, overlap, top_examples
-from .io import load_sae, save_sae
-from .metrics import Splice, downstream_loss, reconstruction_metrics
-from .store import CacheError, CacheReader, cache_activations, online_batches
-from .train import TrainConfig, Trainer, TrainingDivergedError, train_saes
+import importlib
+from typing import Any
 
-__all__ = [
-    "ARCHITECTURES", "CacheError", "CacheReader", "FeatureEdit", "FeatureIntervention", "SAEConfig",
-    "SparseAutoencoder", "Splice",
-    "TrainConfig", "Trainer", "TrainingDivergedError", "cache_activations", "decoder_cosines", "downstream_loss",
-    "load_sae", "online_batches", "overlap", "read_texts", "reconstruction_metrics", "save_sae", "top_examples",
-    "train_saes",
-]
+_LAZY = {
+    "read_texts": "actlab.data.texts",
+    "ARCHITECTURES": ".dictionary", "SAEConfig": ".dictionary", "SparseAutoencoder": ".dictionary",
+    "FeatureEdit": ".features", "FeatureIntervention": ".features", "decoder_cosines": ".features",
+    "overlap": ".features", "top_examples": ".features",
+    "load_sae": ".io", "save_sae": ".io",
+    "Splice": ".metrics", "downstream_loss": ".metrics", "reconstruction_metrics": ".metrics",
+    "CacheError": ".store", "CacheReader": ".store", "cache_activations": ".store", "online_batches": ".store",
+    "TrainConfig": ".config", "Trainer": ".train", "TrainingDivergedError": ".train", "train_saes": ".train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = _LAZY[name]
+        return getattr(importlib.import_module(mod, __name__) if mod.startswith(".") else importlib.import_module(mod),
+                       name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -148,7 +148,8 @@ def load_sae(folder: str | os.PathLike[str]) -> SparseAutoencoder:
     try:
         t = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as e:
-        raise InputError(f"{folder / WEIGHTS}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{folder / WEIGHTS}: corrupt or truncated, not a readable safetensors file ({e})"
+                         ) from None
     scale = 1.0
     try:
         if "actlab" in raw:

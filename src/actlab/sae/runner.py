@@ -73,14 +73,15 @@ class SAETrainResult:
 
 
 def train_from_spec(spec: SAETrainSpec, *, model: Model | None = None, resume: bool = True,
-                    progress: Callable[[dict[str, Any]], None] | None = None) -> SAETrainResult:
+                    progress: Callable[[dict[str, Any]], None] | None = None, overwrite: bool = False,
+                    resume_anyway: bool = False) -> SAETrainResult:
     """Train every dictionary of ``spec`` on one stream; write ``saes/``, ``train_log.jsonl`` and (rank 0)
     ``sae_metrics.json`` under ``spec.out``."""
     src = batch_source(spec, model)
     configs = [d.to_config(src.d_in, hook_point=spec.point, model=src.model_name) for d in spec.dictionaries]
     rank, _ = rank_and_world()
     saes, history = train_saes(configs, src.make, spec.train, out_dir=spec.out, device=spec.device, resume=resume,
-                               progress=progress)
+                               progress=progress, overwrite=overwrite, resume_anyway=resume_anyway)
     metrics: dict[str, dict[str, Any]] = {}
     if rank == 0:
         metrics = {s.cfg.name: reconstruction_metrics(s, src.held_out(), max_batches=spec.eval_batches)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..configs import build_config, read_yaml_mapping
+from ..configs import StrictConfig, build_config, read_yaml_mapping
+from .config import TrainConfig
 from .dictionary import SAEConfig
-from .train import TrainConfig
 
 
-class DictionarySpec(BaseModel):
+class DictionarySpec(StrictConfig):
     """One dictionary: its width as a multiple of the input (``expansion``) or absolute (``d_sae``)."""
 
     expansion: float | None = 1.0
@@ -23,13 +23,21 @@ class DictionarySpec(BaseModel):
     tied: bool = False
     name: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """The name becomes a folder under the run folder's saes/: it may not leave it."""
+        if v and (v in (".", "..") or "/" in v or "\\" in v or v.startswith("~") or ":" in v):
+            raise ValueError(f"dictionary name {v!r} must be a plain folder name (no '/', '..', '~' or ':')")
+        return v
+
     def to_config(self, d_in: int, *, hook_point: str, model: str) -> SAEConfig:
         d_sae = self.d_sae or round((self.expansion or 1.0) * d_in)
         return SAEConfig(d_in=d_in, d_sae=d_sae, architecture=self.architecture, l1_coefficient=self.l1_coefficient,
                          k=self.k, tied=self.tied, hook_point=hook_point, model=model, name=self.name)
 
 
-class SAETrainSpec(BaseModel):
+class SAETrainSpec(StrictConfig):
     """Everything ``sae train`` needs: the activation source, the dictionaries, the training settings."""
 
     point: str

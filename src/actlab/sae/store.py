@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ActlabError, InputError
+from ..progress import info as progress_info
+from ..progress import task as progress_task
 from ..runs import atomic_path, sha256_file, write_json
 from ..version import __version__
 
@@ -34,6 +36,18 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 class CacheError(ActlabError):
     """A cache does not match what it is used for, or a shard is corrupt."""
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A cache's manifest, or a one-line error naming the file when it is not a valid one."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: the cache manifest is not valid JSON ({e}); the cache is damaged: remove the "
+                         "folder or pass --overwrite") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list):
+        raise CacheError(f"{path}: not an actlab cache manifest (no 'shards' list)")
+    return m
 
 
 def _fingerprint(texts: Sequence[str]) -> str:
@@ -106,7 +120,7 @@ def cache_activations(
     manifest: dict[str, Any] | None = None
     mpath = out / MANIFEST
     if mpath.exists() and not overwrite:
-        old = json.loads(mpath.read_text())
+        old = read_manifest(mpath)
         diff = [k for k in identity if old.get(k) != identity[k]]
         if diff:
             raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}: "
@@ -133,8 +147,8 @@ def cache_activations(
     from safetensors.torch import save_file
 
     done = int(manifest["n_texts_done"])
-    if progress is not None and done:
-        progress(done)
+    if done:
+        progress_info(f"cache: resuming after {done} of {len(texts)} texts ({len(manifest['shards'])} shards)")
     buf: dict[str, list[torch.Tensor]] = {p.name: [] for p in pts}
     buffered, start = 0, done
 
@@ -155,20 +169,20 @@ def cache_activations(
         buffered, start = 0, end
 
     target = DTYPES[dtype]
-    for s in range(done, len(texts), batch_size):
-        chunk = texts[s:s + batch_size]
-        batch = _token_batch(model, chunk, max_length)
-        keep = _keep_mask(model, batch, keep_bos)
-        acts = model.activations(batch, pts, positions=keep, dtype=target)
-        for n, x in acts.items():
-            buf[n].append(x)
-        buffered += int(keep.sum())
-        if progress is not None:
-            progress(len(chunk))
-        if buffered >= shard_tokens:
-            flush(s + len(chunk))
-    if buffered:
-        flush(len(texts))
+    with progress_task("caching activations", total=len(texts) - done, unit="texts", callback=progress) as task:
+        for s in range(done, len(texts), batch_size):
+            chunk = texts[s:s + batch_size]
+            batch = _token_batch(model, chunk, max_length)
+            keep = _keep_mask(model, batch, keep_bos)
+            acts = model.activations(batch, pts, positions=keep, dtype=target)
+            for n, x in acts.items():
+                buf[n].append(x)
+            buffered += int(keep.sum())
+            task.advance(len(chunk), tokens=manifest["n_tokens"] + buffered)
+            if buffered >= shard_tokens:
+                flush(s + len(chunk))
+        if buffered:
+            flush(len(texts))
     manifest["complete"] = True
     write_json(mpath, manifest)
     return manifest
@@ -184,7 +198,7 @@ class CacheReader:
         mpath = self.folder / MANIFEST
         if not mpath.is_file():
             raise CacheError(f"{self.folder} is not an activation cache (no {MANIFEST})")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = read_manifest(mpath)
         m = self.manifest
         if model is not None and m.get("model") != model:
             raise CacheError(f"the cache in {self.folder} is from model {m.get('model')!r}, not {model!r}")

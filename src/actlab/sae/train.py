@@ -19,6 +19,7 @@ global batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,38 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
 
 from ..errors import ActlabError, InputError
-from ..runs import write_json
+from ..progress import task as progress_task
+from ..runs import apply_umask, folder_lock, remove_orphan_temps, write_json, write_text
+from .config import TrainConfig
 from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
 from .io import save_sae
 
 
 class TrainingDivergedError(ActlabError):
     """The loss became NaN/inf; names the step and the last good checkpoint."""
-
-
-class TrainConfig(BaseModel):
-    """Training hyper-parameters (loadable from YAML)."""
-
-    steps: int = Field(1000, gt=0)
-    batch_size: int = Field(4096, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    decay_start: float = Field(0.8, ge=0, le=1)
-    l1_warmup_steps: int = Field(0, ge=0)
-    grad_clip: float | None = 1.0
-    dead_steps: int = Field(200, gt=0)
-    resample_every: int | None = None
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 2
-    log_every: int = Field(10, gt=0)
-    seed: int = 0
-    normalize_activations: bool = True
-    aux_k_coefficient: float = Field(1 / 32, ge=0)
-    aux_k: int | None = Field(None, gt=0)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -119,6 +99,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
+        self.resumed: dict[str, Any] | None = None  # set when continuing a checkpoint
 
     # -- one step ----------------------------------------------------------------------------------------
     def train_step(self, batch: torch.Tensor) -> dict[str, Any]:
@@ -210,26 +191,37 @@ class Trainer:
             progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Train to ``tcfg.steps``; ``make_batches(start_step)`` yields global batches from that step on."""
         it = make_batches(self.step)
-        while self.step < self.tcfg.steps:
-            try:
-                batch = next(it)
-            except StopIteration:
-                raise InputError(f"the activation stream ran out after {self.step} steps of {self.tcfg.steps}; "
-                                 "cache more tokens, use more epochs, or train fewer steps") from None
-            row = self.train_step(batch)
-            if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
-                self.history.append(row)
-                if self.out is not None and self.rank == 0:
-                    with (self.out / "train_log.jsonl").open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-            if progress is not None:
-                progress(row)
-            if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0 and self.out is not None:
-                self.save_checkpoint()
+        first = self.configs[0].name
+        desc = f"training {len(self.saes)} dictionar{'y' if len(self.saes) == 1 else 'ies'}"
+        with contextlib.ExitStack() as stack:
+            task = stack.enter_context(progress_task(desc, total=self.tcfg.steps - self.step, unit="steps")
+                                       ) if self.rank == 0 else None
+            while self.step < self.tcfg.steps:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    raise InputError(f"the activation stream ran out after {self.step} steps of "
+                                     f"{self.tcfg.steps}; cache more tokens, use more epochs, or train fewer "
+                                     "steps") from None
+                row = self.train_step(batch)
+                if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.steps:
+                    self.history.append(row)
+                    if self.out is not None and self.rank == 0:
+                        with (self.out / "train_log.jsonl").open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                if progress is not None:
+                    progress(row)
+                if task is not None:
+                    r = row[first]
+                    task.advance(1, **{f"{first} loss": r["loss"], "L0": r["l0"], "dead": r["dead"]})
+                if (self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0
+                        and self.out is not None):
+                    self.save_checkpoint()
         if self.out is not None and self.rank == 0:
             for sae in self.saes:
-                save_sae(sae, self.out / "saes" / sae.cfg.name, extra={"train": self.tcfg.model_dump(),
-                                                                      "steps": self.step})
+                save_sae(sae, self.out / "saes" / sae.cfg.name, extra={
+                    "train": self.tcfg.model_dump(), "steps": self.step,
+                    **({"resumed": self.resumed} if self.resumed else {})})
         return self.history
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -257,6 +249,7 @@ class Trainer:
                         tensors[f"{i}.adam.{name}.{key}"] = torch.as_tensor(st[key]).detach().cpu().clone()
             tensors[f"{i}.since_fired"] = self.since_fired[i].cpu()
         save_file(tensors, str(tmp / "state.safetensors"))
+        apply_umask(tmp)
         (tmp / "trainer.json").write_text(json.dumps({
             "step": self.step, "configs": [c.to_dict() for c in self.configs], "train": self.tcfg.model_dump(),
             "history": self.history}))
@@ -300,22 +293,70 @@ class Trainer:
         return cands[-1] if cands else None
 
 
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old vs new`` for every leaf that differs between two JSON-like settings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _differences(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} vs {new!r}"]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to ``step`` (a resumed run writes the later ones again)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
 def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Iterator[torch.Tensor]],
                tcfg: TrainConfig, *, out_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
-               resume: bool = True, progress: Callable[[dict[str, Any]], None] | None = None
+               resume: bool = True, progress: Callable[[dict[str, Any]], None] | None = None,
+               overwrite: bool = False, resume_anyway: bool = False
                ) -> tuple[list[SparseAutoencoder], list[dict[str, Any]]]:
-    """Train dictionaries together; resumes from the latest checkpoint in ``out_dir`` when asked."""
+    """Train dictionaries together, resuming from the latest checkpoint in ``out_dir``. A checkpoint written
+    with other settings is refused (naming them) unless ``resume_anyway`` (continue; the settings used before
+    are recorded) or ``overwrite`` (start over)."""
     tr = Trainer(configs, tcfg, device=device, out_dir=out_dir)
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out_dir) / "train_config.json", {"dictionaries": [c.to_dict() for c in configs],
-                                                          "train": tcfg.model_dump()})
-        last = tr.latest_checkpoint() if resume else None
+    if out_dir is None:
+        tr.fit(make_batches, progress)
+        return tr.saes, tr.history
+    out = Path(out_dir)
+    settings = {"dictionaries": [c.to_dict() for c in configs], "train": tcfg.model_dump(mode="json")}
+    with contextlib.ExitStack() as stack:
+        if tr.rank == 0:
+            stack.enter_context(folder_lock(out, "SAE run folder"))
+            remove_orphan_temps(out)
+            for d in (out / "checkpoints").glob(".tmp_step_*") if (out / "checkpoints").is_dir() else []:
+                shutil.rmtree(d, ignore_errors=True)  # a checkpoint an interrupted run was writing
+            if overwrite:
+                for d in ("checkpoints", "saes"):
+                    shutil.rmtree(out / d, ignore_errors=True)
+        last = tr.latest_checkpoint() if resume and not overwrite else None
+        record: dict[str, Any] = dict(settings)
         if last is not None:
+            old_path = out / "train_config.json"
+            old = json.loads(old_path.read_text()) if old_path.is_file() else None
+            old_settings = {k: old.get(k) for k in ("dictionaries", "train")} if isinstance(old, dict) else None
+            diffs = _differences(old_settings, settings) if old_settings is not None else []
+            if diffs and not resume_anyway:
+                raise InputError(f"{out} holds a checkpoint trained with other settings ({'; '.join(diffs[:4])}); "
+                                 "use overwrite (--overwrite) to start over, or resume_anyway (--resume-anyway) "
+                                 "to continue with the new settings")
             tr.load_checkpoint(last)
-        elif (Path(out_dir) / "train_log.jsonl").exists() and tr.rank == 0:
-            (Path(out_dir) / "train_log.jsonl").unlink()
-    tr.fit(make_batches, progress)
+            record["resumed"] = tr.resumed = {"from_step": tr.step, "checkpoint": last.name,
+                                              "settings_before": old_settings if diffs else "the same"}
+            if tr.rank == 0:
+                _truncate_log(out / "train_log.jsonl", tr.step)
+        elif (out / "train_log.jsonl").exists() and tr.rank == 0:
+            (out / "train_log.jsonl").unlink()
+        if tr.rank == 0:
+            write_json(out / "train_config.json", record)
+        tr.fit(make_batches, progress)
     return tr.saes, tr.history
 
 

@@ -12,7 +12,9 @@ Position policies (named in outputs and metadata, see docs/steering.md):
   prompt's own forward is left untouched; with a KV cache every later step is one generated token);
 - ``"from_eoi"``: from the first end-of-instruction token of each row onwards (CAA: the chat template's
   suffix after the user message, e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``), then every generated token.
-  It is the same boundary the reading policy ``"eoi"`` reads (:func:`actlab.hooks.interventions.eoi_start`).
+  It is the same boundary the reading policy ``"eoi"`` reads (:func:`actlab.hooks.interventions.eoi_start`);
+- ``"auto"`` (the default everywhere: Python, CLI, sweeps): ``from_eoi`` for rows built with the chat template
+  (the CAA protocol: the user's instruction itself is not steered), ``all`` for plain prompts.
 
 Prompt-relative thresholds are taken from the first forward pass with an empty KV cache (one per
 ``generate()`` call), per row, from the attention mask and the input ids, so left padding is handled.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import STEER_POSITIONS, Add, Edits, check_steer_positions
+from ..hooks.interventions import DEFAULT_STEER_POSITIONS, STEER_POSITIONS, Add, Edits, check_steer_positions
 from ..hooks.points import HookPoint, layer_list, parse_points
 from .vector import SteeringVector
 
@@ -56,9 +58,15 @@ def default_eoi_ids(model: Model) -> list[int]:
 
 
 def _eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None) -> list[int] | None:
-    if positions == "from_eoi" and eoi_ids is None:
+    """The end-of-instruction ids a policy needs: required for ``from_eoi``; for ``auto`` when the model has a
+    chat template (without one, ``auto`` steers every token)."""
+    if eoi_ids is not None:
+        return list(eoi_ids)
+    if positions == "from_eoi":
         return default_eoi_ids(target)
-    return None if eoi_ids is None else list(eoi_ids)
+    if positions == "auto" and getattr(getattr(target, "tokenizer", None), "chat_template", None) is not None:
+        return default_eoi_ids(target)
+    return None
 
 
 class Steer(Add):
@@ -68,7 +76,7 @@ class Steer(Add):
     kind = "steer"
 
     def __init__(self, vector: SteeringVector, multiplier: float = 1.0, *,
-                 layers: str | int | Iterable[int] | None = None, positions: str = "all",
+                 layers: str | int | Iterable[int] | None = None, positions: str = DEFAULT_STEER_POSITIONS,
                  eoi_ids: Sequence[int] | None = None):
         self.vector = vector
         self.layers_spec = layers if layers is None or isinstance(layers, (str, int)) else list(layers)
@@ -85,8 +93,7 @@ class Steer(Add):
         return [(HookPoint(i, self.vector.point), self.vector[i], self.multiplier) for i in layers]
 
     def edits(self, target: Any) -> list:
-        if self.positions == "from_eoi" and self.eoi_ids is None:
-            self.eoi_ids = default_eoi_ids(target)
+        self.eoi_ids = _eoi_for(target, self.positions, self.eoi_ids)
         return super().edits(target)
 
     def record(self) -> dict[str, Any]:
@@ -103,7 +110,7 @@ class Mix(Add):
     kind = "mix"
 
     def __init__(self, source_prompt: str, point: HookPoint | str, scale: float = 1.0, *,
-                 position: int | str = -1, positions: str = "all", chat: bool = False,
+                 position: int | str = -1, positions: str = DEFAULT_STEER_POSITIONS, chat: bool = False,
                  eoi_ids: Sequence[int] | None = None):
         if not isinstance(source_prompt, str) or not source_prompt.strip():
             raise InputError("the source prompt of activation mixing is empty")
@@ -130,7 +137,7 @@ class Steering(Edits):
     """Additions applied to a model (context manager, or a handle with ``remove()``). Kept for compatibility:
     ``model.edit(Add(...))`` / :func:`steer` build the same thing."""
 
-    def __init__(self, model: Model, additions: Sequence[Addition], *, positions: str = "all",
+    def __init__(self, model: Model, additions: Sequence[Addition], *, positions: str = DEFAULT_STEER_POSITIONS,
                  eoi_ids: list[int] | None = None):
         if not additions:
             raise InputError("nothing to steer with: no layer or vector given")
@@ -157,7 +164,7 @@ class _MultiAdd(Add):
 
 
 def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector], multiplier: float | Sequence[float] = 1.0,
-          *, layers: str | int | Iterable[int] | None = None, positions: str = "all") -> Edits:
+          *, layers: str | int | Iterable[int] | None = None, positions: str = DEFAULT_STEER_POSITIONS) -> Edits:
     """Add ``multiplier x vector`` at ``layers`` (default: every layer the vector has) of one or more vectors;
     applied at once, as a context manager or a handle. ``model.edit(Steer(...), ...)`` composes with others."""
     vecs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
@@ -169,8 +176,8 @@ def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector], mult
     return model.edit(*[Steer(v, m, layers=layers, positions=positions) for v, m in zip(vecs, mults, strict=True)])
 
 
-def add_vectors(model: Model, deltas: dict[str, torch.Tensor], multiplier: float = 1.0, *, positions: str = "all"
-                ) -> Edits:
+def add_vectors(model: Model, deltas: dict[str, torch.Tensor], multiplier: float = 1.0, *,
+                positions: str = DEFAULT_STEER_POSITIONS) -> Edits:
     """Add raw tensors at named hook points: ``{"blocks.5.resid_post": v}`` (a kind names every layer)."""
     vectors: dict[HookPoint | str, torch.Tensor] = {}
     for name, v in deltas.items():
@@ -199,7 +206,7 @@ def record_activation(model: Model, prompt: str, point: str | HookPoint, *, redu
 
 
 def mix(model: Model, source_prompt: str, point: str, scale: float = 1.0, *, position: int | str = -1,
-        positions: str = "all", chat: bool = False, reduce: str | int | None = None) -> Edits:
+        positions: str = DEFAULT_STEER_POSITIONS, chat: bool = False, reduce: str | int | None = None) -> Edits:
     """Record ``source_prompt``'s activation at ``point`` at token ``position`` (default the last, as in the
     decoding study; ``"mean"`` averages its tokens) and add ``scale`` times it to later runs (applied at once).
     ``reduce`` is the first wave's name for ``position`` (whose default was ``"mean"``), kept with a warning."""

@@ -27,6 +27,8 @@ import torch
 
 from ..data import ABItem
 from ..errors import InputError
+from ..progress import info as progress_info
+from ..progress import task as progress_task
 from ..runs import write_json, write_text
 from .apply import steer
 from .prompts import PromptStyle, format_prompt, with_answer
@@ -185,7 +187,7 @@ def ab_sweep(
     vector.check_fits(model)
     for layer in layers:
         vector[layer]  # raises a clear error for a layer the vector lacks
-    positions = positions or ("from_eoi" if style.chat else "all")
+    positions = resolve_positions(positions or "auto", style)
     if positions == "generated":
         raise InputError("positions='generated' steers nothing in a single-forward A/B evaluation; "
                          "use 'from_eoi' or 'all'")
@@ -223,11 +225,12 @@ def ab_sweep(
             n_done += len(items)
         return baseline
 
-    for layer in layers:
-        for m in multipliers:
-            key = cell_key(layer, m)
-            if key in cells and "collapsed" in cells[key]:
-                continue
+    todo = [(layer, m) for layer in layers for m in multipliers
+            if not (cell_key(layer, m) in cells and "collapsed" in cells[cell_key(layer, m)])]
+    if len(todo) < len(layers) * len(multipliers):
+        progress_info(f"sweep: {len(layers) * len(multipliers) - len(todo)} cells done earlier, reused")
+    with progress_task("sweep cells", total=len(todo), unit="cells", callback=progress) as task:
+        for layer, m in todo:
             base = unsteered()
             if m == 0:
                 p = base
@@ -237,17 +240,25 @@ def ab_sweep(
                     p = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
                 t_spent += time.perf_counter() - t0
                 n_done += len(items)
-            cells[key] = {"layer": layer, "multiplier": m, "p_matching": float(p.mean()),
-                          "p_matching_sem": float(p.std() / max(len(p), 1) ** 0.5) if len(p) > 1 else 0.0,
-                          "n": len(p), **cell_stats(p, prompts, base, label=label, collapse_share=collapse_share),
-                          "per_question": [round(float(x), 5) for x in p]}
+            cells[cell_key(layer, m)] = {
+                "layer": layer, "multiplier": m, "p_matching": float(p.mean()),
+                "p_matching_sem": float(p.std() / max(len(p), 1) ** 0.5) if len(p) > 1 else 0.0,
+                "n": len(p), **cell_stats(p, prompts, base, label=label, collapse_share=collapse_share),
+                "per_question": [round(float(x), 5) for x in p]}
             save()
-            if progress is not None:
-                progress(1)
+            task.advance(1, layer=layer, multiplier=m, p_matching=float(p.mean()))
     res = SweepResult(cells, list(layers), list(multipliers), n_done / t_spent if t_spent > 0 else None)
     if out is not None:
         write_text(out / "sweep.csv", sweep_csv(res))
     return res
+
+
+def resolve_positions(positions: str, style: PromptStyle) -> str:
+    """``auto`` made concrete for prompts all built one way: ``from_eoi`` with the chat template, ``all`` without
+    (so outputs record what was actually steered)."""
+    if positions == "auto":
+        return "from_eoi" if style.chat else "all"
+    return positions
 
 
 def sweep_csv(res: SweepResult) -> str:
@@ -266,27 +277,30 @@ def sweep_csv(res: SweepResult) -> str:
 
 @torch.no_grad()
 def steered_generations(model: Model, prompts: Sequence[str], vector: SteeringVector, *, layers: Sequence[int],
-                        multipliers: Sequence[float], style: PromptStyle, positions: str = "all",
+                        multipliers: Sequence[float], style: PromptStyle, positions: str = "auto",
                         max_new_tokens: int = 40, do_sample: bool = False, seed: int = 0, batch_size: int = 8,
                         **gen_kwargs: Any) -> list[dict[str, Any]]:
     """Generations for every prompt at every multiplier (0 = unsteered)."""
     if not multipliers:
         raise InputError("the multiplier grid is empty")
     texts = [format_prompt(model, p, style) for p in prompts]
+    positions = resolve_positions(positions, style)
     rows = []
-    for m in multipliers:
-        outs: list[str] = []
-        for s in range(0, len(texts), batch_size):
-            chunk = texts[s:s + batch_size]
-            torch.manual_seed(seed)
-            kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                      add_special_tokens=style.add_special_tokens(), **gen_kwargs)
-            if m == 0:
-                outs += model.generate_text(chunk, **kw)
-            else:
-                with steer(model, vector, m, layers=layers, positions=positions):
+    with progress_task("generating", total=len(multipliers) * len(texts), unit="prompts") as task:
+        for m in multipliers:
+            outs: list[str] = []
+            for s in range(0, len(texts), batch_size):
+                chunk = texts[s:s + batch_size]
+                torch.manual_seed(seed)
+                kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                          add_special_tokens=style.add_special_tokens(), **gen_kwargs)
+                if m == 0:
                     outs += model.generate_text(chunk, **kw)
-        rows += [{"multiplier": m, "prompt": p, "text": o} for p, o in zip(prompts, outs, strict=True)]
+                else:
+                    with steer(model, vector, m, layers=layers, positions=positions):
+                        outs += model.generate_text(chunk, **kw)
+                task.advance(len(chunk), multiplier=m)
+            rows += [{"multiplier": m, "prompt": p, "text": o} for p, o in zip(prompts, outs, strict=True)]
     return rows
 
 

@@ -19,6 +19,7 @@ import torch
 from ..data import ABItem, ContrastPair, fingerprint
 from ..errors import InputError
 from ..hooks.points import BLOCK_KINDS, HookPoint
+from ..progress import task as progress_task
 from ..version import __version__
 from .prompts import PromptStyle, format_prompt, read_positions, with_answer
 from .vector import SteeringVector
@@ -149,27 +150,27 @@ def collect(model: Model, texts: Sequence[str], positions: Sequence[Sequence[int
         lens = token_lengths(model, texts, add_special_tokens)
         positions = [[p - max(0, n - truncate_left) for p in pos] for pos, n in zip(positions, lens, strict=True)]
     out: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
-    for s in range(0, len(texts), batch_size):
-        chunk = list(texts[s:s + batch_size])
-        batch = model.tokenize(chunk, padding_side="right", add_special_tokens=add_special_tokens,
-                               truncate_left=truncate_left)
-        T = batch["input_ids"].shape[1]
-        mask = torch.zeros(len(chunk), T, dtype=torch.bool)
-        counts = []
-        for b, pos in enumerate(positions[s:s + batch_size]):
-            if not pos or max(pos) >= T:
-                raise InputError(f"text {s + b}: positions {list(pos)} are outside its {T} tokens")
-            mask[b, list(pos)] = True
-            counts.append(len(set(pos)))
-        acts = model.activations(batch, list(points), positions=mask.to(model.device), dtype=torch.float64)
-        for name, x in acts.items():
-            parts = torch.split(x, counts)
-            if reduce == "mean":
-                out[name].append(torch.stack([p.mean(0) for p in parts]).float())
-            else:
-                out[name].append(torch.stack(list(parts)).float())
-        if progress is not None:
-            progress(len(chunk))
+    with progress_task("reading activations", total=len(texts), unit="texts", callback=progress) as task:
+        for s in range(0, len(texts), batch_size):
+            chunk = list(texts[s:s + batch_size])
+            batch = model.tokenize(chunk, padding_side="right", add_special_tokens=add_special_tokens,
+                                   truncate_left=truncate_left)
+            T = batch["input_ids"].shape[1]
+            mask = torch.zeros(len(chunk), T, dtype=torch.bool)
+            counts = []
+            for b, pos in enumerate(positions[s:s + batch_size]):
+                if not pos or max(pos) >= T:
+                    raise InputError(f"text {s + b}: positions {list(pos)} are outside its {T} tokens")
+                mask[b, list(pos)] = True
+                counts.append(len(set(pos)))
+            acts = model.activations(batch, list(points), positions=mask.to(model.device), dtype=torch.float64)
+            for name, x in acts.items():
+                parts = torch.split(x, counts)
+                if reduce == "mean":
+                    out[name].append(torch.stack([p.mean(0) for p in parts]).float())
+                else:
+                    out[name].append(torch.stack(list(parts)).float())
+            task.advance(len(chunk))
     return {k: torch.cat(v) for k, v in out.items()}
 
 

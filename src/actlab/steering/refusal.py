@@ -34,6 +34,7 @@ import torch
 from ..data import fingerprint
 from ..errors import InputError
 from ..hooks.points import HookPoint
+from ..progress import info as progress_info
 from ..runs import atomic_path, write_json, write_text
 from ..version import __version__
 from .ablate import ablate
@@ -133,7 +134,7 @@ def refusal_pipeline(
     *,
     config: RefusalConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    log: Callable[[str], None] = lambda s: None,
+    log: Callable[[str], None] = progress_info,
 ) -> RefusalResult:
     """Run the pipeline (see module docstring); resumes from ``out_dir/candidates.safetensors`` when present."""
     cfg = config or RefusalConfig()

@@ -185,7 +185,11 @@ class SteeringVector:
         """Import a llama.cpp control vector (``direction.{k}`` -> resid_post of block k)."""
         from gguf import GGUFReader
 
-        reader = GGUFReader(str(path))
+        try:
+            reader = GGUFReader(str(path))
+        except Exception as e:  # gguf raises Value/struct errors on files that are not GGUF
+            raise InputError(f"{path} is not a readable GGUF control vector ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
         vecs: dict[int, torch.Tensor] = {}
         for t in reader.tensors:
             name = t.name

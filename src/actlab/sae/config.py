@@ -1,0 +1,30 @@
+"""SAE training hyper-parameters (a light module: pydantic only, so the CLI shows their defaults in --help
+without importing torch)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..configs import StrictConfig
+
+
+class TrainConfig(StrictConfig):
+    """Training hyper-parameters (loadable from YAML)."""
+
+    steps: int = Field(1000, gt=0)
+    batch_size: int = Field(4096, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    decay_start: float = Field(0.8, ge=0, le=1)
+    l1_warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = 1.0
+    dead_steps: int = Field(200, gt=0)
+    resample_every: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    normalize_activations: bool = True
+    aux_k_coefficient: float = Field(1 / 32, ge=0)
+    aux_k: int | None = Field(None, gt=0)

@@ -1,0 +1,97 @@
+"""Product edges: the `auto` steering positions, the checkpoint dtype kept on save, raw CLI output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from actlab.hooks.interventions import Add
+from conftest import shared_path
+from tiny_models import tiny_model
+
+
+def test_auto_positions_steer_from_eoi_where_a_row_has_it_and_everywhere_else():
+    model = tiny_model("llama")
+    eoi = [7, 8]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 11, 12, 9, 10]])  # row 0 has the end of instruction at 2
+    mask = torch.ones_like(ids)
+    point = "blocks.0.resid_post"
+    vec = torch.randn(model.d_model)
+    with model.capture([point]) as plain:
+        model(input_ids=ids, attention_mask=mask)
+    with model.edit(Add({point: vec}, 2.0, positions="auto", eoi_ids=eoi)), model.capture([point]) as steered:
+        model(input_ids=ids, attention_mask=mask)
+    diff = steered[point] - plain[point]
+    assert torch.allclose(diff[0, :2], torch.zeros_like(diff[0, :2]))          # before the instruction's end
+    assert torch.allclose(diff[0, 2:], (2.0 * vec).expand(4, -1), atol=1e-5)  # from it on
+    assert torch.allclose(diff[1], (2.0 * vec).expand(6, -1), atol=1e-5)      # no end of instruction: all
+    strict = Add({point: vec}, 2.0, positions="from_eoi", eoi_ids=eoi)
+    with pytest.raises(Exception, match="row 1"), model.edit(strict):  # from_eoi is strict where auto is lenient
+        model(input_ids=ids, attention_mask=mask)
+
+
+def test_resolve_positions_records_what_auto_became():
+    from actlab.steering.evaluate import resolve_positions
+    from actlab.steering.prompts import PromptStyle
+
+    assert resolve_positions("auto", PromptStyle(chat=True)) == "from_eoi"
+    assert resolve_positions("auto", PromptStyle(chat=False)) == "all"
+    assert resolve_positions("generated", PromptStyle(chat=True)) == "generated"
+
+
+def test_save_keeps_the_checkpoint_dtype(tmp_path):
+    """A bf16 checkpoint loaded in float32 is saved in bf16 again (not doubled in size), weights unchanged."""
+    import transformers
+    from safetensors import safe_open
+
+    import actlab
+
+    src = shared_path("models", "stories260k")
+    bf16 = tmp_path / "bf16"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(src).to(torch.bfloat16)
+    hf.save_pretrained(bf16)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, bf16 / f.name)
+    model = actlab.load_model(str(bf16), dtype="float32")
+    assert model.dtype == torch.float32 and model.source["checkpoint_dtype"] == "bfloat16"
+    out = model.save(tmp_path / "copy")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = f.keys()
+        dtypes = {f.get_tensor(k).dtype for k in names}
+    assert dtypes == {torch.bfloat16}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    assert model.dtype == torch.float32  # the model in memory is left alone
+    again = actlab.load_model(str(out), dtype="float32")
+    for (n, a), (_, b) in zip(model.hf.state_dict().items(), again.hf.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n  # bf16 -> f32 -> bf16 is exact
+    out32 = model.save(tmp_path / "f32", dtype=None)  # as in memory when asked
+    with safe_open(str(out32 / "model.safetensors"), "pt") as f:
+        names = f.keys()
+        assert {f.get_tensor(k).dtype for k in names} == {torch.float32}
+
+
+def test_lfp_preset_is_valid_yaml_when_redirected_with_a_long_path(tmp_path):
+    """`actlab lfp preset tiny --run-dir <long path> > file` writes YAML that loads back, unfolded."""
+    long_dir = str(tmp_path / ("a-rather-long-folder-name-" * 6) / "runs" / "lfp")
+    data = "../shared/data/imdb/" + "imdb_train_sample_with_a_long_name" * 3 + ".csv"
+    target = tmp_path / "lfp.yaml"
+    with open(target, "w") as fh:
+        r = subprocess.run([sys.executable, "-m", "actlab", "lfp", "preset", "tiny", "--run-dir", long_dir,
+                            "--data", data], stdout=fh, stderr=subprocess.PIPE, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "40"})
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(target.read_text())
+    assert cfg["preset"] == "tiny" and cfg["run_dir"] == long_dir and cfg["data"] == data
+    assert long_dir in target.read_text()  # on one line, not folded at the terminal width
+    from actlab.lfp.config import load_config
+
+    assert str(load_config(target).run_dir) == long_dir  # and it is a config the pipeline accepts
