@@ -173,3 +173,20 @@ def test_docs_place_every_layer(layer_name):
         return
     doc = (DOCS / "architecture.md").read_text(encoding="utf-8")
     assert f"`{layer_name}" in doc, f"docs/architecture.md does not place {layer_name!r}"
+
+
+def test_cli_help_imports_no_heavy_library():
+    """Every `--help` is answered from the CLI's own modules: torch and transformers load only when a command
+    runs (bench/bench_cli_startup.py measures the time this keeps). pydantic is not checked: typer itself
+    imports it to describe a sub-command's parameters."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, runpy; sys.argv = ['actlab'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('actlab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'safetensors') if m in sys.modules))")
+    for cmd in ([], ["steer", "sweep"], ["sae", "train"], ["lfp", "run"], ["compare", "hessian"], ["report"]):
+        r = subprocess.run([sys.executable, "-c", probe, *cmd, "--help"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == "[]", (cmd, r.stdout[-300:])

@@ -95,3 +95,33 @@ def test_lfp_preset_is_valid_yaml_when_redirected_with_a_long_path(tmp_path):
     from actlab.lfp.config import load_config
 
     assert str(load_config(target).run_dir) == long_dir  # and it is a config the pipeline accepts
+
+
+def test_report_survives_crafted_results_and_skips_links(tmp_path):
+    """`actlab report` on a folder it did not write: results of a known kind with wrong fields, bad encodings,
+    markup in strings and links that point out of the folder. Nothing crashes, nothing outside is read."""
+    from actlab.report.run_report import build_report
+
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.json").write_text(json.dumps({"password": "hunter2"}))
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / "dots.json").write_text(json.dumps({"kind": "direction_dots", "results": [
+        {"prompt": "<script>alert(1)</script>", "tokens": ["a", "b"], "dots": ["x", None]}]}))
+    (run / "lens.json").write_text(json.dumps({"results": [{"prompts": [{"prompt": "p", "points": {
+        "resid_post": [{"layer": 0, "top": [{"token": "<b>"}]}]}}]}]}))  # no "prob"
+    (run / "top.json").write_text(json.dumps({"kind": "top_examples", "features": "not a list"}))
+    (run / "weird.json").write_text(json.dumps([[1, [2, [3, {"k": "<img src=x onerror=alert(1)>"}]]]]))
+    (run / "bad.json").write_bytes(b"\xff\xfe not json")
+    (run / "table.csv").write_bytes(b"a,b\n\xff\xfe,2\n")
+    (run / "sub" / "run.json").write_text(json.dumps({"command": "<i>x</i>", "config": None}))
+    (run / "leak.json").symlink_to(secret / "key.json")
+    (run / "linked").symlink_to(secret, target_is_directory=True)
+    page_path = build_report(run)
+    page = page_path.read_text()
+    assert "hunter2" not in page and "Not included: 2 symbolic link(s)" in page
+    assert "<script>alert" not in page and "<img src=x" not in page and "<i>x</i>" not in page
+    assert "&lt;script&gt;" in page and "shown as plain tables" in page
+    assert "could not read bad.json" in page and "could not read table.csv" in page
+    assert build_report(run).read_text() == page  # deterministic: same folder, same bytes

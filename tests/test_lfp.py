@@ -33,9 +33,10 @@ def test_preferences_hh_and_swap(tmp_path):
         load_preferences(f)
 
 
-def test_dpo_finetune_cli(tmp_path, capsys, tinystories):
+def test_dpo_finetune_cli(tmp_path, capsys, monkeypatch, tinystories):
     hh = shared_path("data", "hh_rlhf", "harmless-base", "test.jsonl.gz")
-    code, _, err = run(["finetune", "dpo", "tinystories-656k", "--data", str(hh), "--out", str(tmp_path / "dpo"),
+    monkeypatch.setenv("ACTLAB_PROGRESS_DELAY", "0")  # report even steps this short
+    code, out, err = run(["finetune", "dpo", "tinystories-656k", "--data", str(hh), "--out", str(tmp_path / "dpo"),
                           "--steps", "3", "--batch-size", "2", "--limit", "12", "--max-length", "96", "--lr", "1e-4",
                           "--swap"], capsys)
     assert code == 0, err
@@ -43,6 +44,10 @@ def test_dpo_finetune_cli(tmp_path, capsys, tinystories):
     assert res["swapped"] and res["history"] and "preference_accuracy" in res["history"][-1]
     assert "kl_estimate" in res["history"][-1]
     assert (tmp_path / "dpo" / "model" / "config.json").is_file()
+    # progress through actlab's own lines (steps and the latest metrics), no trainer dicts or bars printed
+    done = [ln for ln in err.splitlines() if "dpo fine-tuning: done, 3 steps" in ln]
+    assert done and "loss" in done[0] and "accuracies" in done[0], err
+    assert "{'loss'" not in out + err and "it/s]" not in out + err
 
 
 def _explainer_reply(messages, model):

@@ -288,9 +288,17 @@ def test_cache_resume_corruption_and_mismatch(tmp_path, tinystories):
     manifest["n_texts_done"] = manifest["shards"][-1]["texts"][1]
     manifest["complete"] = False
     (part / "manifest.json").write_text(json.dumps(manifest))
+    before = CacheReader(part, "blocks.1.mlp_out").n_tokens
+    from actlab.runs import TMP_PREFIX, TMP_SUFFIX
+
+    stale = part / f"{TMP_PREFIX}shard_00002.safetensors.x1{TMP_SUFFIX}"  # what a kill mid-write leaves
+    stale.write_bytes(b"half a shard")
+    (part / "shard_00099.safetensors").write_bytes(b"written after the last manifest update")
     m2 = cache_activations(tinystories, texts, "blocks.1.mlp_out", part, batch_size=4, shard_tokens=300,
                            max_length=64)
-    assert m2["complete"] and m2["n_tokens"] == full_tokens
+    assert m2["complete"] and m2["n_tokens"] == full_tokens and before < full_tokens
+    assert not stale.exists() and not (part / "shard_00099.safetensors").exists()
+    assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m1["shards"]]  # same bytes as one run
     # corruption is caught by checksum, naming the file
     shard = part / m2["shards"][1]["file"]
     data = bytearray(shard.read_bytes())

@@ -38,6 +38,19 @@ def test_caa_extract_and_sweep(behaviour, tmp_path, capsys, smollm):
     assert code == 0 and "all cells cached" in out
     code, out, _ = run([*args, "--overwrite"], capsys)
     assert code == 0 and "questions/s" in out
+    if behaviour != "refusal":
+        return
+    # a resumed sweep extends the grid, and refuses cells measured under other settings
+    code, out, err = run([*args[:-4], "--multipliers", "-4,0,4,8", "--batch-size", "6"], capsys)
+    assert code == 0, err
+    assert "6 cells done earlier" in out + err and len(json.loads((sweep_dir / "sweep.json").read_text())["cells"]) == 8
+    for changed, word in ((["--limit", "5"], "n_questions"), (["--positions", "all"], "positions")):
+        code, out, err = run([*args, *changed], capsys)
+        assert code == 2 and word in err and "--overwrite" in err, (changed, err)
+    other = tmp_path / "other.safetensors"
+    SteeringVector({k: 2 * v[k] for k in v.layers}, v.point, dict(v.meta)).save(other)
+    code, out, err = run([*args[:3], "--vector", str(other), *args[5:]], capsys)
+    assert code == 2 and "vector_sha256" in err
 
 
 def test_generate_side_by_side_and_gguf_export(tmp_path, capsys, smollm):

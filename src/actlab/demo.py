@@ -137,9 +137,8 @@ def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str =
 
 def _demo(out: Path, model_name: str, log: Callable[[str], None], dtype: str | None, device: str | None
           ) -> dict[str, Any]:
-    log(f"loading {model_name} ...")
     t0 = time.perf_counter()
-    model = load_model(model_name, dtype=dtype, device=device)
+    model = load_model(model_name, dtype=dtype, device=device)  # reports its own progress when it takes a while
     log(f"loaded {model!r} in {time.perf_counter() - t0:.1f}s")
     page = Page(f"actlab demo: {model.name}",
                 f"{model.adapter.family}, {model.n_layers} layers, d_model {model.d_model}")

@@ -75,9 +75,9 @@ def cache(
 
 
 def _train_default(field: str) -> Any:
-    from ..sae.config import TrainConfig
+    from ..sae import defaults
 
-    return TrainConfig.model_fields[field].default
+    return getattr(defaults, field.upper())
 
 
 @sae_app.command("train")

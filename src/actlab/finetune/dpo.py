@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from ..configs import StrictConfig
+from ..progress import third_party_quiet
 from ..runs import write_json
-from .rl import _trl_common, history_from_trainer, quiet
+from .rl import _trl_common, history_from_trainer, quiet, train_with_progress
 
 if TYPE_CHECKING:
     from ..models.model import Model
@@ -44,12 +45,13 @@ def train_dpo(model: Model, pairs: list[dict[str, str]], cfg: DPOSettings, out_d
     ds = Dataset.from_list(pairs)
     args = DPOConfig(per_device_train_batch_size=cfg.batch_size, beta=cfg.beta, max_length=cfg.max_length,
                      **_trl_common(cfg, out))
-    trainer = DPOTrainer(model=model.hf, args=args, train_dataset=ds, processing_class=model.tokenizer)
+    with third_party_quiet():  # datasets' map bars, the reference model's "Loading weights", TRL's warnings
+        trainer = DPOTrainer(model=model.hf, args=args, train_dataset=ds, processing_class=model.tokenizer)
     quiet(trainer)
-    trainer.train()
+    keys = ("rewards/accuracies", "rewards/chosen", "rewards/rejected", "rewards/margins", "loss")
+    train_with_progress(trainer, "dpo fine-tuning", cfg.max_steps, keys)
     model.hf.eval()
-    hist = history_from_trainer(trainer.state.log_history, ("rewards/accuracies", "rewards/chosen",
-                                                            "rewards/rejected", "rewards/margins", "loss"))
+    hist = history_from_trainer(trainer.state.log_history, keys)
     for h in hist:
         if "rewards/chosen" in h and "rewards/rejected" in h:
             h["kl_estimate"] = (h["rewards/chosen"] + h["rewards/rejected"]) / (2 * cfg.beta)

@@ -18,6 +18,8 @@ from pydantic import Field
 
 from ..configs import StrictConfig
 from ..errors import InputError
+from ..progress import task as progress_task
+from ..progress import third_party_quiet
 from ..runs import write_json
 from .rewards import lexicon_reward_fn
 
@@ -64,6 +66,26 @@ def quiet(trainer: Any) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
+def train_with_progress(trainer: Any, description: str, total: int, keys: tuple[str, ...]) -> None:
+    """``trainer.train()`` reported through actlab's progress (a bar on a terminal, a dated line in a log file
+    every few seconds, with the latest of ``keys``), with the libraries' own bars and warnings quiet."""
+    from transformers import TrainerCallback
+
+    with progress_task(description, total=total, unit="steps") as task, third_party_quiet():
+        class StepProgress(TrainerCallback):
+            seen = 0
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                       **kwargs: Any) -> None:
+                shown = {k.replace("rewards/", ""): round(float(v), 4) for k, v in (logs or {}).items()
+                         if k in keys and isinstance(v, (int, float))}
+                task.advance(max(state.global_step - self.seen, 0), **shown)
+                self.seen = max(self.seen, state.global_step)
+
+        trainer.add_callback(StepProgress())
+        trainer.train()
+
+
 def history_from_trainer(log_history: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     return [{"step": h["step"], **{k: float(h[k]) for k in keys if k in h}} for h in log_history
             if any(k in h for k in keys)]
@@ -88,12 +110,14 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
     args = ConfigCls(per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
                      beta=cfg.beta, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                      **common)
-    trainer = TrainerCls(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
-                         processing_class=model.tokenizer)
+    with third_party_quiet():  # datasets' map bars, the reference model's "Loading weights", TRL's warnings
+        trainer = TrainerCls(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
+                             processing_class=model.tokenizer)
     quiet(trainer)
-    trainer.train()
+    keys = ("reward", "reward_std", "kl", "loss")
+    train_with_progress(trainer, f"{cfg.method} fine-tuning", cfg.max_steps, keys)
     model.hf.eval()
-    hist = history_from_trainer(trainer.state.log_history, ("reward", "reward_std", "kl", "loss"))
+    hist = history_from_trainer(trainer.state.log_history, keys)
     model.save(out / "model")
     summary = {"method": cfg.method, "config": cfg.model_dump(), "history": hist,
                "deviation": "GRPO/RLOO with a KL penalty (beta) instead of the study's PPO with a value head",

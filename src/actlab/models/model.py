@@ -64,7 +64,8 @@ def save_pretrained_plain(hf_model: nn.Module, folder: str | os.PathLike[str], *
         if "state_dict" in kw:  # save_pretrained writes the in-memory dtype into config.json; say what was saved
             cfg_path = Path(folder) / "config.json"
             cfg = json.loads(cfg_path.read_text())
-            cfg[attr] = str(dtype).replace("torch.", "")
+            for key in {attr, *(k for k in ("dtype", "torch_dtype") if k in cfg)}:  # 4.5x writes both names
+                cfg[key] = str(dtype).replace("torch.", "")
             write_json(cfg_path, cfg)
     finally:
         if quantizer is not None:

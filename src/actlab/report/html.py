@@ -56,6 +56,15 @@ class Page:
         if subtitle:
             self.parts.append(f'<p class="muted">{esc(subtitle)}</p>')
 
+    def fork(self) -> Page:
+        """An empty page to render into on trial; :meth:`merge` adds it here when the rendering succeeded."""
+        return Page(self.title)
+
+    def merge(self, other: Page) -> Page:
+        self.parts.extend(other.parts)
+        self.toc.extend(other.toc)
+        return self
+
     def section(self, title: str, anchor: str | None = None) -> Page:
         anchor = anchor or f"s{len(self.toc) + 1}"
         self.toc.append((anchor, title))

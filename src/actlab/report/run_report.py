@@ -10,6 +10,7 @@ and no token text can inject markup.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import InputError
 from .html import Page, esc, tok
 
 MAX_ROWS = 60
+MAX_JSON_BYTES = 32 * 2**20  # larger results are listed, not parsed
 _SKIP_SUFFIXES = (".tmp",)
 
 
@@ -111,23 +113,40 @@ _RENDERERS = {"direction_dots": _render_dots, "top_examples": _render_top_exampl
 
 
 def _render_json(page: Page, path: Path) -> None:
+    """A JSON file through its kind's renderer; a file that does not have the shape its kind promises (edited
+    by hand, written by another version) falls back to the generic tables with a note, never a crash."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        page.text(f"({path.name} is {_size(path.stat().st_size)}; not shown)", muted=True)
+        return
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         page.text(f"(could not read {path.name}: {e})", muted=True)
         return
     kind = obj.get("kind") if isinstance(obj, dict) else None
-    if kind in _RENDERERS:
-        _RENDERERS[kind](page, obj)
-    elif isinstance(obj, dict) and "results" in obj and path.stem == "lens":
-        _render_lens(page, obj)
-    else:
-        render_value(page, obj)
+    special = _RENDERERS.get(kind) if isinstance(kind, str) else None
+    if special is None and isinstance(obj, dict) and "results" in obj and path.stem == "lens":
+        special = _render_lens
+    if special is not None:
+        trial = page.fork()
+        try:
+            special(trial, obj)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            page.text(f"({path.name} does not have the fields a {kind or 'lens'} result has "
+                      f"({type(e).__name__}: {e}); shown as plain tables)", muted=True)
+        else:
+            page.merge(trial)
+            return
+    render_value(page, obj)
 
 
 def _render_csv(page: Page, path: Path) -> None:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        page.text(f"(could not read {path.name}: {e})", muted=True)
+        return
     if rows:
         page.table(rows[0], rows[1:MAX_ROWS + 1])
         if len(rows) > MAX_ROWS + 1:
@@ -142,22 +161,52 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
+def _run_files(root: Path, out_path: Path) -> tuple[list[Path], list[str]]:
+    """Regular files under ``root`` (hidden and temp files left out), never through a symbolic link: a link
+    in a run folder could otherwise pull any file of the machine into a page that gets shared."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    out_resolved = out_path.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for d in list(dirnames):
+            if (here / d).is_symlink():
+                skipped.append(str((here / d).relative_to(root)))
+                dirnames.remove(d)
+            elif d.startswith("."):
+                dirnames.remove(d)
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = here / name
+            if p.is_symlink():
+                skipped.append(str(p.relative_to(root)))
+                continue
+            if (name.startswith(".") or name.endswith(_SKIP_SUFFIXES) or name == "report.html"
+                    or not p.is_file() or p.resolve() == out_resolved):
+                continue
+            files.append(p)
+    return sorted(files), skipped
+
+
 def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
     root = Path(run_dir)
     if not root.is_dir():
         raise InputError(f"run directory {str(root)!r} does not exist")
     out_path = Path(out) if out else root / "report.html"
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.resolve() != out_path.resolve()
-             and not p.name.startswith(".") and not p.name.endswith(_SKIP_SUFFIXES) and p.name != "report.html"]
+    files, skipped = _run_files(root, out_path)
     if not files:
         raise InputError(f"run directory {str(root)!r} is empty")
     page = Page(f"actlab report: {root.name}", f"{len(files)} files under {root}")
+    if skipped:
+        page.text(f"Not included: {len(skipped)} symbolic link(s) ({', '.join(skipped[:5])}"
+                  f"{', ...' if len(skipped) > 5 else ''}); a report shows only what the run folder holds.",
+                  muted=True)
     folders = sorted({p.parent for p in files}, key=lambda d: (d != root, str(d)))
     for folder in folders:
         here = [p for p in files if p.parent == folder]
         rel = "." if folder == root else str(folder.relative_to(root))
-        page.section(f"{rel}", f"d{abs(hash(rel)) % 10**8}")
+        page.section(f"{rel}", "d" + hashlib.sha1(rel.encode()).hexdigest()[:10])
         claimed: set[Path] = set()
         run = folder / "run.json"
         if run in here:

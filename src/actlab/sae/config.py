@@ -6,14 +6,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..configs import StrictConfig
+from . import defaults
 
 
 class TrainConfig(StrictConfig):
     """Training hyper-parameters (loadable from YAML)."""
 
-    steps: int = Field(1000, gt=0)
-    batch_size: int = Field(4096, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(defaults.STEPS, gt=0)
+    batch_size: int = Field(defaults.BATCH_SIZE, gt=0)
+    lr: float = Field(defaults.LR, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     decay_start: float = Field(0.8, ge=0, le=1)

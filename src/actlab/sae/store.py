@@ -24,7 +24,7 @@ import torch
 from ..errors import ActlabError, InputError
 from ..progress import info as progress_info
 from ..progress import task as progress_task
-from ..runs import atomic_path, sha256_file, write_json
+from ..runs import atomic_path, folder_lock, remove_orphan_temps, sha256_file, write_json
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -103,15 +103,28 @@ def cache_activations(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Stream ``texts`` through the model and write the activations at ``points`` (see module docstring)."""
+    """Stream ``texts`` through the model and write the activations at ``points`` (see module docstring).
+    The folder is locked while it is written; a resumed run first removes what an interrupted one left half
+    written (temp files, shards the manifest does not list)."""
+    out = Path(out_dir)
+    with folder_lock(out, "activation cache"):
+        removed = remove_orphan_temps(out)
+        if removed:
+            progress_info(f"cache: removed {len(removed)} unfinished temp file(s) of an interrupted run")
+        return _cache_locked(model, texts, points, out, dtype=dtype, batch_size=batch_size,
+                             shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
+                             overwrite=overwrite, progress=progress)
+
+
+def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, dtype: str,
+                  batch_size: int, shard_tokens: int, max_length: int, keep_bos: bool, overwrite: bool,
+                  progress: Callable[[int], None] | None) -> dict[str, Any]:
     if dtype not in DTYPES:
         raise InputError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if not texts:
         raise InputError("no texts to cache")
     pts = model.parse_points(points)
     widths = {p.name: p.width(model) for p in pts}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint(texts)
     identity = {"model": model.name, "points": [p.name for p in pts], "d": widths, "dtype": dtype,
                 "tokenizer": getattr(model.tokenizer, "name_or_path", ""), "dataset_fingerprint": fp,
@@ -129,6 +142,10 @@ def cache_activations(
         manifest = old
         if manifest.get("complete"):
             return manifest
+        listed = {sh["file"] for sh in manifest["shards"]}
+        for f in out.glob("shard_*.safetensors"):
+            if f.name not in listed:  # written after the last manifest update; its texts are redone
+                f.unlink()
     if manifest is None:
         for f in out.glob("shard_*.safetensors"):
             f.unlink()

@@ -14,6 +14,7 @@ cells are skipped on a re-run unless ``overwrite`` is set.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -194,12 +195,11 @@ def ab_sweep(
     out = Path(out_dir) if out_dir else None
     results_path = out / "sweep.json" if out else None
     cells: dict[str, dict[str, Any]] = {}
-    config = {"model": model.name, "vector": vector.meta, "point": vector.point, "positions": positions,
-              "chat": style.chat, "n_questions": len(items)}
+    config = {"model": model.name, "vector": vector.meta, "vector_sha256": vector_fingerprint(vector, layers),
+              "point": vector.point, "positions": positions, "chat": style.chat, "system": style.system,
+              "n_questions": len(items), "questions_sha256": items_fingerprint(items)}
     if results_path is not None and results_path.exists() and not overwrite:
-        saved = json.loads(results_path.read_text())
-        if saved.get("config", {}).get("n_questions") == len(items):
-            cells = saved.get("cells", {})
+        cells = _resumable_cells(results_path, config)
     prompts = _ab_prompts(model, items, style)
     label = first_label(prompts)
     config["first_label"] = label
@@ -251,6 +251,49 @@ def ab_sweep(
     if out is not None:
         write_text(out / "sweep.csv", sweep_csv(res))
     return res
+
+
+RESUME_KEYS = ("model", "vector_sha256", "point", "positions", "chat", "system", "n_questions", "questions_sha256")
+
+
+def vector_fingerprint(vector: SteeringVector, layers: Sequence[int]) -> str:
+    """sha256 of the swept layers' vectors (float32 bytes): the same numbers give the same fingerprint, whatever
+    file or object they came from."""
+    h = hashlib.sha256()
+    for layer in sorted(set(layers)):
+        h.update(f"{layer}:".encode())
+        h.update(vector[layer].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def items_fingerprint(items: Sequence[ABItem]) -> str:
+    """sha256 of the questions and their answers, in order."""
+    payload = json.dumps([[it.question, it.matching, it.not_matching] for it in items], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _resumable_cells(path: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cells of an earlier sweep in the same folder, when it measured the same thing; otherwise an error
+    naming what changed (mixing cells of two settings in one table would be silently wrong)."""
+    try:
+        saved = json.loads(path.read_text())
+        old, cells = saved["config"], saved["cells"]
+        if not isinstance(old, dict) or not isinstance(cells, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path} is not a sweep result this version can resume; pass --overwrite to start "
+                         "again") from None
+    changed = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
+    if changed:
+        what = ", ".join(f"{k} ({_short(old.get(k))} -> {_short(config.get(k))})" for k in changed)
+        raise InputError(f"{path.parent} holds a sweep with other settings: {what}; pass --overwrite to replace "
+                         "it or choose another --out")
+    return cells
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 24 else s[:12] + "..." + s[-8:]
 
 
 def resolve_positions(positions: str, style: PromptStyle) -> str:
