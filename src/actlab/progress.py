@@ -20,10 +20,11 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("actlab")
+T = TypeVar("T")
 
 
 def _ensure_handler() -> None:
@@ -166,6 +167,14 @@ def task(description: str, total: int | None = None, *, unit: str = "items",
          callback: Callable[..., Any] | None = None) -> Task:
     """A progress task for a long step (see module docstring); ``callback(n)`` also gets every advance."""
     return Task(description, total, unit=unit, callback=callback)
+
+
+def track(items: Sequence[T], description: str, *, unit: str = "items") -> Iterator[T]:
+    """``for x in track(items, "labelling features", unit="features")``: a task advanced once per item."""
+    with task(description, total=len(items), unit=unit) as t:
+        for x in items:
+            yield x
+            t.advance(1)
 
 
 def info(message: str) -> None:

@@ -20,6 +20,8 @@ import torch
 from ..errors import ActlabError, InputError
 from ..hooks.points import HookPoint
 from ..progress import info as progress_info
+from ..progress import task as progress_task
+from ..progress import track
 from ..runs import Run, write_json
 from .config import LFPConfig
 from .stages import STAGES
@@ -327,9 +329,11 @@ def _generated_counts(ctx: Context, words: list[str]) -> dict[str, int]:
     tuned = ctx.model("tuned")
     prompts = imdb_prefixes(ctx.cfg.data, ctx.cfg.frequency_prompts)
     counts: Counter[str] = Counter()
-    for s in range(0, len(prompts), 16):
-        for g in tuned.generate_text(prompts[s:s + 16], max_new_tokens=ctx.cfg.ablation_new_tokens):
-            counts.update(split_words(g))
+    with progress_task("generating for word frequencies", total=len(prompts), unit="prompts") as task:
+        for s in range(0, len(prompts), 16):
+            for g in tuned.generate_text(prompts[s:s + 16], max_new_tokens=ctx.cfg.ablation_new_tokens):
+                counts.update(split_words(g))
+            task.advance(len(prompts[s:s + 16]))
     return {w: counts.get(w, 0) for w in words}
 
 
@@ -440,7 +444,7 @@ def stage_features(ctx: Context) -> dict[str, Any]:
     strong = p_m.abs() >= torch.quantile(p_m.abs(), 0.8)
     fires = x_m > 0
     feats = []
-    for cos, layer, f in chosen:
+    for cos, layer, f in track(chosen, "labelling features", unit="features"):
         rows = top_examples(tuned, saes[layer], saes[layer].cfg.hook_point, texts, features=[f], k=ex.contexts,
                             max_length=cfg.sae.max_length)[f]
         if explainer is not None:
@@ -480,14 +484,18 @@ def stage_features(ctx: Context) -> dict[str, Any]:
     prompts = imdb_prefixes(cfg.data, cfg.ablation_prompts) if cfg.data else []
     ablation: dict[str, Any] = {"n_prompts": len(prompts)}
     if prompts:
-        def mean_reward(which: dict[int, list[int]] | None = None) -> float:
+        def mean_reward(which: dict[int, list[int]] | None = None, what: str = "none ablated") -> float:
             from contextlib import ExitStack
 
             with ExitStack() as stack:
                 for layer, fs in (which or {}).items():
                     stack.enter_context(FeatureIntervention(tuned, saes[layer], saes[layer].cfg.hook_point,
                                                             ablate=fs))
-                gens = tuned.generate_text(prompts, max_new_tokens=cfg.ablation_new_tokens)
+                with progress_task(f"ablation generations ({what})", total=len(prompts), unit="prompts") as task:
+                    gens = []
+                    for s in range(0, len(prompts), 16):
+                        gens += tuned.generate_text(prompts[s:s + 16], max_new_tokens=cfg.ablation_new_tokens)
+                        task.advance(len(prompts[s:s + 16]))
             return sum(lexicon_reward(g) for g in gens) / len(gens)
 
         ablation["reward_before"] = mean_reward()
@@ -501,8 +509,8 @@ def stage_features(ctx: Context) -> dict[str, Any]:
                 pool = [f for f in range(saes[layer].cfg.d_sae) if f not in fs]
                 pick = torch.randperm(len(pool), generator=g)[: len(fs)].tolist()
                 random_by_layer[layer] = sorted(pool[i] for i in pick)
-            ablation["reward_after"] = mean_reward(chosen_by_layer)
-            ablation["reward_after_random"] = mean_reward(random_by_layer)
+            ablation["reward_after"] = mean_reward(chosen_by_layer, "related features ablated")
+            ablation["reward_after_random"] = mean_reward(random_by_layer, "random features ablated")
             ablation["ablated"] = [[r["layer"], r["feature"]] for r in related]
             ablation["random_ablated"] = [[layer, f] for layer, fs in random_by_layer.items() for f in fs]
     out = ctx.dir("features")

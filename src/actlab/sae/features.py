@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..hooks.interventions import Edits, Replace
 from ..hooks.points import HookPoint
+from ..progress import task as progress_task
 from .dictionary import SparseAutoencoder
 
 if TYPE_CHECKING:
@@ -121,29 +122,31 @@ def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequen
     best_v = torch.full((F, k), -1.0)
     best_loc = torch.full((F, k, 2), -1, dtype=torch.long)
     all_ids: list[list[int]] = []
-    for s in range(0, len(texts), batch_size):
-        batch = _token_batch(model, texts[s:s + batch_size], max_length)
-        acts = model.activations(batch, name, positions="all", dtype=torch.float32)
-        x = acts[name]
-        codes = sae.encode(x.to(sae.W_enc.device))[..., feats.to(sae.W_enc.device)].cpu()  # [B, T, F]
-        lens = acts.lengths
-        valid = torch.arange(codes.shape[1])[None, :] < lens[:, None]
-        bos = getattr(model.tokenizer, "bos_token_id", None)
-        if not keep_bos and bos is not None:
-            valid[:, 0] &= batch["input_ids"][:, 0].cpu() != bos
-        codes = codes.masked_fill(~valid[..., None], -1.0)
-        B, T = codes.shape[:2]
-        flat = codes.reshape(B * T, F).T  # [F, B*T]
-        kk = min(k, flat.shape[1])
-        v, i = flat.topk(kk, dim=1)
-        loc = torch.stack([i // T + s, i % T], -1)
-        cat_v = torch.cat([best_v, v], 1)
-        cat_l = torch.cat([best_loc, loc], 1)
-        top = cat_v.topk(k, dim=1)
-        best_v = top.values
-        best_loc = cat_l.gather(1, top.indices[..., None].expand(-1, -1, 2))
-        for b in range(B):
-            all_ids.append(batch["input_ids"][b, : int(lens[b])].tolist())
+    with progress_task("top examples", total=len(texts), unit="texts") as task:
+        for s in range(0, len(texts), batch_size):
+            batch = _token_batch(model, texts[s:s + batch_size], max_length)
+            acts = model.activations(batch, name, positions="all", dtype=torch.float32)
+            x = acts[name]
+            codes = sae.encode(x.to(sae.W_enc.device))[..., feats.to(sae.W_enc.device)].cpu()  # [B, T, F]
+            lens = acts.lengths
+            valid = torch.arange(codes.shape[1])[None, :] < lens[:, None]
+            bos = getattr(model.tokenizer, "bos_token_id", None)
+            if not keep_bos and bos is not None:
+                valid[:, 0] &= batch["input_ids"][:, 0].cpu() != bos
+            codes = codes.masked_fill(~valid[..., None], -1.0)
+            B, T = codes.shape[:2]
+            flat = codes.reshape(B * T, F).T  # [F, B*T]
+            kk = min(k, flat.shape[1])
+            v, i = flat.topk(kk, dim=1)
+            loc = torch.stack([i // T + s, i % T], -1)
+            cat_v = torch.cat([best_v, v], 1)
+            cat_l = torch.cat([best_loc, loc], 1)
+            top = cat_v.topk(k, dim=1)
+            best_v = top.values
+            best_loc = cat_l.gather(1, top.indices[..., None].expand(-1, -1, 2))
+            for b in range(B):
+                all_ids.append(batch["input_ids"][b, : int(lens[b])].tolist())
+            task.advance(B)
     tok = model.tokenizer
     out: dict[int, list[dict[str, Any]]] = {}
     for j, f in enumerate(feats.tolist()):

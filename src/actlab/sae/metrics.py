@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..hooks.interventions import Edits, Replace
+from ..progress import task as progress_task
 from ..runs import write_json
 from .dictionary import SparseAutoencoder
 
@@ -34,18 +35,20 @@ def reconstruction_metrics(sae: SparseAutoencoder, batches: Iterable[torch.Tenso
     n, se, l0 = 0, 0.0, 0.0
     sum_x = sum_x2 = None
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=dev)
-    for b, x in enumerate(batches):
-        if max_batches is not None and b >= max_batches:
-            break
-        x = x.to(dev, torch.float32)
-        x_hat, f = sae(x)
-        se += float((x_hat - x).double().pow(2).sum())
-        l0 += float((f > 0).double().sum())
-        fires += (f > 0).double().sum(0)
-        xd = x.double()
-        sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
-        sum_x2 = xd.pow(2).sum(0) if sum_x2 is None else sum_x2 + xd.pow(2).sum(0)
-        n += len(x)
+    with progress_task("reconstruction metrics", total=max_batches, unit="batches") as task:
+        for b, x in enumerate(batches):
+            if max_batches is not None and b >= max_batches:
+                break
+            x = x.to(dev, torch.float32)
+            x_hat, f = sae(x)
+            se += float((x_hat - x).double().pow(2).sum())
+            l0 += float((f > 0).double().sum())
+            fires += (f > 0).double().sum(0)
+            xd = x.double()
+            sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
+            sum_x2 = xd.pow(2).sum(0) if sum_x2 is None else sum_x2 + xd.pow(2).sum(0)
+            n += len(x)
+            task.advance(1, tokens=n)
     if n == 0 or sum_x is None or sum_x2 is None:
         raise InputError("no activations to evaluate on")
     total_var = float((sum_x2 - sum_x.pow(2) / n).sum())
@@ -101,15 +104,17 @@ def downstream_loss(model: Model, sae: SparseAutoencoder, point: str, texts: Seq
 
     tot = {"clean": 0.0, "spliced": 0.0, "zero_ablation": 0.0}
     count = 0
-    for s in range(0, len(texts), batch_size):
-        batch = _token_batch(model, texts[s:s + batch_size], max_length)
-        loss, n = _lm_loss(model, batch)
-        tot["clean"] += loss
-        with Splice(model, point, _reconstruct(sae), label="sae_reconstruction"):
-            tot["spliced"] += _lm_loss(model, batch)[0]
-        with Splice(model, point, torch.zeros_like, label="zeros"):
-            tot["zero_ablation"] += _lm_loss(model, batch)[0]
-        count += n
+    with progress_task("downstream loss", total=len(texts), unit="texts") as task:
+        for s in range(0, len(texts), batch_size):
+            batch = _token_batch(model, texts[s:s + batch_size], max_length)
+            loss, n = _lm_loss(model, batch)
+            tot["clean"] += loss
+            with Splice(model, point, _reconstruct(sae), label="sae_reconstruction"):
+                tot["spliced"] += _lm_loss(model, batch)[0]
+            with Splice(model, point, torch.zeros_like, label="zeros"):
+                tot["zero_ablation"] += _lm_loss(model, batch)[0]
+            count += n
+            task.advance(len(texts[s:s + batch_size]))
     if count == 0:
         raise InputError("no tokens to score")
     out = {k: v / count for k, v in tot.items()}

@@ -35,6 +35,7 @@ from ..data import fingerprint
 from ..errors import InputError
 from ..hooks.points import HookPoint
 from ..progress import info as progress_info
+from ..progress import task as progress_task
 from ..runs import atomic_path, write_json, write_text
 from ..version import __version__
 from .ablate import ablate
@@ -204,23 +205,26 @@ def refusal_pipeline(
     log(f"  clean refusal score: harmful {base_harmful:.2f}, harmless {base_harmless:.2f}")
     cutoff = math.floor(model.n_layers * (1 - cfg.prune_last_fraction))
     rows: list[dict[str, Any]] = []
-    for pi in range(n_pos):
-        for li, layer in enumerate(layers):
-            r = cands[pi, li]
-            if float(r.norm()) <= 1e-6 * float(cands.norm(dim=-1).max()):
-                # identical inputs at this position and layer (e.g. the embeddings of the template's own tokens)
-                rows.append({"eoi_position": pi - n_pos, "layer": layer, "kl": None, "bypass": None,
-                             "induce": None, "norm": float(r.norm()), "passes_filters": False, "degenerate": True})
-                continue
-            with ablate(model, r):
-                kl = float(_kl(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
-                bypass = float(_refusal_logodds(_last_logits(model, vh, style, cfg.batch_size), ref_ids).mean())
-            with Steering(model, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
-                induce = float(_refusal_logodds(_last_logits(model, vn, style, cfg.batch_size), ref_ids).mean())
-            keep = kl < cfg.kl_threshold and induce > base_harmless and layer < cutoff
-            rows.append({"eoi_position": pi - n_pos, "layer": layer, "kl": kl, "bypass": bypass, "induce": induce,
-                         "norm": float(r.norm()), "passes_filters": keep})
-        log(f"  scored eoi position {pi - n_pos}: {len(layers)} layers")
+    with progress_task("scoring refusal candidates", total=n_pos * len(layers), unit="candidates") as scoring:
+        for pi in range(n_pos):
+            for li, layer in enumerate(layers):
+                r = cands[pi, li]
+                if float(r.norm()) <= 1e-6 * float(cands.norm(dim=-1).max()):
+                    # identical inputs at this position and layer (e.g. the embeddings of the template's own tokens)
+                    rows.append({"eoi_position": pi - n_pos, "layer": layer, "kl": None, "bypass": None,
+                                 "induce": None, "norm": float(r.norm()), "passes_filters": False, "degenerate": True})
+                    scoring.advance(1)
+                    continue
+                with ablate(model, r):
+                    kl = float(_kl(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
+                    bypass = float(_refusal_logodds(_last_logits(model, vh, style, cfg.batch_size), ref_ids).mean())
+                with Steering(model, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
+                    induce = float(_refusal_logodds(_last_logits(model, vn, style, cfg.batch_size), ref_ids).mean())
+                keep = kl < cfg.kl_threshold and induce > base_harmless and layer < cutoff
+                rows.append({"eoi_position": pi - n_pos, "layer": layer, "kl": kl, "bypass": bypass, "induce": induce,
+                             "norm": float(r.norm()), "passes_filters": keep})
+                scoring.advance(1, position=pi - n_pos, layer=layer, kl=round(kl, 4), bypass=round(bypass, 3))
+            log(f"  scored eoi position {pi - n_pos}: {len(layers)} layers")
 
     # 3. slow check on the best candidates --------------------------------------------------------------
     pool = [r for r in rows if r["passes_filters"]]
