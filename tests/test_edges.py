@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,7 +91,8 @@ def test_lfp_preset_is_valid_yaml_when_redirected_with_a_long_path(tmp_path):
                            env={**os.environ, "COLUMNS": "40"})
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(target.read_text())
-    assert cfg["preset"] == "tiny" and cfg["run_dir"] == long_dir and cfg["data"] == data
+    assert cfg["preset"] == "tiny" and cfg["run_dir"] == long_dir
+    assert cfg["data"] == str(Path(data).resolve())  # relative to where the command ran, written absolute
     assert long_dir in target.read_text()  # on one line, not folded at the terminal width
     from actlab.lfp.config import load_config
 
@@ -125,3 +127,36 @@ def test_report_survives_crafted_results_and_skips_links(tmp_path):
     assert "&lt;script&gt;" in page and "shown as plain tables" in page
     assert "could not read bad.json" in page and "could not read table.csv" in page
     assert build_report(run).read_text() == page  # deterministic: same folder, same bytes
+
+
+def test_divergence_between_a_tied_model_and_its_untied_orthogonalised_copy(stories260k):
+    """`actlab diverge MODEL MODEL-ablated` (the README's pair): the copy unties the embeddings."""
+    from actlab.analysis.divergence import parameter_divergence
+    from actlab.steering import orthogonalize
+
+    d = torch.randn(stories260k.d_model)
+    orth = orthogonalize(stories260k, d)
+    assert orth.hf.get_output_embeddings().weight.data_ptr() != orth.hf.get_input_embeddings().weight.data_ptr()
+    div = parameter_divergence(stories260k, orth)
+    assert div.outside["model.embed_tokens.weight"] > 0  # the embeddings write the residual: orthogonalised
+    assert div.outside["lm_head.weight"] == 0.0  # the unembedding reads it: kept, now as its own matrix
+    assert all(v > 0 for v in div.per_layer)  # every layer's output weights were orthogonalised
+    assert set(parameter_divergence(orth, stories260k).outside) == set(div.outside)  # either order
+
+
+def test_lfp_preset_paths_mean_the_same_after_the_config_moves_into_a_subfolder(tmp_path):
+    """The README's `lfp preset ... --run-dir runs/lfp > runs/lfp.yaml` then `lfp run runs/lfp.yaml`: paths typed
+    relative to the shell's folder must not be re-read relative to the config's folder."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "texts.csv").write_text("text\nhello\n")
+    target = tmp_path / "runs" / "lfp.yaml"
+    with open(target, "w") as fh:
+        r = subprocess.run([sys.executable, "-m", "actlab", "lfp", "preset", "tiny", "--run-dir", "runs/lfp",
+                            "--data", "texts.csv"], stdout=fh, stderr=subprocess.PIPE, text=True, timeout=120,
+                           cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from actlab.lfp.config import load_config
+
+    cfg = load_config(target)
+    assert Path(cfg.run_dir) == (tmp_path / "runs" / "lfp").resolve()
+    assert Path(cfg.data) == (tmp_path / "texts.csv").resolve()

@@ -74,7 +74,10 @@ def parameter_divergence(a: Model, b: Model) -> Divergence:
     if type(a.hf) is not type(b.hf) or a.n_layers != b.n_layers:
         raise DivergenceError(f"different architectures: {type(a.hf).__name__} with {a.n_layers} layers vs "
                               f"{type(b.hf).__name__} with {b.n_layers} layers")
-    pa, pb = dict(a.hf.named_parameters()), dict(b.hf.named_parameters())
+    # every name, tied ones included: a model with tied embeddings compares with its untied copy (e.g. one that
+    # `steer ablate` orthogonalised), its lm_head being its embedding matrix
+    pa = dict(a.hf.named_parameters(remove_duplicate=False))
+    pb = dict(b.hf.named_parameters(remove_duplicate=False))
     for name, t in pa.items():
         if name not in pb:
             raise DivergenceError(f"parameter {name!r} exists only in the first model")

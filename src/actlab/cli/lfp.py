@@ -117,14 +117,17 @@ def lfp_preset(
     data: Annotated[str | None, opt("--data", metavar="FILE", help="Text dataset (IMDb CSV).")] = None,
     base_model: Annotated[str | None, opt("--base-model", metavar="MODEL", help="Base model.")] = None,
 ) -> None:
-    """Print a starting config for a preset (redirect it to a file and edit); written raw, never wrapped."""
+    """Print a starting config for a preset (redirect it to a file and edit); written raw, never wrapped, with
+    --run-dir and --data made absolute."""
     from ..lfp.config import preset_yaml
 
-    fields = {"run_dir": run_dir}
+    # paths typed here are relative to the shell's folder, while a config's relative paths are read against the
+    # config file's folder: write them absolute so `preset ... > runs/lfp.yaml` then `lfp run runs/lfp.yaml` agree
+    fields = {"run_dir": str(Path(run_dir).expanduser().resolve())}
     if base_model:
         fields["base_model"] = base_model
     if data:
-        fields["data"] = data
+        fields["data"] = str(Path(data).expanduser().resolve())
     raw(preset_yaml(name, **fields))
 
 
