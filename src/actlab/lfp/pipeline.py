@@ -115,7 +115,7 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
     keys = ("reward", "kl") if ft.method == "rl" else ("preference_accuracy", "kl_estimate")
     training_history(res["history"], keys, out / "finetune.png")
     last = res["history"][-1] if res["history"] else {}
-    ctx.log(f"  fine-tuned with {ft.method}: last logged step {last}")
+    ctx.log(f"  fine-tuned with {ft.method}: " + (_metrics_line(last) if last else "nothing logged"))
     return {"method": ft.method, "last": last}
 
 
@@ -277,7 +277,8 @@ def stage_probes(ctx: Context) -> dict[str, Any]:
                **{k: res[k] for k in ("train", "test", "xavier_baseline_test")},
                "n_train_triples": len(res["train_triples"]), "n_test_triples": len(res["test_triples"])}
     write_json(out / "probes.json", summary)
-    ctx.log(f"  probe held-out: {summary['test']}; untrained baseline: {summary['xavier_baseline_test']}")
+    ctx.log(f"  probe held-out: {_metrics_line(summary['test'])}; untrained baseline: "
+            f"{_metrics_line(summary['xavier_baseline_test'])}")
     return summary
 
 
@@ -536,6 +537,11 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "deltas": stage_deltas, "probes": stage_probes, "agreement": stage_agreement, "features": stage_features,
     "report": stage_report,
 }
+
+
+def _metrics_line(d: dict[str, Any]) -> str:
+    """``{'step': 20, 'kl': 0.0234...}`` as ``step 20, kl 0.0234`` for a log line."""
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
 
 
 def run_stage(cfg: LFPConfig, stage: str, *, log: Log = progress_info, ctx: Context | None = None

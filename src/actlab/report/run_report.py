@@ -28,11 +28,22 @@ def _scalar(x: Any) -> bool:
     return x is None or isinstance(x, (str, int, float, bool))
 
 
+def _rounded(x: Any) -> Any:
+    """Floats to 4 significant digits inside lists and dicts (the file keeps full precision)."""
+    if isinstance(x, float):
+        return float(f"{x:.4g}")
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
+
+
 def _fmt(x: Any) -> Any:
     if isinstance(x, float):
         return x
     if isinstance(x, (dict, list)):
-        s = json.dumps(x, ensure_ascii=False)
+        s = json.dumps(_rounded(x), ensure_ascii=False)
         return s if len(s) <= 160 else s[:157] + "..."
     return "" if x is None else x
 
@@ -61,12 +72,15 @@ def render_value(page: Page, obj: Any, depth: int = 0) -> None:
     if not isinstance(obj, dict):
         page.text(str(obj))
         return
-    scalars = [(k, v) for k, v in obj.items() if _scalar(v) or (isinstance(v, list) and all(_scalar(x) for x in v)
-                                                               and len(v) <= 40)]
+    scalars = [(k, v) for k, v in obj.items() if _scalar(v) or (isinstance(v, list) and len(v) <= 40
+                                                               and all(_scalar(x) for x in v))]
     if scalars:
-        page.table(["field", "value"], [[k, _fmt(v)] for k, v in scalars])
+        page.table(["field", "value"], [[k, _fmt(v)] for k, v in scalars[:MAX_ROWS]])
+        if len(scalars) > MAX_ROWS:
+            page.text(f"({len(scalars) - MAX_ROWS} more fields in the file)", muted=True)
+    shown = {k for k, _ in scalars}
     for k, v in obj.items():
-        if (k, v) in scalars:
+        if k in shown:
             continue
         if depth >= 2:
             page.heading(str(k))
@@ -208,12 +222,16 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         rel = "." if folder == root else str(folder.relative_to(root))
         page.section(f"{rel}", "d" + hashlib.sha1(rel.encode()).hexdigest()[:10])
         claimed: set[Path] = set()
+        model_files: set[Path] = set()
+        if (folder / "config.json") in here and any(p.suffix == ".safetensors" for p in here):
+            # a saved model: its config is worth a table, its tokenizer files are artifacts, not results
+            model_files = {p for p in here if p.suffix == ".json" and p.name not in ("config.json", "run.json")}
         run = folder / "run.json"
         if run in here:
             page.heading("Run record (config, versions, seed)")
             _render_json(page, run)
             claimed.add(run)
-        for j in [p for p in here if p.suffix == ".json" and p not in claimed]:
+        for j in [p for p in here if p.suffix == ".json" and p not in claimed and p not in model_files]:
             page.heading(j.name)
             _render_json(page, j)
             claimed.add(j)
