@@ -75,8 +75,10 @@ def test_pipeline_runs_and_numbers_are_sane(sae_run):
     assert 0 < ov["hungarian_mean_cos"] <= ov["mean_max_cos_a_to_b"] <= 1
     top = json.loads((root / "top" / "top_examples.json").read_text())
     assert len(top["features"]) == 6 and (root / "top" / "top_examples.html").is_file()
+    assert (root / "top" / "neuronpedia.json").is_file()
     page = (root / "report.html").read_text()
-    for word in ("explained_variance", "loss_recovered", "hungarian_mean_cos", "l0", "<mark>"):
+    for word in ("explained_variance", "loss_recovered", "hungarian_mean_cos", "l0", 'class="top"',
+                 "promoted tokens"):
         assert word in page, word
 
 

@@ -262,11 +262,14 @@ def top_examples_cmd(
     k: Annotated[int | None, opt("--k", metavar="N", help="Deprecated: use --contexts.", hidden=True)] = None,
     limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read.")] = 200,
     max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
+    rank_by: Annotated[str, opt("--rank-by", metavar="WHAT", help="Which features when --features is not given: "
+                                "max (largest activation) or density.")] = "max",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
 ) -> None:
-    """Top-activating contexts per feature, as JSON and an offline HTML page with the tokens highlighted."""
+    """Feature dashboards: top contexts with every token shaded, activation histogram, promoted and suppressed
+    tokens, density; JSON, an offline page with search and sort, and a Neuronpedia-style export."""
     from ..jobs import top_examples
     from .analysis import _model_first
 
@@ -282,8 +285,9 @@ def top_examples_cmd(
     checks.output_dir(out, "--out folder")
     for v, what in ((top_k, "--top-k"), (contexts, "--contexts"), (limit, "--limit"), (max_length, "--max-length")):
         checks.positive(v, what)
+    checks.choice(rank_by, "--rank-by", ["max", "density"])
     feats = checks.integers(features, "--features") if features else None
     m = load(model, dtype, device, gguf_file)
-    ex = top_examples(sae, m, data, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
-                      max_length=max_length)
-    wrote(out / "top_examples.json", f"top_examples.html ({len(ex)} features)")
+    dash = top_examples(sae, m, data, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
+                        max_length=max_length, rank_by=rank_by)
+    wrote(out / "top_examples.json", f"top_examples.html, neuronpedia.json ({len(dash['features'])} features)")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..data.texts import read_texts
 from ..errors import InputError
-from ..report.sae import density_histogram, top_examples_page, training_curves
+from ..hooks.points import HookPoint
+from ..report.sae import density_histogram, training_curves
 from ..runs import Run, write_json
 from ..sae import CacheReader, cache_activations, downstream_loss, load_sae, overlap, reconstruction_metrics
-from ..sae import top_examples as top_examples_fn
+from ..sae.dashboard import feature_dashboards, neuronpedia_export
 from ..sae.metrics import write_metrics
 from ..sae.runner import SAETrainResult, train_from_spec
 from ..sae.spec import SAETrainSpec
@@ -110,20 +111,28 @@ def sae_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str |
 
 def top_examples(sae: str | os.PathLike[str], model: ModelLike, data: str | os.PathLike[str],
                  out: str | os.PathLike[str], *, features: Sequence[int] | None = None, top_k_features: int = 16,
-                 contexts: int = 8, limit: int = 200, max_length: int = 128) -> dict[int, list[dict[str, Any]]]:
-    """Top-activating contexts per feature (the most active features unless ``features`` is given), as
-    ``top_examples.json`` and an offline HTML page."""
+                 contexts: int = 8, limit: int = 200, max_length: int = 128, rank_by: str = "max",
+                 explanations: Mapping[int, str] | None = None) -> dict[str, Any]:
+    """Feature dashboards (the most active features unless ``features`` is given): ``top_examples.json``
+    (statistics, histograms, logit effects, contexts with per-token activations), ``top_examples.html`` (an
+    offline sae_vis-style page) and ``neuronpedia.json`` (the same with Neuronpedia's batch field names)."""
+    from ..report.features import feature_page
+
     m = as_model(model)
     d = load_sae(sae)
     texts = read_texts(data, limit=limit)
     config = {"sae": str(sae), "model": name_of(model), "data": str(data), "features": list(features or []),
-              "top_k_features": top_k_features, "contexts": contexts, "limit": limit}
-    with Run(out, "sae top-examples", config):
-        ex = top_examples_fn(m, d, d.cfg.hook_point, texts, features=features, k=contexts, max_length=max_length)
-        if features is None:
-            ranked = sorted(ex, key=lambda f: -(ex[f][0]["value"] if ex[f] else 0))[:top_k_features]
-            ex = {f: ex[f] for f in ranked}
-        write_json(Path(out) / "top_examples.json", {"kind": "top_examples", "sae": str(sae), "model": m.name,
-                                                     "features": {str(f): v for f, v in ex.items()}})
-        top_examples_page(ex, Path(out) / "top_examples.html", title=f"top-activating contexts: {d.cfg.name}")
-    return ex
+              "top_k_features": top_k_features, "contexts": contexts, "limit": limit, "max_length": max_length,
+              "rank_by": rank_by}
+    with Run(out, "sae top-examples", config) as run:
+        dash = feature_dashboards(m, d, texts, features=features, n_features=top_k_features, rank_by=rank_by,
+                                  contexts=contexts, max_length=max_length, explanations=explanations)
+        dash["sae"] = str(sae)
+        write_json(Path(out) / "top_examples.json", dash)
+        layer = HookPoint.parse(d.cfg.hook_point, m.n_layers).layer
+        write_json(Path(out) / "neuronpedia.json", neuronpedia_export(
+            dash, model_id=m.name, layer=layer if layer is not None else d.cfg.hook_point, sae_set=d.cfg.name))
+        feature_page(dash, Path(out) / "top_examples.html",
+                     title=f"features of {d.cfg.name} at {d.cfg.hook_point} ({m.name})")
+        run.results = {"features": len(dash["features"]), "tokens": dash["n_tokens"]}
+    return dash

@@ -46,12 +46,17 @@ class Unembed:
 
         Subtracting ``norm(0)`` removes a LayerNorm bias (a constant offset, not part of the direction);
         the RMS/LN scale is a positive scalar, so rankings match ``W_U (g * v)`` (centred for LayerNorm)."""
+        return self.directions_logits(v.reshape(1, -1))[0]
+
+    @torch.no_grad()
+    def directions_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """:meth:`direction_logits` for each row of ``v`` ``[n, d_model]`` -> ``[n, vocab]`` (float32, CPU)."""
         w = self.head.weight
-        h = v.reshape(1, -1).to(device=w.device, dtype=w.dtype)
-        normed = self.norm(h) - self.norm(torch.zeros_like(h))
+        h = v.to(device=w.device, dtype=w.dtype)
+        normed = self.norm(h) - self.norm(torch.zeros_like(h[:1]))
         if self.project_out is not None:
             normed = self.project_out(normed)
-        return (normed @ w.T).float()[0].cpu()
+        return (normed @ w.T).float().cpu()
 
 
 def _module_device(m: torch.nn.Module, default: torch.device) -> torch.device:

@@ -16,6 +16,13 @@ from ..steering.evaluate import SweepResult, cell_key
 from .plots import heatmaps, pyplot, save_figure
 
 
+def _integer_ticks(axis) -> None:
+    """Layer axes show whole layers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def layer_cosine_heatmap(matrix: np.ndarray, layers: Sequence[int], title: str, path: str | os.PathLike[str]) -> Path:
     labels = [str(x) for x in layers]
     return heatmaps([np.asarray(matrix)], [title], row_labels=labels, col_labels=labels, path=path, vmin=-1.0,
@@ -30,6 +37,7 @@ def cross_model_plot(results: Mapping[str, Mapping[int, float]], path: str | os.
         ks = sorted(per_layer)
         ax.plot(ks, [per_layer[k] for k in ks], marker="o", label=name)
     ax.set_xlabel("layer")
+    _integer_ticks(ax.xaxis)
     ax.set_ylabel("cosine similarity")
     ax.set_ylim(-1.05, 1.05)
     ax.axhline(0, color="grey", lw=0.6)
@@ -50,10 +58,10 @@ def pca_plot(proj: Projection, path: str | os.PathLike[str], *, title: str = "PC
         for i in idx:
             ax.annotate(str(proj.layers[i]), (xy[i, 0], xy[i, 1]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    ev = ", ".join(f"{100 * e:.0f}%" for e in proj.explained)
-    ax.set_xlabel("PC1")
-    ax.set_ylabel("PC2")
-    ax.set_title(f"{title}\n({proj.normalisation}; explained variance {ev}); labels = layer", fontsize=8)
+    ev = [f"{100 * e:.0f}%" for e in proj.explained]
+    ax.set_xlabel(f"PC1 ({ev[0]} of the variance)" if ev else "PC1")
+    ax.set_ylabel(f"PC2 ({ev[1]} of the variance)" if len(ev) > 1 else "PC2")
+    ax.set_title(f"{title}\n(vectors {proj.normalisation}); point labels = layer", fontsize=8)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -72,12 +80,13 @@ def layer_metrics_plot(m: LayerMetrics, path: str | os.PathLike[str], *, title: 
     axes[2].set_ylabel("max feature variance")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("layer")
-    for layer in m.recommended:
+    _integer_ticks(axes[2].xaxis)
+    for i, layer in enumerate(m.recommended):
         for ax in axes:
-            ax.axvline(layer, color="green", lw=0.6, ls=":")
+            ax.axvline(layer, color="green", lw=0.8, ls=":", label="recommended layer" if i == 0 else None)
     for ax in axes:
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(title or f"layer-selection metrics (positions={m.positions}); green: recommended", fontsize=9)
+    fig.suptitle(title or f"layer-selection metrics (positions={m.positions})", fontsize=9)
     return save_figure(fig, path)
 
 
@@ -166,12 +175,14 @@ def refusal_scores(candidates: Sequence[Mapping], *, layer: int, base_harmful: f
             ax.plot([r["layer"] for r in rs], [r[key] for r in rs], marker=".", label=f"eoi {pos}")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("layer")
-        ax.axvline(layer, color="red", lw=0.8, ls=":")
-    axes[0].axhline(base_harmful, color="grey", lw=0.8, ls="--")
-    axes[1].axhline(base_harmless, color="grey", lw=0.8, ls="--")
-    axes[2].axhline(kl_threshold, color="grey", lw=0.8, ls="--")
+        _integer_ticks(ax.xaxis)
+        ax.axvline(layer, color="red", lw=0.8, ls=":", label=f"selected (layer {layer})")
+    axes[0].axhline(base_harmful, color="grey", lw=0.8, ls="--", label="no intervention")
+    axes[1].axhline(base_harmless, color="grey", lw=0.8, ls="--", label="no intervention")
+    axes[2].axhline(kl_threshold, color="grey", lw=0.8, ls="--", label="KL threshold")
     axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    for ax in axes:
+        ax.legend(fontsize=6)
     return save_figure(fig, path)
 
 
@@ -184,6 +195,7 @@ def training_history(hist: Sequence[Mapping], keys: Sequence[str], path: str | o
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("step")
+        _integer_ticks(ax.xaxis)
     return save_figure(fig, path)
 
 

@@ -34,10 +34,18 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def visible(text: str) -> str:
+    """Token text with whitespace made visible: newlines and tabs as symbols, a token that is only spaces as
+    open boxes (otherwise a space token renders as an empty box)."""
+    shown = text.replace("\n", "\u21b5").replace("\t", "\u21e5").replace("\r", "\u240d")
+    if shown and not shown.strip(" "):
+        shown = "\u2423" * len(shown)
+    return shown
+
+
 def tok(text: str) -> str:
-    """A token string shown verbatim (spaces/newlines visible), escaped."""
-    shown = text.replace("\n", "\\n").replace("\t", "\\t")
-    return f'<span class="tok">{esc(shown)}</span>'
+    """A token string shown verbatim (whitespace visible), escaped."""
+    return f'<span class="tok">{esc(visible(text))}</span>'
 
 
 def data_uri(png: bytes | str | os.PathLike[str]) -> str:

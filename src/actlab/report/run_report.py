@@ -123,7 +123,14 @@ def _render_top_examples(page: Page, obj: dict[str, Any]) -> None:
     render_top_examples(page, obj)
 
 
-_RENDERERS = {"direction_dots": _render_dots, "top_examples": _render_top_examples}
+def _render_dashboards(page: Page, obj: dict[str, Any]) -> None:
+    from .features import render_dashboards
+
+    render_dashboards(page, obj)
+
+
+_RENDERERS = {"direction_dots": _render_dots, "top_examples": _render_top_examples,
+              "feature_dashboards": _render_dashboards}
 
 
 def _render_json(page: Page, path: Path) -> None:

@@ -8,7 +8,7 @@ leave the model's outputs exactly unchanged, whatever the dictionary's reconstru
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..hooks.interventions import Edits, Replace
 from ..hooks.points import HookPoint
+from ..models.tokens import token_strings
 from ..progress import task as progress_task
 from .dictionary import SparseAutoencoder
 
@@ -103,62 +104,90 @@ class FeatureIntervention(Edits):
         super().__init__(model, [FeatureEdit(sae, point, ablate=ablate, scale=scale)])
 
 
-@torch.no_grad()
-def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], *,
-                 features: Sequence[int] | None = None, k: int = 8, batch_size: int = 8, max_length: int = 128,
-                 window: int = 12, keep_bos: bool = False) -> dict[int, list[dict[str, Any]]]:
-    """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context. The BOS
-    token is skipped unless ``keep_bos`` (dictionaries are trained without it: its activations are atypical)."""
+class _TopK:
+    """The ``k`` largest activations of each feature seen so far and where they were (text, token)."""
+
+    def __init__(self, n_features: int, k: int):
+        self.k = k
+        self.values = torch.full((n_features, k), -1.0)
+        self.where = torch.full((n_features, k, 2), -1, dtype=torch.long)
+
+    def update(self, codes: torch.Tensor, first_text: int) -> None:
+        """``codes`` ``[B, T, F]`` with invalid positions set to -1; rows are texts ``first_text``..."""
+        B, T, F = codes.shape
+        flat = codes.reshape(B * T, F).T  # [F, B*T]
+        v, i = flat.topk(min(self.k, flat.shape[1]), dim=1)
+        loc = torch.stack([i // T + first_text, i % T], -1)
+        cat_v, cat_l = torch.cat([self.values, v], 1), torch.cat([self.where, loc], 1)
+        top = cat_v.topk(self.k, dim=1)
+        self.values = top.values
+        self.where = cat_l.gather(1, top.indices[..., None].expand(-1, -1, 2))
+
+    def winners(self, j: int) -> list[tuple[float, int, int]]:
+        """(value, text index, token index) of feature column ``j``, largest first, active ones only."""
+        return [(float(self.values[j, r]), int(self.where[j, r, 0]), int(self.where[j, r, 1]))
+                for r in range(self.k) if float(self.values[j, r]) > 0]
+
+
+def feature_columns(sae: SparseAutoencoder, features: Sequence[int] | None) -> torch.Tensor:
+    """The feature indices to read (all when None), checked against the dictionary's size."""
+    feats = torch.arange(sae.cfg.d_sae) if features is None else torch.tensor(list(features), dtype=torch.long)
+    if len(feats) and (int(feats.min()) < 0 or int(feats.max()) >= sae.cfg.d_sae):
+        raise InputError(f"features must be in 0..{sae.cfg.d_sae - 1}, got {sorted(set(feats.tolist()))[:5]}")
+    return feats
+
+
+def scan_codes(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], feats: torch.Tensor, *,
+               batch_size: int = 8, max_length: int = 128, keep_bos: bool = False, what: str = "reading features"
+               ) -> Iterator[tuple[int, list[list[int]], torch.Tensor, torch.Tensor]]:
+    """Per batch of texts: (index of its first text, each text's token ids, codes of ``feats`` ``[B, T, F]``
+    with invalid positions - padding, and BOS unless ``keep_bos`` - set to -1, valid mask ``[B, T]``)."""
     from .store import _token_batch
 
     pts = model.parse_points(point)
     if len(pts) != 1:
-        raise InputError(f"top examples read one hook point; {point!r} names {len(pts)}")
+        raise InputError(f"features are read at one hook point; {point!r} names {len(pts)}")
     name = pts[0].name
-    feats = torch.arange(sae.cfg.d_sae) if features is None else torch.tensor(list(features), dtype=torch.long)
-    if len(feats) and (int(feats.min()) < 0 or int(feats.max()) >= sae.cfg.d_sae):
-        raise InputError(f"features must be in 0..{sae.cfg.d_sae - 1}")
-    F = len(feats)
-    best_v = torch.full((F, k), -1.0)
-    best_loc = torch.full((F, k, 2), -1, dtype=torch.long)
-    all_ids: list[list[int]] = []
-    with progress_task("top examples", total=len(texts), unit="texts") as task:
+    dev = sae.W_enc.device
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    with progress_task(what, total=len(texts), unit="texts") as task:
         for s in range(0, len(texts), batch_size):
             batch = _token_batch(model, texts[s:s + batch_size], max_length)
             acts = model.activations(batch, name, positions="all", dtype=torch.float32)
-            x = acts[name]
-            codes = sae.encode(x.to(sae.W_enc.device))[..., feats.to(sae.W_enc.device)].cpu()  # [B, T, F]
-            lens = acts.lengths
-            valid = torch.arange(codes.shape[1])[None, :] < lens[:, None]
-            bos = getattr(model.tokenizer, "bos_token_id", None)
+            codes = sae.encode(acts[name].to(dev))[..., feats.to(dev)].cpu()  # [B, T, F]
+            lengths = acts.lengths.cpu()
+            valid = torch.arange(codes.shape[1])[None, :] < lengths[:, None]
+            ids = batch["input_ids"].cpu()
             if not keep_bos and bos is not None:
-                valid[:, 0] &= batch["input_ids"][:, 0].cpu() != bos
-            codes = codes.masked_fill(~valid[..., None], -1.0)
-            B, T = codes.shape[:2]
-            flat = codes.reshape(B * T, F).T  # [F, B*T]
-            kk = min(k, flat.shape[1])
-            v, i = flat.topk(kk, dim=1)
-            loc = torch.stack([i // T + s, i % T], -1)
-            cat_v = torch.cat([best_v, v], 1)
-            cat_l = torch.cat([best_loc, loc], 1)
-            top = cat_v.topk(k, dim=1)
-            best_v = top.values
-            best_loc = cat_l.gather(1, top.indices[..., None].expand(-1, -1, 2))
-            for b in range(B):
-                all_ids.append(batch["input_ids"][b, : int(lens[b])].tolist())
-            task.advance(B)
-    tok = model.tokenizer
+                valid[:, 0] &= ids[:, 0] != bos
+            rows = [ids[b, : int(n)].tolist() for b, n in enumerate(lengths)]
+            yield s, rows, codes.masked_fill(~valid[..., None], -1.0), valid
+            task.advance(codes.shape[0])
+
+
+@torch.no_grad()
+def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], *,
+                 features: Sequence[int] | None = None, k: int = 8, batch_size: int = 8, max_length: int = 128,
+                 window: int = 12, keep_bos: bool = False) -> dict[int, list[dict[str, Any]]]:
+    """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context (token
+    text as the tokenizer spaces it). The BOS token is skipped unless ``keep_bos`` (dictionaries are trained
+    without it: its activations are atypical). :func:`actlab.sae.dashboard.feature_dashboards` adds
+    per-token activations, histograms and logit effects."""
+    feats = feature_columns(sae, features)
+    best = _TopK(len(feats), k)
+    all_ids: list[list[int]] = []
+    for s, ids, codes, _valid in scan_codes(model, sae, point, texts, feats, batch_size=batch_size,
+                                            max_length=max_length, keep_bos=keep_bos, what="top examples"):
+        best.update(codes, s)
+        all_ids += ids
     out: dict[int, list[dict[str, Any]]] = {}
     for j, f in enumerate(feats.tolist()):
         rows = []
-        for r in range(k):
-            v = float(best_v[j, r])
-            if v <= 0:
-                continue
-            t_i, p_i = (int(x) for x in best_loc[j, r])
+        for v, t_i, p_i in best.winners(j):
             ids = all_ids[t_i]
             lo = max(0, p_i - window)
             rows.append({"value": v, "text_index": t_i, "token_index": p_i,
-                         "tokens": [tok.decode([i]) for i in ids[lo:p_i + 4]], "highlight": p_i - lo})
+                         "tokens": token_strings(model.tokenizer, ids[lo:p_i + 4]), "highlight": p_i - lo})
         out[f] = rows
     return out
+
