@@ -226,6 +226,12 @@ def test_report_renders_in_headless_chromium(analysis_run, tmp_path):
             page.goto(page_path.as_uri())
             page.wait_for_load_state("load")
             n_images = page.evaluate("document.images.length")
+            # each run folder's section is short (about three screens at most) with its raw JSON folded away
+            heights = page.evaluate("""() => { const hs = [...document.querySelectorAll('h2[id^="d"]')];
+                return hs.map((h, i) => [h.textContent, (i + 1 < hs.length ? hs[i + 1].offsetTop
+                                         : document.body.scrollHeight) - h.offsetTop]); }""")
+            loose_pre = page.evaluate("[...document.querySelectorAll('pre')].filter(p => !p.closest('details'))"
+                                      ".length")
             loaded = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=False)
@@ -233,6 +239,12 @@ def test_report_renders_in_headless_chromium(analysis_run, tmp_path):
             browser.close()
     assert [c for c in console if c[0] in ("error", "pageerror")] == []
     assert n_images >= 8 and loaded == n_images
+    assert heights and all(h <= 3300 for _, h in heights), heights
+    assert loose_pre == 0
+    html = page_path.read_text()
+    for kind in ("compare", "layers", "vocab", "diverge"):  # a curated section: how to read it, then the numbers
+        part = html.split(f">{kind}</h2>", 1)[1].split("<h2", 1)[0]
+        assert "How to read this" in part and "<details>" in part, kind
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert shot.stat().st_size > 10_000
 

@@ -148,7 +148,7 @@ def feature_page(dash: Mapping[str, Any], path: str | os.PathLike[str], *, title
     return page.write(path)
 
 
-def render_dashboards(page: Page, dash: Mapping[str, Any], *, cards: int = 3) -> None:
+def render_dashboards(page: Page, dash: Mapping[str, Any], *, cards: int = 1) -> None:
     """Report section for ``top_examples.json`` (feature dashboards): a static index and the first cards; the
     full interactive page is the run's own ``top_examples.html``."""
     page.html(f"<style>{CSS}</style>")
@@ -156,7 +156,7 @@ def render_dashboards(page: Page, dash: Mapping[str, Any], *, cards: int = 3) ->
     page.table(["feature", "density", "largest activation", "promotes"],
                [[c["feature"], f"{100 * c['density']:.3g}%", c["max"],
                  ", ".join(visible(str(t)) for t, _ in c.get("logits", {}).get("positive", [])[:4])]
-                for c in feats[:40]])
+                for c in feats[:10]])
     page.html('<div class="open">' + "".join(feature_card(c) for c in feats[:cards]) + "</div>")
     if len(feats) > cards:
         page.text(f"{len(feats) - cards} more feature cards, with search and sort, in top_examples.html.",

@@ -26,6 +26,10 @@ code,.tok{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;backg
 padding:0 .2rem;border-radius:3px;white-space:pre}
 img{max-width:100%;height:auto;border:1px solid #eee;margin:.5rem 0}
 nav ul{columns:2}.muted{color:#666;font-size:.85rem}pre{background:#f6f6f6;padding:.6rem;overflow:auto}
+.how{font-size:.88rem;color:#333;background:#f4f8fb;border-left:3px solid #5b9bd5;padding:.3rem .6rem}
+.warn{background:#fff4e5;border-left:3px solid #e67e22;padding:.3rem .6rem;font-size:.88rem}
+.figs{display:grid;grid-template-columns:1fr 1fr;gap:.5rem}.figs img{margin:0}
+details{margin:.4rem 0}summary{cursor:pointer;color:#555;font-size:.85rem}
 """
 
 

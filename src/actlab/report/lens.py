@@ -48,10 +48,14 @@ def target_heatmap(result: LensResult, path: str | os.PathLike[str]) -> Path:
                     ylabel="layer")
 
 
-def lens_tables(page: Page, result: LensResult, *, top_k: int = 3) -> Page:
-    """Per prompt: a layer x point table of the top tokens (and the target's probability and rank)."""
+def lens_tables(page: Page, result: LensResult, *, top_k: int = 3, folded: bool = True) -> Page:
+    """Per prompt: a layer x point table of the top tokens (and the target's probability and rank), folded in
+    ``<details>`` by default (the heatmap is the summary; the tables are for looking things up)."""
     for b, prompt in enumerate(result.prompts):
-        page.heading(f"Prompt: {prompt}")
+        if folded:
+            page.html(f"<details><summary>top-{top_k} tokens per layer and point: {esc(prompt)}</summary>")
+        else:
+            page.heading(f"Prompt: {prompt}")
         page.text(f"Position {result.position} (token {result.position_tokens[b]!r}); the model itself "
                   f"predicts {result.final_top_tokens[b]!r} there.", muted=True)
         kinds = result.kinds
@@ -76,4 +80,6 @@ def lens_tables(page: Page, result: LensResult, *, top_k: int = 3) -> Page:
                 cells.append(toks)
             rows.append([esc(cells[0]), *cells[1:]])
         page.table(["layer", *kinds], rows, raw_cells=True)
+        if folded:
+            page.html("</details>")
     return page

@@ -53,14 +53,17 @@ def heatmaps(
     plt = pyplot()
     n = len(matrices)
     rows, cols = len(row_labels), len(col_labels)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.0, 0.9 * cols + 1.8) * n, max(3.0, 0.28 * rows + 1.5)),
+    row_h = 0.28 if rows <= 16 else 0.19  # tall stacks of layers stay within a screen
+    fig, axes = plt.subplots(1, n, figsize=(max(3.0, 0.9 * cols + 1.8) * n, max(3.0, row_h * rows + 1.5)),
                              squeeze=False)
     im = None
     for k, (ax, m, title) in enumerate(zip(axes[0], matrices, titles, strict=True)):
         im = ax.imshow(np.asarray(m, dtype=float), aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                        origin="lower", interpolation="nearest")
         ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(cols), col_labels, rotation=30, ha="right", fontsize=8)
+        long = max((len(c) for c in col_labels), default=0) > 4
+        ax.set_xticks(range(cols), col_labels, rotation=30 if long else 0, ha="right" if long else "center",
+                      fontsize=8)
         ax.set_yticks(range(rows), row_labels, fontsize=7)
         if xlabel:
             ax.set_xlabel(xlabel, fontsize=8)

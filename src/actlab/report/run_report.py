@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from . import sections
 from .html import Page, esc, tok
+from .sections import Context, details
 
 MAX_ROWS = 60
 MAX_JSON_BYTES = 32 * 2**20  # larger results are listed, not parsed
@@ -48,46 +50,46 @@ def _fmt(x: Any) -> Any:
     return "" if x is None else x
 
 
-def _table_of_dicts(page: Page, rows: list[dict[str, Any]]) -> None:
+def _table_of_dicts(page: Page, rows: list[dict[str, Any]], max_rows: int = 12) -> None:
     cols: list[str] = []
-    for r in rows[:MAX_ROWS]:
+    for r in rows[:max_rows]:
         for k in r:
-            if k not in cols and len(cols) < 12:
+            if k not in cols and len(cols) < 10:
                 cols.append(k)
-    page.table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows[:MAX_ROWS]])
-    if len(rows) > MAX_ROWS:
-        page.text(f"({len(rows) - MAX_ROWS} more rows in the file)", muted=True)
+    page.table(cols, [[_fmt(r.get(c)) for c in cols] for r in rows[:max_rows]])
+    if len(rows) > max_rows:
+        page.text(f"({len(rows) - max_rows} more rows in the file)", muted=True)
 
 
-def render_value(page: Page, obj: Any, depth: int = 0) -> None:
-    """Generic rendering: scalars as a key/value table, lists of records as tables, the rest recursively."""
+def render_value(page: Page, obj: Any, name: str = "file") -> None:
+    """Generic rendering for a result no curated section knows: its scalar fields as a small table, a list of
+    records as a short table, everything else folded (``<details>``) so the page stays short."""
     if isinstance(obj, list):
         if obj and all(isinstance(r, dict) for r in obj):
             _table_of_dicts(page, obj)
         elif all(_scalar(x) for x in obj):
-            page.text(", ".join(str(x) for x in obj[:200]))
+            page.text(", ".join(str(x) for x in obj[:60]) + (" ..." if len(obj) > 60 else ""))
         else:
-            page.pre(json.dumps(obj, indent=1, ensure_ascii=False)[:4000])
+            details(page, obj, name)
         return
     if not isinstance(obj, dict):
         page.text(str(obj))
         return
-    scalars = [(k, v) for k, v in obj.items() if _scalar(v) or (isinstance(v, list) and len(v) <= 40
+    scalars = [(k, v) for k, v in obj.items() if _scalar(v) or (isinstance(v, list) and len(v) <= 12
                                                                and all(_scalar(x) for x in v))]
     if scalars:
-        page.table(["field", "value"], [[k, _fmt(v)] for k, v in scalars[:MAX_ROWS]])
-        if len(scalars) > MAX_ROWS:
-            page.text(f"({len(scalars) - MAX_ROWS} more fields in the file)", muted=True)
+        page.table(["field", "value"], [[k, _fmt(v)] for k, v in scalars[:30]])
+        if len(scalars) > 30:
+            page.text(f"({len(scalars) - 30} more fields in the file)", muted=True)
     shown = {k for k, _ in scalars}
     for k, v in obj.items():
         if k in shown:
             continue
-        if depth >= 2:
+        if isinstance(v, list) and v and all(isinstance(r, dict) for r in v) and len(v) <= 12:
             page.heading(str(k))
-            page.pre(json.dumps(v, indent=1, ensure_ascii=False)[:3000])
-            continue
-        page.heading(str(k))
-        render_value(page, v, depth + 1)
+            _table_of_dicts(page, v)
+        else:
+            details(page, v, str(k))
 
 
 def _render_dots(page: Page, obj: dict[str, Any]) -> None:
@@ -133,9 +135,10 @@ _RENDERERS = {"direction_dots": _render_dots, "top_examples": _render_top_exampl
               "feature_dashboards": _render_dashboards}
 
 
-def _render_json(page: Page, path: Path) -> None:
-    """A JSON file through its kind's renderer; a file that does not have the shape its kind promises (edited
-    by hand, written by another version) falls back to the generic tables with a note, never a crash."""
+def _render_json(page: Page, path: Path, ctx: Context | None = None) -> None:
+    """A JSON file through its curated section (``sections``) or its kind's renderer; a file that does not have
+    the shape its kind promises (edited by hand, written by another version) falls back to the generic tables
+    with a note, never a crash."""
     if path.stat().st_size > MAX_JSON_BYTES:
         page.text(f"({path.name} is {_size(path.stat().st_size)}; not shown)", muted=True)
         return
@@ -144,21 +147,29 @@ def _render_json(page: Page, path: Path) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         page.text(f"(could not read {path.name}: {e})", muted=True)
         return
+    ctx = ctx or Context(path, {})
     kind = obj.get("kind") if isinstance(obj, dict) else None
-    special = _RENDERERS.get(kind) if isinstance(kind, str) else None
-    if special is None and isinstance(obj, dict) and "results" in obj and path.stem == "lens":
-        special = _render_lens
+    special = sections.find(path, obj)
+    if special is None:
+        special = _RENDERERS.get(kind) if isinstance(kind, str) else None
+        if special is None and isinstance(obj, dict) and "results" in obj and path.stem == "lens":
+            special = _render_lens
+        if special is not None:
+            legacy = special
+            special = lambda pg, o, c: legacy(pg, o)  # noqa: E731
     if special is not None:
         trial = page.fork()
+        claimed = set(ctx.claimed)
         try:
-            special(trial, obj)
+            special(trial, obj, ctx)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-            page.text(f"({path.name} does not have the fields a {kind or 'lens'} result has "
+            ctx.claimed = claimed
+            page.text(f"({path.name} does not have the fields a {kind or path.stem} result has "
                       f"({type(e).__name__}: {e}); shown as plain tables)", muted=True)
         else:
             page.merge(trial)
             return
-    render_value(page, obj)
+    render_value(page, obj, path.name)
 
 
 def _render_csv(page: Page, path: Path) -> None:
@@ -233,26 +244,34 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         if (folder / "config.json") in here and any(p.suffix == ".safetensors" for p in here):
             # a saved model: its config is worth a table, its tokenizer files are artifacts, not results
             model_files = {p for p in here if p.suffix == ".json" and p.name not in ("config.json", "run.json")}
+        own = [n for n in ("index.html", "report.html", "top_examples.html") if (folder / n).is_file()
+               and (folder / n).resolve() != out_path.resolve()]
+        if own:
+            page.html("<p>This folder has its own page: " + ", ".join(
+                f'<a href="{esc((folder / n).resolve().as_uri())}">{esc(n)}</a>' for n in own) + "</p>")
+        pngs = {p.name: p for p in here if p.suffix == ".png"}
         run = folder / "run.json"
-        if run in here:
-            page.heading("Run record (config, versions, seed)")
-            _render_json(page, run)
-            claimed.add(run)
-        for j in [p for p in here if p.suffix == ".json" and p not in claimed and p not in model_files]:
+        for j in [p for p in here if p.suffix == ".json" and p != run and p not in model_files]:
             page.heading(j.name)
-            _render_json(page, j)
+            ctx = Context(j, pngs, claimed)
+            _render_json(page, j, ctx)
             claimed.add(j)
-            for img in [p for p in here if p.suffix == ".png" and p.stem.startswith(j.stem)]:
+            for img in [p for p in pngs.values() if p.stem.startswith(j.stem) and p not in claimed]:
                 page.image(img, img.name)
                 claimed.add(img)
-        for img in [p for p in here if p.suffix == ".png" and p not in claimed]:
+        for img in [p for p in pngs.values() if p not in claimed]:
             page.heading(img.name)
             page.image(img, img.name)
             claimed.add(img)
-        for c in [p for p in here if p.suffix == ".csv" and p not in claimed]:
+        stems = {p.stem for p in here if p.suffix == ".json"}
+        for c in [p for p in here if p.suffix == ".csv" and p not in claimed and p.stem not in stems]:
             page.heading(c.name)
             _render_csv(page, c)
             claimed.add(c)
+        if run in here:
+            page.heading("run")
+            _render_json(page, run, Context(run, pngs, claimed))
+            claimed.add(run)
         rest = [p for p in here if p not in claimed]
         if rest:
             page.heading("Other artifacts")

@@ -1,0 +1,376 @@
+"""Curated report sections, one per result kind: the figure first, a short "how to read this", the key numbers
+in a small table, warnings where the data calls for them, and the raw JSON folded in ``<details>``.
+
+A renderer gets the parsed JSON and a :class:`Context` (the folder's figures, claimed once embedded). A file
+of a known kind whose fields do not match is shown by the generic renderer instead (``run_report``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .html import Page, esc, tok, visible
+
+MAX_DETAILS = 20_000  # characters of raw JSON folded into a section
+
+
+@dataclass
+class Context:
+    """The file being rendered and the PNGs beside it (a figure is embedded at most once per page)."""
+
+    path: Path
+    pngs: dict[str, Path]
+    claimed: set[Path] = field(default_factory=set)
+
+    def figure(self, page: Page, *names: str) -> bool:
+        """Embed the first existing PNG of ``names`` (file names in the folder); True when one was found."""
+        for n in names:
+            p = self.pngs.get(n)
+            if p is not None and p not in self.claimed:
+                page.image(p, n)
+                self.claimed.add(p)
+                return True
+        return False
+
+    def figures_starting(self, page: Page, prefix: str) -> None:
+        """Every PNG whose name starts with ``prefix``; two or more side by side in a grid."""
+        names = [n for n in sorted(self.pngs) if n.startswith(prefix) and self.pngs[n] not in self.claimed]
+        if len(names) < 2:
+            for n in names:
+                self.figure(page, n)
+            return
+        grid = page.fork()
+        for n in names:
+            self.figure(grid, n)
+        page.html('<div class="figs">' + "".join(grid.parts) + "</div>")
+
+
+def details(page: Page, obj: Any, name: str) -> None:
+    """The raw JSON, folded (truncated past :data:`MAX_DETAILS` characters; the file has it all)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False)
+    more = f" (first {MAX_DETAILS:,} of {len(text):,} characters)" if len(text) > MAX_DETAILS else ""
+    page.html(f"<details><summary>raw {esc(name)}{esc(more)}</summary><pre>{esc(text[:MAX_DETAILS])}</pre>"
+              "</details>")
+
+
+def how(page: Page, text: str) -> None:
+    page.html(f'<p class="how"><b>How to read this.</b> {esc(text)}</p>')
+
+
+def warn(page: Page, text: str) -> None:
+    page.html(f'<p class="warn">{esc(text)}</p>')
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+# -- renderers ------------------------------------------------------------------------------------------------
+def run_record(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    versions = obj.get("versions", {}) or {}
+    rows = [["command", obj.get("command", "")], ["status", obj.get("status", "")],
+            ["started", obj.get("started", "")], ["duration", f"{obj['duration_s']:.1f} s"
+                                                  if isinstance(obj.get("duration_s"), (int, float)) else ""],
+            ["actlab", versions.get("actlab", "")],
+            ["git", (str(obj["git"].get("commit", ""))[:12] + (" (with local changes)" if obj["git"].get("dirty")
+                                                               else "")) if isinstance(obj.get("git"), Mapping)
+             else ""]]
+    if obj.get("interventions"):
+        rows.append(["interventions", ", ".join(str(i.get("kind", "?")) for i in obj["interventions"]
+                                                if isinstance(i, Mapping))])
+    page.table(["run", ""], [[k, v] for k, v in rows if v not in ("", None)])
+    details(page, obj, "run.json (config, versions, seed)")
+
+
+def lens(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "lens.png")
+    how(page, "Each row of the figure is a layer, each column a hook point; colour is log10 of the target token's "
+              "probability when that point's residual contribution is decoded through the final norm and "
+              "unembedding, and the cell text its rank (#1 = what the lens would predict). Read down a column "
+              "to see where the answer emerges.")
+    target = obj["target"]["token"] if isinstance(obj.get("target"), Mapping) else obj.get("target")
+    rows = []
+    for pr in obj["prompts"]:
+        last, first_top = None, None
+        for e in pr["points"].get("resid_post", []):
+            last = e
+            if first_top is None and e.get("target_rank") == 1:
+                first_top = e["layer"]
+        rows.append([pr["prompt"], visible(pr.get("model_top_token", "")),
+                     _f(last.get("target_prob")) if last else "", "never" if first_top is None else first_top])
+    page.table(["prompt", "model predicts", f"p({target!r}) at the last layer", "top-1 from layer"], rows)
+    details(page, obj, ctx.path.name)
+
+
+def sweep(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "sweep_heatmap.png")
+    ctx.figure(page, "sweep_curves.png")
+    cfg, cells = obj["config"], obj["cells"]
+    how(page, "p(answer matching the behaviour) on the A/B questions for each layer x multiplier; 0.5 is chance. "
+              f"Steering at positions '{cfg.get('positions')}'. p(first) is how often the first answer label "
+              "wins whatever the question; flip is the share of questions whose answer changed from the "
+              "unsteered run; a collapsed cell gives one answer to (nearly) every question - its p(matching) "
+              "then says little about the behaviour.")
+    collapsed = [c for c in cells.values() if c.get("collapsed")]
+    if collapsed:
+        warn(page, f"{len(collapsed)} of {len(cells)} cells collapsed onto one answer: "
+                   + ", ".join(f"layer {c['layer']} x {c['multiplier']:g}" for c in collapsed[:8]))
+    rows = [[c["layer"], c["multiplier"], c["p_matching"], c.get("p_first", ""), c.get("flip_fraction", ""),
+             "yes" if c.get("collapsed") else ""]
+            for c in sorted(cells.values(), key=lambda c: (c["layer"], c["multiplier"]))]
+    page.table(["layer", "multiplier", "p(matching)", "p(first label)", "flip", "collapsed"], rows[:40])
+    page.text(f"{cfg.get('n_questions')} questions; vector {cfg.get('vector_sha256', '')[:12]} at "
+              f"{cfg.get('point')}; model {cfg.get('model')}", muted=True)
+    details(page, obj, ctx.path.name)
+
+
+def vector_comparison(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "vector_comparison_layers")
+    ctx.figure(page, "vector_comparison_cross_model.png")
+    ctx.figure(page, "vector_comparison_pca.png")
+    how(page, "Layer x layer cosine similarity of each behaviour's vectors (neighbouring layers usually agree), "
+              "per-layer cosine between two models' vectors when given, and a PCA of all vectors (each scaled to "
+              "unit norm and centred first, so the picture is about directions, not sizes).")
+    rows = []
+    for name, lc in obj.get("layer_cosine", {}).items():
+        m, layers = lc["matrix"], lc["layers"]
+        adj = [m[i][i + 1] for i in range(len(layers) - 1)]
+        rows.append([name, f"{layers[0]}-{layers[-1]} ({len(layers)})",
+                     sum(adj) / len(adj) if adj else float("nan")])
+    page.table(["vectors", "layers", "mean cosine of neighbouring layers"], rows)
+    for name, per_layer in obj.get("cross_model", {}).items():
+        vals = list(per_layer.values()) if isinstance(per_layer, Mapping) else []
+        if vals:
+            page.text(f"{name}: cross-model cosine {min(vals):.2f} to {max(vals):.2f} over {len(vals)} layers")
+    if obj.get("forced_differences"):
+        warn(page, "compared despite differences: " + "; ".join(map(str, obj["forced_differences"])))
+    details(page, obj, ctx.path.name)
+
+
+def layer_metrics(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "layer_metrics.png")
+    how(page, "Per layer: cosine between the mean activation of the two prompt sets (lower = the sets separate "
+              "more), and the mean / maximum per-feature variance (a spike marks a layer dominated by a few "
+              "outlier dimensions). The recommended layers follow the rule below.")
+    page.table(["recommended layers", "rule"], [[", ".join(map(str, obj.get("recommended", []))),
+                                                 obj.get("rule", "")]])
+    details(page, obj, ctx.path.name)
+
+
+def vocab_projection(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "vocab")
+    how(page, "Tokens whose logits the direction raises (promotes) and lowers most when it is read through the "
+              "final norm's gain and the unembedding, per layer. Early layers often give sub-word noise; a "
+              "coherent list says the direction is already 'about' those words.")
+    rows = []
+    for entry in obj["layers"]:
+        layer = entry["layer"] if isinstance(entry, Mapping) else entry
+        sc = obj["scores"][str(layer)]
+        rows.append([esc(layer), " ".join(tok(t) for t, _ in sc["positive"][:6]),
+                     " ".join(tok(t) for t, _ in sc["negative"][:6])])
+    page.table(["layer", "promoted", "suppressed"], rows, raw_cells=True)
+    details(page, obj, ctx.path.name)
+
+
+def divergence(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "divergence.png")
+    how(page, "L2 norm of the difference between the two models' parameters per layer (whole layer and per module "
+              "group); large bars are where fine-tuning (or an edit) changed the model most.")
+    per = obj["per_layer"]
+    page.table(["top layers", "rule", "largest / smallest layer change"],
+               [[", ".join(map(str, obj.get("top_layers", []))), obj.get("rule", ""),
+                 f"{max(per):.3g} / {min(per):.3g}" if per else ""]])
+    if obj.get("outside"):
+        page.table(["outside the layers", "L2 difference"], [[k, v] for k, v in obj["outside"].items()])
+    details(page, obj, ctx.path.name)
+
+
+def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "scores.png")
+    how(page, "Difference-of-means refusal directions, one per layer and end-of-instruction position, scored by "
+              "how far ablating them lowers refusal on harmful prompts (bypass), how far adding them raises it on "
+              "harmless ones (induce), and the KL they cost on harmless prompts; the selected one (red line) "
+              "passes the filters with the best bypass.")
+    page.table(["selected layer", "eoi position", "refusal rate before", "after ablation"],
+               [[obj["layer"], obj["eoi_position"], obj["refusal_rate_before"], obj["refusal_rate_after"]]])
+    if obj["refusal_rate_before"] == 0:
+        warn(page, "the model refused none of the validation prompts before ablation, so the generation check "
+                   "cannot show an effect; use more or harder prompts, or check the chat template")
+    gens = ctx.path.parent / "generations.json"
+    if gens.is_file():
+        try:
+            rows = json.loads(gens.read_text())
+            page.table(["prompt", "before", "after ablation"],
+                       [[r["prompt"], r["before"], r["after"]] for r in rows[:4]])
+        except (ValueError, KeyError, TypeError):
+            pass
+    details(page, obj, ctx.path.name)
+
+
+def sae_metrics(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    stem = ctx.path.stem
+    ctx.figure(page, f"{stem}_training.png")
+    ctx.figure(page, f"{stem}_density.png")
+    how(page, "Explained variance (1 - unexplained/total; 1 is perfect) and L0 (features active per token) trade "
+              "off against each other. Dead features never fire; dense ones fire on more than 10% of tokens - "
+              "many dense features mean the sparsity penalty is too weak. Loss recovered (when measured) is how "
+              "much of the language-model loss gap between zero-ablation and the clean run the reconstruction "
+              "closes (1 = all of it).")
+    dicts = obj["dictionaries"]
+    cols = [c for c in ("dictionary", "explained_variance", "l0", "dead_fraction", "dense_fraction",
+                        "loss_recovered") if any(c in d for d in dicts)]
+    page.table(cols, [[d.get(c, "") for c in cols] for d in dicts])
+    for d in dicts:
+        if d.get("dense_fraction", 0) > 0.1:
+            warn(page, f"{d['dictionary']}: {100 * d['dense_fraction']:.0f}% of features are dense (fire on > 10% "
+                       "of tokens); raise the L1 coefficient or train longer")
+        if isinstance(d.get("explained_variance"), float) and d["explained_variance"] < 0:
+            warn(page, f"{d['dictionary']}: negative explained variance - worse than predicting the mean")
+    details(page, {k: v for k, v in obj.items() if k != "density"}, ctx.path.name + " (densities left out)")
+
+
+def sae_overlap(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, "How many decoder directions of one dictionary have a close match in the other: mean over features of "
+              "the best cosine (both ways) and the mean cosine of a one-to-one (Hungarian) matching.")
+    page.table(["A", "B", "A -> B", "B -> A", "Hungarian"],
+               [[obj["a"], obj["b"], obj["mean_max_cos_a_to_b"], obj["mean_max_cos_b_to_a"],
+                 obj.get("hungarian_mean_cos", "")]])
+    page.table(["feature A", "feature B", "cosine"],
+               [[p["feature_a"], p["feature_b"], p["cos"]] for p in obj.get("top_pairs", [])[:8]])
+    details(page, obj, ctx.path.name)
+
+
+def finetune(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "finetune.png")
+    how(page, "The fine-tuning run's logged quantities per step (RL: lexicon reward and KL to the reference model; "
+              "DPO: preference accuracy and the implied KL). A reward that rises while KL stays small is the "
+              "intended regime; a KL that explodes means the policy drifted far from the base model.")
+    last = obj["history"][-1] if obj.get("history") else {}
+    page.table(["method", "steps logged", *list(last)[1:6]],
+               [[obj.get("method", ""), len(obj.get("history", [])), *[last[k] for k in list(last)[1:6]]]])
+    if obj.get("deviation"):
+        page.text(f"Deviation from the study: {obj['deviation']}", muted=True)
+    details(page, obj, ctx.path.name)
+
+
+def cache_manifest(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    page.table(["model", "points", "tokens", "texts", "shards", "dtype", "complete"],
+               [[obj.get("model", ""), ", ".join(obj.get("points", [])), obj.get("n_tokens", ""),
+                 obj.get("n_texts_done", ""), len(obj.get("shards", [])), obj.get("dtype", ""),
+                 "yes" if obj.get("complete") else "no (resumable)"]])
+    details(page, obj, ctx.path.name)
+
+
+def lens_demo(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "lens_")
+    how(page, "The demo's logit lens: for each prompt, log10 p(answer) when each layer's residual stream is decoded "
+              "through the final norm and unembedding (cell text: the answer's rank).")
+    page.table(["prompt", "answer", "model predicts", "p(answer), last layer", "top-1 from layer"],
+               [[r["prompt"], visible(r["target"]), visible(r["model_prediction"]), r["final_prob"],
+                 "never" if r["first_layer_top1"] is None else r["first_layer_top1"]] for r in obj["summary"]])
+    details(page, obj, ctx.path.name)
+
+
+def steering_demo(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "steering")
+    how(page, "Generations steered with a sentiment vector at each multiplier, scored by VADER (compound, -1 to 1): "
+              "a working vector moves the mean score with the multiplier's sign.")
+    page.table(["multiplier", "mean VADER compound"], [[float(m), v] for m, v in obj["mean_vader"].items()])
+    by_m: dict[float, str] = {}
+    for g in obj.get("generations", []):
+        by_m.setdefault(g["multiplier"], g["text"])
+    page.table(["multiplier", "first generation"], [[m, t] for m, t in sorted(by_m.items())])
+    details(page, obj, ctx.path.name)
+
+
+def lfp_agreement(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "agreement")
+    how(page, "Kendall tau between the probe's per-word error ranking and the lexicon, on lexicon words held out "
+              "from the probe's training triples (the study's Table 4), beside the training words and an untrained "
+              "probe; p is the test's p-value.")
+    page.table(["words", "Kendall tau", "p", "sign accuracy"],
+               [[g, v.get("kendall_tau"), v.get("p_value"), v.get("sign_accuracy")]
+                for g, v in obj["groups"].items()])
+    details(page, obj, ctx.path.name)
+
+
+def lfp_features(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, "Features the probe relies on, labelled related or not to the fine-tuning objective, how often they "
+              "fire on strongly-predicted examples, and the reward after ablating the related ones (beside as many "
+              "random features).")
+    page.text(obj.get("label_note", ""), muted=True)
+    ab = obj.get("ablation", {})
+    page.table(["features", "related", "reward before", "after ablating related", "after ablating random"],
+               [[obj.get("n_features"), obj.get("n_related"), ab.get("reward_before", ""),
+                 ab.get("reward_after", ""), ab.get("reward_after_random", "")]])
+    details(page, obj, ctx.path.name)
+
+
+def probes(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, "The probe predicting the reward from SAE feature deltas: held-out (test) scores beside training and an "
+              "untrained probe; a negative R^2 means worse than predicting the mean.")
+    keys = [k for k in ("r2", "pearson", "sign_accuracy", "mse", "accuracy", "auc") if k in obj["test"]]
+    page.table(["split", *keys], [[split, *[obj[split].get(k) for k in keys]]
+                                  for split in ("train", "test", "xavier_baseline_test") if split in obj])
+    if isinstance(obj["test"].get("r2"), float) and obj["test"]["r2"] < 0:
+        warn(page, "held-out R^2 is negative: the probe does not generalise beyond its training triples")
+    details(page, obj, ctx.path.name)
+
+
+def model_config(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    keys = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size", "dtype", "torch_dtype")
+    page.table(["saved model", ""], [[k, obj[k]] for k in keys if k in obj])
+    details(page, obj, ctx.path.name)
+
+
+def folded(page: Page, obj: Any, ctx: Context) -> None:
+    """Configuration-like files: folded only."""
+    details(page, obj, ctx.path.name)
+
+
+Renderer = Callable[[Page, Any, Context], None]
+
+
+def _kind(obj: Any) -> str | None:
+    return obj.get("kind") if isinstance(obj, Mapping) and isinstance(obj.get("kind"), str) else None
+
+
+# (test on file name and parsed JSON, renderer), first match wins
+SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
+    (lambda p, o: p.name == "run.json" and isinstance(o, Mapping) and "command" in o, run_record),
+    (lambda p, o: p.stem == "lens" and isinstance(o, Mapping) and "prompts" in o, lens),
+    (lambda p, o: p.name == "sweep.json" and isinstance(o, Mapping) and {"config", "cells"} <= set(o), sweep),
+    (lambda p, o: _kind(o) == "vector_comparison", vector_comparison),
+    (lambda p, o: _kind(o) == "layer_metrics", layer_metrics),
+    (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
+    (lambda p, o: _kind(o) == "divergence", divergence),
+    (lambda p, o: p.name == "refusal.json" and isinstance(o, Mapping) and "refusal_rate_after" in o, refusal),
+    (lambda p, o: _kind(o) == "sae_metrics", sae_metrics),
+    (lambda p, o: _kind(o) == "sae_overlap", sae_overlap),
+    (lambda p, o: p.name == "finetune.json" and isinstance(o, Mapping) and "history" in o, finetune),
+    (lambda p, o: p.name == "manifest.json" and isinstance(o, Mapping) and "shards" in o, cache_manifest),
+    (lambda p, o: p.stem == "lens" and isinstance(o, Mapping) and "summary" in o, lens_demo),
+    (lambda p, o: p.name == "steering.json" and isinstance(o, Mapping) and "mean_vader" in o, steering_demo),
+    (lambda p, o: p.name == "agreement.json" and isinstance(o, Mapping) and "groups" in o, lfp_agreement),
+    (lambda p, o: p.name == "features.json" and isinstance(o, Mapping) and "ablation" in o, lfp_features),
+    (lambda p, o: p.name == "probes.json" and isinstance(o, Mapping) and "test" in o, probes),
+    (lambda p, o: p.name == "config.json" and isinstance(o, Mapping) and "model_type" in o, model_config),
+    (lambda p, o: p.name in ("train_config.json", "cfg.json", "word_split.json", "neuronpedia.json",
+                             "generations.json", "candidates.json", "summary.json",
+                             "dictionaries.json", "layers.json", "generation_config.json")
+     or p.parent.name == "stages", folded),
+]
+
+
+def find(path: Path, obj: Any) -> Renderer | None:
+    for test, renderer in SECTIONS:
+        try:
+            if test(path, obj):
+                return renderer
+        except (TypeError, AttributeError):
+            continue
+    return None
