@@ -19,7 +19,7 @@ from .errors import InputError
 from .hooks.points import RESIDUAL_KINDS, HookPoint
 from .models.unembed import Unembed
 
-__all__ = ["LensResult", "Unembed", "logit_lens", "resolve_target"]
+__all__ = ["LensResult", "Unembed", "lens_grid", "logit_lens", "resolve_target"]
 
 if TYPE_CHECKING:
     from .models.model import Model
@@ -173,3 +173,44 @@ def logit_lens(
         result.target_probs = probs[..., tid].cpu()
         result.target_ranks = ((lens_logits > tl[..., None]).sum(-1) + 1).cpu()
     return result
+
+
+@torch.no_grad()
+def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int = 5,
+              add_special_tokens: bool = True) -> dict[str, Any]:
+    """The logit lens at *every* layer and token position of one text, for one hook-point kind: per layer and
+    position the ``top_k`` tokens and their probabilities (the playground's lens explorer; JSON-ready). Token
+    text is spaced as the tokenizer decodes it in context."""
+    from .models.tokens import token_strings
+
+    if kind not in (*RESIDUAL_KINDS,):
+        raise InputError(f"cannot decode {kind!r} through the unembedding; decodable kinds: "
+                         f"{', '.join(RESIDUAL_KINDS)}")
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    if not text:
+        raise InputError("the text is empty")
+    batch = model.tokenize(text, add_special_tokens=add_special_tokens)
+    ids = batch["input_ids"][0].tolist()
+    pts = model.parse_points(kind)
+    with model.capture(pts, positions="all", dtype=None, device=model.device) as acts:
+        out = model(**batch, use_cache=False)
+    tok = model.tokenizer
+    seen: dict[int, str] = {}
+
+    def one(i: int) -> str:
+        if i not in seen:
+            seen[i] = token_strings(tok, [i])[0]
+        return seen[i]
+
+    layers = []
+    for p in pts:
+        probs = torch.softmax(model.unembed(acts[p.name][0]), dim=-1)  # [T, V]
+        top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        layers.append({"layer": p.layer, "top": [
+            [[one(int(i)), round(float(q), 5)] for q, i in zip(pp, ii, strict=True)]
+            for pp, ii in zip(top_p.tolist(), top_i.tolist(), strict=True)]})
+    final = out.logits[0].argmax(-1).tolist()
+    return {"kind": "lens_grid", "model": model.name, "point_kind": kind, "text": text,
+            "tokens": token_strings(tok, ids), "model_top": [one(i) for i in final],
+            "layers": layers}

@@ -154,7 +154,7 @@ def demo(
 
 def _register() -> None:
     """Command groups and commands after the foundation ones, in workflow order."""
-    from . import analysis, lfp, sae, steer
+    from . import analysis, lfp, sae, serve, steer
 
     app.add_typer(steer.app, name="steer")
     app.command("layers")(analysis.layers_cmd)
@@ -166,6 +166,7 @@ def _register() -> None:
     app.add_typer(lfp.finetune_app, name="finetune")
     app.add_typer(lfp.lfp_app, name="lfp")
     app.command("report")(report)
+    app.command("serve")(serve.serve_cmd)
 
 
 def report(

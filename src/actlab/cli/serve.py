@@ -1,0 +1,72 @@
+"""``actlab serve``: the local playground."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, checks, console, load, opt
+from .output import err_console
+
+
+def serve_cmd(
+    model: ModelArg,
+    vector: Annotated[list[Path] | None, opt("--vector", metavar="FILE", help="Steering vector file(s) to offer "
+                                             "(repeat the option for several).")] = None,
+    sae: Annotated[Path | None, opt("--sae", metavar="DIR", help="A dictionary folder: features per token, feature "
+                                    "pages and feature ablation.")] = None,
+    data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts in which feature pages find their "
+                                     "top contexts.")] = None,
+    limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read from --data.")] = 200,
+    host: Annotated[str, opt("--host", metavar="HOST", help="Address to bind; anything but loopback makes the "
+                             "model reachable from the network.")] = "127.0.0.1",
+    port: Annotated[int, opt("--port", metavar="PORT", help="Port.")] = 8765,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """A local playground in the browser: default vs steered generation streamed side by side, the logit lens
+    per layer and position, SAE features per token and their pages. Needs `pip install actlab[serve]`."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        from ..errors import InputError
+
+        raise InputError("actlab serve needs the serve extra: pip install 'actlab[serve]' (Starlette + "
+                         "uvicorn)") from None
+    for v in vector or []:
+        checks.input_file(v, "--vector")
+    if sae is not None:
+        checks.input_dir(sae, "--sae dictionary folder")
+    if data is not None:
+        checks.input_path(data, "--data")
+    checks.positive(limit, "--limit")
+    if not 0 < port < 65536:
+        from ..errors import InputError
+
+        raise InputError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    from ..data.texts import read_texts
+    from ..sae import load_sae
+    from ..serve import Playground
+    from ..serve.app import serve
+    from ..steering.vector import SteeringVector
+
+    vectors = {}
+    for v in vector or []:
+        name = v.stem if v.stem not in vectors else str(v)
+        vectors[name] = SteeringVector.load(v)
+    dictionary = load_sae(sae) if sae is not None else None
+    texts = read_texts(data, limit=limit) if data is not None else []
+    m = load(model, dtype, device, gguf_file)
+    pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts)
+    if not loopback:
+        err_console.print(f"warning: binding {host}: anyone who can reach this machine can run the model",
+                          highlight=False)
+    console.print(f"actlab playground for {m.name} on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False)
+    serve(pg, host=host, port=port)

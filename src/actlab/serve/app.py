@@ -1,0 +1,123 @@
+"""The playground's HTTP edge (Starlette): one page and a small JSON API over :class:`Playground`.
+
+- ``GET /`` the page (self-contained: inline CSS and JS, no outside request);
+- ``GET /api/info``; ``POST /api/generate`` (server-sent events: ``{"side", "text"}`` per piece, then
+  ``{"done", "export"}``); ``POST /api/cancel``; ``POST /api/extract``; ``POST /api/lens``;
+  ``POST /api/features``; ``GET /api/feature/{n}``.
+
+A request the library refuses (an :class:`~actlab.errors.ActlabError`) answers 400 with ``{"error": msg}`` and
+the server keeps running; anything else is a 500 with the message (and the traceback in the server log).
+Model work runs in a thread pool and queues on the playground's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ActlabError, InputError
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from .session import Playground
+
+log = logging.getLogger("actlab")
+
+
+def create_app(pg: Playground) -> Starlette:
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    from .page import page_html
+
+    async def body_of(request: Request) -> Any:
+        try:
+            return await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise InputError("the request body is not valid JSON") from None
+
+    def guarded(fn: Callable[..., Any]) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except ActlabError as e:
+                return JSONResponse({"error": str(e)}, status_code=400)
+            except Exception as e:  # a bug: say so, keep serving
+                log.exception("playground request failed")
+                return JSONResponse({"error": f"internal error ({type(e).__name__}: {e}); see the server log"},
+                                    status_code=500)
+        return handler
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page_html(pg.info()), headers={"Content-Security-Policy": CSP})
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(pg.info())
+
+    async def generate(request: Request) -> Response:
+        req = pg.parse_generate(await body_of(request))  # validated before the stream starts
+
+        def events() -> Iterator[str]:
+            try:
+                for ev in pg.generate_stream(req):
+                    yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n"
+            except ActlabError as e:
+                yield f"data: {json.dumps({'error': str(e)})}\n\n"
+            except Exception as e:
+                log.exception("playground generation failed")
+                yield f"data: {json.dumps({'error': f'internal error ({type(e).__name__}: {e})'})}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def cancel(request: Request) -> Response:
+        pg.cancel.set()
+        return JSONResponse({"cancelled": True})
+
+    async def extract(request: Request) -> Response:
+        body = await body_of(request)
+        return JSONResponse(await run_in_threadpool(pg.extract, body))
+
+    async def lens(request: Request) -> Response:
+        body = await body_of(request)
+        return JSONResponse(await run_in_threadpool(pg.lens, body))
+
+    async def features(request: Request) -> Response:
+        body = await body_of(request)
+        return JSONResponse(await run_in_threadpool(pg.token_features, body))
+
+    async def feature(request: Request) -> Response:
+        from ..report.features import feature_card
+
+        raw = request.path_params["n"]
+        if not raw.isdigit():
+            raise InputError(f"feature must be a number, got {raw!r}")
+        dash = await run_in_threadpool(pg.feature, int(raw))
+        return JSONResponse({"dashboard": dash, "html": feature_card(dash["features"][0])})
+
+    routes = [Route("/", index), Route("/api/info", guarded(info)),
+              Route("/api/generate", guarded(generate), methods=["POST"]),
+              Route("/api/cancel", guarded(cancel), methods=["POST"]),
+              Route("/api/extract", guarded(extract), methods=["POST"]),
+              Route("/api/lens", guarded(lens), methods=["POST"]),
+              Route("/api/features", guarded(features), methods=["POST"]),
+              Route("/api/feature/{n}", guarded(feature))]
+    return Starlette(routes=routes)
+
+
+# the page may talk only to this server; no script, style, image or font from anywhere else
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+       "img-src data:; base-uri 'none'; form-action 'none'")
+
+
+def serve(pg: Playground, *, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run the playground until interrupted (uvicorn, one process: the model is in this process's memory)."""
+    import uvicorn
+
+    uvicorn.run(create_app(pg), host=host, port=port, log_level="warning", access_log=False)

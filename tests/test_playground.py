@@ -1,0 +1,239 @@
+"""`actlab serve`: the playground's API against the library (same generations as steering by hand, validation,
+queueing, cancellation) and the page driven end to end in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from conftest import shared_path
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+PAIRS = ("I love this happy sunny day || I hate this sad gloomy day\n"
+         "What a wonderful kind friend || What a terrible cruel enemy\n"
+         "She smiled with joy || She cried with grief")
+
+
+@pytest.fixture(scope="module")
+def server():
+    import uvicorn
+
+    import actlab
+    from actlab.sae import SAEConfig, SparseAutoencoder
+    from actlab.serve import Playground
+    from actlab.serve.app import create_app
+
+    shared_path("models", "stories260k")
+    model = actlab.load_model("stories260k")
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(model.d_model, 128, hook_point="blocks.2.resid_post"))
+    texts = ["Once upon a time there was a little girl named Lily.", "The dog ran to the park and played all day.",
+             "Tom was sad because his toy was broken.", "The sun was bright and the birds sang happily."] * 3
+    pg = Playground(model, sae=sae, texts=texts)
+    pg.extract({"pairs": PAIRS, "name": "happy"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(pg), host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", pg
+    srv.should_exit = True
+    th.join(timeout=10)
+
+
+def _post(url: str, body) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: ")]
+
+
+def _texts(events: list[dict]) -> dict[str, str]:
+    out = {"default": "", "steered": ""}
+    for e in events:
+        if "side" in e:
+            out[e["side"]] += e["text"]
+    return out
+
+
+def test_generation_matches_steering_by_hand(server):
+    from actlab import Steer
+
+    base, pg = server
+    code, body = _post(base + "/api/generate", {"prompt": "Once upon a time", "max_new_tokens": 16,
+                                                "steer": [{"vector": "happy", "layers": [2], "multiplier": 6}]})
+    assert code == 200
+    ev = _events(body)
+    got = _texts(ev)
+    model = pg.model
+    batch = model.tokenize("Once upon a time")
+    n = batch["input_ids"].shape[1]
+    plain = model.hf.generate(**batch, max_new_tokens=16, do_sample=False)
+    with model.edit(Steer(pg.vectors["happy"], 6.0, layers=[2])):
+        steered = model.hf.generate(**batch, max_new_tokens=16, do_sample=False)
+    assert got["default"] == model.tokenizer.decode(plain[0, n:], skip_special_tokens=True)
+    assert got["steered"] == model.tokenizer.decode(steered[0, n:], skip_special_tokens=True)
+    assert got["default"] != got["steered"]
+    export = ev[-1]["export"]
+    assert ev[-1]["done"] and [r["side"] for r in export["rows"]] == ["default", "steered"]
+    assert export["rows"][1]["interventions"][0]["kind"] == "steer"
+    assert export["rows"][1]["interventions"][0]["layers"] == [2]
+    assert len(got["default"].split()) > 3  # pieces arrive one token at a time and add up to the text
+    assert sum(1 for e in ev if e.get("side") == "default") >= 8
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": "hi", "steer": [{"vector": "sad", "multiplier": 1}]}, "unknown vector 'sad'; loaded: happy"),
+    ({"prompt": "hi", "steer": [{"vector": "happy", "multiplier": float("nan")}]}, "multiplier must be a finite"),
+    ({"prompt": "hi", "steer": [{"vector": "happy", "layers": [9], "multiplier": 1}]}, "has no layer 9"),
+    ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens must be between 1 and 256"),
+    ({"prompt": "hi", "positions": "everywhere"}, "unknown positions 'everywhere'"),
+    ({"prompt": "hi", "chat": True}, "has no chat template"),
+    ({"prompt": "hi", "ablate": [500]}, "feature 500 does not exist"),
+    (b"{not json", "not valid JSON"),
+])
+def test_bad_requests_answer_one_line_and_the_server_keeps_running(server, body, message):
+    base, _ = server
+    code, text = _post(base + "/api/generate", body)
+    assert code == 400 and message in json.loads(text)["error"], text
+    code, _ = _post(base + "/api/lens", {"prompt": "Once", "kind": "resid_post"})
+    assert code == 200
+
+
+def test_concurrent_requests_queue_and_cancel_stops(server):
+    base, _ = server
+    body = {"prompt": "Once upon a time", "max_new_tokens": 12,
+            "steer": [{"vector": "happy", "layers": [1, 3], "multiplier": 4}]}
+    alone = _texts(_events(_post(base + "/api/generate", body)[1]))
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda: results.append(_texts(_events(_post(base + "/api/generate",
+                                                                                   body)[1]))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [alone] * 3  # interleaved hooks would have mixed steered and default runs
+    # cancel: a long generation stops soon after the request
+    out: dict = {}
+
+    def long() -> None:
+        out["events"] = _events(_post(base + "/api/generate", {"prompt": "Once", "max_new_tokens": 256})[1])
+
+    t = threading.Thread(target=long)
+    t.start()
+    time.sleep(0.5)
+    assert _post(base + "/api/cancel", {})[0] == 200
+    t.join(timeout=60)
+    ev = out["events"]
+    assert any(e.get("cancelled") for e in ev) and ev[-1]["done"]
+    pieces = [e for e in ev if e.get("side") == "default"]
+    assert 0 < len(pieces) < 256  # stopped before max_new_tokens (one piece per generated token at most)
+
+
+def test_lens_and_features_endpoints(server):
+    from actlab.lens import lens_grid
+
+    base, pg = server
+    code, text = _post(base + "/api/lens", {"prompt": "Once upon a time", "kind": "mlp_out", "top_k": 3})
+    assert code == 200
+    res = json.loads(text)
+    assert res == json.loads(json.dumps(lens_grid(pg.model, "Once upon a time", "mlp_out", top_k=3)))
+    assert len(res["layers"]) == pg.model.n_layers and all(len(L["top"]) == len(res["tokens"]) for L in res["layers"])
+    code, text = _post(base + "/api/features", {"prompt": "Once upon a time"})
+    assert code == 200 and len(json.loads(text)["features"]) == len(json.loads(text)["tokens"])
+    with urllib.request.urlopen(base + "/api/feature/5", timeout=60) as r:
+        card = json.loads(r.read())
+    assert card["dashboard"]["features"][0]["feature"] == 5 and 'id="f5"' in card["html"]
+
+
+def test_playground_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_analysis import _chromium
+
+    exe = _chromium()
+    base, _ = server
+    console, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: console.append((m.type, m.text)))
+            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(base + "/")
+            page.fill("#prompt", "Once upon a time")
+            page.fill("#layers-0", "2")
+            page.fill("#max-new", "12")
+
+            def generate() -> tuple[str, str]:
+                page.click("#generate")
+                expect(page.locator("#status")).to_have_text("done", timeout=60000)
+                return page.inner_text("#out-default"), page.inner_text("#out-steered")
+
+            page.fill("#mult-0", "0")
+            d0, s0 = generate()
+            assert d0 and d0 == s0  # multiplier 0: nothing steered
+            page.fill("#mult-0", "8")
+            assert page.inner_text("#mult-val-0") == "8"
+            d1, s1 = generate()
+            assert d1 == d0 and s1 != d0  # the default is unchanged, the steered text moves
+            page.screenshot(path=str(tmp_path / "steer.png"))
+            page.fill("#prompt", "")
+            page.click("#generate")
+            expect(page.locator("#error")).to_contain_text("the prompt is empty")
+            # extract a vector on the spot and steer with two vectors at once
+            page.click("summary")
+            page.fill("#pairs", "He was glad || He was angry\nA bright morning || A dark night")
+            page.fill("#vec-name", "bright")
+            page.click("#extract")
+            expect(page.locator(".vrow")).to_have_count(2)  # (wait_for_function would need eval, which the CSP forbids)
+            page.fill("#prompt", "Once upon a time")
+            page.fill("#layers-1", "3")
+            page.fill("#mult-1", "6")
+            _, s2 = generate()
+            assert s2 != s1
+            # the lens: run it, hover a cell, read the tooltip
+            page.click("nav button[data-view='v-lens']")
+            page.select_option("#lens-kind", "resid_post")
+            page.click("#run-lens")
+            page.wait_for_selector("table.lens td.lens-cell")
+            page.hover("table.lens tr:nth-child(2) td.lens-cell >> nth=1")
+            assert page.is_visible("#lens-tip") and "layer" in page.inner_text("#lens-tip")
+            page.screenshot(path=str(tmp_path / "lens.png"))
+            # features: per token, then one feature's page
+            page.click("nav button[data-view='v-features']")
+            page.click("#run-features")
+            page.wait_for_selector("#features-out .chip")
+            page.click("#features-out .chip >> nth=0")
+            page.wait_for_selector("#feature-card .card.shown")
+            assert "top contexts" in page.inner_text("#feature-card")
+            page.screenshot(path=str(tmp_path / "features.png"))
+        finally:
+            browser.close()
+    errors = [c for c in console if c[0] in ("error", "pageerror")]
+    # the one bad request we sent on purpose (empty prompt) is logged by Chromium as a failed resource
+    assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 1, errors
+    assert requests and all(u.startswith(base) or u.startswith(("data:", "blob:")) for u in requests), requests
