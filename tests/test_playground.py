@@ -121,6 +121,24 @@ def test_bad_requests_answer_one_line_and_the_server_keeps_running(server, body,
     assert code == 200
 
 
+def test_only_local_json_requests_are_served(server):
+    """A DNS-rebinding page (foreign Host header) and a simple cross-origin post (not JSON) are refused."""
+    base, _ = server
+    req = urllib.request.Request(base + "/api/info", headers={"Host": "evil.example:8765"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 403 and "evil.example" in json.loads(e.value.read())["error"]
+    req = urllib.request.Request(base + "/api/generate", data=b'{"prompt": "hi"}',
+                                 headers={"Content-Type": "text/plain"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 415
+    for host in ("localhost", "127.0.0.1"):
+        req = urllib.request.Request(base + "/api/info", headers={"Host": f"{host}:1"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+
+
 def test_concurrent_requests_queue_and_cancel_stops(server):
     base, _ = server
     body = {"prompt": "Once upon a time", "max_new_tokens": 12,
@@ -150,6 +168,32 @@ def test_concurrent_requests_queue_and_cancel_stops(server):
     assert any(e.get("cancelled") for e in ev) and ev[-1]["done"]
     pieces = [e for e in ev if e.get("side") == "default"]
     assert 0 < len(pieces) < 256  # stopped before max_new_tokens (one piece per generated token at most)
+
+
+def test_a_closed_connection_stops_its_generation(server):
+    import http.client
+
+    base, pg = server
+    calls = []
+    handle = pg.model.hf.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        host, port = base.removeprefix("http://").split(":")
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        c.request("POST", "/api/generate", body=json.dumps({"prompt": "Once", "max_new_tokens": 256}),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200 and r.read(40)  # a few pieces arrived, then the tab closes
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        deadline = time.time() + 60
+        while (pg.lock.locked() or pg._current is not None) and time.time() < deadline:
+            time.sleep(0.02)
+        assert not pg.lock.locked()
+        assert len(calls) < 256  # stopped early: neither the default nor the steered side ran to the end
+    finally:
+        handle.remove()
+    code, _ = _post(base + "/api/lens", {"prompt": "Once", "kind": "resid_post"})
+    assert code == 200
 
 
 def test_lens_and_features_endpoints(server):

@@ -5,6 +5,10 @@
   ``{"done", "export"}``); ``POST /api/cancel``; ``POST /api/extract``; ``POST /api/lens``;
   ``POST /api/features``; ``GET /api/feature/{n}``.
 
+Local only: a request whose ``Host`` header is not this server (a DNS-rebinding page) answers 403, and a POST
+that is not ``application/json`` answers 415, so another site open in the same browser cannot make simple
+cross-origin posts (a JSON post needs a CORS preflight, which this server never grants).
+
 A request the library refuses (an :class:`~actlab.errors.ActlabError`) answers 400 with ``{"error": msg}`` and
 the server keeps running; anything else is a 500 with the message (and the traceback in the server log).
 Model work runs in a thread pool and queues on the playground's lock.
@@ -12,9 +16,10 @@ Model work runs in a thread pool and queues on the playground's lock.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ActlabError, InputError
@@ -27,7 +32,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("actlab")
 
 
-def create_app(pg: Playground) -> Starlette:
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):  # [::1]:8765
+        return host_header.split("]")[0] + "]"
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES) -> Starlette:
+    """The Starlette app; ``allowed_hosts`` are the names the Host header may carry (``"*"`` allows any)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -42,8 +57,23 @@ def create_app(pg: Playground) -> Starlette:
         except (ValueError, UnicodeDecodeError):
             raise InputError("the request body is not valid JSON") from None
 
+    def refused(request: Request) -> Response | None:
+        host = _host_name(request.headers.get("host", "").lower())
+        if "*" not in allowed_hosts and host not in allowed_hosts:
+            return JSONResponse({"error": f"host {host!r} is not served here; open http://127.0.0.1:<port>/"},
+                                status_code=403)
+        if request.method == "POST":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return JSONResponse({"error": f"send JSON (Content-Type application/json), not {ctype or 'nothing'!r}"},
+                                    status_code=415)
+        return None
+
     def guarded(fn: Callable[..., Any]) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
+            bad = refused(request)
+            if bad is not None:
+                return bad
             try:
                 return await fn(request)
             except ActlabError as e:
@@ -63,22 +93,26 @@ def create_app(pg: Playground) -> Starlette:
     async def generate(request: Request) -> Response:
         req = pg.parse_generate(await body_of(request))  # validated before the stream starts
 
-        def events() -> Iterator[str]:
+        async def events() -> AsyncIterator[str]:
+            # the worker thread holds the model's lock; if the client goes away (a closed tab) the finally
+            # block sets the request's stop event and the worker ends after its current token
+            queue, stop = pg.start_generation(req)
             try:
-                for ev in pg.generate_stream(req):
+                while (ev := await run_in_threadpool(queue.get)) is not None:
+                    if isinstance(ev, ActlabError):
+                        ev = {"error": str(ev)}
+                    elif isinstance(ev, BaseException):
+                        log.error("playground generation failed", exc_info=ev)
+                        ev = {"error": f"internal error ({type(ev).__name__}: {ev}); see the server log"}
                     yield f"data: {json.dumps(ev, ensure_ascii=False)}\n\n"
-            except ActlabError as e:
-                yield f"data: {json.dumps({'error': str(e)})}\n\n"
-            except Exception as e:
-                log.exception("playground generation failed")
-                yield f"data: {json.dumps({'error': f'internal error ({type(e).__name__}: {e})'})}\n\n"
+            finally:
+                stop.set()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def cancel(request: Request) -> Response:
-        pg.cancel.set()
-        return JSONResponse({"cancelled": True})
+        return JSONResponse({"cancelled": pg.cancel_current()})
 
     async def extract(request: Request) -> Response:
         body = await body_of(request)
@@ -101,7 +135,7 @@ def create_app(pg: Playground) -> Starlette:
         dash = await run_in_threadpool(pg.feature, int(raw))
         return JSONResponse({"dashboard": dash, "html": feature_card(dash["features"][0])})
 
-    routes = [Route("/", index), Route("/api/info", guarded(info)),
+    routes = [Route("/", guarded(index)), Route("/api/info", guarded(info)),
               Route("/api/generate", guarded(generate), methods=["POST"]),
               Route("/api/cancel", guarded(cancel), methods=["POST"]),
               Route("/api/extract", guarded(extract), methods=["POST"]),
@@ -120,4 +154,9 @@ def serve(pg: Playground, *, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the playground until interrupted (uvicorn, one process: the model is in this process's memory)."""
     import uvicorn
 
-    uvicorn.run(create_app(pg), host=host, port=port, log_level="warning", access_log=False)
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    allowed = LOOPBACK_NAMES if loopback else ("*",)  # bound to the network on purpose: any name reaching it
+    uvicorn.run(create_app(pg, allowed_hosts=allowed), host=host, port=port, log_level="warning", access_log=False)

@@ -12,7 +12,7 @@ import itertools
 import math
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +67,8 @@ def _number(body: Mapping[str, Any], key: str, default: float, lo: float, hi: fl
 class _Deltas:
     """A transformers streamer that hands out the text each generated token adds (spaced in context)."""
 
-    def __init__(self, tokenizer: Any):
-        self.tok, self.ids, self.text = tokenizer, [], ""
-        self.queue: queue.Queue[str | None] = queue.Queue()
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]):
+        self.tok, self.emit, self.ids, self.text = tokenizer, emit, [], ""
         self.prompt_seen = False
         self.context: list[int] = []
         self.base = ""
@@ -91,10 +90,10 @@ class _Deltas:
         delta = text[len(self.text):] if text.startswith(self.text) else text
         self.text = text
         if delta:
-            self.queue.put(delta)
+            self.emit(delta)
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
 
 
 class Playground:
@@ -112,7 +111,7 @@ class Playground:
         self.sae = sae
         self.texts = list(texts)
         self.lock = threading.Lock()
-        self.cancel = threading.Event()
+        self._current: threading.Event | None = None  # the running generation's stop event
         self._ids = itertools.count(1)
         if sae is not None:
             from ..hooks.points import HookPoint
@@ -212,74 +211,79 @@ class Playground:
             out.append(FeatureEdit(self.sae, self.sae.cfg.hook_point, ablate=req.ablate, scale=req.scale))
         return out
 
-    def generate_stream(self, req: GenerateRequest) -> Iterator[dict[str, Any]]:
-        """Default then steered generation, one event per new piece of text (``{"side", "text"}``), then
-        ``{"done": true, "export": ...}`` with the rows ``actlab steer generate`` returns. Holds the lock for
-        the whole request; :attr:`cancel` stops it after the current token."""
-        with self.lock:
-            self.cancel.clear()
-            text = self.model.chat_prompt(req.prompt) if req.chat else req.prompt
-            batch = self.model.tokenize(text, add_special_tokens=not req.chat)
-            rows = []
-            for side in ("default", "steered"):
-                edits = [] if side == "default" else self.interventions(req)
-                out: list[str] = []
-                for piece in self._one_generation(batch, edits, req):
-                    out.append(piece)
-                    yield {"side": side, "text": piece}
-                rows.append({"side": side, "prompt": req.prompt, "text": "".join(out),
-                             "interventions": [e.record() for e in edits]})
-                if self.cancel.is_set():
-                    yield {"cancelled": True}
-                    break
-            yield {"done": True, "export": {"kind": "playground_generation", "model": self.model.name,
-                                             "positions": req.positions, "max_new_tokens": req.max_new_tokens,
-                                             "sample": req.sample, "seed": req.seed, "rows": rows}}
+    def start_generation(self, req: GenerateRequest) -> tuple[queue.Queue[Any], threading.Event]:
+        """Start default then steered generation in a worker thread that holds :attr:`lock` for the whole
+        request (queued behind any other request). Returns the event queue - ``{"side", "text"}`` per new piece
+        of text, ``{"cancelled": true}`` if stopped, ``{"done": true, "export": ...}``, an exception if one was
+        raised, then ``None`` - and the request's stop event (:meth:`cancel_current` sets it too)."""
+        events: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
 
-    def _one_generation(self, batch: Mapping[str, torch.Tensor], edits: list[Any], req: GenerateRequest
-                        ) -> Iterator[str]:
+        def run() -> None:
+            try:
+                with self.lock:
+                    self._current = stop
+                    try:
+                        self._generate(req, stop, events.put)
+                    finally:
+                        self._current = None
+            except BaseException as e:  # handed to the reader, never lost in the thread
+                events.put(e)
+            finally:
+                events.put(None)
+
+        threading.Thread(target=run, daemon=True, name="actlab-generate").start()
+        return events, stop
+
+    def cancel_current(self) -> bool:
+        """Stop the running generation after its current token; False if none was running."""
+        current = self._current
+        if current is None:
+            return False
+        current.set()
+        return True
+
+    def generate_stream(self, req: GenerateRequest) -> Iterator[dict[str, Any]]:
+        """:meth:`start_generation` as an iterator of events; closing it early stops the generation."""
+        events, stop = self.start_generation(req)
+        try:
+            while (ev := events.get()) is not None:
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+        finally:
+            stop.set()  # a no-op once finished; stops the worker if the reader went away
+
+    def _generate(self, req: GenerateRequest, stop: threading.Event, emit: Callable[[Any], None]) -> None:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        cancel = self.cancel
-
-        class Cancelled(StoppingCriteria):
+        class Stop(StoppingCriteria):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> bool:
-                return cancel.is_set()
+                return stop.is_set()
 
-        streamer = _Deltas(self.model.tokenizer)
-        errors: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                torch.manual_seed(req.seed)
-                kw: dict[str, Any] = {"do_sample": req.sample, "max_new_tokens": req.max_new_tokens,
-                                      "streamer": streamer, "stopping_criteria": StoppingCriteriaList([Cancelled()]),
-                                      "pad_token_id": self.model.tokenizer.pad_token_id
-                                      or self.model.tokenizer.eos_token_id}
-                if req.sample:
-                    kw["temperature"] = req.temperature
-                with torch.no_grad(), self.model.edit(*edits):
-                    self.model.hf.generate(**batch, **kw)
-            except BaseException as e:  # reported to the request, never lost in the thread
-                errors.append(e)
-                streamer.end()
-
-        t = threading.Thread(target=work, daemon=True)
-        t.start()
-        ended = False
-        try:
-            while True:
-                piece = streamer.queue.get()
-                if piece is None:
-                    ended = True
-                    break
-                yield piece
-        finally:
-            if not ended:  # the client went away mid-stream: stop the generation, keep the lock until it has
-                cancel.set()
-            t.join()
-        if errors:
-            raise errors[0]
+        text = self.model.chat_prompt(req.prompt) if req.chat else req.prompt
+        batch = self.model.tokenize(text, add_special_tokens=not req.chat)
+        rows = []
+        for side in ("default", "steered"):
+            edits = [] if side == "default" else self.interventions(req)
+            streamer = _Deltas(self.model.tokenizer, lambda piece, side=side: emit({"side": side, "text": piece}))
+            torch.manual_seed(req.seed)
+            kw: dict[str, Any] = {"do_sample": req.sample, "max_new_tokens": req.max_new_tokens,
+                                  "streamer": streamer, "stopping_criteria": StoppingCriteriaList([Stop()]),
+                                  "pad_token_id": self.model.tokenizer.pad_token_id
+                                  or self.model.tokenizer.eos_token_id}
+            if req.sample:
+                kw["temperature"] = req.temperature
+            with torch.no_grad(), self.model.edit(*edits):
+                self.model.hf.generate(**batch, **kw)
+            rows.append({"side": side, "prompt": req.prompt, "text": streamer.text,
+                         "interventions": [e.record() for e in edits]})
+            if stop.is_set():
+                emit({"cancelled": True})
+                break
+        emit({"done": True, "export": {"kind": "playground_generation", "model": self.model.name,
+                                       "positions": req.positions, "max_new_tokens": req.max_new_tokens,
+                                       "sample": req.sample, "seed": req.seed, "rows": rows}})
 
     def extract(self, body: Any) -> dict[str, Any]:
         """A mean-difference vector from a small list of pairs typed in the page (``positive || negative`` per

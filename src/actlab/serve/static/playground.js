@@ -94,7 +94,7 @@ $('#generate').onclick = async () => {
   } catch(e){ if(e.name !== 'AbortError') err(e.message); else $('#status').textContent = 'stopped'; }
   finally { $('#generate').disabled = false; controller = null; }
 };
-$('#stop').onclick = async () => { await fetch('/api/cancel', {method:'POST'}); };
+$('#stop').onclick = async () => { await fetch('/api/cancel', {method:'POST', headers:{'Content-Type':'application/json'}, body:'{}'}); };
 $('#export-gen').onclick = () => lastExport.generation ? download('generation.json', lastExport.generation)
                                                        : err('generate first');
 // logit lens
