@@ -16,6 +16,7 @@ _LAZY = {
     "Add": "actlab.hooks.interventions", "Edits": "actlab.hooks.interventions",
     "Intervention": "actlab.hooks.interventions", "ProjectOut": "actlab.hooks.interventions",
     "Replace": "actlab.hooks.interventions", "Rotate": "actlab.hooks.interventions",
+    "Hook": "actlab.hooks.interventions",
     "LensResult": "actlab.lens", "Unembed": "actlab.models.unembed", "logit_lens": "actlab.lens",
     "ArchAdapter": "actlab.models.adapters", "register_adapter": "actlab.models.adapters",
     "Model": "actlab.models.model", "load_model": "actlab.models.loading",
@@ -28,7 +29,7 @@ _SUBMODULES = ("analysis", "data", "finetune", "hooks", "jobs", "lens", "lfp", "
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .errors import ActlabError
     from .hooks import Activations, HookPoint, HookSession, count_hooks
-    from .hooks.interventions import Add, Edits, Intervention, ProjectOut, Replace, Rotate
+    from .hooks.interventions import Add, Edits, Hook, Intervention, ProjectOut, Replace, Rotate
     from .lens import LensResult, logit_lens
     from .models import ArchAdapter, Model, load_model, register_adapter
     from .models.unembed import Unembed
@@ -50,7 +51,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Activations", "ActlabError", "Add", "ArchAdapter", "Edits", "FeatureEdit", "HookPoint", "HookSession",
+    "Activations", "ActlabError", "Add", "ArchAdapter", "Edits", "FeatureEdit", "Hook", "HookPoint", "HookSession",
     "Intervention", "LensResult", "Mix", "Model", "ProjectOut", "Replace", "Rotate", "Run", "Steer", "Unembed",
     "__version__", "count_hooks", "load_model", "logit_lens", "register_adapter", "wrap",
 ]

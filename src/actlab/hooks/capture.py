@@ -19,8 +19,8 @@ import torch
 
 from .core import ForwardState, HookSession, StopForward
 from .points import HookPoint, parse_points
-from .positions import PositionSpec, check_positions, lengths, select
-from .sites import HookTarget, read_plan
+from .positions import PositionSpec, align_keys, check_positions, lengths, select
+from .sites import HookTarget, attach, read_plan
 
 
 class Activations(dict):
@@ -102,9 +102,12 @@ class Capture:
         return out
 
     def _reader(self, name: str, derive: tuple[str, str] | None = None):
+        keys = name.endswith(".attn.pattern")  # a second token axis (keys), aligned like the first
         def read(x: torch.Tensor, state: ForwardState | None) -> None:
             store = self._current(state)
             sel = select(x, state, self.positions)
+            if keys:
+                sel = align_keys(sel, state)
             if derive is None:
                 store[name] = self._keep(sel)
             else:  # a composite kind without a module of its own (resid_mid of a parallel block): base + part
@@ -124,7 +127,7 @@ class Capture:
             for p in self.points:
                 plan = read_plan(self.model, p)
                 if plan.site is not None:
-                    session.add(plan.site.module, plan.site.where, self._reader(p.name), write=False, order=p.order)
+                    attach(session, plan.site, self._reader(p.name), write=False, order=p.order)
                     continue
                 assert plan.base is not None and plan.part is not None
                 base = read_plan(self.model, plan.base).site

@@ -157,8 +157,10 @@ class _Dispatcher:
         self._seq = 0
         if where == "in":
             self.handle = module.register_forward_pre_hook(self._pre, with_kwargs=True)
-        else:
+        elif where == "out":
             self.handle = module.register_forward_hook(self._post, with_kwargs=True)
+        else:  # an attention site: the module's attention call is routed through actlab while it has handlers
+            self.handle = _AttentionHandle(module, where)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor | None:
         state = self.tracker.state
@@ -192,6 +194,10 @@ class _Dispatcher:
             return type(output)([new, *output[1:]]) if isinstance(output, list) else (new, *output[1:])
         raise RuntimeError(f"cannot find the output tensor of {type(module).__name__} ({type(output).__name__})")
 
+    def run_site(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Run the handlers on a tensor the attention routing hands over (attention sites)."""
+        return self._run(x)
+
     def insert(self, fn: Handler, write: bool, order: Order) -> None:
         self._seq += 1
         self.plan.append((order, 0 if write else 1, self._seq, fn))
@@ -208,6 +214,31 @@ class _Dispatcher:
 
 
 _DISPATCHERS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Dispatcher]] = weakref.WeakKeyDictionary()
+
+
+class _AttentionHandle:
+    """Stands for a torch hook at an attention site: routes the module while any attention site has handlers."""
+
+    def __init__(self, module: nn.Module, where: str):
+        from .attention import _ROUTES, Routing
+
+        self.module, self.where = module, where
+        if module not in _ROUTES:
+            Routing(module, run=lambda site, x: _attention_run(module, site, x),
+                    wants=lambda site: bool(_DISPATCHERS.get(module, {}).get(site)))
+
+    def remove(self) -> None:
+        from .attention import _ROUTES, ATTN_SITES
+
+        others = [w for w in _DISPATCHERS.get(self.module, {}) if w in ATTN_SITES and w != self.where]
+        route = _ROUTES.get(self.module)
+        if not others and route is not None:
+            route.remove()
+
+
+def _attention_run(module: nn.Module, site: str, x: torch.Tensor) -> torch.Tensor | None:
+    disp = _DISPATCHERS.get(module, {}).get(site)
+    return None if disp is None else disp.run_site(x)
 
 
 class HookSession:
@@ -232,8 +263,10 @@ class HookSession:
         ``order`` is the hook point's :attr:`~actlab.hooks.points.HookPoint.order`; it only matters where
         points share a site (see the module docstring).
         """
-        if where not in ("in", "out"):
-            raise ValueError(f"where must be 'in' or 'out', not {where!r}")
+        from .attention import ATTN_SITES
+
+        if where not in ("in", "out", *ATTN_SITES):
+            raise ValueError(f"where must be 'in', 'out' or an attention site {ATTN_SITES}, not {where!r}")
         if self._tracker is None:
             self._tracker = _acquire_tracker(self.base)
         sites = _DISPATCHERS.setdefault(module, {})

@@ -34,9 +34,9 @@ import torch
 from ..errors import InputError
 from .core import ForwardState, HookSession
 from .points import ABLATION_KINDS, RESIDUAL_KINDS, HookPoint, layer_list, parse_points
-from .sites import HookTarget, write_plan
+from .sites import HookTarget, attach, write_plan
 
-EditFn = Callable[[torch.Tensor, "ForwardState | None"], torch.Tensor]
+EditFn = Callable[[torch.Tensor, "ForwardState | None"], "torch.Tensor | None"]
 
 
 @dataclass
@@ -54,7 +54,7 @@ def install_edit(session: HookSession, target: HookTarget, edit: Edit) -> None:
     order = edit.point.order
     site = plan.site
     if plan.base is None or edit.additive:
-        session.add(site.module, site.where, edit.fn, write=True, order=order)
+        attach(session, site, edit.fn, write=True, order=order)
         return
     assert plan.base_site is not None
     held: dict[str, torch.Tensor] = {}
@@ -63,12 +63,15 @@ def install_edit(session: HookSession, target: HookTarget, edit: Edit) -> None:
     def keep_base(x: torch.Tensor, state: ForwardState | None) -> None:
         held["base"] = x
 
-    def through_part(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+    def through_part(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
         base = held.pop("base", None)
         if base is None or base.shape != x.shape:
             raise RuntimeError(f"{name}: the block input was not seen before its attention output")
+        new = fn(base + x, state)
+        if new is None:  # a hook that only read the value
+            return None
         wide = torch.promote_types(x.dtype, torch.float32)  # at least float32: half-precision sums lose the edit
-        return (fn(base + x, state).to(wide) - base.to(wide)).to(x.dtype)
+        return (new.to(wide) - base.to(wide)).to(x.dtype)
 
     session.add(plan.base_site.module, plan.base_site.where, keep_base, write=False, order=order)
     session.add(site.module, site.where, through_part, write=True, order=order)
@@ -383,6 +386,82 @@ class Replace(Intervention):
     def record(self) -> dict[str, Any]:
         name = self.point.name if isinstance(self.point, HookPoint) else str(self.point)
         return {"kind": self.kind, "points": [name], "function": self.label, **self.source}
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """What a user hook is told besides the value: the point's name, layer and kind, and the forward state
+    (attention mask, KV-cache length; None outside a model forward)."""
+
+    name: str
+    layer: int | None
+    kind: str
+    state: ForwardState | None
+
+
+class Hook(Intervention):
+    """Run your own function at hook points: ``fn(x)`` or ``fn(x, call)`` (a :class:`HookCall`) returns None to
+    only read ``x`` or a tensor of the same shape to replace it. ``point`` may name several points
+    (``"blocks.2-4.attn.pattern"``). ``positions`` limits a replacement to some tokens, as for steering
+    (``all``, ``from_eoi``, ``generated``, ``auto``); the function always sees the whole tensor. Runs through
+    the same dispatcher and ordering as every built-in intervention (see the module docstring)."""
+
+    kind = "hook"
+
+    def __init__(self, point: HookPoint | str, fn: Callable[..., torch.Tensor | None], *, positions: str = "all",
+                 eoi_ids: Sequence[int] | None = None, label: str = ""):
+        if not callable(fn):
+            raise InputError(f"the hook for {point} must be a function, not {type(fn).__name__}")
+        self.point, self.fn = point, fn
+        self.positions = check_steer_positions(positions)
+        self.eoi_ids = list(eoi_ids) if eoi_ids is not None else None
+        self.label = label or getattr(fn, "__name__", type(fn).__name__)
+        self._two = _arity(fn) >= 2
+
+    def edits(self, target: HookTarget) -> list[Edit]:
+        pts = [self.point] if isinstance(self.point, HookPoint) else parse_points(self.point, target.n_layers)
+        if self.positions == "from_eoi" and not self.eoi_ids:
+            raise InputError("positions='from_eoi' needs the end-of-instruction token ids (a chat template)")
+        thresholds = _Thresholds(self.positions, self.eoi_ids) if self.positions != "all" else None
+        return [Edit(p, self._wrapped(p, thresholds)) for p in pts]
+
+    def _wrapped(self, p: HookPoint, thresholds: _Thresholds | None) -> EditFn:
+        fn, two, name = self.fn, self._two, p.name
+
+        def run(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
+            out = fn(x, HookCall(name, p.layer, p.kind, state)) if two else fn(x)
+            if out is None:
+                return None
+            if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the hook at {name} returned {got}; return None or a tensor shaped like its "
+                                 f"input {tuple(x.shape)}")
+            if thresholds is None or state is None:
+                return out
+            key = ("hook_mask", id(thresholds))
+            if key not in state.cache:
+                thresholds.update(state)
+                state.cache[key] = thresholds.mask(state)
+            m = state.cache[key].to(x.device)
+            return torch.where(m.view(*m.shape, *([1] * (x.dim() - 2))), out.to(x.dtype), x)
+
+        return run
+
+    def record(self) -> dict[str, Any]:
+        name = self.point.name if isinstance(self.point, HookPoint) else str(self.point)
+        return {"kind": self.kind, "points": [name], "function": self.label, "positions": self.positions}
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(q.kind == q.VAR_POSITIONAL for q in params):
+        return 2
+    return sum(1 for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD) and q.default is q.empty)
 
 
 # -- rotations (norm-preserving steering) -----------------------------------------------------------------

@@ -55,6 +55,8 @@ class HookKind:
     role: str  # "stream": the residual stream itself; "write": what a sub-block adds to it; "internal"
     composite: tuple[str, Site] | None = None
     at_layer: int | None = None  # model-scope kinds read from a block's site: which block
+    view: str | None = None  # "heads": the site's last dim split into [head, d_head]; "result": per-head writes
+    shape: str = "[batch, seq, d]"  # what handlers and captures see (d: d_model, or d_mlp for mlp_hidden)
 
 
 def _d_model(m: Any) -> int:
@@ -65,6 +67,14 @@ def _d_mlp(m: Any) -> int:
     return int(m.d_mlp)
 
 
+def _d_head(m: Any) -> int:
+    return int(m.d_head)
+
+
+def _n_ctx(m: Any) -> int:
+    return 0  # the pattern's last dimension is the number of keys: it depends on the input
+
+
 # Block kinds are listed in the order the forward pass computes them (this order breaks ties between points
 # that share a module, see hooks.core).
 KINDS: dict[str, HookKind] = {k.name: k for k in (
@@ -72,6 +82,24 @@ KINDS: dict[str, HookKind] = {k.name: k for k in (
              "token (+ position) embeddings: the input of layer 0", "stream", at_layer=0),
     HookKind("resid_pre", "block", Site("block", "in"), _d_model, True,
              "the residual stream entering layer i", "stream"),
+    HookKind("attn.q", "block", Site("attn_core", "q"), _d_head, False,
+             "attention queries after rotary (OPT: pre-scaled), per head", "internal",
+             shape="[batch, seq, head, d_head]"),
+    HookKind("attn.k", "block", Site("attn_core", "k"), _d_head, False,
+             "attention keys of this forward's tokens after rotary, per KV head", "internal",
+             shape="[batch, seq, kv_head, d_head]"),
+    HookKind("attn.v", "block", Site("attn_core", "v"), _d_head, False,
+             "attention values of this forward's tokens, per KV head", "internal",
+             shape="[batch, seq, kv_head, d_head]"),
+    HookKind("attn.pattern", "block", Site("attn_core", "pattern"), _n_ctx, False,
+             "attention probabilities (that layer computes attention eagerly while hooked)", "internal",
+             shape="[batch, query, head, key]"),
+    HookKind("attn.z", "block", Site("attn_o", "in"), _d_head, False,
+             "per-head attention output before the output projection", "internal", view="heads",
+             shape="[batch, seq, head, d_head]"),
+    HookKind("attn.result", "block", Site("attn_o", "in"), _d_model, False,
+             "per-head contribution to the output projection (sum over heads + bias = its output)", "internal",
+             view="result", shape="[batch, seq, head, d_model]"),
     HookKind("attn_out", "block", Site("attn", "out"), _d_model, True,
              "what the attention sub-block adds to the residual stream", "write"),
     HookKind("resid_mid", "block", Site("mlp_norm", "in"), _d_model, True,
@@ -319,17 +347,25 @@ def _parse_one(s: str, n_layers: int) -> list[HookPoint]:
 
 def kinds_table_markdown() -> str:
     """The hook-kind table as Markdown (docs/architecture.md embeds it; a test keeps the two equal)."""
-    rows = ["| kind | scope | read at | edits written through | width | residual basis | meaning |",
+    rows = ["| kind | scope | read at | edits written through | shape | residual basis | meaning |",
             "|---|---|---|---|---|---|---|"]
     for k in KINDS.values():
-        read = f"{k.read.where}put of `{k.read.field}`" + (f" (layer {k.at_layer})" if k.at_layer is not None else "")
+        if k.read.where in ("in", "out"):
+            read = f"{k.read.where}put of `{k.read.field}`"
+        else:
+            read = f"`{k.read.where}` in `{k.read.field}`'s attention call"
+        read += f" (layer {k.at_layer})" if k.at_layer is not None else ""
+        if k.view == "result":
+            read += ", times each head's slice of its weight"
         if k.composite:
             base, part = k.composite
             read += f"; without one: `{base}` + {part.where}put of `{part.field}`"
             write = f"{part.where}put of `{part.field}` (as `f({base} + a) - {base}`)"
+        elif k.view == "result":
+            write = "output of `attn_o` (as the sum over heads + bias)"
         else:
             write = "the read site"
-        width = "d_mlp" if k.width is _d_mlp else "d_model"
-        rows.append(f"| `{k.name}` | {k.scope} | {read} | {write} | {width} | {'yes' if k.residual else 'no'} "
+        shape = k.shape.replace("d]", "d_mlp]") if k.width is _d_mlp else k.shape
+        rows.append(f"| `{k.name}` | {k.scope} | {read} | {write} | `{shape}` | {'yes' if k.residual else 'no'} "
                     f"| {k.doc} |")
     return "\n".join(rows) + "\n"

@@ -129,3 +129,19 @@ def select(x: torch.Tensor, state: ForwardState | None, spec: PositionSpec) -> t
         return x[b, _index_positions(state, [spec])[:, 0].to(x.device)]
     idx = _index_positions(state, list(spec)).to(x.device)
     return x[b[:, None], idx]
+
+
+def align_keys(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor:
+    """An attention pattern's key axis (the last) in the order captures use for tokens: real tokens first, as
+    ``select(..., "all")`` orders the query axis, so key j is token j of the row's text. Only without a KV
+    cache (with one, the cached keys keep the padded layout)."""
+    if state is None or not state.padded or state.past_len != 0 or x.shape[-1] != state.seq:
+        return x
+    order = real_order(state).to(x.device)  # [batch, seq]
+    b = order.shape[0]
+    idx = order.view(b, *([1] * (x.dim() - 2)), -1).expand(*x.shape[:-1], -1) if x.shape[0] == b else None
+    if idx is None:  # "tokens" flattened the batch: leave it
+        return x
+    out = x.gather(-1, idx)
+    keep = torch.arange(state.seq, device=x.device)[None, :] < lengths(state).to(x.device)[:, None]
+    return out * keep.view(b, *([1] * (x.dim() - 2)), -1).to(out.dtype)

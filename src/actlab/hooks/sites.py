@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 from ..errors import HookPointError
+from .core import ForwardState, Handler, HookSession, Order
 from .points import HookPoint, Site, kind
 
 
@@ -38,16 +40,75 @@ class HookTarget(Protocol):
 
 @dataclass(frozen=True)
 class Resolved:
-    """A concrete site: ``module``'s input or output."""
+    """A concrete site: ``module``'s input or output (or an attention site, :mod:`actlab.hooks.attention`);
+    ``view`` says how handlers see it (``heads``: last dim split per head; ``result``: per-head outputs)."""
 
     module: nn.Module
     where: str
+    view: str | None = None
+    heads: int = 0
 
 
 def resolve(target: HookTarget, site: Site, p: HookPoint) -> Resolved | None:
-    layer = p.layer if p.layer is not None else kind(p.kind).at_layer
-    mod = target.module(site.field, layer)
-    return None if mod is None else Resolved(mod, site.where)
+    k = kind(p.kind)
+    layer = p.layer if p.layer is not None else k.at_layer
+    if site.field == "attn_o":
+        mod = target.module("attn_o", layer) or target.module("attn_proj", layer)
+    else:
+        mod = target.module(site.field, layer)
+    if mod is None:
+        return None
+    heads = int(getattr(target, "n_heads", 0)) if k.view else 0
+    return Resolved(mod, site.where, k.view if site is k.read else None, heads)
+
+
+def attach(session: HookSession, r: Resolved, fn: Handler, *, write: bool, order: Order) -> None:
+    """Add ``fn`` at a resolved site, seen through the site's view (the one place views are applied)."""
+    if r.view is None:
+        session.add(r.module, r.where, fn, write=write, order=order)
+        return
+    h = r.heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], h, x.shape[-1] // h)
+
+    if r.view == "heads":
+        def heads_fn(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
+            out = fn(split(x), state)
+            return None if out is None else out.reshape(x.shape)
+
+        session.add(r.module, r.where, heads_fn, write=write, order=order)
+        return
+    # "result": per-head contributions z_h W_O[h]^T, computed from the projection's input z
+    w_o = _out_weight(r.module)
+
+    def result(x: torch.Tensor) -> torch.Tensor:
+        z = split(x)
+        return torch.einsum("bthd,mhd->bthm", z, w_o.view(w_o.shape[0], h, -1).to(z.dtype))
+
+    if not write:
+        session.add(r.module, r.where, lambda x, state: fn(result(x), state), write=False, order=order)
+        return
+    held: dict[str, torch.Tensor] = {}
+
+    def edit_in(x: torch.Tensor, state: ForwardState | None) -> None:
+        new = fn(result(x), state)
+        if new is not None:
+            bias = getattr(r.module, "bias", None)
+            held["out"] = new.sum(dim=-2) + (bias.to(new.dtype) if bias is not None else 0)
+
+    def edit_out(y: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
+        out = held.pop("out", None)
+        return None if out is None else out.reshape(y.shape).to(y.dtype)
+
+    session.add(r.module, "in", edit_in, write=False, order=order)
+    session.add(r.module, "out", edit_out, write=True, order=order)
+
+
+def _out_weight(module: nn.Module) -> torch.Tensor:
+    """The output projection as [d_model, n_heads * d_head] (GPT-2's Conv1D stores it transposed)."""
+    w = module.weight
+    return w if isinstance(module, nn.Linear) else w.T
 
 
 def _need(target: HookTarget, site: Site, p: HookPoint) -> Resolved:

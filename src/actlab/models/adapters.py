@@ -55,6 +55,10 @@ class ArchAdapter:
     attn_proj: str | None = None
     pos_embed: str | None = None
     project_in: str | None = None
+    # Attention internals (hooks.attention): the module that calls the attention function, and the output
+    # projection whose input is the per-head output z (None: attn_proj).
+    attn_core: str | None = None
+    attn_o: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""
@@ -75,6 +79,8 @@ _LLAMA_LIKE = dict(
     mlp_norm="post_attention_layernorm",
     final_norm="model.norm",
     attn_proj="self_attn.o_proj",
+    attn_core="self_attn",
+    attn_o="self_attn.o_proj",
 )
 
 
@@ -115,29 +121,32 @@ for _a in (
     ArchAdapter(
         family="gpt2", model_types=("gpt2",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
-        attn_proj="attn.c_proj", pos_embed="transformer.wpe",
+        attn_proj="attn.c_proj", pos_embed="transformer.wpe", attn_core="attn", attn_o="attn.c_proj",
     ),
     ArchAdapter(
         family="gpt_neox", model_types=("gpt_neox",), base="gpt_neox", layers="gpt_neox.layers",
         attn="attention", mlp="mlp", mlp_out="mlp", mlp_down="mlp.dense_4h_to_h",
         mlp_norm="post_attention_layernorm", final_norm="gpt_neox.final_layer_norm", attn_proj="attention.dense",
+        attn_core="attention", attn_o="attention.dense",
         parallel=lambda config: bool(getattr(config, "use_parallel_residual", True)),
     ),
     ArchAdapter(
         family="gpt_neo", model_types=("gpt_neo",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.c_proj", mlp_norm="ln_2", final_norm="transformer.ln_f",
-        attn_proj="attn.attention.out_proj", pos_embed="transformer.wpe",
+        attn_proj="attn.attention.out_proj", pos_embed="transformer.wpe", attn_core="attn.attention",
+        attn_o="attn.attention.out_proj",
     ),
     ArchAdapter(
         family="gptj", model_types=("gptj",), base="transformer", layers="transformer.h", attn="attn",
         mlp="mlp", mlp_out="mlp", mlp_down="mlp.fc_out", mlp_norm=None, final_norm="transformer.ln_f", parallel=True,
-        attn_proj="attn.out_proj",
+        attn_proj="attn.out_proj", attn_core="attn", attn_o="attn.out_proj",
     ),
     ArchAdapter(
         family="opt", model_types=("opt",), base="model.decoder", layers="model.decoder.layers",
         attn="self_attn", mlp=None, mlp_out="fc2", mlp_down="fc2", mlp_norm="final_layer_norm",
         final_norm="model.decoder.final_layer_norm",
         project_out="model.decoder.project_out", check=_opt_check, attn_proj="self_attn.out_proj",
+        attn_core="self_attn", attn_o="self_attn.out_proj",
         pos_embed="model.decoder.embed_positions", project_in="model.decoder.project_in",
     ),
 ):

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,26 @@ class Model:
         return int(getattr(down, "nx", down.weight.shape[0]))  # GPT-2 Conv1D stores [in, out]
 
     @property
+    def n_heads(self) -> int:
+        """Attention (query) heads per layer."""
+        c = self.config
+        for attr in ("num_attention_heads", "n_head", "num_heads"):
+            if getattr(c, attr, None):
+                return int(getattr(c, attr))
+        raise AttributeError(f"{type(c).__name__} names no attention head count")
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (fewer than :attr:`n_heads` with grouped-query attention)."""
+        return int(getattr(self.config, "num_key_value_heads", None) or self.n_heads)
+
+    @property
+    def d_head(self) -> int:
+        """Width of one attention head."""
+        hd = getattr(self.config, "head_dim", None)
+        return int(hd) if hd else self.d_model // self.n_heads
+
+    @property
     def vocab_size(self) -> int:
         w = getattr(self.lm_head, "weight", None)
         return int(w.shape[0]) if w is not None else int(self.config.vocab_size)
@@ -227,6 +247,19 @@ class Model:
         warnings.warn("Model.add_edit is deprecated; use `with model.edit(Replace(point, fn))`",
                       DeprecationWarning, stacklevel=2)
         install_edit(session, self, Edit(parse_points(p, self.n_layers)[0], lambda x, state: fn(x)))
+
+    def hooks(self, hooks: Mapping[str, Callable[..., torch.Tensor | None]], *, positions: str = "all",
+              eoi_ids: Sequence[int] | None = None) -> Edits:
+        """Your own functions at hook points, as one context: ``with model.hooks({"blocks.3.attn.pattern": fn}):``.
+        Each ``fn(x)`` or ``fn(x, call)`` returns None (read) or a same-shaped tensor (replace); ``positions``
+        limits replacements as for steering (``from_eoi`` needs ``eoi_ids``, e.g.
+        ``actlab.steering.prompts.eoi_token_ids(model)``). See :class:`~actlab.hooks.interventions.Hook`.
+        Composes with :meth:`edit` and :meth:`capture`."""
+        from ..hooks.interventions import Hook
+
+        if not isinstance(hooks, Mapping) or not hooks:
+            raise InputError("model.hooks() takes a non-empty mapping of hook point -> function")
+        return self.edit(*[Hook(p, fn, positions=positions, eoi_ids=eoi_ids) for p, fn in hooks.items()])
 
     def edit(self, *interventions: Intervention) -> Edits:
         """Apply interventions together (``with model.edit(Steer(...), ProjectOut(...)):``); see
