@@ -5,6 +5,15 @@
 >>> acts["blocks.3.resid_post"].shape          # [batch, d_model], on CPU
 
 Readers select positions on the model's device, then move only what is kept to ``device`` in ``dtype``.
+
+With ``grad=True`` the forward must run with gradients enabled; call ``backward()`` on your metric inside the
+``with`` block and ``acts.grads[point]`` holds the gradient of the metric with respect to each captured
+activation (same shape, same positions, same ``device``/``dtype`` as ``acts[point]``)::
+
+    with model.capture("blocks.3.attn.z,resid_post", grad=True) as acts:
+        logits = model(**batch).logits
+        metric(logits).backward()
+    acts.grads["blocks.3.attn.z"]
 With ``stop=True`` the forward pass is aborted as soon as every requested point has been read (the
 context swallows the internal :class:`StopForward`), so asking for an early layer costs only the layers
 up to it. Several forward calls inside one context are concatenated along the batch dimension.
@@ -31,6 +40,7 @@ class Activations(dict):
         super().__init__(*args, **kw)
         self.positions = positions
         self.lengths = lengths
+        self.grads: dict[str, torch.Tensor] = {}  # filled with grad=True after backward()
 
     @staticmethod
     def _key(k: Any) -> Any:
@@ -74,11 +84,17 @@ class Capture:
         device: str | torch.device = "cpu",
         stop: bool = False,
         detach: bool = True,
+        grad: bool = False,
     ):
         self.model = model
         self.points: list[HookPoint] = parse_points(points, model.n_layers)
         self.positions = check_positions(positions)
         self.dtype, self.device, self.stop, self.detach = dtype, torch.device(device), stop, detach
+        self.grad = grad
+        if grad and stop:
+            from ..errors import InputError
+
+            raise InputError("grad=True needs the whole forward (the metric reads the output): drop stop=True")
         self._calls: list[dict[str, torch.Tensor]] = []
         self._lengths: list[torch.Tensor] = []
         self._state_id: int | None = None
@@ -103,8 +119,11 @@ class Capture:
 
     def _reader(self, name: str, derive: tuple[str, str] | None = None):
         keys = name.endswith(".attn.pattern")  # a second token axis (keys), aligned like the first
-        def read(x: torch.Tensor, state: ForwardState | None) -> None:
+        def read(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
             store = self._current(state)
+            tracked = None
+            if self.grad and derive is None:
+                tracked = x = self._track(name, x, state, store)
             sel = select(x, state, self.positions)
             if keys:
                 sel = align_keys(sel, state)
@@ -117,8 +136,27 @@ class Capture:
                     store[name] = self._keep(raw.pop(f"{name}\0base") + raw.pop(f"{name}\0part"))
             if self.stop and all(p.name in store for p in self.points):
                 raise StopForward
+            return tracked  # with grad=True the capture passes on a copy whose gradient it records
 
         return read
+
+    def _track(self, name: str, x: torch.Tensor, state: ForwardState | None, store: dict[str, Any]) -> torch.Tensor:
+        if not x.requires_grad:
+            from ..errors import InputError
+
+            raise InputError(f"capture(grad=True): {name} does not require grad; run the forward with gradients "
+                             "enabled (not under torch.no_grad() or inference_mode())")
+        y = x.clone()  # flows on through the model, so its gradient is the metric's gradient at this point
+        grads = store.setdefault("\0grads", {})
+        keys = name.endswith(".attn.pattern")
+
+        def keep(g: torch.Tensor) -> None:
+            sel = select(g, state, self.positions)
+            grads[name] = (align_keys(sel, state) if keys else sel).detach().to(
+                device=self.device, dtype=self.dtype or g.dtype)
+
+        y.register_hook(keep)
+        return y
 
     # -- context protocol --------------------------------------------------------------------------
     def __enter__(self) -> Activations:
@@ -127,7 +165,7 @@ class Capture:
             for p in self.points:
                 plan = read_plan(self.model, p)
                 if plan.site is not None:
-                    attach(session, plan.site, self._reader(p.name), write=False, order=p.order)
+                    attach(session, plan.site, self._reader(p.name), write=self.grad, order=p.order)
                     continue
                 assert plan.base is not None and plan.part is not None
                 base = read_plan(self.model, plan.base).site
@@ -155,5 +193,9 @@ class Capture:
             parts = [c[p.name] for c in self._calls if p.name in c]
             if parts:
                 self.result[p.name] = _cat_padded(parts, pad_dim)
+            if self.grad:
+                gparts = [c.get("\0grads", {}).get(p.name) for c in self._calls if p.name in c]
+                if gparts and all(g is not None for g in gparts):
+                    self.result.grads[p.name] = _cat_padded(gparts, pad_dim)
         if self._lengths:
             self.result.lengths = torch.cat(self._lengths)

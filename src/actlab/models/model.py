@@ -387,9 +387,10 @@ class Model:
     # -- reading -----------------------------------------------------------------------------------
     def capture(self, points: str | Iterable[str] | HookPoint, positions: PositionSpec = "all", *,
                 dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu",
-                stop: bool = False, detach: bool = True) -> Capture:
-        """Context manager capturing ``points`` at ``positions`` (see :mod:`actlab.hooks.capture`)."""
-        return Capture(self, points, positions, dtype=dtype, device=device, stop=stop, detach=detach)
+                stop: bool = False, detach: bool = True, grad: bool = False) -> Capture:
+        """Context manager capturing ``points`` at ``positions`` (see :mod:`actlab.hooks.capture`); with
+        ``grad=True``, ``acts.grads`` gets each point's gradient after ``backward()`` inside the block."""
+        return Capture(self, points, positions, dtype=dtype, device=device, stop=stop, detach=detach, grad=grad)
 
     @torch.no_grad()
     def activations(self, inputs: Any, points: str | Iterable[str] | HookPoint, positions: PositionSpec = "all", *,
