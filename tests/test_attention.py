@@ -53,7 +53,7 @@ def _scale(attn: torch.nn.Module, family: str) -> float:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_internals_match_an_independent_computation(family, impl):
     if family == "gemma2" and impl == "sdpa":
-        pytest.skip("Gemma-2's SDPA path (transformers 4.x) drops the attention softcap that eager applies; a "
+        pytest.skip("Gemma-2 SDPA: transformers 5 refuses it; 4.x drops the attention softcap that eager applies; a "
                     "hooked pattern layer computes it eagerly, so the two differ by the softcap")
     m = _model(family, impl)
     batch = _batch()

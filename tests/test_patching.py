@@ -138,3 +138,32 @@ def test_bad_patching_requests_fail_clearly():
         attribution_patching(m, clean, corrupt, metric, kinds="attn.pattern")
     with pytest.raises(actlab.ActlabError, match="unknown hook-point kind 'resid_psot'"):
         activation_patching(m, clean, corrupt, metric, kinds="resid_psot")
+
+
+def test_patch_command_writes_json_figures_and_a_report_section(tmp_path, capsys):
+    from actlab.report.run_report import build_report
+    from conftest import shared_path
+    from test_cli import run
+
+    shared_path("models", "stories260k")
+    out = tmp_path / "patch"
+    args = ["patch", "stories260k", "--clean", "Once upon a time there was a big dog", "--corrupt",
+            "Once upon a time there was the big dog", "--answer", " and", "--wrong", " was", "--layers", "0-4",
+            "--out", str(out)]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    import json
+
+    doc = json.loads((out / "patching.json").read_text())
+    assert doc["kind"] == "patching" and set(doc["methods"]) == {"activation", "attribution"}
+    grid = doc["methods"]["activation"]["normalised"]["resid_pre"]
+    assert len(grid) == 5 and len(grid[0]) == len(doc["tokens"])
+    assert max(grid[0]) == pytest.approx(1.0, abs=1e-4)  # layer 0, the token that differs: the clean run back
+    assert (out / "patching_activation.png").stat().st_size > 0 and (out / "run.json").is_file()
+    html = build_report(out).read_text()
+    assert "How to read this" in html and "largest effect at" in html
+    code, _, err = run([*args[:-2], "--out", str(tmp_path / "p2"), "--method", "gradient"], capsys)
+    assert code == 2 and "'gradient'" in err and "attribution" in err
+    code, _, err = run(["patch", "stories260k", "--clean", "Once upon a time", "--corrupt", "Once",
+                        "--answer", " there", "--wrong", " a", "--out", str(tmp_path / "p3")], capsys)
+    assert code == 2 and "same number of tokens" in err

@@ -281,3 +281,15 @@ def test_playground_in_chromium(server, tmp_path):
     # the one bad request we sent on purpose (empty prompt) is logged by Chromium as a failed resource
     assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 1, errors
     assert requests and all(u.startswith(base) or u.startswith(("data:", "blob:")) for u in requests), requests
+
+
+def test_lens_export_is_what_the_cli_writes(server, tmp_path, capsys):
+    from test_cli import run
+
+    base, _ = server
+    grid = tmp_path / "grid.json"
+    code, _, err = run(["lens", "stories260k", "-p", "Once upon a time", "--points", "mlp_out", "--top-k", "3",
+                        "--grid", str(grid)], capsys)
+    assert code == 0, err
+    code, text = _post(base + "/api/lens", {"prompt": "Once upon a time", "kind": "mlp_out", "top_k": 3})
+    assert code == 200 and json.loads(text) == json.loads(grid.read_text())

@@ -22,13 +22,12 @@ import torch
 
 from .errors import InputError
 from .hooks.interventions import Hook, Intervention
-from .hooks.points import HookPoint, parse_points
+from .hooks.points import HEAD_KINDS, HookPoint, parse_points
 
 if TYPE_CHECKING:
     from .models.model import Model
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
-HEAD_KINDS = ("attn.q", "attn.k", "attn.v", "attn.z", "attn.result")
 
 
 def logit_diff(answer: int, wrong: int) -> Metric:
@@ -111,10 +110,12 @@ def _logits(model: Model, ids: torch.Tensor, edits: Sequence[Intervention]) -> t
         return model(input_ids=ids, use_cache=False).logits[:, -1, :].float()
 
 
-def _clean_acts(model: Model, ids: torch.Tensor, pts: list[HookPoint]) -> dict[str, torch.Tensor]:
+def _clean_run(model: Model, ids: torch.Tensor, pts: list[HookPoint], metric: Metric
+               ) -> tuple[dict[str, torch.Tensor], float]:
+    """The clean run's activations at ``pts`` and its metric, from one forward."""
     with torch.no_grad(), model.capture(pts, positions="all", dtype=None, device=model.device) as acts:
-        model(input_ids=ids, use_cache=False)
-    return {p.name: acts[p.name] for p in pts}
+        logits = model(input_ids=ids, use_cache=False).logits[:, -1, :].float()
+    return {p.name: acts[p.name] for p in pts}, float(metric(logits)[0])
 
 
 def activation_patching(model: Model, clean: str | torch.Tensor, corrupt: str | torch.Tensor, metric: Metric, *,
@@ -132,9 +133,8 @@ def activation_patching(model: Model, clean: str | torch.Tensor, corrupt: str | 
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     T = c.shape[1]
-    clean_acts = _clean_acts(model, c, pts)
+    clean_acts, clean_m = _clean_run(model, c, pts, metric)
     with torch.no_grad():
-        clean_m = float(metric(_logits(model, c, ()))[0])
         corrupt_m = float(metric(_logits(model, x, corrupt_edits))[0])
     n_axis = clean_acts[pts[0].name].shape[2] if per_head else T
     jobs = [(p, j) for p in pts for j in range(clean_acts[p.name].shape[2] if per_head else T)]
@@ -188,9 +188,7 @@ def attribution_patching(model: Model, clean: str | torch.Tensor, corrupt: str |
     pts = _points(model, kinds, layers)
     if per_head and any(p.kind not in HEAD_KINDS for p in pts):
         raise InputError(f"per-head attribution needs per-head kinds ({', '.join(HEAD_KINDS)})")
-    clean_acts = _clean_acts(model, c, pts)
-    with torch.no_grad():
-        clean_m = float(metric(_logits(model, c, ()))[0])
+    clean_acts, clean_m = _clean_run(model, c, pts, metric)
     with torch.enable_grad(), model.edit(*corrupt_edits), \
             model.capture(pts, positions="all", dtype=None, device=model.device, grad=True) as acts:
         m = metric(model(input_ids=x, use_cache=False).logits[:, -1, :].float())

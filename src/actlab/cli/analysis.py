@@ -342,3 +342,49 @@ def compare_hessian(
                      + f" (random ~{rep['random_direction_abs_cos']:.3f})" if "abs_cos_to_vector" in rep else ""))
     wrote(out / "hessian.json", "hessian.png", f"hessian_eigenvectors.safetensors "
           f"({rep['hessian_vector_products']} Hessian-vector products)")
+
+
+def patch_cmd(
+    model: ModelArg,
+    clean: Annotated[str, opt("--clean", metavar="TEXT", help="The clean prompt (the behaviour to explain).",
+                              show_default=False)],
+    corrupt: Annotated[str, opt("--corrupt", metavar="TEXT", help="The corrupted prompt, as many tokens as "
+                                "--clean.", show_default=False)],
+    answer: Annotated[str, opt("--answer", metavar="TEXT", help="The clean answer token (text of one token, e.g. "
+                               "' Paris', or a token id).", show_default=False)],
+    wrong: Annotated[str, opt("--wrong", metavar="TEXT", help="The competing token; the metric is "
+                              "logit(answer) - logit(wrong) at the last position.", show_default=False)],
+    out: OutDir,
+    points: Annotated[str, opt("--points", metavar="KINDS", help="Per-layer kinds to patch (resid_pre, attn_out, "
+                               "mlp_out, attn.z...).")] = "resid_pre,attn_out,mlp_out",
+    layers: LayersOpt = None,
+    method: Annotated[str, opt("--method", metavar="METHOD", help="activation, attribution or both.")] = "both",
+    per_head: Annotated[bool, opt("--per-head", help="Patch each head at every position (per-head kinds: "
+                                  "attn.z, attn.q, attn.k, attn.v, attn.result).")] = False,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Patched runs per forward pass.")] = 32,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Activation and attribution patching: which layers, positions or heads carry the clean behaviour."""
+    from ..hooks.points import check_spec
+    from ..jobs.patching import METHODS
+    from ..jobs.patching import patch as run_patch
+
+    checks.output_dir(out, "--out folder")
+    checks.layer_syntax(layers)
+    checks.choice(method, "--method", METHODS)
+    checks.positive(batch_size, "--batch-size")
+    for k in points.split(","):
+        if k.strip():
+            check_spec(k.strip() if k.strip().startswith("blocks.") else f"blocks.0.{k.strip()}")
+    for text, flag in ((clean, "--clean"), (corrupt, "--corrupt"), (answer, "--answer"), (wrong, "--wrong")):
+        if not text:
+            from ..errors import InputError
+
+            raise InputError(f"{flag} is empty")
+    m = load(model, dtype, device, gguf_file)
+    res = run_patch(m, clean, corrupt, out, answer=answer, wrong=wrong, kinds=points, layers=layers,
+                    method=method, per_head=per_head, batch_size=batch_size)
+    console.print(f"metric: clean {res['clean_metric']:.4g}, corrupted {res['corrupt_metric']:.4g}", highlight=False)
+    wrote(out / "patching.json", *(f"patching_{k}.png" for k in res["methods"]))

@@ -82,6 +82,9 @@ def lens(
     chat: Annotated[bool, opt("--chat/--no-chat", help="Wrap each prompt in the chat template.")] = False,
     json_out: Annotated[Path | None, opt("--json", metavar="FILE", help="Write the full result as JSON.")] = None,
     html_out: Annotated[Path | None, opt("--html", metavar="FILE", help="Write an offline HTML page.")] = None,
+    grid_out: Annotated[Path | None, opt("--grid", metavar="FILE", help="Also write every layer x position of the "
+                                         "first prompt, at the first kind of --points (the playground's lens grid "
+                                         "JSON).")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -97,6 +100,7 @@ def lens(
     checks.positive(top_k, "--top-k")
     checks.output_file(json_out, "--json file")
     checks.output_file(html_out, "--html file")
+    checks.output_file(grid_out, "--grid file")
     if any(not p.strip() for p in prompt):
         from ..errors import InputError
 
@@ -104,6 +108,14 @@ def lens(
     m = load(model, dtype, device, gguf_file)
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
                    json_out=json_out, html_out=html_out)
+    if grid_out is not None:
+        from ..lens import lens_grid
+        from ..runs import write_json
+
+        first = pts[0].split(",")[0].strip()
+        kind = first.rsplit(".", 1)[-1] if first.startswith("blocks.") else first
+        text = m.chat_prompt(prompt[0]) if chat else prompt[0]
+        write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat))
     for b, p in enumerate(res.prompts):
         title = f"{p!r} at position {position} ({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}"
         if res.target_token is not None:
@@ -161,6 +173,7 @@ def _register() -> None:
     app.add_typer(analysis.compare_app, name="compare")
     app.command("project-vocab")(analysis.project_vocab)
     app.command("diverge")(analysis.diverge)
+    app.command("patch")(analysis.patch_cmd)
     app.add_typer(sae.acts_app, name="acts")
     app.add_typer(sae.sae_app, name="sae")
     app.add_typer(lfp.finetune_app, name="finetune")

@@ -121,6 +121,9 @@ RESIDUAL_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].resid
 # What a sub-block adds to the residual stream; directional ablation edits those and the stream entering each block.
 WRITE_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].role == "write")
 ABLATION_KINDS: tuple[str, ...] = (BLOCK_KINDS[0], *WRITE_KINDS)
+# Kinds with a head axis third ([batch, seq, head, ...]): what per-head patching and attribution work on.
+HEAD_KINDS: tuple[str, ...] = tuple(k for k in BLOCK_KINDS if KINDS[k].shape.startswith("[batch, seq, ")
+                                    and "head," in KINDS[k].shape)
 _LAST = 1 << 30
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -274,3 +275,35 @@ def hessian_plot(report: Mapping, path: str | os.PathLike[str], *, title: str = 
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def patching_heatmaps(results: Mapping[str, Any], out: str | os.PathLike[str], *, title: str = "") -> list[Path]:
+    """One figure per method: a heatmap per kind of the normalised patching effect (0 = corrupted run,
+    1 = clean run), layers down, positions (tokens) or heads across, on one diverging colour scale."""
+    plt = pyplot()
+    paths = []
+    for method, res in results.items():
+        kinds = list(res.grids)
+        n = len(kinds)
+        x_labels = ([visible_token(t) for t in res.tokens] if res.axis == "position"
+                    else [str(h) for h in range(next(iter(res.grids.values())).shape[1])])
+        width = max(3.2, 0.45 * len(x_labels) + 1.6) * n
+        fig, axes = plt.subplots(1, n, figsize=(width, 0.32 * len(res.layers) + 1.8), squeeze=False)
+        lim = max(1.0, max(float(np.nanmax(np.abs(res.normalised(k).numpy()))) for k in kinds))
+        for ax, k in zip(axes[0], kinds, strict=True):
+            im = ax.imshow(res.normalised(k).numpy(), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto",
+                           origin="lower")
+            ax.set_xticks(range(len(x_labels)), x_labels, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(res.layers)), [str(i) for i in res.layers], fontsize=7)
+            ax.set_xlabel("position (token)" if res.axis == "position" else "head")
+            ax.set_ylabel("layer")
+            ax.set_title(k, fontsize=9)
+        fig.colorbar(im, ax=axes[0].tolist(), label="effect (0 = corrupted, 1 = clean)", shrink=0.8)
+        fig.suptitle(f"{title}: {method} patching" if title else f"{method} patching", fontsize=10)
+        paths.append(save_figure(fig, Path(out) / f"patching_{method}.png"))
+    return paths
+
+
+def visible_token(t: str) -> str:
+    """A token label with its leading space shown (matplotlib drops it)."""
+    return t.replace(" ", "\u2423").replace("\n", "\u21b5") or "\u2205"

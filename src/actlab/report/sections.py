@@ -189,6 +189,29 @@ def divergence(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     details(page, obj, ctx.path.name)
 
 
+def patching(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figures_starting(page, "patching_")
+    axis = "position" if obj.get("axis") == "position" else "head"
+    how(page, f"Each cell: the metric ({obj.get('metric', '')}) when that layer's activation at that "
+              f"{axis} is taken from the clean prompt while the model reads the corrupted one, scaled so 0 is the "
+              "corrupted run and 1 the clean run. Activation patching runs every cell; attribution patching is its "
+              "first-order estimate from one forward and one backward, good where the change is small.")
+    page.table(["clean prompt", "corrupted prompt", "clean metric", "corrupted metric"],
+               [[obj.get("clean", ""), obj.get("corrupt", ""), _f(obj.get("clean_metric")),
+                 _f(obj.get("corrupt_metric"))]])
+    rows = []
+    for method, res in obj.get("methods", {}).items():
+        for k, grid in res.get("normalised", {}).items():
+            cells = [(v, li, j) for li, row in enumerate(grid) for j, v in enumerate(row) if v == v]
+            if cells:
+                v, li, j = max(cells, key=lambda c: abs(c[0]))
+                where = obj["tokens"][j] if axis == "position" and j < len(obj.get("tokens", [])) else f"head {j}"
+                rows.append([method, k, f"layer {obj['layers'][li]}, {visible(str(where))}", _f(v)])
+    if rows:
+        page.table(["method", "kind", "largest effect at", "effect"], rows)
+    details(page, obj, ctx.path.name)
+
+
 def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     ctx.figure(page, "scores.png")
     how(page, "Difference-of-means refusal directions, one per layer and end-of-instruction position, scored by "
@@ -348,6 +371,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "layer_metrics", layer_metrics),
     (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
     (lambda p, o: _kind(o) == "divergence", divergence),
+    (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),
     (lambda p, o: p.name == "refusal.json" and isinstance(o, Mapping) and "refusal_rate_after" in o, refusal),
     (lambda p, o: _kind(o) == "sae_metrics", sae_metrics),
     (lambda p, o: _kind(o) == "sae_overlap", sae_overlap),
