@@ -167,3 +167,11 @@ def test_patch_command_writes_json_figures_and_a_report_section(tmp_path, capsys
     code, _, err = run(["patch", "stories260k", "--clean", "Once upon a time", "--corrupt", "Once",
                         "--answer", " there", "--wrong", " a", "--out", str(tmp_path / "p3")], capsys)
     assert code == 2 and "same number of tokens" in err
+
+
+def test_grad_capture_of_a_derived_point_is_refused_clearly():
+    m = tiny_model("gpt_neox")  # parallel residual: resid_mid has no module of its own
+    with pytest.raises(actlab.ActlabError, match=r"blocks\.1\.resid_mid is a sum with no module"), \
+            m.capture("blocks.1.resid_mid", grad=True):
+        pass
+    assert count_hooks(m.hf) == 0

@@ -168,6 +168,12 @@ class Capture:
                     attach(session, plan.site, self._reader(p.name), write=self.grad, order=p.order)
                     continue
                 assert plan.base is not None and plan.part is not None
+                if self.grad:
+                    from ..errors import InputError
+
+                    raise InputError(f"capture(grad=True): {p.name} is a sum with no module of its own in this model "
+                                     f"(parallel block); take the gradients at {plan.base.name} and "
+                                     f"blocks.{p.layer}.attn_out instead")
                 base = read_plan(self.model, plan.base).site
                 assert base is not None
                 session.add(base.module, base.where, self._reader(p.name, (p.name, f"{p.name}\0base")),
