@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated
 
@@ -47,14 +46,10 @@ def serve_cmd(
         from ..errors import InputError
 
         raise InputError(f"--port must be between 1 and 65535, got {port}")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
     from ..data.texts import read_texts
     from ..sae import load_sae
     from ..serve import Playground
-    from ..serve.app import serve
+    from ..serve.app import is_loopback, serve
     from ..steering.vector import SteeringVector
 
     vectors = {}
@@ -65,7 +60,7 @@ def serve_cmd(
     texts = read_texts(data, limit=limit) if data is not None else []
     m = load(model, dtype, device, gguf_file)
     pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts)
-    if not loopback:
+    if not is_loopback(host):
         err_console.print(f"warning: binding {host}: anyone who can reach this machine can run the model",
                           highlight=False)
     console.print(f"actlab playground for {m.name} on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False)

@@ -173,7 +173,7 @@ _ROUTES: weakref.WeakKeyDictionary[nn.Module, Routing] = weakref.WeakKeyDictiona
 def _routed(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
             **kw: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     route = _ROUTES.get(module)
-    if route is None:  # a module copied with a routed config but no route any more: plain eager math
+    if route is None:  # a module left with a routed config but no route: a bug, say so
         raise RuntimeError(f"{type(module).__name__} is routed through actlab but has no hooks attached")
     return route.interface(query, key, value, mask, **kw)
 

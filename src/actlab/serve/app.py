@@ -150,13 +150,17 @@ CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline
        "img-src data:; base-uri 'none'; form-action 'none'")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve(pg: Playground, *, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the playground until interrupted (uvicorn, one process: the model is in this process's memory)."""
     import uvicorn
 
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    allowed = LOOPBACK_NAMES if loopback else ("*",)  # bound to the network on purpose: any name reaching it
+    allowed = LOOPBACK_NAMES if is_loopback(host) else ("*",)  # bound to the network on purpose: any name reaching it
     uvicorn.run(create_app(pg, allowed_hosts=allowed), host=host, port=port, log_level="warning", access_log=False)
