@@ -17,9 +17,8 @@ import time
 
 import torch
 
-import actlab
 from actlab.patching import attribution_patching, logit_diff
-from common import llama2_7b_random, machine, time_interleaved
+from common import bench_model, machine, random_batch, time_interleaved
 
 
 def main() -> None:
@@ -30,10 +29,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--gpu-7b", action="store_true", help="random-init Llama-2-7B shapes in bf16 on cuda")
     args = ap.parse_args()
-    model = llama2_7b_random() if args.gpu_7b else actlab.load_model(args.model, dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, model.vocab_size - 100, (args.batch, args.seq), generator=g).to(model.device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model = bench_model(args.model, args.gpu_7b)
+    batch = random_batch(model, args.batch, args.seq, torch.Generator().manual_seed(0))
+    ids = batch["input_ids"]
     n, mid = model.n_layers, model.n_layers // 2
 
     @torch.no_grad()

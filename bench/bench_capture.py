@@ -14,8 +14,7 @@ import time
 
 import torch
 
-import actlab
-from common import llama2_7b_random, machine, time_interleaved
+from common import bench_model, machine, random_batch, time_interleaved
 
 
 def main() -> None:
@@ -28,13 +27,8 @@ def main() -> None:
     ap.add_argument("--gpu-7b", action="store_true", help="random-init Llama-2-7B shapes in bf16 on cuda")
     args = ap.parse_args()
 
-    if args.gpu_7b:
-        model = llama2_7b_random()
-    else:
-        model = actlab.load_model(args.model, dtype="float32", device="cpu")
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, model.vocab_size - 100, (args.batch, args.seq), generator=g).to(model.device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model = bench_model(args.model, args.gpu_7b)
+    batch = random_batch(model, args.batch, args.seq, torch.Generator().manual_seed(0))
     all_post = [f"blocks.{i}.resid_post" for i in range(model.n_layers)]
 
     @torch.no_grad()

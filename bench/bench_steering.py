@@ -15,10 +15,9 @@ import time
 
 import torch
 
-import actlab
 from actlab.steering import SteeringVector, load_ab, resolve_style, steer
 from actlab.steering.evaluate import ab_probabilities
-from common import llama2_7b_random, machine, time_interleaved
+from common import bench_model, machine, random_batch, time_interleaved
 
 
 def main() -> None:
@@ -31,12 +30,11 @@ def main() -> None:
     ap.add_argument("--gpu-7b", action="store_true")
     args = ap.parse_args()
 
-    model = llama2_7b_random() if args.gpu_7b else actlab.load_model(args.model, dtype="float32", device="cpu")
+    model = bench_model(args.model, args.gpu_7b)
     layer = model.n_layers // 3
     g = torch.Generator().manual_seed(0)
     vec = SteeringVector({layer: torch.randn(model.d_model, generator=g)}, "resid_post", {})
-    ids = torch.randint(100, model.vocab_size - 100, (args.batch, 16), generator=g).to(model.device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch = random_batch(model, args.batch, 16, g)
     n = args.new_tokens
 
     @torch.no_grad()

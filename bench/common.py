@@ -58,3 +58,16 @@ def llama2_7b_random(dtype: torch.dtype = torch.bfloat16, device: str = "cuda", 
         hf = tf.AutoModelForCausalLM.from_config(cfg, dtype=dtype) if int(tf.__version__.split(".")[0]) >= 5 \
             else tf.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
     return actlab.wrap(hf.eval(), None, name="random-llama2-7b-shapes")
+
+
+def bench_model(name: str, gpu_7b: bool):
+    """The model a benchmark runs on: ``name`` in float32 on the CPU, or random Llama-2-7B shapes on the GPU."""
+    import actlab
+
+    return llama2_7b_random() if gpu_7b else actlab.load_model(name, dtype="float32", device="cpu")
+
+
+def random_batch(model, batch: int, seq: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random token ids away from the special tokens at both ends of the vocabulary, no padding."""
+    ids = torch.randint(100, model.vocab_size - 100, (batch, seq), generator=generator).to(model.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
