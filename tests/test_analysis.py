@@ -3,6 +3,7 @@ CAA data with SmolLM2 and a perturbed copy, rendered into one report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -207,36 +208,44 @@ def _chromium() -> str:
     return path
 
 
-def test_report_renders_in_headless_chromium(analysis_run, tmp_path):
+@contextlib.contextmanager
+def chromium_page(width: int = 1200, height: int = 900):
+    """A headless Chromium page (Debian's binary, no background traffic) that records console messages and
+    requests: ``with chromium_page() as (page, console, requests):``. Skips where Chromium is absent."""
     from playwright.sync_api import sync_playwright
 
     exe = _chromium()
-    run_dir, _ = analysis_run
-    page_path = run_dir / "report.html"
     console, requests = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.on("console", lambda m: console.append((m.type, m.text)))
             page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.as_uri())
-            page.wait_for_load_state("load")
-            n_images = page.evaluate("document.images.length")
-            # each run folder's section is short (about three screens at most) with its raw JSON folded away
-            heights = page.evaluate("""() => { const hs = [...document.querySelectorAll('h2[id^="d"]')];
-                return hs.map((h, i) => [h.textContent, (i + 1 < hs.length ? hs[i + 1].offsetTop
-                                         : document.body.scrollHeight) - h.offsetTop]); }""")
-            loose_pre = page.evaluate("[...document.querySelectorAll('pre')].filter(p => !p.closest('details'))"
-                                      ".length")
-            loaded = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=False)
+            yield page, console, requests
         finally:
             browser.close()
+
+
+def test_report_renders_in_headless_chromium(analysis_run, tmp_path):
+    run_dir, _ = analysis_run
+    page_path = run_dir / "report.html"
+    with chromium_page() as (page, console, requests):
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        n_images = page.evaluate("document.images.length")
+        # each run folder's section is short (about three screens at most) with its raw JSON folded away
+        heights = page.evaluate("""() => { const hs = [...document.querySelectorAll('h2[id^="d"]')];
+            return hs.map((h, i) => [h.textContent, (i + 1 < hs.length ? hs[i + 1].offsetTop
+                                     : document.body.scrollHeight) - h.offsetTop]); }""")
+        loose_pre = page.evaluate("[...document.querySelectorAll('pre')].filter(p => !p.closest('details'))"
+                                  ".length")
+        loaded = page.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=False)
     assert [c for c in console if c[0] in ("error", "pageerror")] == []
     assert n_images >= 8 and loaded == n_images
     assert heights and all(h <= 3300 for _, h in heights), heights

@@ -114,12 +114,10 @@ def test_bad_arguments(tinystories, texts):
 
 
 def test_feature_page_in_chromium(tinystories, texts, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from actlab.report.features import feature_page
-    from test_analysis import _chromium
+    from test_analysis import _chromium, chromium_page
 
-    exe = _chromium()
+    _chromium()  # skip before any work where Chromium is absent
     sae = _sae(tinystories, "blocks.1.mlp_out", seed=2)
     dash = feature_dashboards(tinystories, sae, texts, n_features=6, contexts=3,
                               explanations={0: "<script>alert(1)</script> reviews"})
@@ -127,33 +125,24 @@ def test_feature_page_in_chromium(tinystories, texts, tmp_path):
     path = feature_page(dash, tmp_path / "features.html")
     html = path.read_text()
     assert "<b>x</b>" not in html and "<script>alert(1)" not in html
-    console, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(path.as_uri())
-            first, second = dash["features"][0]["feature"], dash["features"][1]["feature"]
-            assert page.is_visible(f"#f{first}") and not page.is_visible(f"#f{second}")  # one card at a time
-            page.click(f"tr[data-target='f{second}']")
-            page.wait_for_function(f"location.hash === '#f{second}'")
-            assert page.is_visible(f"#f{second}") and not page.is_visible(f"#f{first}")
-            page.fill("#search", str(second))
-            shown = page.eval_on_selector_all("table.idx tbody tr", "rs => rs.filter(r => r.style.display !== "
-                                              "'none').map(r => r.dataset.target)")
-            assert f"f{second}" in shown and len(shown) < len(dash["features"])
-            page.fill("#search", "")
-            page.click("table.idx th:nth-child(3)")  # sort by max, ascending then descending
-            page.click("table.idx th:nth-child(3)")
-            order = page.eval_on_selector_all("table.idx tbody tr td:nth-child(3)", "tds => tds.map(t => "
-                                              "parseFloat(t.dataset.v))")
-            assert order == sorted(order, reverse=True)
-            assert page.eval_on_selector_all(f"#f{second} .ctx span", "s => s.length") > 3
-            page.screenshot(path=str(tmp_path / "features.png"), full_page=False)
-        finally:
-            browser.close()
+    with chromium_page() as (page, console, requests):
+        page.goto(path.as_uri())
+        first, second = dash["features"][0]["feature"], dash["features"][1]["feature"]
+        assert page.is_visible(f"#f{first}") and not page.is_visible(f"#f{second}")  # one card at a time
+        page.click(f"tr[data-target='f{second}']")
+        page.wait_for_function(f"location.hash === '#f{second}'")
+        assert page.is_visible(f"#f{second}") and not page.is_visible(f"#f{first}")
+        page.fill("#search", str(second))
+        shown = page.eval_on_selector_all("table.idx tbody tr", "rs => rs.filter(r => r.style.display !== "
+                                          "'none').map(r => r.dataset.target)")
+        assert f"f{second}" in shown and len(shown) < len(dash["features"])
+        page.fill("#search", "")
+        page.click("table.idx th:nth-child(3)")  # sort by max, ascending then descending
+        page.click("table.idx th:nth-child(3)")
+        order = page.eval_on_selector_all("table.idx tbody tr td:nth-child(3)", "tds => tds.map(t => "
+                                          "parseFloat(t.dataset.v))")
+        assert order == sorted(order, reverse=True)
+        assert page.eval_on_selector_all(f"#f{second} .ctx span", "s => s.length") > 3
+        page.screenshot(path=str(tmp_path / "features.png"), full_page=False)
     assert [c for c in console if c[0] in ("error", "pageerror")] == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests

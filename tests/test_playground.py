@@ -213,70 +213,61 @@ def test_lens_and_features_endpoints(server):
 
 
 def test_playground_in_chromium(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from test_analysis import _chromium
+    from test_analysis import _chromium, chromium_page
 
-    exe = _chromium()
+    _chromium()  # skip before any work where Chromium is absent
     base, _ = server
-    console, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: console.append((m.type, m.text)))
-            page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(base + "/")
-            page.fill("#prompt", "Once upon a time")
-            page.fill("#layers-0", "2")
-            page.fill("#max-new", "12")
+    with chromium_page(1280, 900) as (page, console, requests):
+        page.goto(base + "/")
+        page.fill("#prompt", "Once upon a time")
+        page.fill("#layers-0", "2")
+        page.fill("#max-new", "12")
 
-            def generate() -> tuple[str, str]:
-                page.click("#generate")
-                expect(page.locator("#status")).to_have_text("done", timeout=60000)
-                return page.inner_text("#out-default"), page.inner_text("#out-steered")
-
-            page.fill("#mult-0", "0")
-            d0, s0 = generate()
-            assert d0 and d0 == s0  # multiplier 0: nothing steered
-            page.fill("#mult-0", "8")
-            assert page.inner_text("#mult-val-0") == "8"
-            d1, s1 = generate()
-            assert d1 == d0 and s1 != d0  # the default is unchanged, the steered text moves
-            page.screenshot(path=str(tmp_path / "steer.png"))
-            page.fill("#prompt", "")
+        def generate() -> tuple[str, str]:
             page.click("#generate")
-            expect(page.locator("#error")).to_contain_text("the prompt is empty")
-            # extract a vector on the spot and steer with two vectors at once
-            page.click("summary")
-            page.fill("#pairs", "He was glad || He was angry\nA bright morning || A dark night")
-            page.fill("#vec-name", "bright")
-            page.click("#extract")
-            expect(page.locator(".vrow")).to_have_count(2)  # (wait_for_function would need eval, which the CSP forbids)
-            page.fill("#prompt", "Once upon a time")
-            page.fill("#layers-1", "3")
-            page.fill("#mult-1", "6")
-            _, s2 = generate()
-            assert s2 != s1
-            # the lens: run it, hover a cell, read the tooltip
-            page.click("nav button[data-view='v-lens']")
-            page.select_option("#lens-kind", "resid_post")
-            page.click("#run-lens")
-            page.wait_for_selector("table.lens td.lens-cell")
-            page.hover("table.lens tr:nth-child(2) td.lens-cell >> nth=1")
-            assert page.is_visible("#lens-tip") and "layer" in page.inner_text("#lens-tip")
-            page.screenshot(path=str(tmp_path / "lens.png"))
-            # features: per token, then one feature's page
-            page.click("nav button[data-view='v-features']")
-            page.click("#run-features")
-            page.wait_for_selector("#features-out .chip")
-            page.click("#features-out .chip >> nth=0")
-            page.wait_for_selector("#feature-card .card.shown")
-            assert "top contexts" in page.inner_text("#feature-card")
-            page.screenshot(path=str(tmp_path / "features.png"))
-        finally:
-            browser.close()
+            expect(page.locator("#status")).to_have_text("done", timeout=60000)
+            return page.inner_text("#out-default"), page.inner_text("#out-steered")
+
+        page.fill("#mult-0", "0")
+        d0, s0 = generate()
+        assert d0 and d0 == s0  # multiplier 0: nothing steered
+        page.fill("#mult-0", "8")
+        assert page.inner_text("#mult-val-0") == "8"
+        d1, s1 = generate()
+        assert d1 == d0 and s1 != d0  # the default is unchanged, the steered text moves
+        page.screenshot(path=str(tmp_path / "steer.png"))
+        page.fill("#prompt", "")
+        page.click("#generate")
+        expect(page.locator("#error")).to_contain_text("the prompt is empty")
+        # extract a vector on the spot and steer with two vectors at once
+        page.click("summary")
+        page.fill("#pairs", "He was glad || He was angry\nA bright morning || A dark night")
+        page.fill("#vec-name", "bright")
+        page.click("#extract")
+        expect(page.locator(".vrow")).to_have_count(2)  # (wait_for_function would need eval, which the CSP forbids)
+        page.fill("#prompt", "Once upon a time")
+        page.fill("#layers-1", "3")
+        page.fill("#mult-1", "6")
+        _, s2 = generate()
+        assert s2 != s1
+        # the lens: run it, hover a cell, read the tooltip
+        page.click("nav button[data-view='v-lens']")
+        page.select_option("#lens-kind", "resid_post")
+        page.click("#run-lens")
+        page.wait_for_selector("table.lens td.lens-cell")
+        page.hover("table.lens tr:nth-child(2) td.lens-cell >> nth=1")
+        assert page.is_visible("#lens-tip") and "layer" in page.inner_text("#lens-tip")
+        page.screenshot(path=str(tmp_path / "lens.png"))
+        # features: per token, then one feature's page
+        page.click("nav button[data-view='v-features']")
+        page.click("#run-features")
+        page.wait_for_selector("#features-out .chip")
+        page.click("#features-out .chip >> nth=0")
+        page.wait_for_selector("#feature-card .card.shown")
+        assert "top contexts" in page.inner_text("#feature-card")
+        page.screenshot(path=str(tmp_path / "features.png"))
     errors = [c for c in console if c[0] in ("error", "pageerror")]
     # the one bad request we sent on purpose (empty prompt) is logged by Chromium as a failed resource
     assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 1, errors
