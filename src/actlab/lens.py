@@ -23,6 +23,7 @@ __all__ = ["LensResult", "Unembed", "lens_grid", "logit_lens", "resolve_target"]
 
 if TYPE_CHECKING:
     from .models.model import Model
+    from .tuned_lens import TunedLens
 
 
 @dataclass
@@ -43,6 +44,7 @@ class LensResult:
     top_tokens: list[list[list[str]]]
     target_id: int | None = None
     target_token: str | None = None
+    lens: str = "logit"  # or "tuned" (a TunedLens translated the residual points first)
     target_probs: torch.Tensor | None = None
     target_ranks: torch.Tensor | None = None
     final_top_tokens: list[str] = field(default_factory=list)
@@ -93,6 +95,7 @@ class LensResult:
             })
         return {
             "model": self.model,
+            "lens": self.lens,
             "target": None if self.target_id is None else {"token": self.target_token, "id": self.target_id},
             "rank_convention": "1 = most likely token",
             "prompts": prompts,
@@ -129,11 +132,13 @@ def logit_lens(
     position: int = -1,
     top_k: int = 5,
     target: str | int | None = None,
+    lens: TunedLens | None = None,
 ) -> LensResult:
     """Decode hook points through the final norm and unembedding at one token position.
 
     ``points`` may name residual-stream kinds at every layer (``'resid_post'``, ``'attn_out'``,
-    ``'mlp_out'``...), single points or ranges; ``position`` counts over real tokens (-1 = last).
+    ``'mlp_out'``...), single points or ranges; ``position`` counts over real tokens (-1 = last). With a
+    :class:`~actlab.tuned_lens.TunedLens` as ``lens``, residual points are translated first (the tuned lens).
     """
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
@@ -149,7 +154,11 @@ def logit_lens(
     tgt = resolve_target(model, target) if target is not None else None
     with model.capture(pts, positions=position, dtype=None, device=model.device) as acts:
         out = model(**batch, use_cache=False)
-    lens_logits = torch.stack([model.unembed(acts[p.name], normalize=p.kind != "final_norm") for p in pts], dim=1)
+    if lens is None:
+        lens_logits = torch.stack([model.unembed(acts[p.name], normalize=p.kind != "final_norm") for p in pts],
+                                  dim=1)
+    else:
+        lens_logits = torch.stack([lens.logits(model, p, acts[p.name]) for p in pts], dim=1)
     probs = torch.softmax(lens_logits, dim=-1)  # [B, P, V]
     top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     tok = model.tokenizer
@@ -165,6 +174,7 @@ def logit_lens(
     result = LensResult(
         model=model.name, prompts=prompts, position=position, position_tokens=pos_tokens, points=pts,
         top_ids=top_i.cpu(), top_probs=top_p.cpu(), top_tokens=top_tokens, final_top_tokens=final_top,
+        lens="logit" if lens is None else "tuned",
     )
     if tgt is not None:
         tid, tstr = tgt

@@ -82,6 +82,8 @@ def lens(
     chat: Annotated[bool, opt("--chat/--no-chat", help="Wrap each prompt in the chat template.")] = False,
     json_out: Annotated[Path | None, opt("--json", metavar="FILE", help="Write the full result as JSON.")] = None,
     html_out: Annotated[Path | None, opt("--html", metavar="FILE", help="Write an offline HTML page.")] = None,
+    lens_spec: Annotated[str, opt("--lens", metavar="LENS", help="'logit', or 'tuned:DIR' for a tuned lens (trained "
+                                  "by `actlab tuned-lens`, or a released tuned-lens folder).")] = "logit",
     grid_out: Annotated[Path | None, opt("--grid", metavar="FILE", help="Also write every layer x position of the "
                                          "first prompt, at the first kind of --points (the playground's lens grid "
                                          "JSON).")] = None,
@@ -101,13 +103,19 @@ def lens(
     checks.output_file(json_out, "--json file")
     checks.output_file(html_out, "--html file")
     checks.output_file(grid_out, "--grid file")
+    if lens_spec != "logit":
+        if not lens_spec.startswith("tuned:"):
+            from ..errors import InputError
+
+            raise InputError(f"unknown --lens {lens_spec!r}; valid: logit, tuned:DIR")
+        checks.input_dir(Path(lens_spec[len("tuned:"):]), "--lens tuned: folder")
     if any(not p.strip() for p in prompt):
         from ..errors import InputError
 
         raise InputError("a --prompt is empty; give some text")
     m = load(model, dtype, device, gguf_file)
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
-                   json_out=json_out, html_out=html_out)
+                   json_out=json_out, html_out=html_out, lens_spec=lens_spec)
     if grid_out is not None:
         from ..lens import lens_grid
         from ..runs import write_json
@@ -164,6 +172,50 @@ def demo(
     wrote(path / "index.html")
 
 
+def tuned_lens_cmd(
+    model: ModelArg,
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Texts to train on (the last --held-out are kept "
+                              "for the comparison).", show_default=False)],
+    out: Annotated[Path, opt("--out", metavar="DIR", help="Run folder: lens/, tuned_lens.json, tuned_lens.png.",
+                             show_default=False)],
+    limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read.")] = 500,
+    held_out: Annotated[int, opt("--held-out", metavar="N", help="Texts kept out of training for the "
+                                 "comparison.")] = 32,
+    steps: Annotated[int, opt("--steps", metavar="N", help="Optimizer steps.")] = 250,
+    lr: Annotated[float, opt("--lr", metavar="X", help="Learning rate (decayed linearly to 0).")] = 1e-3,
+    optimizer: Annotated[str, opt("--optimizer", metavar="NAME", help="adam (AdamW), or sgd (the paper's "
+                                  "Nesterov SGD; it wants --lr 1.0 and very large batches).")] = "adam",
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Texts per step.")] = 8,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
+    seed: Annotated[int, opt("--seed", metavar="N", help="Seed.")] = 0,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+) -> None:
+    """Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out text."""
+    from ..data.texts import read_texts
+    from ..jobs.lens import tuned_lens
+    from ..progress import task
+
+    checks.input_path(data, "--data")
+    checks.output_dir(out, "--out folder")
+    for value, flag in ((limit, "--limit"), (held_out, "--held-out"), (steps, "--steps"),
+                        (batch_size, "--batch-size"), (max_length, "--max-length")):
+        checks.positive(value, flag)
+    checks.positive(lr, "--lr")
+    checks.choice(optimizer, "--optimizer", ("adam", "sgd"))
+    texts = read_texts(data, limit=limit)
+    m = load(model, dtype, device, gguf_file)
+    with task("training the tuned lens", total=steps, unit="steps") as bar:
+        res = tuned_lens(m, texts, out, held_out=held_out, steps=steps, lr=lr, optimizer=optimizer,
+                         batch_size=batch_size,
+                         max_length=max_length, seed=seed, progress=lambda step, kl: bar.advance(1, kl=round(kl, 4)))
+    n = len(res["layers"])
+    console.print(f"mean KL to the output over {n} layers (held-out): logit lens "
+                  f"{sum(res['kl']['logit']) / n:.3g}, tuned lens {sum(res['kl']['tuned']) / n:.3g}", highlight=False)
+    wrote(out / "lens", out / "tuned_lens.json", out / "tuned_lens.png")
+
+
 def _register() -> None:
     """Command groups and commands after the foundation ones, in workflow order."""
     from . import analysis, lfp, sae, serve, steer
@@ -173,6 +225,7 @@ def _register() -> None:
     app.add_typer(analysis.compare_app, name="compare")
     app.command("project-vocab")(analysis.project_vocab)
     app.command("diverge")(analysis.diverge)
+    app.command("tuned-lens")(tuned_lens_cmd)
     app.command("patch")(analysis.patch_cmd)
     app.add_typer(sae.acts_app, name="acts")
     app.add_typer(sae.sae_app, name="sae")

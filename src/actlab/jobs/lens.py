@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..lens import LensResult, logit_lens
 from ..report import Page
@@ -19,19 +20,22 @@ DEFAULT_POINTS = "resid_post,attn_out,mlp_out"
 
 def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str] = DEFAULT_POINTS,
          position: int = -1, top_k: int = 5, target: str | int | None = None, chat: bool = False,
-         json_out: str | os.PathLike[str] | None = None, html_out: str | os.PathLike[str] | None = None
-         ) -> LensResult:
+         json_out: str | os.PathLike[str] | None = None, html_out: str | os.PathLike[str] | None = None,
+         lens_spec: str | None = None) -> LensResult:
     """Logit lens on ``prompts`` (wrapped in the chat template with ``chat``); a target given as digits is a
-    token id."""
+    token id; ``lens_spec`` ``tuned:PATH`` decodes through a tuned lens instead."""
+    from ..tuned_lens import parse_lens
+
     m = as_model(model)
     texts = [m.chat_prompt(p) for p in prompts] if chat else list(prompts)
     if isinstance(target, str) and target.isdigit():
         target = int(target)
-    res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target)
+    res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target,
+                     lens=parse_lens(lens_spec, m))
     if json_out:
         write_json(json_out, res.to_dict())
     if html_out:
-        page = Page(f"Logit lens: {m.name}")
+        page = Page(f"{'Tuned' if res.lens == 'tuned' else 'Logit'} lens: {m.name}")
         if res.target_probs is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 png = target_heatmap(res, Path(tmp) / "lens.png")
@@ -39,3 +43,39 @@ def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str
         lens_tables(page, res, top_k=top_k)
         page.write(html_out)
     return res
+
+
+def tuned_lens(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, held_out: int = 32,
+               steps: int = 250, lr: float = 1e-3, optimizer: str = "adam", batch_size: int = 8,
+               max_length: int = 128, seed: int = 0, progress: Callable[[int, float], None] | None = None
+               ) -> dict[str, Any]:
+    """Train a tuned lens on ``texts`` minus the last ``held_out``, then compare it with the logit lens on those:
+    ``OUT/lens/`` (params.safetensors + config.json), ``tuned_lens.json`` and ``tuned_lens.png``."""
+    from ..errors import InputError
+    from ..report.figures import tuned_lens_plot
+    from ..runs import Run
+    from ..tuned_lens import evaluate_lens, train_tuned_lens
+    from .common import name_of
+
+    if not 0 < held_out < len(texts):
+        raise InputError(f"held_out must leave texts to train on: {held_out} of {len(texts)} texts")
+    m = as_model(model)
+    train, test = list(texts[:-held_out]), list(texts[-held_out:])
+    config = {"model": name_of(model), "n_train": len(train), "n_held_out": len(test), "steps": steps, "lr": lr,
+              "optimizer": optimizer,
+              "batch_size": batch_size, "max_length": max_length, "seed": seed}
+    with Run(out, "tuned-lens", config, seed=seed) as run:
+        lens_obj, history = train_tuned_lens(m, train, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                                             max_length=max_length, seed=seed, progress=progress)
+        lens_obj.save(Path(out) / "lens")
+        logit = evaluate_lens(m, test, None, batch_size=batch_size, max_length=max_length)
+        tuned = evaluate_lens(m, test, lens_obj, batch_size=batch_size, max_length=max_length)
+        result = {"kind": "tuned_lens_eval", "model": m.name, "layers": list(range(m.n_layers)),
+                  "reads": "blocks.{i}.resid_pre", "kl": {"logit": logit["kl"], "tuned": tuned["kl"]},
+                  "cross_entropy": {"logit": logit["cross_entropy"], "tuned": tuned["cross_entropy"]},
+                  "final_cross_entropy": logit["final_cross_entropy"][0], "held_out_tokens": int(logit["tokens"][0]),
+                  "history": history, "lens": str(Path(out) / "lens")}
+        write_json(Path(out) / "tuned_lens.json", result)
+        tuned_lens_plot(result, Path(out) / "tuned_lens.png", title=f"{m.name}: tuned vs logit lens, held-out text")
+        run.results = {"mean_kl_logit": sum(logit["kl"]) / m.n_layers, "mean_kl_tuned": sum(tuned["kl"]) / m.n_layers}
+    return result

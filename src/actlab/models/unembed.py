@@ -27,6 +27,10 @@ class Unembed:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         """Logits (float32, on ``x``'s device) for vectors ``x`` ``[..., d_model]``."""
+        return self.forward(x, normalize=normalize)
+
+    def forward(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """:meth:`__call__` with autograd on (training a tuned lens differentiates through it)."""
         w = self.head.weight
         out_device = x.device
         h = x.to(device=w.device, dtype=w.dtype)

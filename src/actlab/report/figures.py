@@ -307,3 +307,23 @@ def patching_heatmaps(results: Mapping[str, Any], out: str | os.PathLike[str], *
 def visible_token(t: str) -> str:
     """A token label with its leading space shown (matplotlib drops it)."""
     return t.replace(" ", "\u2423").replace("\n", "\u21b5") or "\u2205"
+
+
+def tuned_lens_plot(result: Mapping[str, Any], path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Per layer, KL to the final distribution (log scale) and next-token cross-entropy, logit lens vs tuned
+    lens, on held-out text; the model's own cross-entropy as a dashed line."""
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    layers = result["layers"]
+    for key, label, style in (("logit", "logit lens", "o-"), ("tuned", "tuned lens", "s-")):
+        a.plot(layers, result["kl"][key], style, ms=3, label=label)
+        b.plot(layers, result["cross_entropy"][key], style, ms=3, label=label)
+    b.axhline(result["final_cross_entropy"], color="black", ls="--", lw=1, label="the model's output")
+    a.set_yscale("log")
+    for ax, name in ((a, "KL(final || lens), nats"), (b, "next-token cross-entropy, nats")):
+        ax.set_xlabel("layer (the residual stream entering it)")
+        ax.set_ylabel(name)
+        _integer_ticks(ax.xaxis)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "tuned lens vs logit lens (held-out text)", fontsize=10)
+    return save_figure(fig, path)

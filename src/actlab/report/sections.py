@@ -212,6 +212,23 @@ def patching(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     details(page, obj, ctx.path.name)
 
 
+def tuned_lens_eval(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "tuned_lens.png")
+    how(page, "Per layer, how far the lens's reading of the residual stream entering that layer is from the model's "
+              "final next-token distribution (KL, log scale) and how well it predicts the next token (cross-entropy), "
+              "on held-out text. The tuned lens learns one affine map per layer; where it sits well below the logit "
+              "lens, the layer's representation is in another basis than the output's.")
+    kl, ce = obj["kl"], obj["cross_entropy"]
+    rows = [[layer, _f(kl["logit"][i]), _f(kl["tuned"][i]), _f(ce["logit"][i]), _f(ce["tuned"][i])]
+            for i, layer in enumerate(obj["layers"])]
+    page.table(["layer", "KL logit", "KL tuned", "CE logit", "CE tuned"], rows)
+    worse = [layer for i, layer in enumerate(obj["layers"]) if kl["tuned"][i] > kl["logit"][i]]
+    if worse:
+        warn(page, f"the tuned lens is further from the output than the logit lens at layers {worse}: train longer, "
+                   "on more text, or with a smaller learning rate")
+    details(page, obj, ctx.path.name)
+
+
 def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     ctx.figure(page, "scores.png")
     how(page, "Difference-of-means refusal directions, one per layer and end-of-instruction position, scored by "
@@ -372,6 +389,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
     (lambda p, o: _kind(o) == "divergence", divergence),
     (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),
+    (lambda p, o: _kind(o) == "tuned_lens_eval" and {"kl", "cross_entropy"} <= set(o), tuned_lens_eval),
     (lambda p, o: p.name == "refusal.json" and isinstance(o, Mapping) and "refusal_rate_after" in o, refusal),
     (lambda p, o: _kind(o) == "sae_metrics", sae_metrics),
     (lambda p, o: _kind(o) == "sae_overlap", sae_overlap),
