@@ -120,3 +120,28 @@ def test_cli_trains_reports_and_decodes_with_the_tuned_lens(tmp_path, capsys):
     code, _, err = run(["tuned-lens", "stories260k", "--data", str(data), "--optimizer", "lbfgs", "--out",
                         str(tmp_path / "x")], capsys)
     assert code == 2 and "lbfgs" in err
+
+
+def test_the_playground_and_the_lens_grid_offer_the_tuned_lens():
+    pytest.importorskip("starlette")
+    from actlab.lens import lens_grid
+    from actlab.serve import Playground
+    from conftest import shared_path
+
+    shared_path("models", "stories260k")
+    m = actlab.load_model("stories260k")
+    lens = TunedLens.for_model(m)
+    plain = lens_grid(m, "Once upon a time", "resid_post", top_k=3)
+    same = lens_grid(m, "Once upon a time", "resid_post", top_k=3, lens=lens)
+    assert same["lens"] == "tuned" and {**same, "lens": "logit"} == plain  # identity at initialisation
+    with torch.no_grad():
+        for t in lens.translators:
+            t.weight.normal_(0, 0.3)
+    pg = Playground(m, tuned_lens=lens)
+    assert pg.info()["lenses"] == ["logit", "tuned"]
+    got = pg.lens({"prompt": "Once upon a time", "kind": "resid_post", "top_k": 3, "lens": "tuned"})
+    assert got == lens_grid(m, "Once upon a time", "resid_post", top_k=3, lens=lens) and got != same
+    with pytest.raises(actlab.ActlabError, match=r"no translator for blocks\.0\.mlp_out"):
+        pg.lens({"prompt": "Once", "kind": "mlp_out", "lens": "tuned"})
+    with pytest.raises(actlab.ActlabError, match="unknown lens 'tuned'; available: logit"):
+        Playground(m).lens({"prompt": "Once", "lens": "tuned"})

@@ -187,10 +187,10 @@ def logit_lens(
 
 @torch.no_grad()
 def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int = 5,
-              add_special_tokens: bool = True) -> dict[str, Any]:
-    """The logit lens at *every* layer and token position of one text, for one hook-point kind: per layer and
-    position the ``top_k`` tokens and their probabilities (the playground's lens explorer; JSON-ready). Token
-    text is spaced as the tokenizer decodes it in context."""
+              add_special_tokens: bool = True, lens: TunedLens | None = None) -> dict[str, Any]:
+    """The logit lens (or, with ``lens``, the tuned lens) at *every* layer and token position of one text, for
+    one hook-point kind: per layer and position the ``top_k`` tokens and their probabilities (the playground's
+    lens explorer; JSON-ready). Token text is spaced as the tokenizer decodes it in context."""
     from .models.tokens import token_strings
 
     if kind not in (*RESIDUAL_KINDS,):
@@ -203,6 +203,8 @@ def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int =
     batch = model.tokenize(text, add_special_tokens=add_special_tokens)
     ids = batch["input_ids"][0].tolist()
     pts = model.parse_points(kind)
+    if lens is not None:
+        lens.translator_for(pts[0])  # a clear error for kinds the tuned lens has no translator for
     with model.capture(pts, positions="all", dtype=None, device=model.device) as acts:
         out = model(**batch, use_cache=False)
     tok = model.tokenizer
@@ -215,12 +217,14 @@ def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int =
 
     layers = []
     for p in pts:
-        probs = torch.softmax(model.unembed(acts[p.name][0]), dim=-1)  # [T, V]
+        h = acts[p.name][0]
+        probs = torch.softmax(model.unembed(h) if lens is None else lens.logits(model, p, h), dim=-1)  # [T, V]
         top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         layers.append({"layer": p.layer, "top": [
             [[one(int(i)), round(float(q), 5)] for q, i in zip(pp, ii, strict=True)]
             for pp, ii in zip(top_p.tolist(), top_i.tolist(), strict=True)]})
     final = out.logits[0].argmax(-1).tolist()
-    return {"kind": "lens_grid", "model": model.name, "point_kind": kind, "text": text,
+    return {"kind": "lens_grid", "model": model.name, "lens": "logit" if lens is None else "tuned",
+            "point_kind": kind, "text": text,
             "tokens": token_strings(tok, ids), "model_top": [one(i) for i in final],
             "layers": layers}

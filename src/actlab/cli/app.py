@@ -113,9 +113,12 @@ def lens(
         from ..errors import InputError
 
         raise InputError("a --prompt is empty; give some text")
+    from ..tuned_lens import parse_lens
+
     m = load(model, dtype, device, gguf_file)
+    tuned = parse_lens(lens_spec, m)  # read once, for the lens and the grid
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
-                   json_out=json_out, html_out=html_out, lens_spec=lens_spec)
+                   json_out=json_out, html_out=html_out, lens=tuned)
     if grid_out is not None:
         from ..lens import lens_grid
         from ..runs import write_json
@@ -123,7 +126,7 @@ def lens(
         first = pts[0].split(",")[0].strip()
         kind = first.rsplit(".", 1)[-1] if first.startswith("blocks.") else first
         text = m.chat_prompt(prompt[0]) if chat else prompt[0]
-        write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat))
+        write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat, lens=tuned))
     for b, p in enumerate(res.prompts):
         title = f"{p!r} at position {position} ({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}"
         if res.target_token is not None:

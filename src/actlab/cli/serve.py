@@ -18,6 +18,8 @@ def serve_cmd(
     data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts in which feature pages find their "
                                      "top contexts.")] = None,
     limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read from --data.")] = 200,
+    lens: Annotated[str | None, opt("--lens", metavar="LENS", help="'tuned:DIR': offer a tuned lens in the lens view "
+                                   "beside the logit lens.")] = None,
     host: Annotated[str, opt("--host", metavar="HOST", help="Address to bind; anything but loopback makes the "
                              "model reachable from the network.")] = "127.0.0.1",
     port: Annotated[int, opt("--port", metavar="PORT", help="Port.")] = 8765,
@@ -42,6 +44,12 @@ def serve_cmd(
     if data is not None:
         checks.input_path(data, "--data")
     checks.positive(limit, "--limit")
+    if lens is not None and lens != "logit":
+        if not lens.startswith("tuned:"):
+            from ..errors import InputError
+
+            raise InputError(f"unknown --lens {lens!r}; valid: logit, tuned:DIR")
+        checks.input_dir(Path(lens[len("tuned:"):]), "--lens tuned: folder")
     if not 0 < port < 65536:
         from ..errors import InputError
 
@@ -59,7 +67,9 @@ def serve_cmd(
     dictionary = load_sae(sae) if sae is not None else None
     texts = read_texts(data, limit=limit) if data is not None else []
     m = load(model, dtype, device, gguf_file)
-    pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts)
+    from ..tuned_lens import parse_lens
+
+    pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts, tuned_lens=parse_lens(lens, m))
     if not is_loopback(host):
         err_console.print(f"warning: binding {host}: anyone who can reach this machine can run the model",
                           highlight=False)

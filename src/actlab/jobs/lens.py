@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..lens import LensResult, logit_lens
 from ..report import Page
@@ -15,23 +15,26 @@ from ..report.lens import lens_tables, target_heatmap
 from ..runs import write_json
 from .common import ModelLike, as_model
 
+if TYPE_CHECKING:
+    from ..tuned_lens import TunedLens
+
 DEFAULT_POINTS = "resid_post,attn_out,mlp_out"
 
 
 def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str] = DEFAULT_POINTS,
          position: int = -1, top_k: int = 5, target: str | int | None = None, chat: bool = False,
          json_out: str | os.PathLike[str] | None = None, html_out: str | os.PathLike[str] | None = None,
-         lens_spec: str | None = None) -> LensResult:
+         lens: TunedLens | str | None = None) -> LensResult:
     """Logit lens on ``prompts`` (wrapped in the chat template with ``chat``); a target given as digits is a
-    token id; ``lens_spec`` ``tuned:PATH`` decodes through a tuned lens instead."""
-    from ..tuned_lens import parse_lens
+    token id; ``lens`` (a :class:`TunedLens` or ``tuned:PATH``) decodes through a tuned lens instead."""
+    from ..tuned_lens import TunedLens, parse_lens
 
     m = as_model(model)
     texts = [m.chat_prompt(p) for p in prompts] if chat else list(prompts)
     if isinstance(target, str) and target.isdigit():
         target = int(target)
     res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target,
-                     lens=parse_lens(lens_spec, m))
+                     lens=lens if isinstance(lens, TunedLens) or lens is None else parse_lens(lens, m))
     if json_out:
         write_json(json_out, res.to_dict())
     if html_out:

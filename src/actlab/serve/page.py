@@ -25,6 +25,7 @@ def page_html(info: dict[str, Any]) -> str:
             else '<input type="checkbox" id="chat" hidden>')
     positions = "".join(f'<option value="{esc(p)}">{esc(p)}</option>' for p in info["positions"])
     kinds = "".join(f'<option value="{esc(k)}">{esc(k)}</option>' for k in info["lens_kinds"])
+    lenses = "".join(f'<option value="{esc(k)}">{esc(k)} lens</option>' for k in info["lenses"])
     sae = info.get("sae")
     features_tab = '<button data-view="v-features">features</button>' if sae else ""
     ablate = ('<div class="row"><label>ablate features (e.g. 3,17)</label><input id="ablate" size="20"></div>'
@@ -64,7 +65,8 @@ d_model {info["d_model"]}). Runs on this machine only; one request at a time.</p
       <span id="extract-status" class="muted"></span></div></details>
 </section>
 <section class="view" id="v-lens">
-  <div class="row"><label>point <select id="lens-kind">{kinds}</select></label>
+  <div class="row"><label>lens <select id="lens-which">{lenses}</select></label>
+  <label>point <select id="lens-kind">{kinds}</select></label>
     <button class="act" id="run-lens">run the lens</button><button id="export-lens">export JSON</button></div>
   <p class="muted">Each cell: the top token when that layer's activation at that position is decoded through the
   final norm and unembedding (shade = its probability); hover for the top 5. The last row is the model's own

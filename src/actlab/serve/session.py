@@ -28,6 +28,7 @@ from ..steering.vector import SteeringVector
 if TYPE_CHECKING:
     from ..models.model import Model
     from ..sae.dictionary import SparseAutoencoder
+    from ..tuned_lens import TunedLens
 
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 8000
@@ -100,8 +101,9 @@ class Playground:
     """One model and what the page can do with it (see module docstring)."""
 
     def __init__(self, model: Model, *, vectors: Mapping[str, SteeringVector] | None = None,
-                 sae: SparseAutoencoder | None = None, texts: Sequence[str] = ()):
+                 sae: SparseAutoencoder | None = None, texts: Sequence[str] = (), tuned_lens: TunedLens | None = None):
         self.model = model
+        self.tuned_lens = tuned_lens
         self.vectors: dict[str, SteeringVector] = dict(vectors or {})
         for name, v in self.vectors.items():
             try:
@@ -128,6 +130,7 @@ class Playground:
             "model": m.name, "family": m.adapter.family, "layers": m.n_layers, "d_model": m.d_model,
             "chat_template": getattr(m.tokenizer, "chat_template", None) is not None,
             "positions": list(STEER_POSITIONS), "lens_kinds": list(LENS_KINDS), "max_new_tokens": MAX_NEW_TOKENS,
+            "lenses": ["logit", *(["tuned"] if self.tuned_lens is not None else [])],
             "vectors": [self._vector_info(n, v) for n, v in self.vectors.items()],
             "sae": None if self.sae is None else {"name": self.sae.cfg.name, "point": self.sae.cfg.hook_point,
                                                   "d_sae": self.sae.cfg.d_sae, "texts": len(self.texts)},
@@ -325,8 +328,14 @@ class Playground:
         if kind not in LENS_KINDS:
             raise InputError(f"unknown point kind {kind!r}; valid: {', '.join(LENS_KINDS)}")
         top_k = int(_number(body, "top_k", 5, 1, 20))
+        which = body.get("lens", "logit")
+        lenses = self.info()["lenses"]
+        if which not in lenses:
+            raise InputError(f"unknown lens {which!r}; available: {', '.join(lenses)} (start the server with "
+                             "--lens tuned:DIR for the tuned lens)")
         with self.lock:
-            return lens_grid(self.model, body["prompt"], kind, top_k=top_k)
+            return lens_grid(self.model, body["prompt"], kind, top_k=top_k,
+                             lens=self.tuned_lens if which == "tuned" else None)
 
     @torch.no_grad()
     def token_features(self, body: Any) -> dict[str, Any]:

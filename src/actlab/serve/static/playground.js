@@ -101,7 +101,8 @@ $('#export-gen').onclick = () => lastExport.generation ? download('generation.js
 $('#run-lens').onclick = async () => {
   err(''); $('#run-lens').disabled = true;
   try {
-    const res = await post('/api/lens', {prompt: $('#prompt').value, kind: $('#lens-kind').value, top_k: 5});
+    const res = await post('/api/lens', {prompt: $('#prompt').value, kind: $('#lens-kind').value, top_k: 5,
+                                         lens: $('#lens-which').value});
     lastExport.lens = res; drawLens(res);
   } catch(e){ err(e.message); } finally { $('#run-lens').disabled = false; }
 };
