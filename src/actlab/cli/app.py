@@ -128,7 +128,8 @@ def lens(
         text = m.chat_prompt(prompt[0]) if chat else prompt[0]
         write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat, lens=tuned))
     for b, p in enumerate(res.prompts):
-        title = f"{p!r} at position {position} ({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}"
+        title = (f"{res.lens} lens: {p!r} at position {position} ({res.position_tokens[b]!r}); model predicts "
+                 f"{res.final_top_tokens[b]!r}")
         if res.target_token is not None:
             title += f"; target {res.target_token!r} (id {res.target_id})"
         table = Table(title=title, show_lines=False)
