@@ -76,7 +76,7 @@ def tuned_lens(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[st
         result = {"kind": "tuned_lens_eval", "model": m.name, "layers": list(range(m.n_layers)),
                   "reads": "blocks.{i}.resid_pre", "kl": {"logit": logit["kl"], "tuned": tuned["kl"]},
                   "cross_entropy": {"logit": logit["cross_entropy"], "tuned": tuned["cross_entropy"]},
-                  "final_cross_entropy": logit["final_cross_entropy"][0], "held_out_tokens": int(logit["tokens"][0]),
+                  "final_cross_entropy": logit["final_cross_entropy"], "held_out_tokens": logit["tokens"],
                   "history": history, "lens": str(Path(out) / "lens")}
         write_json(Path(out) / "tuned_lens.json", result)
         tuned_lens_plot(result, Path(out) / "tuned_lens.png", title=f"{m.name}: tuned vs logit lens, held-out text")

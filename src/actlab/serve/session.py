@@ -123,6 +123,11 @@ class Playground:
                 raise InputError(f"dictionary {sae.cfg.name!r} reads {sae.cfg.d_in} values but {p.name} of "
                                  f"{model.name!r} is {p.width(model)} wide")
 
+    @property
+    def lenses(self) -> list[str]:
+        """The lenses the lens view offers."""
+        return ["logit", *(["tuned"] if self.tuned_lens is not None else [])]
+
     # -- description -------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -130,7 +135,7 @@ class Playground:
             "model": m.name, "family": m.adapter.family, "layers": m.n_layers, "d_model": m.d_model,
             "chat_template": getattr(m.tokenizer, "chat_template", None) is not None,
             "positions": list(STEER_POSITIONS), "lens_kinds": list(LENS_KINDS), "max_new_tokens": MAX_NEW_TOKENS,
-            "lenses": ["logit", *(["tuned"] if self.tuned_lens is not None else [])],
+            "lenses": self.lenses,
             "vectors": [self._vector_info(n, v) for n, v in self.vectors.items()],
             "sae": None if self.sae is None else {"name": self.sae.cfg.name, "point": self.sae.cfg.hook_point,
                                                   "d_sae": self.sae.cfg.d_sae, "texts": len(self.texts)},
@@ -329,9 +334,8 @@ class Playground:
             raise InputError(f"unknown point kind {kind!r}; valid: {', '.join(LENS_KINDS)}")
         top_k = int(_number(body, "top_k", 5, 1, 20))
         which = body.get("lens", "logit")
-        lenses = self.info()["lenses"]
-        if which not in lenses:
-            raise InputError(f"unknown lens {which!r}; available: {', '.join(lenses)} (start the server with "
+        if which not in self.lenses:
+            raise InputError(f"unknown lens {which!r}; available: {', '.join(self.lenses)} (start the server with "
                              "--lens tuned:DIR for the tuned lens)")
         with self.lock:
             return lens_grid(self.model, body["prompt"], kind, top_k=top_k,
