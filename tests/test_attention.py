@@ -198,3 +198,35 @@ def test_generation_with_cached_keys_is_unchanged_by_reading_the_pattern(family)
     assert torch.equal(plain, hooked)
     # one call for the prompt, then one token at a time against a growing cache of keys
     assert shapes[0] == (1, 9, m.n_heads, 9) and shapes[1] == (1, 1, m.n_heads, 10)
+
+
+def test_attention_internals_and_patching_on_smollm2(smollm):
+    """The real model (grouped-query attention, 9 query / 3 KV heads, SDPA): the captured pattern equals
+    softmax(q k^T / sqrt(d) + causal mask) from the captured q and k, reading changes no logit, and patching a
+    whole layer of the clean run into the corrupted one restores the clean logit difference."""
+    from actlab.patching import activation_patching, logit_diff
+
+    m = smollm
+    batch = m.tokenize("The capital of France is the city of")
+    layer = 12
+    with torch.no_grad():
+        ref = m(**batch).logits
+        with m.capture(f"blocks.{layer}.attn.q,blocks.{layer}.attn.k,blocks.{layer}.attn.pattern") as acts:
+            out = m(**batch).logits
+    assert torch.allclose(out, ref, atol=1e-4)
+    q, k, pat = (acts[f"blocks.{layer}.attn.{n}"][0].double() for n in ("q", "k", "pattern"))
+    assert q.shape[1] == 9 and k.shape[1] == 3
+    kk = k.repeat_interleave(3, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, kk) / q.shape[-1] ** 0.5
+    t = q.shape[0]
+    by_hand = torch.softmax(scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf")), -1)
+    assert torch.allclose(pat, by_hand.permute(1, 0, 2), atol=1e-5)
+    paris, rome = (m.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" Paris", " Rome"))
+    res = activation_patching(m, "The capital of France is the city of", "The capital of Italy is the city of",
+                              logit_diff(paris, rome), kinds="resid_pre", layers="20")
+    with torch.no_grad(), m.capture("blocks.20.resid_pre", dtype=None) as clean:
+        m(**m.tokenize("The capital of France is the city of"))
+    with torch.no_grad(), m.hooks({"blocks.20.resid_pre": lambda x: clean["blocks.20.resid_pre"].to(x.dtype)}):
+        logits = m(**m.tokenize("The capital of Italy is the city of")).logits[0, -1]
+    assert float(logits[paris] - logits[rome]) == pytest.approx(res.clean_metric, abs=1e-3)
+    assert res.clean_metric > 0 > res.corrupt_metric
