@@ -106,7 +106,7 @@ def test_attention_internals_match_an_independent_computation(family, impl):
     assert count_hooks(m.hf) == 0 and not _ROUTES
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neo", "opt", "gemma2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_zeroing_a_head_in_a_hook_equals_zeroing_its_weights(family):
     m = _model(family)
     batch = _batch(left=False)

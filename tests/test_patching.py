@@ -25,7 +25,7 @@ def _pair(seed: int = 0, T: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     return clean, corrupt
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2", "opt"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_captured_gradients_equal_autograd_on_the_models_own_tensors(family):
     m = tiny_model(family)
     ids, _ = _pair()

@@ -145,3 +145,24 @@ def test_the_playground_and_the_lens_grid_offer_the_tuned_lens():
         pg.lens({"prompt": "Once", "kind": "mlp_out", "lens": "tuned"})
     with pytest.raises(actlab.ActlabError, match="unknown lens 'tuned'; available: logit"):
         Playground(m).lens({"prompt": "Once", "lens": "tuned"})
+
+
+def test_smollm2_gradients_and_an_identity_tuned_lens(smollm):
+    """The real model: captured gradients equal autograd on transformers' own hidden states, and an untrained
+    tuned lens evaluates exactly as the logit lens (KL and cross-entropy, every layer)."""
+    m = smollm
+    batch = m.tokenize("The capital of France is the city of")
+    with m.capture("blocks.10.resid_post,blocks.10.attn.z", grad=True) as acts:
+        out = m.hf(**batch, output_hidden_states=True)
+        metric = out.logits[0, -1, 100] - out.logits[0, -1, 200]
+        (g,) = torch.autograd.grad(metric, out.hidden_states[11], retain_graph=True)
+        metric.backward()
+    m.hf.zero_grad(set_to_none=True)
+    assert torch.allclose(acts.grads["blocks.10.resid_post"], g, atol=1e-5)
+    assert acts.grads["blocks.10.attn.z"].shape == (1, batch["input_ids"].shape[1], 9, 64)
+    texts = ["A slow film with one good scene.", "The actors were wonderful and the story moved me."]
+    logit = evaluate_lens(m, texts, None, max_length=16)
+    tuned = evaluate_lens(m, texts, TunedLens.for_model(m), max_length=16)
+    for key in ("kl", "cross_entropy"):
+        assert tuned[key] == pytest.approx(logit[key], rel=1e-5)
+    assert len(logit["kl"]) == 30 and logit["kl"][-1] < logit["kl"][0]
