@@ -69,8 +69,9 @@ d_model {info["d_model"]}). Runs on this machine only; one request at a time.</p
   <label>point <select id="lens-kind">{kinds}</select></label>
     <button class="act" id="run-lens">run the lens</button><button id="export-lens">export JSON</button></div>
   <p class="muted">Each cell: the top token when that layer's activation at that position is decoded through the
-  final norm and unembedding (shade = its probability); hover for the top 5. The last row is the model's own
-  prediction.</p><div id="lens-out"></div><div id="lens-tip"></div>
+  final norm and unembedding - with the tuned lens, after that layer's learned translator (shade = its
+  probability); hover for the top 5. The last row is the model's own prediction.</p>
+  <div id="lens-out"></div><div id="lens-tip"></div>
 </section>
 {features_view}
 <script type="application/json" id="info">{data}</script>
