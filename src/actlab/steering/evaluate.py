@@ -28,10 +28,13 @@ import torch
 
 from ..data import ABItem
 from ..errors import InputError
+from ..hooks.points import HookPoint
+from ..parallel import block_range, gather, rank_and_world
 from ..progress import info as progress_info
 from ..progress import task as progress_task
 from ..runs import write_json, write_text
 from .apply import steer
+from .prefix import boundaries, iter_cell_logits
 from .prompts import PromptStyle, format_prompt, with_answer
 from .scorers import Scorer
 from .vector import SteeringVector
@@ -174,11 +177,18 @@ def ab_sweep(
     out_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     batch_size: int = 16,
+    cells_per_batch: int = 4,
     progress: Callable[[int], None] | None = None,
     collapse_share: float = COLLAPSE_SHARE,
 ) -> SweepResult:
     """p(matching behaviour) under steering at each layer x multiplier (multiplier 0 is run once), with the
-    answer-bias diagnostics of :func:`cell_stats` per cell."""
+    answer-bias diagnostics of :func:`cell_stats` per cell.
+
+    Evaluated question-batch by question-batch (``batch_size`` questions), every cell at once: with
+    ``from_eoi`` the question's tokens before the end of instruction are run once and their KV cache reused by
+    every cell, and ``cells_per_batch`` cells share a forward (:mod:`actlab.steering.prefix`). The results
+    equal steering each cell in turn to float round-off (tested); progress is checkpointed after every batch
+    of questions."""
     if not layers:
         raise InputError("the layer list is empty; give at least one layer to sweep")
     if not multipliers:
@@ -205,50 +215,74 @@ def ab_sweep(
     config["first_label"] = label
     config["matching_labels"] = [pr.match_label for pr in prompts]
     config["collapse_share"] = collapse_share
-    n_done, t_spent = 0, 0.0
-
-    def save() -> None:
-        if results_path is not None:
-            write_json(results_path, {"config": config, "cells": cells})
-
-    baseline: torch.Tensor | None = None
-    saved_base = next((c for c in cells.values() if c.get("multiplier") == 0 and "per_question" in c), None)
-    if saved_base is not None:
-        baseline = torch.tensor(saved_base["per_question"], dtype=torch.float32)
-
-    def unsteered() -> torch.Tensor:
-        nonlocal baseline, n_done, t_spent
-        if baseline is None:
-            t0 = time.perf_counter()
-            baseline = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
-            t_spent += time.perf_counter() - t0
-            n_done += len(items)
-        return baseline
-
     todo = [(layer, m) for layer in layers for m in multipliers
             if not (cell_key(layer, m) in cells and "collapsed" in cells[cell_key(layer, m)])]
     if len(todo) < len(layers) * len(multipliers):
         progress_info(f"sweep: {len(layers) * len(multipliers) - len(todo)} cells done earlier, reused")
-    with progress_task("sweep cells", total=len(todo), unit="cells", callback=progress) as task:
+    saved_base = next((c for c in cells.values() if c.get("multiplier") == 0 and "per_question" in c), None)
+    baseline = torch.tensor(saved_base["per_question"], dtype=torch.float32) if saved_base is not None else None
+    # one evaluation per distinct setting: every multiplier-0 cell is the unsteered run
+    keys = sorted({cell_key(0, 0) if m == 0 else cell_key(layer, m) for layer, m in todo}
+                  | ({cell_key(0, 0)} if baseline is None and todo else set()))
+    specs = {cell_key(layer, m): (layer, m) for layer, m in todo}
+    evals = [{} if k == cell_key(0, 0) else
+             {HookPoint(specs[k][0], vector.point): specs[k][1] * vector[specs[k][0]].double()} for k in keys]
+    p_all = torch.full((len(items), len(keys)), float("nan"))
+    rank, world = rank_and_world()
+    first, stop = block_range(len(items), batch_size, rank, world) if world > 1 else (0, len(items))
+    partial = (_resumable_partial(results_path, keys) if results_path is not None and not overwrite and world == 1
+               else None)  # under torch.distributed only finished sweeps are checkpointed
+    if partial is not None:
+        first = len(partial)
+        p_all[:first] = torch.tensor(partial, dtype=torch.float32)
+        progress_info(f"sweep: {first} of {len(items)} questions done earlier in these cells, reused")
+    n_done, t_spent = 0, 0.0
+    writer = results_path is not None and rank == 0
+
+    def save(extra: dict[str, Any] | None = None) -> None:
+        if writer:
+            write_json(results_path, {"config": config, "cells": cells, **(extra or {})})
+
+    if todo:
+        rows = [pr.ids for pr in prompts]
+        starts = boundaries(model, rows, positions)
+        match = torch.tensor([pr.match_id for pr in prompts])
+        other = torch.tensor([pr.other_id for pr in prompts])
+
+        def two_answers(logits: torch.Tensor, sl: slice) -> torch.Tensor:
+            lp = torch.log_softmax(logits, -1)
+            a = lp.gather(-1, match[sl].to(lp.device)[:, None, None].expand(-1, lp.shape[1], 1))[..., 0]
+            b = lp.gather(-1, other[sl].to(lp.device)[:, None, None].expand(-1, lp.shape[1], 1))[..., 0]
+            return torch.sigmoid(a - b).cpu()
+
+        with progress_task("sweep", total=stop - first, unit="questions", callback=progress) as task:
+            t0 = time.perf_counter()
+            for sl, p in iter_cell_logits(model, rows, starts, evals, batch_size=batch_size,
+                                          cells_per_batch=cells_per_batch, first_row=first, stop_row=stop,
+                                          reduce=two_answers):
+                p_all[sl] = p
+                n_done += p.shape[0] * p.shape[1]
+                if world == 1 and sl.stop < len(items):  # checkpoint: the questions done so far in every cell
+                    save({"partial": {"cells": keys, "per_question": p_all[:sl.stop].tolist()}})
+                task.advance(p.shape[0], cells=len(keys))
+            t_spent = time.perf_counter() - t0
+        if world > 1:  # every rank's questions, in order
+            shares = gather((first, stop, p_all[first:stop]))
+            for lo, hi, p in shares:
+                p_all[lo:hi] = p
+            n_done *= world
+        if baseline is None:
+            baseline = p_all[:, keys.index(cell_key(0, 0))]
         for layer, m in todo:
-            base = unsteered()
-            if m == 0:
-                p = base
-            else:
-                t0 = time.perf_counter()
-                with steer(model, vector, m, layers=[layer], positions=positions):
-                    p = ab_probabilities(model, items, style, batch_size=batch_size, prompts=prompts)
-                t_spent += time.perf_counter() - t0
-                n_done += len(items)
+            p = p_all[:, keys.index(cell_key(0, 0) if m == 0 else cell_key(layer, m))]
             cells[cell_key(layer, m)] = {
                 "layer": layer, "multiplier": m, "p_matching": float(p.mean()),
                 "p_matching_sem": float(p.std() / max(len(p), 1) ** 0.5) if len(p) > 1 else 0.0,
-                "n": len(p), **cell_stats(p, prompts, base, label=label, collapse_share=collapse_share),
+                "n": len(p), **cell_stats(p, prompts, baseline, label=label, collapse_share=collapse_share),
                 "per_question": [round(float(x), 5) for x in p]}
-            save()
-            task.advance(1, layer=layer, multiplier=m, p_matching=float(p.mean()))
+        save()
     res = SweepResult(cells, list(layers), list(multipliers), n_done / t_spent if t_spent > 0 else None)
-    if out is not None:
+    if out is not None and rank == 0:
         write_text(out / "sweep.csv", sweep_csv(res))
     return res
 
@@ -289,6 +323,21 @@ def _resumable_cells(path: Path, config: dict[str, Any]) -> dict[str, dict[str, 
         raise InputError(f"{path.parent} holds a sweep with other settings: {what}; pass --overwrite to replace "
                          "it or choose another --out")
     return cells
+
+
+def _resumable_partial(path: Path, keys: list[str]) -> list[list[float]] | None:
+    """The questions an interrupted sweep finished in the same cells (its settings were checked by
+    :func:`_resumable_cells`), or None."""
+    if not path.exists():
+        return None
+    try:
+        part = json.loads(path.read_text()).get("partial")
+        if not isinstance(part, dict) or part.get("cells") != keys:
+            return None
+        rows = part["per_question"]
+        return rows if rows and all(len(r) == len(keys) for r in rows) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _short(v: Any) -> str:
