@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -30,11 +31,13 @@ from typing import Any
 import torch
 
 from ..errors import ActlabError, InputError
+from ..parallel import rank_and_world
 from ..progress import task as progress_task
 from ..runs import apply_umask, folder_lock, remove_orphan_temps, write_json, write_text
 from .config import TrainConfig
 from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
 from .io import save_sae
+from .step import step_gradients
 
 
 class TrainingDivergedError(ActlabError):
@@ -53,15 +56,6 @@ def l1_scale_at(cfg: TrainConfig, step: int) -> float:
     return min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed group, or (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         import torch.distributed as dist
@@ -69,6 +63,15 @@ def _all_reduce_mean(t: torch.Tensor, world: int) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= world
     return t
+
+
+def _adam(sae: SparseAutoencoder, tcfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over one dictionary: the fused kernel (CPU and CUDA) - one pass per parameter instead of a chain of
+    elementwise ops; the for-loop implementation where a device has no fused kernel."""
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=tcfg.betas, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(sae.parameters(), lr=tcfg.lr, betas=tcfg.betas, foreach=True)
 
 
 class Trainer:
@@ -94,7 +97,7 @@ class Trainer:
         torch.manual_seed(tcfg.seed)
         g = torch.Generator().manual_seed(tcfg.seed)
         self.saes = [SparseAutoencoder(c, generator=g).to(self.device) for c in configs]
-        self.opts = [torch.optim.Adam(s.parameters(), lr=tcfg.lr, betas=tcfg.betas) for s in self.saes]
+        self.opts = [_adam(s, tcfg) for s in self.saes]
         self.since_fired = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in configs]
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -115,34 +118,30 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             dead = self.since_fired[i] >= self.tcfg.dead_steps
-            loss, parts = sae.loss(x, l1s, dead=dead, aux_coefficient=self.tcfg.aux_k_coefficient,
-                                   aux_k=self.tcfg.aux_k)
-            if not torch.isfinite(loss):
-                where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
-                raise TrainingDivergedError(f"loss of {sae.cfg.name} became {float(loss.detach())} at step "
-                                            f"{self.step + 1}; last good checkpoint: {where}")
-            opt.zero_grad(set_to_none=False)
-            loss.backward()
+            parts = step_gradients(sae, x, l1s, dead=dead, aux_coefficient=self.tcfg.aux_k_coefficient,
+                                   aux_k=self.tcfg.aux_k)  # sets p.grad: loss.backward() by hand
             for p in sae.parameters():
                 if p.grad is not None:
                     _all_reduce_mean(p.grad, self.world)
-            sae.remove_parallel_grads()
-            if self.tcfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.tcfg.grad_clip)
-            opt.step()
-            sae.normalize_decoder()
-            codes = parts["codes"]
-            fired = (codes > 0).any(0).to(torch.long)
+            fired = parts["fired"].to(torch.long)
+            stats = torch.stack([parts["loss"], parts["mse"], parts["l1"], parts["l0"], parts["aux"]])
+            _all_reduce_mean(stats, self.world)
             if self.world > 1:
                 import torch.distributed as dist
 
                 dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-            self.since_fired[i] = (self.since_fired[i] + 1) * (1 - fired)
-            stats = torch.stack([loss.detach(), parts["mse"], parts["l1"], (codes > 0).float().sum(-1).mean(),
-                                 parts["aux"]])
-            _all_reduce_mean(stats, self.world)
-            row[sae.cfg.name] = {"loss": float(stats[0]), "mse": float(stats[1]), "l1": float(stats[2]),
-                                 "l0": float(stats[3]), "aux": float(stats[4]),
+            vals = stats.tolist()  # the one host sync of the step
+            if not all(map(math.isfinite, vals)):
+                where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
+                raise TrainingDivergedError(f"loss of {sae.cfg.name} became {vals[0]} at step "
+                                            f"{self.step + 1}; last good checkpoint: {where}")
+            sae.remove_parallel_grads()
+            if self.tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.tcfg.grad_clip, foreach=True)
+            opt.step()
+            sae.normalize_decoder()
+            self.since_fired[i] = (self.since_fired[i] + 1) * (fired == 0)
+            row[sae.cfg.name] = {"loss": vals[0], "mse": vals[1], "l1": vals[2], "l0": vals[3], "aux": vals[4],
                                  "dead": float((self.since_fired[i] >= self.tcfg.dead_steps).float().mean())}
             if self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0:
                 row[sae.cfg.name]["resampled"] = self._resample(i, x, parts["x_hat"])

@@ -1,0 +1,166 @@
+"""Speed and scale paths give the same numbers as the straightforward ones: prefix-reusing sweeps (every
+family, and SmolLM2 on CAA questions), the hand-written SAE step (dense ReLU, sparse TopK) against autograd."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import shared_path
+from tiny_models import FAMILIES, tiny_model
+
+from actlab.data import load_ab
+from actlab.hooks.interventions import Add, eoi_start
+from actlab.hooks.points import HookPoint
+from actlab.steering import SteeringVector, steer
+from actlab.steering.evaluate import ab_probabilities, ab_sweep
+from actlab.steering.prefix import cell_logits
+from actlab.sae import SAEConfig, SparseAutoencoder
+from actlab.sae.step import step_gradients
+from actlab.steering.prompts import resolve_style
+
+EOI = [7, 8, 9]
+
+
+def _rows(seed: int) -> list[list[int]]:
+    """Prompts of different lengths with an end-of-instruction sequence and 1-3 tokens after it."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in (12, 7, 15, 9, 11):
+        pre = torch.randint(10, 90, (n,), generator=g).tolist()
+        post = torch.randint(10, 90, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+        rows.append([1, *pre, *EOI, *post])
+    return rows
+
+
+def _left_padded(rows):
+    w = max(map(len, rows))
+    ids = torch.zeros(len(rows), w, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, w - len(r):] = torch.tensor(r)
+        mask[b, w - len(r):] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cells_sharing_a_prefix_equal_steering_each_cell(family):
+    """Prefix KV reuse + several cells per forward (ragged prompts, batches that split the cells and the rows)
+    = each cell steered on its own over left-padded full prompts, for from_eoi and all positions."""
+    m = tiny_model(family)
+    rows = _rows(0)
+    g = torch.Generator().manual_seed(1)
+    vs = {layer: torch.randn(m.d_model, generator=g) for layer in range(m.n_layers)}
+    cells = [{}] + [{HookPoint(layer, kind): mult * vs[layer].double()} for layer, kind in ((0, "resid_pre"),
+                    (2, "resid_post")) for mult in (-2.0, 1.0, 3.0)]
+    cells.append({HookPoint(1, "resid_pre"): vs[1].double(), HookPoint(2, "resid_post"): -vs[2].double()})
+    ids, mask = _left_padded(rows)
+    torch.set_grad_enabled(False)
+    for positions in ("from_eoi", "all"):
+        starts = ([int(eoi_start(torch.tensor([r]), EOI)[0]) for r in rows] if positions == "from_eoi"
+                  else [0] * len(rows))
+        got = cell_logits(m, rows, starts, cells, batch_size=3, cells_per_batch=4)
+        assert got.shape == (len(rows), len(cells), m.vocab_size)
+        for ci, cell in enumerate(cells):
+            if cell:
+                with m.edit(Add(dict(cell), 1.0, positions=positions, eoi_ids=EOI)):
+                    ref = m.last_logits(ids, mask)
+            else:
+                ref = m.last_logits(ids, mask)
+            torch.testing.assert_close(got[:, ci], ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+        assert float((got[:, 1] - got[:, 0]).abs().max()) > 0.1  # the additions did something
+    torch.set_grad_enabled(True)
+
+
+def _caa_items(n: int):
+    return load_ab(shared_path("data", "caa", "generate", "sycophancy", "generate_dataset.json"))[:n]
+
+
+@pytest.mark.parametrize("positions", ["auto", "all"])
+def test_sweep_equals_cell_by_cell_on_smollm(smollm, positions):
+    """The sweep on CAA questions (chat template, prefix reused for from_eoi) = steering each cell in turn."""
+    items = _caa_items(6)
+    style = resolve_style(smollm)
+    g = torch.Generator().manual_seed(0)
+    vec = SteeringVector({layer: 4 * torch.randn(smollm.d_model, generator=g) for layer in (3, 12, 20)},
+                         "resid_pre", {"model": smollm.name, "n_layers": smollm.n_layers})
+    res = ab_sweep(smollm, vec, items, layers=[3, 12, 20], multipliers=[-2.0, 0.0, 1.5], style=style,
+                   positions=positions, batch_size=4, cells_per_batch=3)
+    pos = "from_eoi" if positions == "auto" else "all"
+    base = ab_probabilities(smollm, items, style)
+    for layer in (3, 12, 20):
+        for mult in (-2.0, 0.0, 1.5):
+            if mult == 0:
+                ref = base
+            else:
+                with steer(smollm, vec, mult, layers=[layer], positions=pos):
+                    ref = ab_probabilities(smollm, items, style)
+            got = torch.tensor(res.cells[f"{layer}:{mult:g}"]["per_question"])
+            torch.testing.assert_close(got, ref, atol=2e-5, rtol=0)
+    assert float(res.grid().std()) > 1e-3
+
+
+def test_interrupted_sweep_resumes_part_way(smollm, tmp_path):
+    """A sweep stopped after its first batch of questions resumes from the checkpoint and ends where an
+    uninterrupted one does."""
+    items = _caa_items(5)
+    style = resolve_style(smollm)
+    g = torch.Generator().manual_seed(1)
+    vec = SteeringVector({layer: 4 * torch.randn(smollm.d_model, generator=g) for layer in (5, 10)}, "resid_pre",
+                         {"model": smollm.name, "n_layers": smollm.n_layers})
+    kw = dict(layers=[5, 10], multipliers=[-1.0, 0.0, 2.0], style=style, batch_size=2)
+    full = ab_sweep(smollm, vec, items, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(n: int, **_: object) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        ab_sweep(smollm, vec, items, out_dir=tmp_path, progress=stop_after_first, **kw)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(saved["partial"]["per_question"]) == 2 and not saved["cells"]
+    seen = []
+    again = ab_sweep(smollm, vec, items, out_dir=tmp_path, progress=lambda n, **_: seen.append(n), **kw)
+    assert sum(seen) == 3  # only the questions not done before
+    torch.testing.assert_close(again.grid(), full.grid(), atol=1e-6, rtol=0)
+    assert "partial" not in json.loads((tmp_path / "sweep.json").read_text())
+
+
+# -- SAE step -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("arch", "tied", "with_dead"), [("relu", False, False), ("relu", True, False),
+                                                         ("topk", False, False), ("topk", False, True),
+                                                         ("topk", True, True)])
+def test_hand_written_sae_step_equals_autograd(arch, tied, with_dead):
+    """Loss, statistics and every gradient of the fused/sparse step = ``sae.loss(...).backward()``, on inputs
+    with an offset and a scale (so the input scale and the decoder bias both matter)."""
+    g = torch.Generator().manual_seed(3)
+    cfg = SAEConfig(24, 96, architecture=arch, k=5 if arch == "topk" else None, tied=tied, l1_coefficient=0.3)
+    sae = SparseAutoencoder(cfg, generator=g)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3, generator=g)
+        sae.b_enc.normal_(0, 0.1, generator=g)
+    x = 3.0 * torch.randn(300, 24, generator=g) + 1.5
+    sae.set_input_scale(x)
+    dead = (torch.rand(96, generator=g) < 0.4) if with_dead else None
+    kw = dict(dead=dead, aux_coefficient=0.5 if with_dead else 0.0, aux_k=7)
+    loss, parts = sae.loss(x, 0.7, **kw)
+    sae.zero_grad(set_to_none=True)
+    loss.backward()
+    ref = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    got = step_gradients(sae, x, 0.7, **kw)
+    torch.testing.assert_close(got["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    for key in ("mse", "l1", "aux"):
+        torch.testing.assert_close(got[key], parts[key], rtol=1e-5, atol=1e-6)
+    if with_dead:
+        assert float(got["aux"]) > 0
+    torch.testing.assert_close(got["fired"], (parts["codes"] > 0).any(0))
+    torch.testing.assert_close(got["l0"], (parts["codes"] > 0).float().sum(-1).mean())
+    torch.testing.assert_close(got["x_hat"], parts["x_hat"], rtol=1e-5, atol=1e-5)
+    for n, p in sae.named_parameters():
+        scale = float(ref[n].abs().max())
+        assert scale > 0, n
+        torch.testing.assert_close(p.grad, ref[n], rtol=0, atol=2e-5 * scale, msg=n)
