@@ -7,18 +7,18 @@ import json
 
 import pytest
 import torch
-from conftest import shared_path
-from tiny_models import FAMILIES, tiny_model
 
 from actlab.data import load_ab
 from actlab.hooks.interventions import Add, eoi_start
 from actlab.hooks.points import HookPoint
+from actlab.sae import SAEConfig, SparseAutoencoder
+from actlab.sae.step import step_gradients
 from actlab.steering import SteeringVector, steer
 from actlab.steering.evaluate import ab_probabilities, ab_sweep
 from actlab.steering.prefix import cell_logits
-from actlab.sae import SAEConfig, SparseAutoencoder
-from actlab.sae.step import step_gradients
 from actlab.steering.prompts import resolve_style
+from conftest import shared_path
+from tiny_models import FAMILIES, tiny_model
 
 EOI = [7, 8, 9]
 
@@ -164,3 +164,94 @@ def test_hand_written_sae_step_equals_autograd(arch, tied, with_dead):
         scale = float(ref[n].abs().max())
         assert scale > 0, n
         torch.testing.assert_close(p.grad, ref[n], rtol=0, atol=2e-5 * scale, msg=n)
+
+
+# -- past one process (torchrun, 2 gloo processes) -----------------------------------------------------------
+def _torchrun(args: list[str], n: int = 2) -> None:
+    """``torchrun --nproc_per_node n actlab ...`` as a user runs it (the launcher sets one thread per process)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "actlab",
+           *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def _one_process(args: list[str]) -> None:
+    _torchrun(args, n=1)
+
+
+def test_torchrun_cache_equals_one_process(tmp_path, tinystories):
+    """Two ranks cache disjoint blocks of whole batches into their shards; the one manifest lists them in text
+    order and the cached activations equal a one-process run's, number for number."""
+    from actlab.sae import CacheReader
+
+    data = shared_path("data", "imdb", "imdb_train_sample.csv")
+    base = ["acts", "cache", "tinystories-656k", "--data", str(data), "--points",
+            "blocks.0.mlp_out,blocks.1.resid_post", "--limit", "22", "--batch-size", "4", "--shard-tokens",
+            "400", "--max-length", "64"]
+    _torchrun([*base, "--out", str(tmp_path / "two")])
+    _one_process([*base, "--out", str(tmp_path / "one")])
+    m2 = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    m1 = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert m2["complete"] and m2["world_size"] == 2 and m2["n_tokens"] == m1["n_tokens"]
+    assert {sh["file"][:9] for sh in m2["shards"]} == {"shard_r00", "shard_r01"}
+    assert [sh["texts"][0] for sh in m2["shards"]] == sorted(sh["texts"][0] for sh in m2["shards"])
+    assert not list((tmp_path / "two").glob("manifest.rank*"))
+    assert (tmp_path / "two" / "run.json").is_file()
+    for point in m1["points"]:
+        a = torch.cat([CacheReader(tmp_path / "two", point).load_shard(i) for i in range(len(m2["shards"]))])
+        b = torch.cat([CacheReader(tmp_path / "one", point).load_shard(i) for i in range(len(m1["shards"]))])
+        assert torch.equal(a, b), point
+
+
+def test_torchrun_extract_and_sweep_equal_one_process(tmp_path, smollm):
+    """Vector extraction (texts split across ranks, activations gathered) and the A/B sweep (questions split,
+    probabilities gathered) under 2 processes = 1 process, on CAA sycophancy questions."""
+    gen = shared_path("data", "caa", "generate", "sycophancy", "generate_dataset.json")
+    test = shared_path("data", "caa", "test", "sycophancy", "test_dataset_ab.json")
+    model = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    for tag, launch in (("two", _torchrun), ("one", _one_process)):
+        vec = tmp_path / f"{tag}.safetensors"
+        launch(["steer", "extract", model, "--data", str(gen), "--out", str(vec), "--limit", "10", "--layers",
+                "8,14", "--batch-size", "3"])
+        launch(["steer", "sweep", model, "--vector", str(vec), "--data", str(test), "--out", str(tmp_path / tag),
+                "--limit", "7", "--multipliers", "-3,0,3", "--batch-size", "2"])
+    v2, v1 = SteeringVector.load(tmp_path / "two.safetensors"), SteeringVector.load(tmp_path / "one.safetensors")
+    for layer in (8, 14):
+        assert torch.equal(v2[layer], v1[layer])
+    s2 = json.loads((tmp_path / "two" / "sweep.json").read_text())["cells"]
+    s1 = json.loads((tmp_path / "one" / "sweep.json").read_text())["cells"]
+    assert s2.keys() == s1.keys() and len(s1) == 6
+    for key in s1:
+        assert s2[key]["per_question"] == s1[key]["per_question"] and s2[key]["n"] == 7
+
+
+def test_every_model_loading_command_takes_device_map_and_max_memory():
+    """A model larger than one GPU can go through any command: every command that loads a model (it takes
+    --dtype) also takes --device-map and --max-memory."""
+    import typer
+
+    from actlab.cli.app import app
+
+    def walk(cmd, path: str):
+        if hasattr(cmd, "commands"):  # a group
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}".strip())
+        else:
+            yield path, {o for p in cmd.params for o in getattr(p, "opts", [])}
+
+    loading = [(path, opts) for path, opts in walk(typer.main.get_command(app), "") if "--dtype" in opts]
+    assert len(loading) >= 20
+    missing = [path for path, opts in loading if not {"--device-map", "--max-memory"} <= opts]
+    assert not missing, missing
+
+
+def test_a_command_that_does_not_split_its_work_refuses_torchrun(capsys, stories260k, monkeypatch):
+    from test_cli import run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run(["info", "stories260k"], capsys)
+    assert code == 2 and "torchrun" in err and "steer sweep" in err

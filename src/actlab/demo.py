@@ -125,20 +125,22 @@ def steering_section(model: Model, out: Path, page: Page, log: Callable[[str], N
 
 
 def run_demo(out_dir: str | os.PathLike[str] | None = None, *, model_name: str = DEFAULT_MODEL,
-             log: Callable[[str], None] = progress_info, dtype: str | None = None, device: str | None = None
-             ) -> Path:
-    """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir``."""
+             log: Callable[[str], None] = progress_info, dtype: str | None = None, device: str | None = None,
+             **load_kw: Any) -> Path:
+    """Run every demo section and write ``index.html`` + JSON + PNGs into ``out_dir`` (``load_kw``:
+    ``device_map``/``max_memory`` for :func:`actlab.load_model`)."""
     out = Path(out_dir) if out_dir else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     with Run(out, "demo", {"model": model_name, "dtype": dtype, "device": device}) as run:
-        summary = _demo(out, model_name, log, dtype, device)
+        summary = _demo(out, model_name, log, dtype, device, load_kw)
         run.results = summary
     return out
 
 
-def _demo(out: Path, model_name: str, log: Callable[[str], None], dtype: str | None, device: str | None
-          ) -> dict[str, Any]:
+def _demo(out: Path, model_name: str, log: Callable[[str], None], dtype: str | None, device: str | None,
+          load_kw: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    model = load_model(model_name, dtype=dtype, device=device)  # reports its own progress when it takes a while
+    # loading reports its own progress when it takes a while
+    model = load_model(model_name, dtype=dtype, device=device, **(load_kw or {}))
     log(f"loaded {model!r} in {time.perf_counter() - t0:.1f}s")
     page = Page(f"actlab demo: {model.name}",
                 f"{model.adapter.family}, {model.n_layers} layers, d_model {model.d_model}")

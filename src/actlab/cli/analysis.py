@@ -12,11 +12,13 @@ from rich.table import Table
 from .common import (
     BatchOpt,
     ChatOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     GgufOpt,
     LayersOpt,
     LimitOpt,
+    MaxMemOpt,
     ModelArg,
     checks,
     console,
@@ -82,6 +84,8 @@ def layers_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Layer-selection metrics from two contrastive prompt sets, and the recommended layers."""
     from ..errors import InputError
@@ -104,7 +108,7 @@ def layers_cmd(
     checks.positive(limit, "--limit")
     checks.positive(top_k, "--top-k")
     checks.positive(batch_size, "--batch-size")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     pos, neg, special = contrast_prompts(m, positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit,
                                          chat=chat)
     res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
@@ -139,6 +143,8 @@ def project_vocab(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Top positive and negative tokens of a direction per layer (and its dot product along generations)."""
     from ..errors import InputError
@@ -153,7 +159,7 @@ def project_vocab(
     checks.layer_syntax(layers)
     checks.positive(top_k, "--top-k")
     checks.positive(max_new_tokens, "--max-new-tokens")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     if top_k > m.vocab_size:
         raise InputError(f"--top-k {top_k} is larger than the vocabulary ({m.vocab_size} tokens)")
     res = vocab_projection(m, vector, out, layers=layers, top_k=top_k, prompts=prompt or [],
@@ -179,6 +185,8 @@ def diverge(
                                 "layer ('layer') or of its MLP ('mlp', as the LFP study).")] = "layer",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Per-layer parameter divergence (L2 norm of the difference per layer and module)."""
     from ..analysis.divergence import RANK_BY
@@ -187,8 +195,8 @@ def diverge(
     checks.output_dir(out, "--out folder")
     checks.positive(top_k, "--top-k")
     checks.choice(rank_by, "--rank-by", RANK_BY)
-    a = load(model_a, dtype, device, validate=False)
-    b = load(model_b, dtype, device, validate=False)
+    a = load(model_a, dtype, device, validate=False, device_map=device_map, max_memory=max_memory)
+    b = load(model_b, dtype, device, validate=False, device_map=device_map, max_memory=max_memory)
     res = run_diverge(a, b, out, top_k=top_k, rank_by=rank_by)
     values = res["per_layer"] if rank_by == "layer" else res["per_module"][rank_by]
     console.print(f"top layers by L2 divergence ({rank_by}): " + (", ".join(
@@ -217,6 +225,8 @@ def compare_prompting(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Does an instruction add to the residual stream or rotate it? Fits both maps per layer."""
     from ..data import load_instructions
@@ -234,7 +244,7 @@ def compare_prompting(
 
         raise InputError("--instruction is empty")
     texts = load_instructions(prompts, limit=limit)
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = prompting(m, instruction, texts, out, layers=layers, kind=kind, chat=chat, train_fraction=train_fraction,
                     seed=seed, kl=kl)
     t = Table(title=f"held-out residual error (1 = explains nothing), {res['n_test']} test prompts")
@@ -268,6 +278,8 @@ def compare_curvature(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Second derivative of the model's loss (or log p(answer)) along a steering vector, by autograd."""
     from ..data import read_texts
@@ -284,7 +296,7 @@ def compare_curvature(
     checks.positive(max_length, "--max-length")
     mults = parse_floats(multipliers)
     texts = read_texts(data, limit=limit) if data else []
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = curvature(m, vector, out, layer=layer, multipliers=mults, texts=texts, ab=ab, limit=limit,
                     max_length=max_length)
     t = Table(title=f"{res['metric']} along the vector at {res['point']}")
@@ -316,6 +328,8 @@ def compare_hessian(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position."""
     from ..analysis.curvature import EIGEN_METHODS, WHICH
@@ -334,7 +348,7 @@ def compare_hessian(
     checks.positive(limit, "--limit")
     checks.positive(max_length, "--max-length")
     texts = read_texts(data, limit=limit)
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vector, top_k=top_k, method=method, which=which,
                   max_length=max_length)
     console.print("eigenvalues: " + ", ".join(f"{v:.4g}" for v in rep["eigenvalues"])
@@ -365,6 +379,8 @@ def patch_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Activation and attribution patching: which layers, positions or heads carry the clean behaviour."""
     from ..hooks.points import check_spec
@@ -383,7 +399,7 @@ def patch_cmd(
             from ..errors import InputError
 
             raise InputError(f"{flag} is empty")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = run_patch(m, clean, corrupt, out, answer=answer, wrong=wrong, kinds=points, layers=layers,
                     method=method, per_head=per_head, batch_size=batch_size)
     console.print(f"metric: clean {res['clean_metric']:.4g}, corrupted {res['corrupt_metric']:.4g}", highlight=False)

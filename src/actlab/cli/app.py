@@ -5,21 +5,25 @@ diverge, acts, sae, finetune, lfp, report), and the foundation commands ``info``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument
 
 from .common import (
+    DEVICE_MAPS,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     GgufOpt,
+    MaxMemOpt,
     ModelArg,
     checks,
     console,
     err_console,
     load,
     opt,
+    parse_max_memory,
     split_list,
     wrote,
 )
@@ -49,13 +53,14 @@ app = typer.Typer(
 
 
 @app.command()
-def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf_file: GgufOpt = None) -> None:
+def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf_file: GgufOpt = None,
+         device_map: DeviceMapOpt = None, max_memory: MaxMemOpt = None) -> None:
     """Print a model's architecture, layer count, widths and hook points."""
     from rich.table import Table
 
     from ..hooks.points import BLOCK_KINDS, GLOBAL_POINTS
 
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     t = Table(show_header=False, box=None)
     for k, v in [("model", m.name), ("architecture", type(m.hf).__name__), ("family", m.adapter.family),
                  ("layers", m.n_layers), ("d_model", m.d_model), ("d_mlp", m.d_mlp), ("vocab", m.vocab_size),
@@ -90,6 +95,8 @@ def lens(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Logit lens: decode hook points through the final norm and unembedding, layer by layer."""
     from rich.table import Table
@@ -115,7 +122,7 @@ def lens(
         raise InputError("a --prompt is empty; give some text")
     from ..tuned_lens import parse_lens
 
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     tuned = parse_lens(lens_spec, m)  # read once, for the lens and the grid
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
                    json_out=json_out, html_out=html_out, lens=tuned)
@@ -166,13 +173,22 @@ def demo(
     = "HuggingFaceTB/SmolLM2-135M-Instruct",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Run the demo on a real model and write a report folder (JSON, PNG, offline HTML); about a minute on a CPU."""
     from ..demo import run_demo
 
     checks.output_dir(out, "--out folder")
     checks.device(device)
-    path = run_demo(out, model_name=model, dtype=dtype, device=device)
+    load_kw: dict[str, Any] = {}
+    if max_memory is not None:
+        load_kw["max_memory"] = parse_max_memory(max_memory)
+        device_map = device_map or "auto"
+    if device_map is not None:
+        checks.choice(device_map, "--device-map", DEVICE_MAPS)
+        load_kw["device_map"] = device_map
+    path = run_demo(out, model_name=model, dtype=dtype, device=device, **load_kw)
     wrote(path / "index.html")
 
 
@@ -195,6 +211,8 @@ def tuned_lens_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out text."""
     from ..data.texts import read_texts
@@ -209,7 +227,7 @@ def tuned_lens_cmd(
     checks.positive(lr, "--lr")
     checks.choice(optimizer, "--optimizer", ("adam", "sgd"))
     texts = read_texts(data, limit=limit)
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     with task("training the tuned lens", total=steps, unit="steps") as bar:
         res = tuned_lens(m, texts, out, held_out=held_out, steps=steps, lr=lr, optimizer=optimizer,
                          batch_size=batch_size,

@@ -44,19 +44,51 @@ def deprecated(old: str, new: str) -> None:
     logging.getLogger("actlab").warning(f"{old} is deprecated and will be removed in the next release; use {new}")
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+PARALLEL_COMMANDS = ("acts cache", "steer extract", "steer sweep", "sae train")
+
+
+def distributed(device: str | None) -> tuple[int, int]:
+    """For a command that splits its work across torchrun processes: join the process group the launcher
+    describes (a no-op without one); returns (rank, world)."""
+    from ..parallel import init_from_env
+
+    checks.device(device)
+    return init_from_env(device)
+
+
 def load(model: str, dtype: str | None, device: str | None, gguf_file: str | None = None, *,
          device_map: str | None = None, max_memory: str | None = None, **kw: Any):
-    """Load a model (checked device and dtype first; loading reports its own progress)."""
+    """Load a model (checked device and dtype first; loading reports its own progress). Under torchrun only
+    the data-parallel commands (which call :func:`distributed` first) may load one: the others would run N
+    copies of the same job into the same files."""
+    import os
+
+    from ..errors import InputError
     from ..models import load_model
     from ..models.loading import parse_dtype
+    from ..parallel import rank_and_world
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank_and_world()[1] == 1:
+        raise InputError(f"this command does not split its work across processes, so it does not run under "
+                         f"torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); data-parallel commands: "
+                         f"{', '.join(PARALLEL_COMMANDS)}. For a model larger than one GPU use --device-map auto "
+                         "in a single process")
+    if rank_and_world()[1] > 1:
+        if device_map is not None or max_memory is not None:
+            raise InputError("--device-map/--max-memory spread one model over the GPUs of one process; under "
+                             "torchrun each process holds a whole copy (see docs/scale.md)")
+        import torch
+
+        if torch.cuda.is_available() and device in (None, "cuda"):
+            device = f"cuda:{torch.cuda.current_device()}"  # the GPU init_from_env gave this rank
     checks.device(device)
     parse_dtype(dtype)
     if max_memory is not None:
         kw["max_memory"] = parse_max_memory(max_memory)
         device_map = device_map or "auto"
     if device_map is not None:
-        checks.choice(device_map, "--device-map", ("auto", "balanced", "balanced_low_0", "sequential"))
+        checks.choice(device_map, "--device-map", DEVICE_MAPS)
         kw["device_map"] = device_map
     return load_model(model, dtype=dtype, device=device, gguf_file=gguf_file, **kw)
 

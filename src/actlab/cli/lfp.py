@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DeviceOpt, DtypeOpt, ModelArg, checks, console, load, opt, raw, wrote
+from .common import DeviceMapOpt, DeviceOpt, DtypeOpt, MaxMemOpt, ModelArg, checks, console, load, opt, raw, wrote
 
 finetune_app = typer.Typer(help="Fine-tune with feedback (TRL): lexicon-reward RL or DPO.", no_args_is_help=True,
                            rich_markup_mode=None)
@@ -30,6 +30,8 @@ def finetune_rl(
     beta: Annotated[float | None, opt("--beta", metavar="X", help="Override the KL coefficient.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """RL with the VADER-lexicon reward and a KL penalty (GRPO/RLOO; see docs/lfp.md for the PPO deviation)."""
     from ..configs import build_config
@@ -43,7 +45,7 @@ def finetune_rl(
     overrides = {k: v for k, v in {"method": method, "max_steps": steps, "lr": lr, "beta": beta}.items()
                  if v is not None}
     cfg = build_config(RLConfig, {**RL_PRESETS[preset].model_dump(), **overrides}, "RL")  # validated
-    m = load(model, dtype, device)
+    m = load(model, dtype, device, device_map=device_map, max_memory=max_memory)
     res = finetune_rl(m, data, out, cfg)
     h = res["history"]
     if h:
@@ -67,6 +69,8 @@ def finetune_dpo(
     limit: Annotated[int | None, opt("--limit", metavar="N", help="Use at most this many pairs.")] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """DPO on preference pairs; reports preference accuracy and a KL estimate over steps."""
     from ..configs import build_config
@@ -78,7 +82,7 @@ def finetune_dpo(
     checks.positive(limit, "--limit")
     cfg = build_config(DPOSettings, {"max_steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta,
                                      "max_length": max_length}, "DPO")
-    m = load(model, dtype, device)
+    m = load(model, dtype, device, device_map=device_map, max_memory=max_memory)
     res = finetune_dpo(m, data, out, cfg, swap=swap, limit=limit)
     h = res["history"]
     if h:

@@ -18,6 +18,7 @@ from .common import (
     checks,
     console,
     deprecated,
+    distributed,
     load,
     opt,
     split_list,
@@ -67,9 +68,12 @@ def cache(
     for v, what in ((limit, "--limit"), (max_length, "--max-length"), (shard_tokens, "--shard-tokens"),
                     (batch_size, "--batch-size")):
         checks.positive(v, what)
+    rank, _ = distributed(device)  # under torchrun: each process caches a block of the texts
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     man = cache_acts(m, data, pts, out, field=field, limit=limit, dtype=cache_dtype, batch_size=batch_size,
                      shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos, overwrite=overwrite)
+    if rank != 0:
+        return
     console.print(f"wrote {out}: {man['n_tokens']} tokens x {len(man['points'])} points in {len(man['shards'])} "
                   f"shards ({cache_dtype})", highlight=False)
 
@@ -119,13 +123,14 @@ def train(
                                        "(both are recorded).")] = False,
     device: Annotated[str | None, opt("--device", metavar="DEVICE", help="Device for the dictionaries [default: "
                                       "cpu].")] = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Train several dictionaries together on one activation stream (YAML config or flags)."""
     from ..errors import InputError
     from ..jobs import train_saes as train_job
     from ..sae.dictionary import TRAINABLE
     from ..sae.spec import DictionarySpec, load_spec
-    from ..sae.train import rank_and_world
 
     if config is None and point is None:
         raise InputError("give --config FILE or at least --point and --cache (or --model and --data)")
@@ -154,8 +159,9 @@ def train(
                                                     architecture=architecture or "relu", k=k, tied=bool(tied))
                                      for i, w in enumerate(widths)]
     spec = load_spec(config, overrides)  # the whole spec is checked (unknown keys, ranges) before anything loads
-    rank, _ = rank_and_world()
-    m = load(spec.model, None, None) if spec.cache is None and spec.model else None
+    rank, _ = distributed(spec.device)  # under torchrun: data-parallel training
+    m = (load(spec.model, None, None, device_map=device_map, max_memory=max_memory)
+         if spec.cache is None and spec.model else None)
     res = train_job(spec, model=m, resume=resume, overwrite=overwrite, resume_anyway=resume_anyway)
     if rank != 0:
         return
@@ -194,6 +200,8 @@ def evaluate(
     = 128,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Reconstruction metrics (MSE, explained variance, L0, dead/dense) and downstream loss recovered."""
     from ..errors import InputError
@@ -212,7 +220,7 @@ def evaluate(
     for v, what in ((limit, "--limit"), (max_batches, "--max-batches"), (batch_size, "--batch-size"),
                     (max_length, "--max-length")):
         checks.positive(v, what)
-    m = load(model, dtype, device) if model else None
+    m = load(model, dtype, device, device_map=device_map, max_memory=max_memory) if model else None
     metrics = evaluate_saes(saes, out, cache=cache, model=m, data=data, n_texts=limit, max_batches=max_batches,
                             batch_size=batch_size, max_length=max_length)
     _print_metrics(metrics)
@@ -267,6 +275,8 @@ def top_examples_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Feature dashboards: top contexts with every token shaded, activation histogram, promoted and suppressed
     tokens, density; JSON, an offline page with search and sort, and a Neuronpedia-style export."""
@@ -287,7 +297,7 @@ def top_examples_cmd(
         checks.positive(v, what)
     checks.choice(rank_by, "--rank-by", ["max", "density"])
     feats = checks.integers(features, "--features") if features else None
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     dash = top_examples(sae, m, data, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
                         max_length=max_length, rank_by=rank_by)
     wrote(out / "top_examples.json", f"top_examples.html, neuronpedia.json ({len(dash['features'])} features)")

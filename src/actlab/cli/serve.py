@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from .common import DeviceOpt, DtypeOpt, GgufOpt, ModelArg, checks, console, load, opt
+from .common import DeviceMapOpt, DeviceOpt, DtypeOpt, GgufOpt, MaxMemOpt, ModelArg, checks, console, load, opt
 from .output import err_console
 
 
@@ -26,6 +26,8 @@ def serve_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """A local playground in the browser: default vs steered generation streamed side by side, the logit lens
     per layer and position, SAE features per token and their pages. Needs `pip install actlab[serve]`."""
@@ -66,7 +68,7 @@ def serve_cmd(
         vectors[name] = SteeringVector.load(v)
     dictionary = load_sae(sae) if sae is not None else None
     texts = read_texts(data, limit=limit) if data is not None else []
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     from ..tuned_lens import parse_lens
 
     pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts, tuned_lens=parse_lens(lens, m))

@@ -10,15 +10,18 @@ import typer
 from .common import (
     BatchOpt,
     ChatOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     GgufOpt,
     LayersOpt,
     LimitOpt,
+    MaxMemOpt,
     ModelArg,
     checks,
     console,
     deprecated,
+    distributed,
     load,
     opt,
     parse_floats,
@@ -74,6 +77,8 @@ def extract(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Extract a steering vector from a contrastive dataset in one batched pass."""
     from ..hooks.points import block_kind
@@ -98,11 +103,14 @@ def extract(
     checks.positive(max_length, "--max-length")
     if min_confidence is not None:
         checks.finite(min_confidence, "--min-confidence")
-    m = load(model, dtype, device, gguf_file)
+    rank, _ = distributed(device)  # under torchrun: each process reads a block of the texts
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers, method=method,
                          positions=positions, chat=chat, limit=limit, batch_size=batch_size,
                          min_confidence=min_confidence, as_choices=as_choices, max_length=max_length,
                          truncate=truncate)
+    if rank != 0:
+        return
     norms = vec.norms()
     console.print(f"wrote {out}: {len(norms)} layers at {point}, method {method}, positions {vec.meta['positions']}, "
                   f"{vec.meta.get('n_positive')} contrasts; norms {min(norms.values()):.3g}.."
@@ -126,6 +134,8 @@ def generate(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Generate with and without steering and print them side by side."""
     from rich.table import Table
@@ -140,7 +150,7 @@ def generate(
     checks.finite(multiplier, "--multiplier")
     _steer_positions(positions)
     checks.positive(max_new_tokens, "--max-new-tokens")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     rows = run_generate(m, vector, prompt, multiplier=multiplier, layers=layers, positions=positions,
                         max_new_tokens=max_new_tokens, chat=chat, sample=sample, seed=seed)
     n = len(prompt)
@@ -174,6 +184,8 @@ def sweep(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """p(answer matching behaviour) under steering, for each layer x multiplier, with collapse diagnostics."""
     from rich.table import Table
@@ -191,10 +203,13 @@ def sweep(
                          "from_eoi or all")
     checks.positive(limit, "--limit")
     checks.positive(batch_size, "--batch-size")
-    m = load(model, dtype, device, gguf_file)
+    rank, _ = distributed(device)  # under torchrun: each process evaluates a block of the questions
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
                     limit=limit, overwrite=overwrite, batch_size=batch_size, min_confidence=min_confidence,
                     as_choices=as_choices)
+    if rank != 0:
+        return
     grid = res.grid()
     n_q = next(iter(res.cells.values()))["n"] if res.cells else 0
     table = Table(title=f"p(matching behaviour), {n_q} questions")
@@ -230,6 +245,8 @@ def mix(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Activation mixing: add another prompt's activation at a hook point and compare generations."""
     from rich.table import Table
@@ -250,7 +267,7 @@ def mix(
     _steer_positions(positions)
     checks.positive(max_new_tokens, "--max-new-tokens")
     checks.output_dir(out, "--out folder")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = mix_generate(m, source, point, prompt, scale=scale, position=pos, positions=positions, chat=chat,
                        max_new_tokens=max_new_tokens, out=out)
     table = Table(title=f"mixing {source!r} at {point} (token {position}) x{scale:g}, positions={positions}",
@@ -281,6 +298,8 @@ def ablate(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Bake a directional ablation into the weights and save the model (in the checkpoint's dtype)."""
     from rich.table import Table
@@ -291,7 +310,7 @@ def ablate(
     checks.output_dir(out, "--out folder")
     checks.layer_syntax(layers)
     checks.positive(max_new_tokens, "--max-new-tokens")
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = ablate_weights(m, direction, out, layer=layer, layers=layers, prompts=prompt or [],
                          max_new_tokens=max_new_tokens)
     if res["generations"]:
@@ -330,6 +349,8 @@ def refusal(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
 ) -> None:
     """Find, score, select and save the refusal direction (Arditi et al. 2024)."""
     from ..jobs import refusal as run_refusal
@@ -345,7 +366,7 @@ def refusal(
         checks.positive(v, what)
     checks.layer_syntax(layers)
     _refusal_positions(positions)
-    m = load(model, dtype, device, gguf_file)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
                         layers=parse_layers(layers, m.n_layers), batch_size=batch_size, kl_threshold=kl_threshold,
                         top_k=top_k, max_new_tokens=max_new_tokens)

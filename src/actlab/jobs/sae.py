@@ -31,6 +31,10 @@ def cache_acts(model: ModelLike, data: str | os.PathLike[str], points: str | Seq
     texts = read_texts(data, field=field, limit=limit)
     config = {"model": name_of(model), "data": str(data), "points": points, "limit": limit, "dtype": dtype,
               "max_length": max_length, "shard_tokens": shard_tokens, "batch_size": batch_size, "keep_bos": keep_bos}
+    if rank_and_world()[0] != 0:  # a torchrun rank: caches its share of the texts, rank 0 writes the manifest
+        return cache_activations(m, texts, points, out, dtype=dtype, batch_size=batch_size,
+                                 shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
+                                 overwrite=overwrite, progress=progress)
     with Run(out, "acts cache", config) as run:
         man = cache_activations(m, texts, points, out, dtype=dtype, batch_size=batch_size, shard_tokens=shard_tokens,
                                 max_length=max_length, keep_bos=keep_bos, overwrite=overwrite, progress=progress)

@@ -11,6 +11,7 @@ from typing import Any
 from ..data import ABItem, load_ab, load_instructions, load_pairs
 from ..errors import InputError
 from ..hooks.points import HookPoint, parse_layers
+from ..parallel import rank_and_world
 from ..progress import info as progress_info
 from ..runs import Run, write_json
 from ..steering import (
@@ -63,7 +64,7 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os
     vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress,
                      max_length=max_length, truncate=truncate)
     vec.meta["dataset"]["file"] = str(data)
-    if out is not None:
+    if out is not None and rank_and_world()[0] == 0:  # under torchrun every rank has the vector; one writes it
         vec.save(out)
     return vec
 
@@ -99,6 +100,9 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
         data, (str, os.PathLike)) else f"{len(items)} items", "layers": lay, "multipliers": list(multipliers),
               "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size,
               "min_confidence": min_confidence, "as_choices": as_choices}
+    if rank_and_world()[0] != 0:  # a torchrun rank: evaluates its share of the questions, rank 0 writes
+        return ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
+                        out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
     with Run(out, "steer sweep", config) as run:
         pos = resolve_positions(positions or "auto", style)
         run.add_interventions([{**Steer(vec, 1.0, layers=lay, positions=pos).record(), "multiplier": "grid",

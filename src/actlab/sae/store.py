@@ -11,6 +11,7 @@ verifies each shard's checksum when it loads it and names a corrupt or truncated
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -106,7 +107,14 @@ def cache_activations(
     """Stream ``texts`` through the model and write the activations at ``points`` (see module docstring).
     The folder is locked while it is written; a resumed run first removes what an interrupted one left half
     written (temp files, shards the manifest does not list)."""
+    from ..parallel import rank_and_world
+
     out = Path(out_dir)
+    rank, world = rank_and_world()
+    if world > 1:  # under torchrun: rank 0 holds the folder and merges, every rank writes its own shards
+        return _cache_distributed(model, texts, points, out, rank=rank, world=world, dtype=dtype,
+                                  batch_size=batch_size, shard_tokens=shard_tokens, max_length=max_length,
+                                  keep_bos=keep_bos, overwrite=overwrite, progress=progress)
     with folder_lock(out, "activation cache"):
         removed = remove_orphan_temps(out)
         if removed:
@@ -116,9 +124,8 @@ def cache_activations(
                              overwrite=overwrite, progress=progress)
 
 
-def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, dtype: str,
-                  batch_size: int, shard_tokens: int, max_length: int, keep_bos: bool, overwrite: bool,
-                  progress: Callable[[int], None] | None) -> dict[str, Any]:
+def _identity(model: Model, texts: Sequence[str], points: str | Iterable[str], *, dtype: str, max_length: int,
+              keep_bos: bool) -> tuple[list, dict[str, int], dict[str, Any]]:
     if dtype not in DTYPES:
         raise InputError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if not texts:
@@ -130,8 +137,19 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
                 "tokenizer": getattr(model.tokenizer, "name_or_path", ""), "dataset_fingerprint": fp,
                 "n_texts": len(texts), "max_length": max_length, "keep_bos": keep_bos,
                 "positions": "all real tokens; pads dropped" + ("" if keep_bos else "; BOS dropped")}
+    return pts, widths, identity
+
+
+def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, dtype: str,
+                  batch_size: int, shard_tokens: int, max_length: int, keep_bos: bool, overwrite: bool,
+                  progress: Callable[[int], None] | None, span: tuple[int, int] | None = None,
+                  mpath: Path | None = None, prefix: str = "shard_") -> dict[str, Any]:
+    """Cache texts ``span`` (default: all) into ``out``, recorded in ``mpath`` (default: the manifest), shards
+    named ``{prefix}{k:05d}``."""
+    pts, widths, identity = _identity(model, texts, points, dtype=dtype, max_length=max_length, keep_bos=keep_bos)
+    lo, hi = span or (0, len(texts))
     manifest: dict[str, Any] | None = None
-    mpath = out / MANIFEST
+    mpath = mpath or out / MANIFEST
     if mpath.exists() and not overwrite:
         old = read_manifest(mpath)
         diff = [k for k in identity if old.get(k) != identity[k]]
@@ -140,16 +158,19 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
                              + "; ".join(f"{k} {old.get(k)!r} vs {identity[k]!r}" for k in diff[:3])
                              + "); use another folder or overwrite=True (--overwrite)")
         manifest = old
-        if manifest.get("complete"):
+        if span is not None and old.get("span") != list(span):  # another world size cut the texts otherwise
+            manifest = None
+        elif manifest.get("complete"):
             return manifest
+    if manifest is not None:
         listed = {sh["file"] for sh in manifest["shards"]}
-        for f in out.glob("shard_*.safetensors"):
+        for f in out.glob(f"{prefix}[0-9]*.safetensors"):
             if f.name not in listed:  # written after the last manifest update; its texts are redone
                 f.unlink()
     if manifest is None:
-        for f in out.glob("shard_*.safetensors"):
+        for f in out.glob(f"{prefix}[0-9]*.safetensors"):
             f.unlink()
-        est = estimate_tokens(model, texts, max_length, keep_bos)
+        est = estimate_tokens(model, texts[lo:hi], max_length, keep_bos)
         bytes_per = torch.tensor([], dtype=DTYPES[dtype]).element_size()
         est_bytes = est * sum(widths.values()) * bytes_per
         free = shutil.disk_usage(out).free
@@ -159,20 +180,20 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
                              f"{free / 1e9:.2f} GB free")
         manifest = {**identity, "format": "actlab-activation-cache", "version": 1, "actlab_version": __version__,
                     "estimated_tokens": est, "estimated_bytes": est_bytes, "shards": [], "n_tokens": 0,
-                    "n_texts_done": 0, "complete": False}
+                    "n_texts_done": lo, "complete": False, **({"span": [lo, hi]} if span else {})}
         write_json(mpath, manifest)
     from safetensors.torch import save_file
 
     done = int(manifest["n_texts_done"])
-    if done:
-        progress_info(f"cache: resuming after {done} of {len(texts)} texts ({len(manifest['shards'])} shards)")
+    if done > lo:
+        progress_info(f"cache: resuming after {done - lo} of {hi - lo} texts ({len(manifest['shards'])} shards)")
     buf: dict[str, list[torch.Tensor]] = {p.name: [] for p in pts}
     buffered, start = 0, done
 
     def flush(end: int) -> None:
         nonlocal buffered, start
         k = len(manifest["shards"])
-        name = f"shard_{k:05d}.safetensors"
+        name = f"{prefix}{k:05d}.safetensors"
         tensors = {n: torch.cat(v).contiguous() for n, v in buf.items()}
         with atomic_path(out / name) as tmp:
             save_file(tensors, str(tmp), metadata={"texts": f"{start}:{end}"})
@@ -186,9 +207,9 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
         buffered, start = 0, end
 
     target = DTYPES[dtype]
-    with progress_task("caching activations", total=len(texts) - done, unit="texts", callback=progress) as task:
-        for s in range(done, len(texts), batch_size):
-            chunk = texts[s:s + batch_size]
+    with progress_task("caching activations", total=hi - done, unit="texts", callback=progress) as task:
+        for s in range(done, hi, batch_size):
+            chunk = texts[s:min(s + batch_size, hi)]
             batch = _token_batch(model, chunk, max_length)
             keep = _keep_mask(model, batch, keep_bos)
             acts = model.activations(batch, pts, positions=keep, dtype=target)
@@ -199,10 +220,59 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
             if buffered >= shard_tokens:
                 flush(s + len(chunk))
         if buffered:
-            flush(len(texts))
+            flush(hi)
     manifest["complete"] = True
     write_json(mpath, manifest)
     return manifest
+
+
+def _cache_distributed(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, rank: int,
+                       world: int, dtype: str, batch_size: int, shard_tokens: int, max_length: int, keep_bos: bool,
+                       overwrite: bool, progress: Callable[[int], None] | None) -> dict[str, Any]:
+    """One rank's share of a cache under torch.distributed: rank r caches a contiguous block of whole batches
+    (the batches one process would run, so the activations are the same numbers) into ``shard_rNN_*`` files
+    with its own resumable manifest; rank 0 then writes one manifest listing every shard in text order."""
+    from ..parallel import barrier, block_range, broadcast
+
+    _, _, identity = _identity(model, texts, points, dtype=dtype, max_length=max_length, keep_bos=keep_bos)
+    mpath = out / MANIFEST
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(folder_lock(out, "activation cache"))
+            remove_orphan_temps(out)
+            if overwrite:
+                for f in [*out.glob("shard_*.safetensors"), *out.glob("manifest*.json")]:
+                    f.unlink()
+        barrier()  # the folder is clean before any rank writes
+        if mpath.exists():
+            old = read_manifest(mpath)
+            diff = [k for k in identity if old.get(k) != identity[k]]
+            if diff:  # every rank sees the same file, so every rank stops here
+                raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}); use "
+                                 "another folder or overwrite=True (--overwrite)")
+            if old.get("complete"):
+                return old
+        span = block_range(len(texts), batch_size, rank, world)
+        if span[1] > span[0]:
+            _cache_locked(model, texts, points, out, dtype=dtype, batch_size=batch_size,
+                                 shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
+                                 overwrite=False, progress=progress, span=span,
+                                 mpath=out / f"manifest.rank{rank:02d}.json", prefix=f"shard_r{rank:02d}_")
+        barrier()  # every part is written
+        merged = None
+        if rank == 0:
+            parts = [read_manifest(p) for r in range(world)
+                     if (p := out / f"manifest.rank{r:02d}.json").exists()]
+            shards = [sh for pm in sorted(parts, key=lambda pm: pm["span"][0]) for sh in pm["shards"]]
+            merged = {**{k: v for k, v in parts[0].items() if k not in ("span", "estimated_tokens",
+                                                                         "estimated_bytes")},
+                      "shards": shards, "n_tokens": sum(sh["n_tokens"] for sh in shards),
+                      "n_texts_done": len(texts), "complete": True, "world_size": world}
+            write_json(mpath, merged)
+            for r in range(world):
+                (out / f"manifest.rank{r:02d}.json").unlink(missing_ok=True)
+        return broadcast(merged)
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -143,15 +143,20 @@ def collect(model: Model, texts: Sequence[str], positions: Sequence[Sequence[int
             ) -> dict[str, torch.Tensor]:
     """Per text, the activations at its positions: ``[n, d]`` (``reduce='mean'``, float64 mean) or
     ``[n, k, d]`` (``reduce='stack'``, every text having ``k`` positions). Stored as float32 on CPU. With
-    ``truncate_left=N`` a longer text keeps its last ``N`` tokens and its positions shift accordingly."""
+    ``truncate_left=N`` a longer text keeps its last ``N`` tokens and its positions shift accordingly.
+    Under torch.distributed each rank reads a contiguous block of whole batches and every rank returns all
+    texts (gathered in order): the batches a single process would run, so the same numbers."""
+    from ..parallel import block_range, gather
+
     if len(texts) != len(positions):
         raise InputError(f"{len(texts)} texts but {len(positions)} position lists")
     if truncate_left is not None:
         lens = token_lengths(model, texts, add_special_tokens)
         positions = [[p - max(0, n - truncate_left) for p in pos] for pos, n in zip(positions, lens, strict=True)]
     out: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
-    with progress_task("reading activations", total=len(texts), unit="texts", callback=progress) as task:
-        for s in range(0, len(texts), batch_size):
+    lo, hi = block_range(len(texts), batch_size)
+    with progress_task("reading activations", total=hi - lo, unit="texts", callback=progress) as task:
+        for s in range(lo, hi, batch_size):
             chunk = list(texts[s:s + batch_size])
             batch = model.tokenize(chunk, padding_side="right", add_special_tokens=add_special_tokens,
                                    truncate_left=truncate_left)
@@ -171,7 +176,8 @@ def collect(model: Model, texts: Sequence[str], positions: Sequence[Sequence[int
                 else:
                     out[name].append(torch.stack(list(parts)).float())
             task.advance(len(chunk))
-    return {k: torch.cat(v) for k, v in out.items()}
+    parts = gather({k: torch.cat(v) if v else None for k, v in out.items()})
+    return {k: torch.cat([p[k] for p in parts if p[k] is not None]) for k in out}
 
 
 def mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
