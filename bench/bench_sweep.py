@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--cells-per-batch", default="4")
     ap.add_argument("--dataset", default="caa/test/sycophancy/test_dataset_ab.json")
     ap.add_argument("--skip-baseline", action="store_true", help="time only the prefix-reusing sweep")
+    ap.add_argument("--refusal-candidates", type=int, default=30, help="0 skips the refusal-scoring part")
+    ap.add_argument("--refusal-prompts", type=int, default=32)
     ap.add_argument("--gpu-7b", action="store_true")
     args = ap.parse_args()
     data = os.environ.get("ACTLAB_DATA_DIR")
@@ -83,6 +85,45 @@ def main() -> None:
                              .max()) for key, c in res.cells.items())
             line += f"  {t_ref / t:5.2f}x  (max |dp| {diff:.1e})"
         print(line)
+    if args.refusal_candidates:
+        bench_refusal(model, data, args.refusal_candidates, args.refusal_prompts, args.batch_size)
+
+
+def bench_refusal(model, data: str, n_cands: int, n_prompts: int, batch_size: int) -> None:
+    """The refusal pipeline's ``induce`` scores: each candidate added in turn vs shared prefixes."""
+    from actlab.data import load_instructions
+    from actlab.hooks.points import HookPoint
+    from actlab.steering.apply import Addition, Steering
+    from actlab.steering.prompts import format_prompt
+    from actlab.steering.refusal import (
+        REFUSAL_PHRASES,
+        _last_logits,
+        _refusal_logodds,
+        induce_scores,
+        refusal_token_ids,
+    )
+
+    style = resolve_style(model)
+    texts = [format_prompt(model, t, style) for t in load_instructions(
+        os.path.join(data, "refusal_direction", "splits", "harmless_val.json"))[:n_prompts]]
+    ref_ids = torch.tensor(refusal_token_ids(model, REFUSAL_PHRASES))
+    g = torch.Generator().manual_seed(1)
+    cands = [(i % model.n_layers, torch.randn(model.d_model, generator=g)) for i in range(n_cands)]
+    sync()
+    t0 = time.perf_counter()
+    ref = []
+    for layer, r in cands:
+        with Steering(model, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
+            ref.append(float(_refusal_logodds(_last_logits(model, texts, style, batch_size), ref_ids).mean()))
+    sync()
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    got = induce_scores(model, texts, style, cands, ref_ids, batch_size)
+    sync()
+    t = time.perf_counter() - t0
+    diff = max(abs(a - b) for a, b in zip(got, ref, strict=True))
+    print(f"refusal induce scores, {n_cands} candidates x {n_prompts} harmless prompts: each in turn {t_ref:.2f} s, "
+          f"shared prefixes {t:.2f} s, {t_ref / t:.2f}x (max |d score| {diff:.1e})")
 
 
 if __name__ == "__main__":

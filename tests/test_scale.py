@@ -255,3 +255,31 @@ def test_a_command_that_does_not_split_its_work_refuses_torchrun(capsys, stories
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, _, err = run(["info", "stories260k"], capsys)
     assert code == 2 and "torchrun" in err and "steer sweep" in err
+
+
+def test_refusal_induce_scores_share_prefixes_and_equal_steering_each(smollm):
+    """The refusal pipeline's ``induce`` score of every candidate, computed with shared prefixes and several
+    candidates per forward = adding each candidate in turn (Steering, positions auto) on real instructions."""
+    from actlab.data import load_instructions
+    from actlab.steering.apply import Addition, Steering
+    from actlab.steering.prompts import format_prompt
+    from actlab.steering.refusal import (
+        REFUSAL_PHRASES,
+        _last_logits,
+        _refusal_logodds,
+        induce_scores,
+        refusal_token_ids,
+    )
+
+    harmless = load_instructions(shared_path("data", "refusal_direction", "splits", "harmless_val.json"))[:5]
+    style = resolve_style(smollm)
+    texts = [format_prompt(smollm, t, style) for t in harmless]
+    ref_ids = torch.tensor(refusal_token_ids(smollm, REFUSAL_PHRASES))
+    g = torch.Generator().manual_seed(4)
+    cands = [(layer, 3 * torch.randn(smollm.d_model, generator=g)) for layer in (2, 9, 9, 17, 25)]
+    got = induce_scores(smollm, texts, style, cands, ref_ids, batch_size=3, cells_per_batch=2)
+    for (layer, r), s in zip(cands, got, strict=True):
+        with Steering(smollm, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
+            ref = float(_refusal_logodds(_last_logits(smollm, texts, style, 16), ref_ids).mean())
+        assert abs(s - ref) < 1e-4 * max(1.0, abs(ref)), (layer, s, ref)
+    assert max(got) - min(got) > 0.01

@@ -31,13 +31,20 @@ Cell = Mapping[HookPoint, torch.Tensor]
 
 def boundaries(model: Model, rows: Sequence[Sequence[int]], positions: str) -> list[int]:
     """Per row, the first steered token: the start of the (last) end-of-instruction sequence for ``from_eoi``,
-    0 for ``all``."""
+    0 for ``all``; ``auto`` as steering reads it: ``from_eoi`` in rows that have the sequence, 0 in the others
+    (and everywhere for a model without a chat template)."""
     if positions == "all":
         return [0] * len(rows)
-    if positions != "from_eoi":
-        raise InputError(f"prefix reuse steers from a boundary: positions 'from_eoi' or 'all', not {positions!r}")
+    if positions not in ("from_eoi", "auto"):
+        raise InputError(f"prefix reuse steers from a boundary: positions 'from_eoi', 'auto' or 'all', not "
+                         f"{positions!r}")
     from .apply import default_eoi_ids
 
+    if positions == "auto":
+        if getattr(model.tokenizer, "chat_template", None) is None:
+            return [0] * len(rows)
+        eoi = default_eoi_ids(model)
+        return [int(eoi_start(torch.tensor([list(r)]), eoi, missing=0)[0]) for r in rows]
     eoi = default_eoi_ids(model)
     out = []
     for k, r in enumerate(rows):

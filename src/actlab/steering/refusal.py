@@ -39,7 +39,6 @@ from ..progress import task as progress_task
 from ..runs import atomic_path, write_json, write_text
 from ..version import __version__
 from .ablate import ablate
-from .apply import Addition, Steering
 from .extract import collect
 from .prompts import PromptStyle, format_prompt, read_positions
 from .vector import SteeringVector
@@ -115,6 +114,30 @@ def _last_logits(model: Model, texts: Sequence[str], style: PromptStyle, batch_s
                                add_special_tokens=style.add_special_tokens())
         out.append(model.last_logits(**batch).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def induce_scores(model: Model, texts: Sequence[str], style: PromptStyle,
+                  candidates: Sequence[tuple[int, torch.Tensor]], ref_ids: torch.Tensor, batch_size: int = 16,
+                  cells_per_batch: int = 4) -> list[float]:
+    """Mean refusal score (log-odds) of ``texts`` with each candidate direction added at ``resid_pre`` of its layer
+    (steering positions ``auto``: from the end of the instruction on). The prompts' tokens before the end of
+    instruction are run once and their KV cache shared by every candidate (:mod:`actlab.steering.prefix`); equal
+    to adding each direction in turn (tested)."""
+    if not candidates:
+        return []
+    from .prefix import boundaries, iter_cell_logits
+
+    rows = [model.tokenizer(t, add_special_tokens=style.add_special_tokens())["input_ids"] for t in texts]
+    starts = boundaries(model, rows, "auto")
+    cells = [{HookPoint(layer, "resid_pre"): r.double()} for layer, r in candidates]
+
+    def score(logits: torch.Tensor, _: slice) -> torch.Tensor:  # [rows, cells, vocab] -> [rows, cells]
+        return _refusal_logodds(logits.reshape(-1, logits.shape[-1]), ref_ids).view(logits.shape[:2]).cpu()
+
+    parts = [t for _, t in iter_cell_logits(model, rows, starts, cells, batch_size=batch_size,
+                                            cells_per_batch=cells_per_batch, reduce=score)]
+    return torch.cat(parts).mean(0).tolist()
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -204,6 +227,11 @@ def refusal_pipeline(
     base_harmless = float(_refusal_logodds(clean_n, ref_ids).mean())
     log(f"  clean refusal score: harmful {base_harmful:.2f}, harmless {base_harmless:.2f}")
     cutoff = math.floor(model.n_layers * (1 - cfg.prune_last_fraction))
+    live = [(pi, li) for pi in range(n_pos) for li in range(len(layers))
+            if float(cands[pi, li].norm()) > 1e-6 * float(cands.norm(dim=-1).max())]
+    log(f"  induce scores: {len(live)} candidates added on {len(vn)} harmless prompts, prefixes shared")
+    induced = dict(zip(live, induce_scores(model, vn, style, [(layers[li], cands[pi, li]) for pi, li in live],
+                                           ref_ids, cfg.batch_size), strict=True))
     rows: list[dict[str, Any]] = []
     with progress_task("scoring refusal candidates", total=n_pos * len(layers), unit="candidates") as scoring:
         for pi in range(n_pos):
@@ -218,8 +246,7 @@ def refusal_pipeline(
                 with ablate(model, r):
                     kl = float(_kl(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
                     bypass = float(_refusal_logodds(_last_logits(model, vh, style, cfg.batch_size), ref_ids).mean())
-                with Steering(model, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
-                    induce = float(_refusal_logodds(_last_logits(model, vn, style, cfg.batch_size), ref_ids).mean())
+                induce = induced[(pi, li)]
                 keep = kl < cfg.kl_threshold and induce > base_harmless and layer < cutoff
                 rows.append({"eoi_position": pi - n_pos, "layer": layer, "kl": kl, "bypass": bypass, "induce": induce,
                              "norm": float(r.norm()), "passes_filters": keep})
