@@ -47,8 +47,9 @@ test-compat: $(COMPAT_VENV)/.actlab-installed
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 
-bench: $(STAMP)
-	cd bench && ../$(BIN)/python bench_capture.py
+bench: $(STAMP)  # ACTLAB_DATA_DIR=../shared/data for the parts on real data
+	cd bench && for b in bench_capture bench_steering bench_sweep bench_sae bench_memory bench_attention; do \
+		../$(BIN)/python $$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -5,7 +5,8 @@ Target: >= 5x on CPU for 3 layers x 5 multipliers x 50 CAA questions (chat templ
 of the instruction), same probabilities to float round-off (the max difference is printed).
 
     ACTLAB_DATA_DIR=../shared/data python bench/bench_sweep.py             # SmolLM2-135M-Instruct, CPU
-    ACTLAB_DATA_DIR=../shared/data python bench/bench_sweep.py --gpu-7b    # random-init Llama-2-7B, bf16, cuda
+    ACTLAB_DATA_DIR=... python bench/bench_sweep.py --model meta-llama/Llama-2-7b-chat-hf --device cuda \
+        --dtype bfloat16                                                    # on a GPU (a chat model: no random init)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from actlab.steering import SteeringVector, load_ab, resolve_style, steer
 from actlab.steering.evaluate import ab_probabilities, ab_sweep
-from common import bench_model, machine, sync
+from common import machine, sync
 
 
 def main() -> None:
@@ -33,14 +34,17 @@ def main() -> None:
     ap.add_argument("--skip-baseline", action="store_true", help="time only the prefix-reusing sweep")
     ap.add_argument("--refusal-candidates", type=int, default=30, help="0 skips the refusal-scoring part")
     ap.add_argument("--refusal-prompts", type=int, default=32)
-    ap.add_argument("--gpu-7b", action="store_true")
+    ap.add_argument("--gen-prompts", type=int, default=8, help="0 skips the generation part")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     data = os.environ.get("ACTLAB_DATA_DIR")
     if not data:
-        raise SystemExit("set ACTLAB_DATA_DIR to the shared data folder (CAA questions)")
-    model = bench_model(args.model, args.gpu_7b)
-    if args.gpu_7b:  # a random-init model has no chat template: reuse SmolLM2-style prompts is not possible
-        raise SystemExit("--gpu-7b needs a tokenizer with a chat template; pass --model with one")
+        print("sweep benchmark skipped: ACTLAB_DATA_DIR is not set (it needs the CAA questions)")
+        return
+    import actlab
+
+    model = actlab.load_model(args.model, dtype=args.dtype, device=args.device)  # a chat model: real tokenizer
     items = load_ab(os.path.join(data, *args.dataset.split("/")), limit=args.questions)
     style = resolve_style(model)
     layers = [int(x) for x in args.layers.split(",")]
@@ -87,6 +91,40 @@ def main() -> None:
         print(line)
     if args.refusal_candidates:
         bench_refusal(model, data, args.refusal_candidates, args.refusal_prompts, args.batch_size)
+    if args.gen_prompts:
+        bench_generations(model, data, vec, layers[0], args.gen_prompts)
+
+
+def bench_generations(model, data: str, vec, layer: int, n_prompts: int, new_tokens: int = 24) -> None:
+    """Greedy steered generations at 3 multipliers: one generate() per multiplier vs shared prefixes."""
+    from actlab.data import load_instructions
+    from actlab.steering.evaluate import steered_generations
+    from actlab.steering.prompts import format_prompt
+
+    style = resolve_style(model)
+    prompts = load_instructions(os.path.join(data, "refusal_direction", "splits", "harmless_val.json"))[:n_prompts]
+    texts = [format_prompt(model, p, style) for p in prompts]
+    mults = [0.0, -2.0, 2.0]
+    kw = dict(max_new_tokens=new_tokens, add_special_tokens=style.add_special_tokens())
+    sync()
+    t0 = time.perf_counter()
+    ref = {}
+    for m in mults:
+        if m == 0:
+            ref[m] = model.generate_text(texts, **kw)
+        else:
+            with steer(model, vec, m, layers=[layer], positions="from_eoi"):
+                ref[m] = model.generate_text(texts, **kw)
+    sync()
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = steered_generations(model, prompts, vec, layers=[layer], multipliers=mults, style=style,
+                               max_new_tokens=new_tokens, batch_size=len(prompts))
+    sync()
+    t = time.perf_counter() - t0
+    same = sum(r["text"] == ref[r["multiplier"]][i % len(prompts)] for i, r in enumerate(rows))
+    print(f"greedy steered generations, {n_prompts} prompts x 3 multipliers x {new_tokens} tokens: one generate() "
+          f"per multiplier {t_ref:.2f} s, shared prefix {t:.2f} s, {t_ref / t:.2f}x ({same}/{len(rows)} texts equal)")
 
 
 def bench_refusal(model, data: str, n_cands: int, n_prompts: int, batch_size: int) -> None:

@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Rank of every top-level module/package of actlab: an import may only point to the same or a lower rank.
 LAYERS: dict[str, int] = {
     # core: no knowledge of models or features
-    "errors": 0, "settings": 0, "version": 0, "configs": 0, "runs": 0, "llm": 0, "progress": 0,
+    "errors": 0, "settings": 0, "version": 0, "configs": 0, "runs": 0, "llm": 0, "progress": 0, "parallel": 0,
     "data": 1, "hooks": 1,          # datasets; hook points, capture, interventions (on a protocol, not Model)
     "checks": 1,                    # input checks that run before a model loads
     "models": 2,                    # loading, adapters, Model (implements the hooks protocol)

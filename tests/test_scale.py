@@ -283,3 +283,29 @@ def test_refusal_induce_scores_share_prefixes_and_equal_steering_each(smollm):
             ref = float(_refusal_logodds(_last_logits(smollm, texts, style, 16), ref_ids).mean())
         assert abs(s - ref) < 1e-4 * max(1.0, abs(ref)), (layer, s, ref)
     assert max(got) - min(got) > 0.01
+
+
+def test_greedy_generations_share_the_prefix_and_equal_one_multiplier_at_a_time(smollm):
+    """``steered_generations`` (greedy, from_eoi) runs every multiplier as rows over one shared prefix; the
+    texts equal generating multiplier by multiplier under ``steer`` (and unsteered for 0)."""
+    from actlab.steering.evaluate import shared_prefix_generations, steered_generations
+    from actlab.steering.prompts import format_prompt
+
+    style = resolve_style(smollm)
+    prompts = ["Write one sentence about the sea.", "What is your favourite food?", "Describe a cat."]
+    vec = SteeringVector({5: 6 * torch.randn(smollm.d_model, generator=torch.Generator().manual_seed(5))},
+                         "resid_post", {"model": smollm.name, "n_layers": smollm.n_layers})
+    mults = [0.0, -1.0, 1.5]
+    rows = steered_generations(smollm, prompts, vec, layers=[5], multipliers=mults, style=style, max_new_tokens=12,
+                               batch_size=2)
+    texts = [format_prompt(smollm, p, style) for p in prompts]
+    for m in mults:
+        if m == 0:
+            ref = smollm.generate_text(texts, max_new_tokens=12, add_special_tokens=style.add_special_tokens())
+        else:
+            with steer(smollm, vec, m, layers=[5], positions="from_eoi"):
+                ref = smollm.generate_text(texts, max_new_tokens=12, add_special_tokens=style.add_special_tokens())
+        assert [r["text"] for r in rows if r["multiplier"] == m] == ref, m
+    assert len({r["text"] for r in rows}) > len(prompts)  # the multipliers changed something
+    assert shared_prefix_generations(smollm, texts[:1], vec, layers=[5], multipliers=[1.0], style=style,
+                                     max_new_tokens=4) is not None
