@@ -168,7 +168,10 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
             if f.name not in listed:  # written after the last manifest update; its texts are redone
                 f.unlink()
     if manifest is None:
-        for f in out.glob(f"{prefix}[0-9]*.safetensors"):
+        leftovers = [*out.glob(f"{prefix}[0-9]*.safetensors")]
+        if span is None:  # what an interrupted torchrun cache left: its parts are not resumed by one process
+            leftovers += [*out.glob("shard_r[0-9]*.safetensors"), *out.glob("manifest.rank*.json")]
+        for f in leftovers:
             f.unlink()
         est = estimate_tokens(model, texts[lo:hi], max_length, keep_bos)
         bytes_per = torch.tensor([], dtype=DTYPES[dtype]).element_size()
@@ -241,8 +244,14 @@ def _cache_distributed(model: Model, texts: Sequence[str], points: str | Iterabl
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(folder_lock(out, "activation cache"))
             remove_orphan_temps(out)
+            old = read_manifest(mpath) if mpath.exists() and not overwrite else None
+            stale = (old is not None and not old.get("complete")
+                     and all(old.get(k) == v for k, v in identity.items()))
+            if overwrite or stale:  # stale: a one-process run was interrupted; its shards are redone in blocks
+                for f in [*out.glob("shard_[0-9]*.safetensors"), *out.glob(MANIFEST)]:
+                    f.unlink()
             if overwrite:
-                for f in [*out.glob("shard_*.safetensors"), *out.glob("manifest*.json")]:
+                for f in [*out.glob("shard_r[0-9]*.safetensors"), *out.glob("manifest.rank*.json")]:
                     f.unlink()
         barrier()  # the folder is clean before any rank writes
         if mpath.exists():
