@@ -80,13 +80,13 @@ def _caa_items(n: int):
 @pytest.mark.parametrize("positions", ["auto", "all"])
 def test_sweep_equals_cell_by_cell_on_smollm(smollm, positions):
     """The sweep on CAA questions (chat template, prefix reused for from_eoi) = steering each cell in turn."""
-    items = _caa_items(6)
+    items = _caa_items(4)
     style = resolve_style(smollm)
     g = torch.Generator().manual_seed(0)
     vec = SteeringVector({layer: 4 * torch.randn(smollm.d_model, generator=g) for layer in (3, 12, 20)},
                          "resid_pre", {"model": smollm.name, "n_layers": smollm.n_layers})
     res = ab_sweep(smollm, vec, items, layers=[3, 12, 20], multipliers=[-2.0, 0.0, 1.5], style=style,
-                   positions=positions, batch_size=4, cells_per_batch=3)
+                   positions=positions, batch_size=3, cells_per_batch=3)
     pos = "from_eoi" if positions == "auto" else "all"
     base = ab_probabilities(smollm, items, style)
     for layer in (3, 12, 20):
@@ -215,10 +215,10 @@ def test_torchrun_extract_and_sweep_equal_one_process(tmp_path, smollm):
     model = "HuggingFaceTB/SmolLM2-135M-Instruct"
     for tag, launch in (("two", _torchrun), ("one", _one_process)):
         vec = tmp_path / f"{tag}.safetensors"
-        launch(["steer", "extract", model, "--data", str(gen), "--out", str(vec), "--limit", "10", "--layers",
+        launch(["steer", "extract", model, "--data", str(gen), "--out", str(vec), "--limit", "6", "--layers",
                 "8,14", "--batch-size", "3"])
         launch(["steer", "sweep", model, "--vector", str(vec), "--data", str(test), "--out", str(tmp_path / tag),
-                "--limit", "7", "--multipliers", "-3,0,3", "--batch-size", "2"])
+                "--limit", "5", "--multipliers", "-3,0,3", "--batch-size", "2"])
     v2, v1 = SteeringVector.load(tmp_path / "two.safetensors"), SteeringVector.load(tmp_path / "one.safetensors")
     for layer in (8, 14):
         assert torch.equal(v2[layer], v1[layer])
@@ -226,7 +226,7 @@ def test_torchrun_extract_and_sweep_equal_one_process(tmp_path, smollm):
     s1 = json.loads((tmp_path / "one" / "sweep.json").read_text())["cells"]
     assert s2.keys() == s1.keys() and len(s1) == 6
     for key in s1:
-        assert s2[key]["per_question"] == s1[key]["per_question"] and s2[key]["n"] == 7
+        assert s2[key]["per_question"] == s1[key]["per_question"] and s2[key]["n"] == 5
 
 
 def test_every_model_loading_command_takes_device_map_and_max_memory():
@@ -288,7 +288,8 @@ def test_refusal_induce_scores_share_prefixes_and_equal_steering_each(smollm):
 def test_greedy_generations_share_the_prefix_and_equal_one_multiplier_at_a_time(smollm):
     """``steered_generations`` (greedy, from_eoi) runs every multiplier as rows over one shared prefix; the
     texts equal generating multiplier by multiplier under ``steer`` (and unsteered for 0)."""
-    from actlab.steering.evaluate import shared_prefix_generations, steered_generations
+    from actlab.steering.evaluate import steered_generations
+    from actlab.steering.prefix import shared_prefix_generations
     from actlab.steering.prompts import format_prompt
 
     style = resolve_style(smollm)

@@ -88,7 +88,7 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
           progress: Callable[[int], None] | None = None, min_confidence: float | None = None,
           as_choices: bool = False) -> SweepResult:
     """p(answer matching behaviour) under steering for each layer x multiplier, in a run folder: ``run.json``,
-    ``sweep.json``/``.csv`` (resumable cell by cell), ``sweep_heatmap.png``, ``sweep_curves.png``."""
+    ``sweep.json``/``.csv`` (resumable after every batch of questions), ``sweep_heatmap.png``, ``sweep_curves.png``."""
     from ..report.figures import sweep_figures
 
     m, vec = as_model(model), as_vector(vector)

@@ -7,8 +7,9 @@ tokens (``A``/``B``, ``Yes``/``No``) are normalised, ``p = P(match) / (P(match) 
 p(matching) hides a model that gives the same answer to every question (on a balanced set it averages to
 ~0.5), so every cell also reports the answer bias, the share of flipped answers and a collapse flag
 (:func:`cell_stats`).
-Sweep results (``sweep.json``, then ``sweep.csv``) are written after every cell (atomically) and finished
-cells are skipped on a re-run unless ``overwrite`` is set.
+Sweep results (``sweep.json``, then ``sweep.csv``) are written atomically after every batch of questions (the
+rows done so far in every cell; a re-run continues from there) and finished cells are skipped on a re-run
+unless ``overwrite`` is set. The cells share each question's prefix (:mod:`actlab.steering.prefix`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..progress import info as progress_info
 from ..progress import task as progress_task
 from ..runs import write_json, write_text
 from .apply import steer
-from .prefix import boundaries, iter_cell_logits
+from .prefix import boundaries, iter_cell_logits, pad_rows, shared_prefix_generations
 from .prompts import PromptStyle, format_prompt, with_answer
 from .scorers import Scorer
 from .vector import SteeringVector
@@ -77,12 +78,7 @@ def _ab_prompts(model: Model, items: Sequence[ABItem], style: PromptStyle) -> li
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[b, width - len(r):] = 1
+    ids, mask = pad_rows(rows, pad, "left")
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
@@ -402,54 +398,6 @@ def steered_generations(model: Model, prompts: Sequence[str], vector: SteeringVe
                 task.advance(len(chunk), multiplier=m)
             rows += [{"multiplier": m, "prompt": p, "text": o} for p, o in zip(prompts, outs, strict=True)]
     return rows
-
-
-@torch.no_grad()
-def shared_prefix_generations(model: Model, texts: Sequence[str], vector: SteeringVector, *, layers: Sequence[int],
-                              multipliers: Sequence[float], style: PromptStyle, max_new_tokens: int = 40,
-                              batch_size: int = 8) -> dict[float, list[str]] | None:
-    """Greedy generations of formatted prompts at every multiplier, steered (``from_eoi``) at ``layers``: each
-    batch's tokens before the end of instruction run once, unsteered, and their KV cache is repeated for one
-    row per (prompt, multiplier), each row adding its own multiple from the boundary on. Returns None when
-    the model's cache cannot be shared (the caller then generates multiplier by multiplier)."""
-    from ..hooks.interventions import Hook
-    from .prefix import _cache_kwarg, _pad, _reusable, _row_adder, boundaries
-
-    rows = [model.tokenizer(t, add_special_tokens=style.add_special_tokens())["input_ids"] for t in texts]
-    starts = boundaries(model, rows, "from_eoi")
-    pad = getattr(model.tokenizer, "pad_token_id", None) or 0
-    mults = [float(m) for m in multipliers]
-    k, dev = len(mults), model.device
-    out: dict[float, list[str]] = {m: [] for m in mults}
-    with progress_task("generating", total=k * len(texts), unit="prompts") as task:
-        for s0 in range(0, len(rows), batch_size):
-            chunk, st = rows[s0:s0 + batch_size], starts[s0:s0 + batch_size]
-            q = len(chunk)
-            p_ids, p_mask = _pad([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
-            s_ids, s_mask = _pad([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "left")
-            fwd = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), use_cache=True,
-                        **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
-            cache = getattr(fwd, "cache", None) or getattr(fwd, "past_key_values", None)
-            if not _reusable(cache):
-                return None
-            cache.batch_repeat_interleave(k)
-            ids = torch.cat([p_ids, s_ids], 1).repeat_interleave(k, 0).to(dev)
-            mask = torch.cat([p_mask, s_mask], 1).repeat_interleave(k, 0).to(dev)
-            hooks = []
-            for layer in layers:
-                d = torch.zeros(q * k, vector[layer].numel(), dtype=torch.float64)
-                for ci, m in enumerate(mults):
-                    d[ci::k] = m * vector[layer].double().reshape(1, -1)
-                hooks.append(Hook(HookPoint(layer, vector.point), _row_adder(d)))
-            with model.edit(*hooks):
-                gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     **{_cache_kwarg(model): cache})
-            decoded = model.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
-            for qi in range(q):
-                for ci, m in enumerate(mults):
-                    out[m].append(decoded[qi * k + ci])
-            task.advance(q * k)
-    return out
 
 
 def score_generations(rows: list[dict[str, Any]], scorer: Scorer) -> dict[float, float]:

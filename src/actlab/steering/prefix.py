@@ -10,6 +10,8 @@ positions) nothing is cached, but cells are still batched.
 The result equals the cell-by-cell computation (left-padded full prompts under :func:`~actlab.steering.steer`)
 to floating-point round-off: the same tokens, positions and attention, split at the boundary.
 Models whose cache cannot be cropped and repeated (``DynamicCache`` can) fall back to recomputing the prefix.
+:func:`shared_prefix_generations` does the same for greedy generation: one row per (prompt, multiplier) over
+one prefix cache.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import torch
 from ..errors import InputError
 from ..hooks.interventions import Hook, eoi_start
 from ..hooks.points import HookPoint
+from ..progress import task as progress_task
 
 if TYPE_CHECKING:
     from ..models.model import Model
+    from .prompts import PromptStyle
+    from .vector import SteeringVector
 
 Cell = Mapping[HookPoint, torch.Tensor]
 
@@ -56,7 +61,8 @@ def boundaries(model: Model, rows: Sequence[Sequence[int]], positions: str) -> l
     return out
 
 
-def _pad(rows: Sequence[Sequence[int]], pad: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows padded to one width on ``side`` (``left``/``right``): ``(ids, attention mask)``."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -128,7 +134,7 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
         q = len(chunk)
         cache = None
         if use_prefix:
-            p_ids, p_mask = _pad([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
+            p_ids, p_mask = pad_rows([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
             out = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), use_cache=True,
                         **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -137,11 +143,11 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
             else:
                 cache = None
         if cache is not None:
-            s_ids, s_mask = _pad([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "right")
+            s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "right")
             p_mask_k = p_mask.repeat_interleave(k, 0)
             pos = p_mask_k.sum(1, keepdim=True) + torch.arange(s_ids.shape[1])[None, :]
         else:
-            s_ids, s_mask = _pad(chunk, pad, "right")
+            s_ids, s_mask = pad_rows(chunk, pad, "right")
             pos = None
         ids_k, mask_k = s_ids.repeat_interleave(k, 0), s_mask.repeat_interleave(k, 0)
         results = []
@@ -181,4 +187,52 @@ def cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequence[in
     return torch.cat([t for _, t in iter_cell_logits(model, rows, starts, cells, **kw)])
 
 
-__all__ = ["Cell", "boundaries", "cell_logits", "iter_cell_logits"]
+@torch.no_grad()
+def shared_prefix_generations(model: Model, texts: Sequence[str], vector: SteeringVector, *, layers: Sequence[int],
+                              multipliers: Sequence[float], style: PromptStyle, max_new_tokens: int = 40,
+                              batch_size: int = 8) -> dict[float, list[str]] | None:
+    """Greedy generations of formatted prompts at every multiplier, steered (``from_eoi``) at ``layers``: each
+    batch's tokens before the end of instruction run once, unsteered, and their KV cache is repeated for one
+    row per (prompt, multiplier), each row adding its own multiple from the boundary on. Returns None when
+    the model's cache cannot be shared (the caller then generates multiplier by multiplier)."""
+    from ..hooks.interventions import Hook
+    from .prefix import _cache_kwarg, _reusable, _row_adder, boundaries, pad_rows
+
+    rows = [model.tokenizer(t, add_special_tokens=style.add_special_tokens())["input_ids"] for t in texts]
+    starts = boundaries(model, rows, "from_eoi")
+    pad = getattr(model.tokenizer, "pad_token_id", None) or 0
+    mults = [float(m) for m in multipliers]
+    k, dev = len(mults), model.device
+    out: dict[float, list[str]] = {m: [] for m in mults}
+    with progress_task("generating", total=k * len(texts), unit="prompts") as task:
+        for s0 in range(0, len(rows), batch_size):
+            chunk, st = rows[s0:s0 + batch_size], starts[s0:s0 + batch_size]
+            q = len(chunk)
+            p_ids, p_mask = pad_rows([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
+            s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "left")
+            fwd = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), use_cache=True,
+                        **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
+            cache = getattr(fwd, "cache", None) or getattr(fwd, "past_key_values", None)
+            if not _reusable(cache):
+                return None
+            cache.batch_repeat_interleave(k)
+            ids = torch.cat([p_ids, s_ids], 1).repeat_interleave(k, 0).to(dev)
+            mask = torch.cat([p_mask, s_mask], 1).repeat_interleave(k, 0).to(dev)
+            hooks = []
+            for layer in layers:
+                d = torch.zeros(q * k, vector[layer].numel(), dtype=torch.float64)
+                for ci, m in enumerate(mults):
+                    d[ci::k] = m * vector[layer].double().reshape(1, -1)
+                hooks.append(Hook(HookPoint(layer, vector.point), _row_adder(d)))
+            with model.edit(*hooks):
+                gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                     **{_cache_kwarg(model): cache})
+            decoded = model.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+            for qi in range(q):
+                for ci, m in enumerate(mults):
+                    out[m].append(decoded[qi * k + ci])
+            task.advance(q * k)
+    return out
+
+
+__all__ = ["Cell", "boundaries", "cell_logits", "iter_cell_logits", "pad_rows", "shared_prefix_generations"]
