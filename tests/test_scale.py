@@ -73,6 +73,29 @@ def test_cells_sharing_a_prefix_equal_steering_each_cell(family):
     torch.set_grad_enabled(True)
 
 
+def test_without_a_reusable_cache_whole_prompts_still_steer_from_the_boundary(monkeypatch):
+    """A cache that cannot be shared falls back to whole prompts, with the additions masked to start at each
+    row's boundary: the same numbers as steering from_eoi."""
+    import actlab.steering.prefix as prefix
+
+    monkeypatch.setattr(prefix, "_reusable", lambda cache: False)
+    m = tiny_model("llama")
+    rows = _rows(2)
+    starts = [int(eoi_start(torch.tensor([r]), EOI)[0]) for r in rows]
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(3)).double()
+    cells = [{}, {HookPoint(1, "resid_pre"): 2 * v}]
+    ids, mask = _left_padded(rows)
+    with torch.no_grad():
+        got = cell_logits(m, rows, starts, cells, batch_size=2, cells_per_batch=2)
+        with m.edit(Add({HookPoint(1, "resid_pre"): 2 * v}, 1.0, positions="from_eoi", eoi_ids=EOI)):
+            ref = m.last_logits(ids, mask)
+        every = m.edit(Add({HookPoint(1, "resid_pre"): 2 * v}, 1.0, positions="all"))
+        with every:
+            ref_all = m.last_logits(ids, mask)
+    torch.testing.assert_close(got[:, 1], ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+    assert float((ref_all - ref).abs().max()) > 1e-3  # masking mattered
+
+
 def _caa_items(n: int):
     return load_ab(shared_path("data", "caa", "generate", "sycophancy", "generate_dataset.json"))[:n]
 

@@ -73,14 +73,19 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str) -> tuple[torch.
     return ids, mask
 
 
-def _row_adder(delta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _row_adder(delta: torch.Tensor, where: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x + delta[row]`` at every token of a call, or only where ``where`` ``[rows, seq]`` is true (the first
+    call: the whole prompt when its prefix could not be cached)."""
     cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def add(x: torch.Tensor) -> torch.Tensor:
         key = (x.device, x.dtype)
         d = cache.get(key)
         if d is None:
-            d = cache[key] = delta.to(device=x.device, dtype=x.dtype)[:, None, :]
+            d = delta.to(device=x.device, dtype=x.dtype)[:, None, :]
+            if where is not None:
+                d = d * where.to(device=x.device, dtype=x.dtype)[..., None]
+            cache[key] = d
         return x + d
 
     add.__name__ = "cell_additions"
@@ -146,9 +151,11 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
             s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "right")
             p_mask_k = p_mask.repeat_interleave(k, 0)
             pos = p_mask_k.sum(1, keepdim=True) + torch.arange(s_ids.shape[1])[None, :]
-        else:
+            where = None
+        else:  # whole prompts; the additions still start at each row's boundary
             s_ids, s_mask = pad_rows(chunk, pad, "right")
             pos = None
+            where = (torch.arange(s_ids.shape[1])[None, :] >= torch.tensor(list(st))[:, None]).repeat_interleave(k, 0)
         ids_k, mask_k = s_ids.repeat_interleave(k, 0), s_mask.repeat_interleave(k, 0)
         results = []
         for g in range(0, len(cells), k):
@@ -172,7 +179,7 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
             else:
                 kw["attention_mask"] = mask_k.to(dev)
             with model.capture(last, positions="last", dtype=None, device=dev) as acts, \
-                    model.edit(*[Hook(p, _row_adder(d)) for p, d in deltas.items()]):
+                    model.edit(*[Hook(p, _row_adder(d, where)) for p, d in deltas.items()]):
                 model(input_ids=ids_k.to(dev), **kw)
             if cache is not None:
                 cache.crop(-ids_k.shape[1])  # back to the prefix (negative: tokens to drop; 4.x and 5.x)
@@ -195,9 +202,6 @@ def shared_prefix_generations(model: Model, texts: Sequence[str], vector: Steeri
     batch's tokens before the end of instruction run once, unsteered, and their KV cache is repeated for one
     row per (prompt, multiplier), each row adding its own multiple from the boundary on. Returns None when
     the model's cache cannot be shared (the caller then generates multiplier by multiplier)."""
-    from ..hooks.interventions import Hook
-    from .prefix import _cache_kwarg, _reusable, _row_adder, boundaries, pad_rows
-
     rows = [model.tokenizer(t, add_special_tokens=style.add_special_tokens())["input_ids"] for t in texts]
     starts = boundaries(model, rows, "from_eoi")
     pad = getattr(model.tokenizer, "pad_token_id", None) or 0
