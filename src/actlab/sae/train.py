@@ -130,8 +130,10 @@ class Trainer:
                 import torch.distributed as dist
 
                 dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-            vals = stats.tolist()  # the one host sync of the step
-            if not all(map(math.isfinite, vals)):
+            since = (self.since_fired[i] + 1) * (fired == 0)
+            dead_now = (since >= self.tcfg.dead_steps).to(stats.dtype).mean()
+            vals = torch.cat([stats, dead_now[None]]).tolist()  # the one host sync of the step
+            if not all(map(math.isfinite, vals[:5])):
                 where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
                 raise TrainingDivergedError(f"loss of {sae.cfg.name} became {vals[0]} at step "
                                             f"{self.step + 1}; last good checkpoint: {where}")
@@ -140,9 +142,9 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(sae.parameters(), self.tcfg.grad_clip, foreach=True)
             opt.step()
             sae.normalize_decoder()
-            self.since_fired[i] = (self.since_fired[i] + 1) * (fired == 0)
+            self.since_fired[i] = since
             row[sae.cfg.name] = {"loss": vals[0], "mse": vals[1], "l1": vals[2], "l0": vals[3], "aux": vals[4],
-                                 "dead": float((self.since_fired[i] >= self.tcfg.dead_steps).float().mean())}
+                                 "dead": vals[5]}
             if self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0:
                 row[sae.cfg.name]["resampled"] = self._resample(i, x, parts["x_hat"])
         self.step += 1
