@@ -95,6 +95,8 @@ class LFPConfig(StrictConfig):
     ablation_new_tokens: int = 48
     device: str | None = None
     dtype: str | None = None
+    device_map: str | None = None  # "auto": spread a model too large for one GPU (accelerate), see docs/scale.md
+    max_memory: dict[str, str] | None = None  # with device_map: {"0": "20GiB", "cpu": "64GiB"}
     seed: int = 0
 
 

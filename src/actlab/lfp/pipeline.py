@@ -63,7 +63,11 @@ class Context:
 
         name = self.cfg.base_model if which == "base" else self.tuned_name()
         if name not in self._models:
-            self._models[name] = load_model(name, dtype=self.cfg.dtype, device=self.cfg.device)
+            extra = {"device_map": self.cfg.device_map} if self.cfg.device_map else {}
+            if self.cfg.max_memory:
+                extra = {"device_map": self.cfg.device_map or "auto",
+                         "max_memory": {int(k) if k.isdigit() else k: v for k, v in self.cfg.max_memory.items()}}
+            self._models[name] = load_model(name, dtype=self.cfg.dtype, device=self.cfg.device, **extra)
         return self._models[name]
 
     def texts(self, n: int) -> list[str]:
