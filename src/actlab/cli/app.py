@@ -5,13 +5,12 @@ diverge, acts, sae, finetune, lfp, report), and the foundation commands ``info``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from typer.core import TyperArgument
 
 from .common import (
-    DEVICE_MAPS,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
@@ -23,7 +22,7 @@ from .common import (
     err_console,
     load,
     opt,
-    parse_max_memory,
+    placement,
     split_list,
     wrote,
 )
@@ -181,14 +180,7 @@ def demo(
 
     checks.output_dir(out, "--out folder")
     checks.device(device)
-    load_kw: dict[str, Any] = {}
-    if max_memory is not None:
-        load_kw["max_memory"] = parse_max_memory(max_memory)
-        device_map = device_map or "auto"
-    if device_map is not None:
-        checks.choice(device_map, "--device-map", DEVICE_MAPS)
-        load_kw["device_map"] = device_map
-    path = run_demo(out, model_name=model, dtype=dtype, device=device, **load_kw)
+    path = run_demo(out, model_name=model, dtype=dtype, device=device, **placement(device_map, max_memory))
     wrote(path / "index.html")
 
 

@@ -74,8 +74,9 @@ def load(model: str, dtype: str | None, device: str | None, gguf_file: str | Non
                          f"torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); data-parallel commands: "
                          f"{', '.join(PARALLEL_COMMANDS)}. For a model larger than one GPU use --device-map auto "
                          "in a single process")
+    kw.update(placement(device_map, max_memory))
     if rank_and_world()[1] > 1:
-        if device_map is not None or max_memory is not None:
+        if "device_map" in kw:
             raise InputError("--device-map/--max-memory spread one model over the GPUs of one process; under "
                              "torchrun each process holds a whole copy (see docs/scale.md)")
         import torch
@@ -84,13 +85,19 @@ def load(model: str, dtype: str | None, device: str | None, gguf_file: str | Non
             device = f"cuda:{torch.cuda.current_device()}"  # the GPU init_from_env gave this rank
     checks.device(device)
     parse_dtype(dtype)
+    return load_model(model, dtype=dtype, device=device, gguf_file=gguf_file, **kw)
+
+
+def placement(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
+    """``--device-map`` / ``--max-memory`` as ``load_model`` keywords (a memory map implies ``auto``)."""
+    kw: dict[str, Any] = {}
     if max_memory is not None:
         kw["max_memory"] = parse_max_memory(max_memory)
         device_map = device_map or "auto"
     if device_map is not None:
         checks.choice(device_map, "--device-map", DEVICE_MAPS)
         kw["device_map"] = device_map
-    return load_model(model, dtype=dtype, device=device, gguf_file=gguf_file, **kw)
+    return kw
 
 
 def parse_max_memory(spec: str) -> dict[Any, str]:

@@ -104,6 +104,18 @@ def _reusable(cache: object) -> bool:
     return all(hasattr(cache, a) for a in ("crop", "batch_repeat_interleave", "get_seq_length"))
 
 
+def _prefix_cache(model: Model, ids: torch.Tensor, mask: torch.Tensor, repeats: int) -> object | None:
+    """Run the (left-padded) prefixes once, unsteered, and return their KV cache with every row repeated
+    ``repeats`` times in place; None when the model's cache cannot be repeated and cropped."""
+    out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=True,
+                **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if not _reusable(cache):
+        return None
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
 @torch.no_grad()
 def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequence[int], cells: Sequence[Cell], *,
                      batch_size: int = 16, cells_per_batch: int = 4, first_row: int = 0,
@@ -140,13 +152,7 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
         cache = None
         if use_prefix:
             p_ids, p_mask = pad_rows([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
-            out = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), use_cache=True,
-                        **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            if _reusable(cache):
-                cache.batch_repeat_interleave(k)
-            else:
-                cache = None
+            cache = _prefix_cache(model, p_ids, p_mask, k)
         if cache is not None:
             s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "right")
             p_mask_k = p_mask.repeat_interleave(k, 0)
@@ -214,12 +220,9 @@ def shared_prefix_generations(model: Model, texts: Sequence[str], vector: Steeri
             q = len(chunk)
             p_ids, p_mask = pad_rows([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
             s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "left")
-            fwd = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), use_cache=True,
-                        **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
-            cache = getattr(fwd, "cache", None) or getattr(fwd, "past_key_values", None)
-            if not _reusable(cache):
+            cache = _prefix_cache(model, p_ids, p_mask, k)
+            if cache is None:
                 return None
-            cache.batch_repeat_interleave(k)
             ids = torch.cat([p_ids, s_ids], 1).repeat_interleave(k, 0).to(dev)
             mask = torch.cat([p_mask, s_mask], 1).repeat_interleave(k, 0).to(dev)
             hooks = []
