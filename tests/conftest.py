@@ -57,3 +57,15 @@ def smollm():
 
     shared_path("models", SMOLLM_DIR)
     return actlab.load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """Every run-folder-writing CLI command run once on stories260k and the shared data (tests/corpus.py):
+    ``(root, {name: (exit code, argv)})``."""
+    import corpus as corpus_mod
+
+    shared_path("models", "stories260k")
+    shared_path("data")
+    root = tmp_path_factory.mktemp("corpus")
+    return root, corpus_mod.build(root)

@@ -139,6 +139,67 @@ def test_only_local_json_requests_are_served(server):
             assert r.status == 200
 
 
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, dict(r.headers), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+
+
+def test_hostile_requests_are_refused_and_never_a_server_error(server):
+    """Framing, oversized and deeply nested bodies, lone surrogates, non-ASCII digits, unknown keys, a Host header
+    with a bogus port: each a 4xx with one message, and the server keeps serving."""
+    base, _ = server
+    code, headers, page = _get(base + "/")
+    csp = headers["content-security-policy"]
+    assert code == 200 and "frame-ancestors 'none'" in csp and headers["x-frame-options"] == "DENY"
+    script_src = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+    assert "unsafe-inline" not in script_src
+    import re
+
+    inline = [m for m in re.findall(r"<script([^>]*)>(.*?)</script>", page, re.S) if m[1].strip()
+              and "application/json" not in m[0]]
+    assert inline == []  # the only script is /playground.js; the page's data is a JSON block
+    code, headers, js = _get(base + "/playground.js")
+    assert code == 200 and "javascript" in headers["content-type"] and "fetch(" in js
+    assert _get(base + "/api/info")[1]["x-frame-options"] == "DENY"
+    cases = [
+        (b'{"prompt": "' + b"x" * (2 << 20) + b'"}', 413, "at most"),
+        (b"[" * 1000 + b"]" * 1000, 400, "nested deeper"),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested deeper"),
+        (b'{"prompt": "a\\ud800b"}', 400, "surrogate"),
+        (b"\xff\xfe{}", 400, "UTF-8"),
+        (json.dumps({"prompt": "hi", "max_tokens": 4}).encode(), 400, "'max_tokens'"),
+        (json.dumps({"prompt": "hi", "steer": [{"vector": "happy", "mult": 2}]}).encode(), 400, "'mult'"),
+    ]
+    for body, want, message in cases:
+        code, text = _post(base + "/api/generate", body)
+        assert code == want and message in json.loads(text)["error"], (body[:40], code, text[:200])
+    code, text = _post(base + "/api/lens", {"prompt": "Once", "kind": "resid_post", "topk": 3})
+    assert code == 400 and "'topk'" in json.loads(text)["error"]
+    code, _, text = _get(base + "/api/feature/%C2%B2")  # '²': str.isdigit() says yes, int() says no
+    assert code == 400 and "number" in json.loads(text)["error"]
+    for host in ("localhost:evil.example", "127.0.0.1:80:80", "[::1", "localhost.evil.example"):
+        assert _get(base + "/api/info", {"Host": host})[0] == 403, host
+    assert _get(base + "/api/info", {"Host": "[::1]:8765"})[0] == 200
+    code, _ = _post(base + "/api/lens", {"prompt": "Once", "kind": "resid_post"})
+    assert code == 200
+
+
+def test_serve_refuses_a_broken_vector_before_loading(tmp_path, capsys):
+    from actlab.steering import SteeringVector
+    from test_cli import run
+
+    for name, value in (("nan", float("nan")), ("inf", float("inf")), ("zero", 0.0)):
+        path = tmp_path / f"{name}.safetensors"
+        SteeringVector({1: torch.full((64,), value)}, "resid_post").save(path)
+        code, _, err = run(["serve", "./no-such-model", "--vector", str(path)], capsys)
+        assert code == 2 and err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert ("zero" if name == "zero" else "NaN or infinite") in err and "no-such-model" not in err
+
+
 def test_concurrent_requests_queue_and_cancel_stops(server):
     base, _ = server
     body = {"prompt": "Once upon a time", "max_new_tokens": 12,

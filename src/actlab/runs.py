@@ -170,15 +170,47 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def no_link_below(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether no part of ``path`` below ``root`` (the file itself included) is a symbolic link: reads and
+    writes of a run folder never follow one, so a link cannot pull an outside file into a report or send a
+    job's output outside the folder."""
+    root_p, p = Path(root), Path(path)
+    try:
+        rel = p.relative_to(root_p)
+    except ValueError:
+        return False
+    cur = root_p
+    for part in rel.parts:
+        cur = cur / part
+        if cur.is_symlink():
+            return False
+    return True
+
+
+def refuse_links(root: str | os.PathLike[str], path: str | os.PathLike[str], what: str = "output") -> Path:
+    """``path`` when nothing below ``root`` on its way is a symbolic link; else a one-line error naming it."""
+    from .errors import InputError
+
+    root_p, p = Path(root), Path(path)
+    cur = root_p
+    for part in p.relative_to(root_p).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise InputError(f"{what} {str(cur)!r} is a symbolic link (to {os.readlink(cur)!r}); actlab does not "
+                             "write through links inside a run folder - remove it or choose another folder")
+    return p
+
+
 def safe_child(root: str | os.PathLike[str], name: str, what: str = "name") -> Path:
-    """``root / name`` for a name taken from a config, refusing one that would leave ``root``."""
+    """``root / name`` for a name taken from a config, refusing one that would leave ``root`` (by ``..``, an
+    absolute path, or a symbolic link inside ``root``)."""
     from .errors import InputError
 
     root_p = Path(root)
     if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
         raise InputError(f"{what} {name!r} must be a plain relative name inside {root_p} (no '..', no absolute "
                          "path)")
-    return root_p / name
+    return refuse_links(root_p, root_p / name, what)
 
 
 class Run:

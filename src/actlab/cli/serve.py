@@ -65,7 +65,7 @@ def serve_cmd(
     vectors = {}
     for v in vector or []:
         name = v.stem if v.stem not in vectors else str(v)
-        vectors[name] = SteeringVector.load(v)
+        vectors[name] = SteeringVector.load(v).check_values(f"--vector {str(v)!r}")
     dictionary = load_sae(sae) if sae is not None else None
     texts = read_texts(data, limit=limit) if data is not None else []
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)

@@ -79,7 +79,9 @@ def evaluate_saes(saes: Sequence[str | os.PathLike[str]], out: str | os.PathLike
             res: dict[str, Any] = {}
             if cache is not None:
                 reader = CacheReader(cache, sae.cfg.hook_point, model=m.name if m else None)
-                res.update(reconstruction_metrics(sae, reader.batches(batch_size, seed=1), max_batches=max_batches))
+                # a cache smaller than one batch is evaluated in one batch of everything it holds
+                res.update(reconstruction_metrics(sae, reader.batches(min(batch_size, reader.n_tokens), seed=1),
+                                                  max_batches=max_batches))
             if m is not None:
                 _check_width(p, sae, m)
                 res.update(downstream_loss(m, sae, sae.cfg.hook_point, texts, max_length=max_length))

@@ -22,7 +22,7 @@ from ..hooks.points import HookPoint
 from ..progress import info as progress_info
 from ..progress import task as progress_task
 from ..progress import track
-from ..runs import Run, write_json
+from ..runs import Run, refuse_links, write_json
 from .config import LFPConfig
 from .stages import STAGES
 
@@ -42,7 +42,7 @@ class Context:
         self._models: dict[str, Any] = {}
 
     def dir(self, stage: str) -> Path:
-        d = self.root / stage
+        d = refuse_links(self.root, self.root / stage, "LFP stage folder")
         d.mkdir(parents=True, exist_ok=True)
         return d
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .html import Page, esc, visible
+from .html import Page, count, esc, num, number, visible
 
 CSS = """
 .card{display:none;border:1px solid #ddd;border-radius:6px;padding:.4rem 1rem;margin:1rem 0}
@@ -46,11 +46,16 @@ JS = """
 
 def histogram_svg(edges: Sequence[float], counts: Sequence[int], *, width: int = 360, height: int = 120,
                   xlabel: str = "activation", color: str = "#e67e22") -> str:
-    """A bar chart as inline SVG with its x range and the tallest count labelled."""
+    """A bar chart as inline SVG with its x range and the tallest count labelled (every value checked to be a
+    number: a result file edited to carry markup raises ``ValueError`` instead of reaching the page)."""
+    counts = [count(c, "histogram count") for c in counts]
+    edges = [number(e, "histogram edge") for e in edges]
     n = len(counts)
     top = max(counts) if counts else 0
     if n == 0 or top == 0:
         return '<p class="muted">no non-zero values</p>'
+    if len(edges) != n + 1:
+        raise ValueError(f"a histogram of {n} bars needs {n + 1} edges, got {len(edges)}")
     pad_l, pad_b, pad_t = 34, 28, 8
     w, h = width - pad_l - 4, height - pad_b - pad_t
     bw = w / n
@@ -72,31 +77,37 @@ def context_html(example: Mapping[str, Any], scale: float) -> str:
     """One context: every token shaded by the feature's activation there (orange, opacity = value / the
     feature's maximum), its value on hover, the top token outlined; whitespace visible."""
     spans = []
-    values = example.get("values") or [0.0] * len(example["tokens"])
-    for j, (t, v) in enumerate(zip(example["tokens"], values, strict=False)):
-        a = min(max(float(v) / scale, 0.0), 1.0) if scale > 0 else 0.0
-        cls = ' class="top"' if j == example.get("highlight") else ""
+    tokens = [str(t) for t in example["tokens"]]
+    values = [number(v, "activation") for v in (example.get("values") or [0.0] * len(tokens))]
+    highlight = example.get("highlight")
+    highlight = None if highlight is None else count(highlight, "highlight")
+    for j, (t, v) in enumerate(zip(tokens, values, strict=False)):
+        a = min(max(v / scale, 0.0), 1.0) if scale > 0 else 0.0
+        cls = ' class="top"' if j == highlight else ""
         shown = visible(t) if (not t.strip() or "\n" in t) else t
-        spans.append(f'<span{cls} style="background:rgba(230,126,34,{a:.2f})" title="{float(v):.3f}">'
+        spans.append(f'<span{cls} style="background:rgba(230,126,34,{a:.2f})" title="{v:.3f}">'
                      f"{esc(shown)}</span>")
-    return f'<div class="ctx"><code>{float(example["value"]):.3g}</code> {"".join(spans)}</div>'
+    return f'<div class="ctx"><code>{num(example["value"], ".3g")}</code> {"".join(spans)}</div>'
 
 
 def _logit_table(rows: Sequence[Sequence[Any]], title: str) -> str:
-    body = "".join(f'<tr><td><span class="tok">{esc(visible(str(t)))}</span></td><td class="num">{float(v):+.3f}'
+    body = "".join(f'<tr><td><span class="tok">{esc(visible(str(t)))}</span></td><td class="num">{num(v, "+.3f")}'
                    f"</td></tr>" for t, v in rows)
     return f"<div><h4>{esc(title)}</h4><table><tbody>{body}</tbody></table></div>"
 
 
 def feature_card(card: Mapping[str, Any]) -> str:
-    f = card["feature"]
-    parts = [f'<section class="card" id="f{int(f)}"><h3>feature {int(f)}</h3>']
+    """One feature's card. Every number is checked to be one (see :func:`~actlab.report.html.number`), every
+    text escaped: a dashboard file edited to carry markup cannot put it into the page."""
+    f = count(card["feature"], "feature")
+    density, top = number(card["density"], "density"), number(card["max"], "max")
+    parts = [f'<section class="card" id="f{f}"><h3>feature {f}</h3>']
     if card.get("explanation"):
         parts.append(f"<p><b>Explanation:</b> {esc(card['explanation'])}</p>")
-    stats = (f"<table><tbody><tr><th>density</th><td class=\"num\">{100 * card['density']:.3g}% of tokens "
-             f"({card['n_active']})</td></tr><tr><th>largest activation</th><td class=\"num\">{card['max']:.4g}"
-             f"</td></tr><tr><th>mean when active</th><td class=\"num\">{card['mean_active']:.4g}</td></tr>"
-             "</tbody></table>")
+    stats = (f"<table><tbody><tr><th>density</th><td class=\"num\">{100 * density:.3g}% of tokens "
+             f"({count(card['n_active'], 'n_active')})</td></tr><tr><th>largest activation</th><td class=\"num\">"
+             f"{top:.4g}</td></tr><tr><th>mean when active</th><td class=\"num\">"
+             f"{num(card['mean_active'], '.4g', 'mean_active')}</td></tr></tbody></table>")
     hist = card["histogram"]
     cols = [f"<div>{stats}</div>",
             f"<div><h4>activations when active</h4>{histogram_svg(hist['edges'], hist['counts'])}</div>"]
@@ -107,7 +118,7 @@ def feature_card(card: Mapping[str, Any]) -> str:
     parts.append("<h4>top contexts</h4>")
     if not card["examples"]:
         parts.append('<p class="muted">never active on these texts</p>')
-    parts += [context_html(ex, card["max"]) for ex in card["examples"]]
+    parts += [context_html(ex, top) for ex in card["examples"]]
     parts.append("</section>")
     return "".join(parts)
 
@@ -117,12 +128,13 @@ def feature_index(cards: Sequence[Mapping[str, Any]]) -> str:
                                                                 "explanation"))
     rows = []
     for c in cards:
+        f = count(c["feature"], "feature")
+        density, top = number(c["density"], "density"), number(c["max"], "max")
         promotes = ", ".join(visible(str(t)) for t, _ in c.get("logits", {}).get("positive", [])[:4])
-        expl = c.get("explanation", "")
-        rows.append(f'<tr data-target="f{int(c["feature"])}"><td data-v="{int(c["feature"])}">{int(c["feature"])}'
-                    f'</td><td class="num" data-v="{c["density"]}">{100 * c["density"]:.3g}%</td>'
-                    f'<td class="num" data-v="{c["max"]}">{c["max"]:.4g}</td><td data-v="{esc(promotes)}">'
-                    f'{esc(promotes)}</td><td data-v="{esc(expl)}">{esc(expl)}</td></tr>')
+        expl = str(c.get("explanation", ""))
+        rows.append(f'<tr data-target="f{f}"><td data-v="{f}">{f}</td><td class="num" data-v="{density!r}">'
+                    f'{100 * density:.3g}%</td><td class="num" data-v="{top!r}">{top:.4g}</td>'
+                    f'<td data-v="{esc(promotes)}">{esc(promotes)}</td><td data-v="{esc(expl)}">{esc(expl)}</td></tr>')
     return (f'<input id="search" class="search" type="search" placeholder="filter by feature, token or '
             f'explanation"><table class="idx"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
             "</table>")
@@ -154,7 +166,8 @@ def render_dashboards(page: Page, dash: Mapping[str, Any], *, cards: int = 1) ->
     page.html(f"<style>{CSS}</style>")
     feats = dash["features"]
     page.table(["feature", "density", "largest activation", "promotes"],
-               [[c["feature"], f"{100 * c['density']:.3g}%", c["max"],
+               [[count(c["feature"], "feature"), f"{100 * number(c['density'], 'density'):.3g}%",
+                 number(c["max"], "max"),
                  ", ".join(visible(str(t)) for t, _ in c.get("logits", {}).get("positive", [])[:4])]
                 for c in feats[:10]])
     page.html('<div class="open">' + "".join(feature_card(c) for c in feats[:cards]) + "</div>")

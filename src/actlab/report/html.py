@@ -38,6 +38,28 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def number(x: Any, what: str = "value") -> float:
+    """``x`` as a float when it is a real number (an int or a float, not a bool); anything else - a string read
+    from an edited result file, say - raises ``ValueError`` naming it, so no such value reaches a page unescaped
+    (the report then falls back to its escaped generic tables)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{what} must be a number, got {type(x).__name__} {str(x)[:40]!r}")
+    return float(x)
+
+
+def count(x: Any, what: str = "count") -> int:
+    """``x`` as an int when it is a whole number (an int, or a float with no fraction); else ``ValueError``."""
+    f = number(x, what)
+    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+        raise ValueError(f"{what} must be a whole number, got {x!r}")
+    return int(f)
+
+
+def num(x: Any, spec: str = ".4g", what: str = "value") -> str:
+    """A number formatted with ``spec`` (``ValueError`` for anything that is not a number, see :func:`number`)."""
+    return format(number(x, what), spec)
+
+
 def visible(text: str) -> str:
     """Token text with whitespace made visible: newlines and tabs as symbols, a token that is only spaces as
     open boxes (otherwise a space token renders as an empty box)."""

@@ -6,18 +6,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .html import Page, esc
+from ..runs import no_link_below
+from .html import Page, count, esc
 from .plots import pyplot, save_figure
 
 
 def _load(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A stage's JSON output, never through a symbolic link (a link could pull any file into the page)."""
+    if not path.is_file() or not no_link_below(path.parents[1], path):
+        return None
+    return json.loads(path.read_text())
 
 
 def _probe_pca(root: Path, out: Path) -> Path | None:
     """PCA of the probe inputs (SAE features of positive, neutral and negative variants)."""
     p = root / "deltas" / "deltas.safetensors"
-    if not p.is_file():
+    if not p.is_file() or not no_link_below(root, p):
         return None
     import torch
     from safetensors.torch import load_file
@@ -184,7 +188,7 @@ def build_lfp_report(root: Path, cfg: Any) -> Path:
             snippet = ""
             if ctx0:
                 toks = [esc(t) for t in ctx0["tokens"]]
-                h = ctx0["highlight"]
+                h = count(ctx0["highlight"], "highlight")
                 if 0 <= h < len(toks):
                     toks[h] = f"<mark>{toks[h]}</mark>"
                 snippet = "".join(toks)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InputError
 from . import sections
-from .html import Page, esc, tok
+from .html import Page, esc, num, number, tok
 from .sections import Context, details
 
 MAX_ROWS = 60
@@ -94,7 +94,7 @@ def render_value(page: Page, obj: Any, name: str = "file") -> None:
 
 def _render_dots(page: Page, obj: dict[str, Any]) -> None:
     for row in obj.get("results", []):
-        dots = row.get("dots", [])
+        dots = [number(d, "dot product") for d in row.get("dots", [])]
         scale = max((abs(d) for d in dots), default=1.0) or 1.0
         spans = []
         for t, d in zip(row.get("tokens", []), dots, strict=False):
@@ -114,8 +114,9 @@ def _render_lens(page: Page, obj: dict[str, Any]) -> None:
             rows = []
             for kind, entries in pr.get("points", {}).items():
                 for e in entries:
-                    top = ", ".join(f"{tok(t['token'])} {t['prob']:.2f}" for t in e.get("top", [])[:3])
-                    rows.append([esc(kind), esc(e.get("layer")), top, esc(f"{e.get('target_prob', float('nan')):.3f}")])
+                    top = ", ".join(f"{tok(str(t['token']))} {num(t['prob'], '.2f')}" for t in e.get("top", [])[:3])
+                    rows.append([esc(kind), esc(e.get("layer")), top,
+                                 esc(num(e.get("target_prob", float("nan")), ".3f"))])
             page.table(["point", "layer", "top tokens", "p(target)"], rows, raw_cells=True)
 
 
@@ -213,11 +214,19 @@ def _run_files(root: Path, out_path: Path) -> tuple[list[Path], list[str]]:
             if p.is_symlink():
                 skipped.append(str(p.relative_to(root)))
                 continue
-            if (name.startswith(".") or name.endswith(_SKIP_SUFFIXES) or name == "report.html"
-                    or not p.is_file() or p.resolve() == out_resolved):
+            if (name.startswith(".") or name.endswith(_SKIP_SUFFIXES) or not p.is_file()
+                    or p.resolve() == out_resolved):
                 continue
             files.append(p)
     return sorted(files), skipped
+
+
+def _relative_href(target: Path, page: Path) -> str:
+    """A relative URL from the page's folder to ``target`` (each path part percent-encoded)."""
+    from urllib.parse import quote
+
+    rel = os.path.relpath(target.resolve(), page.resolve().parent)
+    return "/".join(quote(part) for part in Path(rel).parts)
 
 
 def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
@@ -244,16 +253,18 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         if (folder / "config.json") in here and any(p.suffix == ".safetensors" for p in here):
             # a saved model: its config is worth a table, its tokenizer files are artifacts, not results
             model_files = {p for p in here if p.suffix == ".json" and p.name not in ("config.json", "run.json")}
-        own = [n for n in ("index.html", "report.html", "top_examples.html") if (folder / n).is_file()
-               and (folder / n).resolve() != out_path.resolve()]
-        if own:
+        names = {p.name: p for p in here}
+        own = [n for n in ("index.html", "report.html", "top_examples.html") if n in names
+               and names[n].resolve() != out_path.resolve()]
+        if own:  # relative links: the page and its run folder can move together (and no absolute path leaks)
             page.html("<p>This folder has its own page: " + ", ".join(
-                f'<a href="{esc((folder / n).resolve().as_uri())}">{esc(n)}</a>' for n in own) + "</p>")
+                f'<a href="{esc(_relative_href(names[n], out_path))}">{esc(n)}</a>' for n in own) + "</p>")
+            claimed.update(names[n] for n in own)
         pngs = {p.name: p for p in here if p.suffix == ".png"}
         run = folder / "run.json"
         for j in [p for p in here if p.suffix == ".json" and p != run and p not in model_files]:
             page.heading(j.name)
-            ctx = Context(j, pngs, claimed)
+            ctx = Context(j, pngs, claimed, names)
             _render_json(page, j, ctx)
             claimed.add(j)
             for img in [p for p in pngs.values() if p.stem.startswith(j.stem) and p not in claimed]:
@@ -270,7 +281,7 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             claimed.add(c)
         if run in here:
             page.heading("run")
-            _render_json(page, run, Context(run, pngs, claimed))
+            _render_json(page, run, Context(run, pngs, claimed, names))
             claimed.add(run)
         rest = [p for p in here if p not in claimed]
         if rest:

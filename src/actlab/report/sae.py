@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .html import Page, esc
+from .html import Page, count, esc, num, number
 from .plots import pyplot, save_figure
 
 
@@ -58,17 +58,18 @@ def top_examples_page(examples: Mapping[int, list[dict[str, Any]]], path: str | 
         if not rows:
             page.text("never active on these texts", muted=True)
             continue
-        top = max(r["value"] for r in rows) or 1.0
+        top = max(number(r["value"]) for r in rows) or 1.0
         for r in rows:
             spans = []
+            h = count(r["highlight"], "highlight")
             for j, t in enumerate(r["tokens"]):
-                shown = esc(t.replace("\n", "\\n"))
-                if j == r["highlight"]:
-                    a = min(r["value"] / top, 1.0)
+                shown = esc(str(t).replace("\n", "\\n"))
+                if j == h:
+                    a = min(number(r["value"]) / top, 1.0)
                     spans.append(f'<mark style="background:rgba(255,140,0,{0.25 + 0.75 * a:.2f})">{shown}</mark>')
                 else:
                     spans.append(shown)
-            page.html(f'<p><code>{r["value"]:.3f}</code> {"".join(spans)}</p>')
+            page.html(f'<p><code>{num(r["value"], ".3f")}</code> {"".join(spans)}</p>')
     return page.write(path)
 
 
@@ -78,8 +79,8 @@ def render_top_examples(page: Page, obj: Mapping[str, Any]) -> None:
         parts = []
         for r in rows[:5]:
             toks = [esc(t) for t in r["tokens"]]
-            h = r["highlight"]
+            h = count(r["highlight"], "highlight")
             if 0 <= h < len(toks):
                 toks[h] = f"<mark>{toks[h]}</mark>"
-            parts.append(f"<li><code>{r['value']:.3f}</code> {''.join(toks)}</li>")
+            parts.append(f"<li><code>{num(r['value'], '.3f')}</code> {''.join(toks)}</li>")
         page.html(f"<h3>feature {esc(f)}</h3><ul>{''.join(parts)}</ul>")

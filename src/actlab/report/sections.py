@@ -7,6 +7,7 @@ of a known kind whose fields do not match is shown by the generic renderer inste
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,18 @@ class Context:
     path: Path
     pngs: dict[str, Path]
     claimed: set[Path] = field(default_factory=set)
+    files: dict[str, Path] = field(default_factory=dict)  # the folder's listed files (never a symbolic link)
+
+    def sibling_json(self, name: str) -> Any:
+        """A JSON file beside the rendered one, only when the folder listing holds it (no symbolic link, no file
+        outside the run folder); None when it is absent or unreadable."""
+        p = self.files.get(name)
+        if p is None or p.is_symlink():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return None
 
     def figure(self, page: Page, *names: str) -> bool:
         """Embed the first existing PNG of ``names`` (file names in the folder); True when one was found."""
@@ -240,14 +253,11 @@ def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     if obj["refusal_rate_before"] == 0:
         warn(page, "the model refused none of the validation prompts before ablation, so the generation check "
                    "cannot show an effect; use more or harder prompts, or check the chat template")
-    gens = ctx.path.parent / "generations.json"
-    if gens.is_file():
-        try:
-            rows = json.loads(gens.read_text())
+    rows = ctx.sibling_json("generations.json")
+    if isinstance(rows, list):
+        with contextlib.suppress(KeyError, TypeError):
             page.table(["prompt", "before", "after ablation"],
                        [[r["prompt"], r["before"], r["after"]] for r in rows[:4]])
-        except (ValueError, KeyError, TypeError):
-            pass
     details(page, obj, ctx.path.name)
 
 

@@ -334,6 +334,10 @@ class CacheReader:
                 epochs: int | None = 1) -> Iterator[torch.Tensor]:
         """Global batches ``[batch_size, d]`` (float32), shuffled within a buffer of shards; deterministic for a
         seed. ``epochs=None`` cycles forever. A final incomplete batch of an epoch is carried into the next."""
+        if batch_size > self.n_tokens:  # no batch could ever fill: refuse rather than loop forever
+            raise InputError(f"a batch of {batch_size:,} activations is larger than the cache in {self.folder}, "
+                             f"which holds {self.n_tokens:,} tokens; use a batch size of at most {self.n_tokens:,} "
+                             "or cache more text")
         g = torch.Generator().manual_seed(seed)
         n_shards = len(self.manifest["shards"])
         carry: torch.Tensor | None = None

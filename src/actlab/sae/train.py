@@ -33,7 +33,7 @@ import torch
 from ..errors import ActlabError, InputError
 from ..parallel import rank_and_world
 from ..progress import task as progress_task
-from ..runs import apply_umask, folder_lock, remove_orphan_temps, write_json, write_text
+from ..runs import apply_umask, folder_lock, refuse_links, remove_orphan_temps, write_json, write_text
 from .config import TrainConfig
 from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
 from .io import save_sae
@@ -331,6 +331,8 @@ def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Itera
     with contextlib.ExitStack() as stack:
         if tr.rank == 0:
             stack.enter_context(folder_lock(out, "SAE run folder"))
+            for name in ("saes", "checkpoints", "train_log.jsonl", "train_config.json"):
+                refuse_links(out, out / name, "SAE output")
             remove_orphan_temps(out)
             for d in (out / "checkpoints").glob(".tmp_step_*") if (out / "checkpoints").is_dir() else []:
                 shutil.rmtree(d, ignore_errors=True)  # a checkpoint an interrupted run was writing

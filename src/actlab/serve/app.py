@@ -7,7 +7,10 @@
 
 Local only: a request whose ``Host`` header is not this server (a DNS-rebinding page) answers 403, and a POST
 that is not ``application/json`` answers 415, so another site open in the same browser cannot make simple
-cross-origin posts (a JSON post needs a CORS preflight, which this server never grants).
+cross-origin posts (a JSON post needs a CORS preflight, which this server never grants). No page may frame it
+(``frame-ancestors 'none'``, ``X-Frame-Options: DENY``) and the page runs only this server's script (no inline
+script). A body over 1 MB answers 413; JSON nested deeper than 32 levels, a string holding a lone UTF-16
+surrogate, or a key an endpoint does not know answer 400.
 
 A request the library refuses (an :class:`~actlab.errors.ActlabError`) answers 400 with ``{"error": msg}`` and
 the server keeps running; anything else is a 500 with the message (and the traceback in the server log).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,12 +37,70 @@ log = logging.getLogger("actlab")
 
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+MAX_BODY = 1 << 20  # bytes of a request body
+MAX_DEPTH = 32  # nesting of a request's JSON
+
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]:]+)(?::(\d{1,5}))?")
 
 
-def _host_name(host_header: str) -> str:
-    if host_header.startswith("["):  # [::1]:8765
-        return host_header.split("]")[0] + "]"
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+def _host_name(host_header: str) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]:port``); None when it is not one (a port
+    that is not a number, ``localhost:evil.example``, stray brackets)."""
+    m = _HOST.fullmatch(host_header)
+    return m.group(1) if m else None
+
+
+class BodyTooLarge(InputError):
+    """A request body over :data:`MAX_BODY` bytes (answered 413)."""
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body as JSON, refusing what would otherwise surface as a server error later: bytes that are not
+    UTF-8, nesting deeper than :data:`MAX_DEPTH`, and strings holding a lone UTF-16 surrogate (JSON allows
+    ``"\\ud800"``; no tokenizer or UTF-8 writer does)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the request body is not UTF-8 text") from None
+    depth, deepest, in_str, escaped = 0, 0, False, False
+    for ch in text:  # before parsing: a deep document must not reach the recursive parser
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                raise InputError(f"the request body is nested deeper than {MAX_DEPTH} levels")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InputError("the request body is not valid JSON") from None
+    _check_strings(body)
+    return body
+
+
+def _check_strings(value: Any, where: str = "body") -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{where} holds a lone UTF-16 surrogate (not a character); send real text") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k, where)
+            _check_strings(v, f"{where}.{k}" if isinstance(k, str) and k.isprintable() and len(k) < 40 else where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_strings(v, f"{where}[{i}]")
 
 
 def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES) -> Starlette:
@@ -49,18 +111,28 @@ def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAME
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    from .page import page_html
+    from .page import page_html, script_js
 
     async def body_of(request: Request) -> Any:
-        try:
-            return await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise InputError("the request body is not valid JSON") from None
+        raw = bytearray()
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= MAX_BODY:
+                raw += chunk
+            elif seen > 4 * MAX_BODY:  # stop reading: the connection is closed after the answer
+                break
+        # a body a little over the limit is read to its end (and dropped) so the client gets the 413 answer
+        # rather than a reset connection
+        if seen > MAX_BODY:
+            raise BodyTooLarge(f"the request body has more than {MAX_BODY:,} bytes; at most {MAX_BODY:,}")
+        return parse_body(bytes(raw))
 
     def refused(request: Request) -> Response | None:
-        host = _host_name(request.headers.get("host", "").lower())
+        header = request.headers.get("host", "").lower()
+        host = _host_name(header)
         if "*" not in allowed_hosts and host not in allowed_hosts:
-            return JSONResponse({"error": f"host {host!r} is not served here; open http://127.0.0.1:<port>/"},
+            return JSONResponse({"error": f"host {header!r} is not served here; open http://127.0.0.1:<port>/"},
                                 status_code=403)
         if request.method == "POST":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -69,23 +141,38 @@ def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAME
                                     status_code=415)
         return None
 
-    def guarded(fn: Callable[..., Any]) -> Callable[[Request], Any]:
-        async def handler(request: Request) -> Response:
+    def answer(request: Request, fn: Callable[..., Any]) -> Any:
+        async def run() -> Response:
             bad = refused(request)
             if bad is not None:
                 return bad
             try:
                 return await fn(request)
+            except BodyTooLarge as e:
+                return JSONResponse({"error": str(e)}, status_code=413)
             except ActlabError as e:
                 return JSONResponse({"error": str(e)}, status_code=400)
             except Exception as e:  # a bug: say so, keep serving
                 log.exception("playground request failed")
                 return JSONResponse({"error": f"internal error ({type(e).__name__}: {e}); see the server log"},
                                     status_code=500)
+        return run()
+
+    def guarded(fn: Callable[..., Any]) -> Callable[[Request], Any]:
+        async def handler(request: Request) -> Response:
+            response = await answer(request, fn)
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers["X-Frame-Options"] = "DENY"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
         return handler
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(page_html(pg.info()), headers={"Content-Security-Policy": CSP})
+        return HTMLResponse(page_html(pg.info()))
+
+    async def script(request: Request) -> Response:
+        return Response(script_js(), media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
 
     async def info(request: Request) -> Response:
         return JSONResponse(pg.info())
@@ -112,6 +199,9 @@ def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAME
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def cancel(request: Request) -> Response:
+        body = await body_of(request)
+        if body != {}:
+            raise InputError("cancel takes an empty JSON object, {}")
         return JSONResponse({"cancelled": pg.cancel_current()})
 
     async def extract(request: Request) -> Response:
@@ -130,12 +220,12 @@ def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAME
         from ..report.features import feature_card
 
         raw = request.path_params["n"]
-        if not raw.isdigit():
-            raise InputError(f"feature must be a number, got {raw!r}")
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # '²' is a digit to str.isdigit, not to int()
+            raise InputError(f"feature must be a number, got {raw[:20]!r}")
         dash = await run_in_threadpool(pg.feature, int(raw))
         return JSONResponse({"dashboard": dash, "html": feature_card(dash["features"][0])})
 
-    routes = [Route("/", guarded(index)), Route("/api/info", guarded(info)),
+    routes = [Route("/", guarded(index)), Route("/playground.js", guarded(script)), Route("/api/info", guarded(info)),
               Route("/api/generate", guarded(generate), methods=["POST"]),
               Route("/api/cancel", guarded(cancel), methods=["POST"]),
               Route("/api/extract", guarded(extract), methods=["POST"]),
@@ -145,9 +235,10 @@ def create_app(pg: Playground, *, allowed_hosts: tuple[str, ...] = LOOPBACK_NAME
     return Starlette(routes=routes)
 
 
-# the page may talk only to this server; no script, style, image or font from anywhere else
-CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-       "img-src data:; base-uri 'none'; form-action 'none'")
+# the page may talk only to this server and run only its script; no style, image or font from anywhere else; no
+# page may frame it
+CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def is_loopback(host: str) -> bool:

@@ -1,5 +1,6 @@
-"""The playground page: one self-contained HTML document (CSS and JS from ``static/`` inlined; it talks only to
-its own server). Token text from the model is inserted as text nodes, never as markup."""
+"""The playground page: one HTML document (CSS from ``static/`` inlined, the script served beside it from
+``/playground.js``; it talks only to its own server). Token text from the model is inserted as text nodes,
+never as markup."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ _STATIC = Path(__file__).with_name("static")
 
 def _asset(name: str) -> str:
     return (_STATIC / name).read_text(encoding="utf-8")
+
+
+def script_js() -> str:
+    """The page's script, served from ``/playground.js`` (the page itself carries no inline script, so its
+    Content-Security-Policy can forbid inline script)."""
+    return _asset("playground.js")
 
 
 def page_html(info: dict[str, Any]) -> str:
@@ -75,6 +82,6 @@ d_model {info["d_model"]}). Runs on this machine only; one request at a time.</p
 </section>
 {features_view}
 <script type="application/json" id="info">{data}</script>
-<script>{_asset("playground.js")}</script>
+<script src="/playground.js"></script>
 </body></html>
 """

@@ -65,6 +65,26 @@ def _number(body: Mapping[str, Any], key: str, default: float, lo: float, hi: fl
     return float(v)
 
 
+GENERATE_KEYS = ("prompt", "steer", "positions", "max_new_tokens", "chat", "sample", "temperature", "seed", "ablate",
+                 "scale")
+STEER_KEYS = ("vector", "multiplier", "layers")
+EXTRACT_KEYS = ("pairs", "point", "name")
+LENS_KEYS = ("prompt", "kind", "top_k", "lens")
+FEATURES_KEYS = ("prompt", "top_k")
+
+
+def _only(body: Any, keys: Sequence[str], what: str) -> Mapping[str, Any]:
+    """``body`` as a JSON object holding only ``keys`` (a misspelt key would otherwise be ignored silently)."""
+    if not isinstance(body, Mapping):
+        raise InputError(f"the {what} must be a JSON object")
+    unknown = [str(k) for k in body if k not in keys]
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5])
+        raise InputError(f"unknown key{'s' if len(unknown) > 1 else ''} {shown} in the {what}; valid: "
+                         f"{', '.join(keys)}")
+    return body
+
+
 class _Deltas:
     """A transformers streamer that hands out the text each generated token adds (spaced in context)."""
 
@@ -107,6 +127,7 @@ class Playground:
         self.vectors: dict[str, SteeringVector] = dict(vectors or {})
         for name, v in self.vectors.items():
             try:
+                v.check_values()
                 v.check_fits(model)
             except InputError as e:
                 raise InputError(f"vector {name!r}: {e}") from None
@@ -150,8 +171,7 @@ class Playground:
     # -- requests ----------------------------------------------------------------------------------------
     def parse_generate(self, body: Any) -> GenerateRequest:
         """Validate a generation request (the same checks as the CLI's, one clear message per problem)."""
-        if not isinstance(body, Mapping):
-            raise InputError("the request body must be a JSON object")
+        body = _only(body, GENERATE_KEYS, "request body")
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("the prompt is empty")
@@ -167,6 +187,7 @@ class Playground:
         for i, s in enumerate(body.get("steer") or []):
             if not isinstance(s, Mapping):
                 raise InputError(f"steer[{i}] must be an object with vector, multiplier and layers")
+            _only(s, STEER_KEYS, f"steer[{i}] object")
             name = s.get("vector")
             if name not in self.vectors:
                 raise InputError(f"unknown vector {name!r}; loaded: {', '.join(self.vectors) or 'none'}")
@@ -299,7 +320,8 @@ class Playground:
         from ..data.contrast import ContrastPair
         from ..steering.extract import contrast_from_pairs, extract
 
-        if not isinstance(body, Mapping) or not isinstance(body.get("pairs"), str):
+        body = _only(body, EXTRACT_KEYS, "request body")
+        if not isinstance(body.get("pairs"), str):
             raise InputError("give pairs as text: one 'positive || negative' pair per line")
         pairs = []
         for n, line in enumerate(body["pairs"].splitlines(), 1):
@@ -325,7 +347,8 @@ class Playground:
         return self._vector_info(name, vec)
 
     def lens(self, body: Any) -> dict[str, Any]:
-        if not isinstance(body, Mapping) or not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
+        body = _only(body, LENS_KEYS, "request body")
+        if not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
             raise InputError("the prompt is empty")
         if len(body["prompt"]) > MAX_PROMPT_CHARS:
             raise InputError(f"the prompt has {len(body['prompt'])} characters; at most {MAX_PROMPT_CHARS}")
@@ -346,7 +369,8 @@ class Playground:
         """The dictionary's most active features at each token of a prompt (JSON-ready)."""
         if self.sae is None:
             raise InputError("no dictionary is loaded (start the server with --sae DIR)")
-        if not isinstance(body, Mapping) or not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
+        body = _only(body, FEATURES_KEYS, "request body")
+        if not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
             raise InputError("the prompt is empty")
         k = int(_number(body, "top_k", 5, 1, 50))
         point = self.sae.cfg.hook_point

@@ -92,6 +92,16 @@ class SteeringVector:
             out["source"] = dict(self.origin)
         return {"vector": out}
 
+    def check_values(self, what: str = "the vector") -> SteeringVector:
+        """Refuse NaN, infinite or all-zero layers (steering with one would give NaN text or do nothing, and
+        every cosine or derivative computed from it would be NaN), naming the layer."""
+        for k, v in self.vectors.items():
+            if not bool(torch.isfinite(v).all()):
+                raise InputError(f"{what} has NaN or infinite values at layer {k}")
+            if not bool(v.any()):
+                raise InputError(f"{what} is zero at layer {k}: it has no direction")
+        return self
+
     def check_fits(self, model: Model) -> None:
         """Refuse a vector whose width or layers do not fit ``model``, naming both shapes."""
         width = HookPoint(0, self.point).width(model)
