@@ -130,8 +130,9 @@ def bench_generations(model, data: str, vec, layer: int, n_prompts: int, new_tok
 def bench_refusal(model, data: str, n_cands: int, n_prompts: int, batch_size: int) -> None:
     """The refusal pipeline's ``induce`` scores: each candidate added in turn vs shared prefixes."""
     from actlab.data import load_instructions
+    from actlab.hooks.additions import Add
     from actlab.hooks.points import HookPoint
-    from actlab.steering.apply import Addition, Steering
+    from actlab.steering.apply import eoi_for
     from actlab.steering.prompts import format_prompt
     from actlab.steering.refusal import (
         REFUSAL_PHRASES,
@@ -151,7 +152,7 @@ def bench_refusal(model, data: str, n_cands: int, n_prompts: int, batch_size: in
     t0 = time.perf_counter()
     ref = []
     for layer, r in cands:
-        with Steering(model, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
+        with model.edit(Add({HookPoint(layer, "resid_pre"): r}, 1.0, eoi_ids=eoi_for(model, "auto"))):
             ref.append(float(_refusal_logodds(_last_logits(model, texts, style, batch_size), ref_ids).mean()))
     sync()
     t_ref = time.perf_counter() - t0

@@ -65,7 +65,8 @@ def commands(root: Path) -> dict[str, list[str]]:
         "sae_train": ["sae", "train", "--cache", f"{r}/cache", "--point", "blocks.2.resid_post", "--expansion", "1,2",
                       "--steps", "20", "--batch-size", "64", "--out", f"{r}/sae"],
         "sae_eval": ["sae", "eval", f"{r}/sae/saes/relu-1x-l1_0.001", f"{r}/sae/saes/relu-2x-l1_0.001", "--cache",
-                     f"{r}/cache", "--out", f"{r}/sae/eval"],
+                     f"{r}/cache", "--model", TINY, "--data", imdb, "--limit", "4", "--max-length", "32", "--out",
+                     f"{r}/sae/eval"],
         "sae_overlap": ["sae", "overlap", f"{r}/sae/saes/relu-1x-l1_0.001", f"{r}/sae/saes/relu-2x-l1_0.001", "--out",
                         f"{r}/sae/overlap"],
         "sae_top": ["sae", "top-examples", TINY, f"{r}/sae/saes/relu-2x-l1_0.001", "--data", imdb, "--limit", "20",
@@ -75,16 +76,31 @@ def commands(root: Path) -> dict[str, list[str]]:
     }
 
 
-def build(root: Path) -> dict[str, tuple[int, str]]:
-    """Run every command; returns name -> (exit code, the argv joined) so a test can say which one failed."""
+def build(root: Path) -> dict[str, tuple[int, str, list[dict]]]:
+    """Run every command; returns name -> (exit code, the argv joined, the records of every intervention the
+    command applied to a model) so a test can say which one failed and compare with what its run.json lists."""
     from actlab.cli import main
+    from actlab.hooks import interventions
+
+    applied: list[dict] = []
+    original = interventions.Edits.__init__
+
+    def watching(self, target, ivs):
+        ivs = list(ivs)
+        original(self, target, ivs)
+        applied.extend(iv.record() for iv in ivs)
 
     out = {}
-    for name, argv in commands(root).items():
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out[name] = (code, " ".join(argv))
+    interventions.Edits.__init__ = watching
+    try:
+        for name, argv in commands(root).items():
+            applied.clear()
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as e:
+                code = int(e.code or 0)
+            out[name] = (code, " ".join(argv), list(applied))
+    finally:
+        interventions.Edits.__init__ = original
     return out

@@ -154,7 +154,7 @@ def analysis_run(tmp_path_factory, smollm, perturbed_copy):
     ab = shared_path("data", "caa", "test", "sycophancy", "test_dataset_ab.json")
     outs["layers"] = run(["layers", MODEL, "--ab", str(ab), "--limit", "6", "--out", str(run_dir / "layers")],
                          capsys)
-    outs["vocab"] = run(["project-vocab", str(vecs[("refusal", "base")]), MODEL, "--out", str(run_dir / "vocab"),
+    outs["vocab"] = run(["project-vocab", MODEL, str(vecs[("refusal", "base")]), "--out", str(run_dir / "vocab"),
                          "--layers", "10,14", "-p", "Can you help me?", "--max-new-tokens", "8"], capsys)
     outs["diverge"] = run(["diverge", MODEL, str(perturbed_copy), "--out", str(run_dir / "diverge")], capsys)
     outs["report"] = run(["report", str(run_dir)], capsys)

@@ -191,3 +191,115 @@ def test_cli_help_imports_no_heavy_library():
                            timeout=60)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().splitlines()[-1] == "[]", (cmd, r.stdout[-300:])
+
+
+# -- one steering path, one resume format (issue 21) -----------------------------------------------------------
+# functions outside hooks/additions.py allowed to return "their input + something", and why
+NOT_STEERING = {
+    ("hooks/attention.py", "_masked"): "adds the attention mask to the scores",
+    ("sae/features.py", "edit"): "a feature edit: the decoder rows scaled by the features' own activations",
+}
+
+
+def _adds_to_first_argument(fn: ast.FunctionDef | ast.Lambda) -> bool:
+    args = [a.arg for a in fn.args.args if a.arg != "self"]
+    if not args:
+        return False
+    values = [fn.body] if isinstance(fn, ast.Lambda) else [n.value for n in ast.walk(fn) if isinstance(n, ast.Return)]
+    return any(isinstance(v, ast.BinOp) and isinstance(v.op, ast.Add) and isinstance(v.left, ast.Name)
+               and v.left.id == args[0] for v in values)
+
+
+def test_steering_arithmetic_lives_in_one_module():
+    """Adding a direction to an activation is hooks/additions.py's alone (the prefix engine had a second copy):
+    no other function returns its activation plus something, except the listed non-steering ones; and no module
+    outside hooks/ computes token positions from the KV-cache offset (hooks/positions.py's Boundary does)."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        rel = str(path.relative_to(SRC))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (rel != "hooks/additions.py" and isinstance(node, ast.FunctionDef) and _adds_to_first_argument(node)
+                    and (rel, node.name) not in NOT_STEERING):
+                offenders.append(f"{rel}:{node.lineno} {node.name}")
+            if not rel.startswith("hooks/") and isinstance(node, ast.Attribute) and node.attr == "past_len":
+                offenders.append(f"{rel}:{node.lineno} reads past_len")
+    assert not offenders, offenders
+
+
+def test_the_checker_finds_a_second_steering_engine(tmp_path):
+    """It would have caught the prefix engine's own adder."""
+    src = "def _row_adder(delta):\n    def add(x):\n        d = delta\n        return x + d\n    return add\n"
+    fns = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in fns if _adds_to_first_argument(f)] == ["add"]
+
+
+RESUME_WORDS = {"partial", "stages", "trainer.json", "candidates.safetensors", "checkpoints", "step_", ".resume",
+                "manifest.rank", "n_texts_done_rank"}
+
+
+def test_only_runs_writes_resume_state():
+    """What is done, and with which settings, is runs.Resume's format only: no module outside runs.py names the
+    marker files and folders the five resume formats of the past used (LFP stages/, the sweep's partial, the
+    cache's per-rank manifests, refusal's candidates file, SAE checkpoints/step_*)."""
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path == SRC / "runs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                hits = [w for w in RESUME_WORDS if node.value == w or (node.value.startswith(w) and len(w) > 6)]
+                if hits:
+                    offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}")
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("module", ["hooks/interventions.py", "lfp/pipeline.py"])
+def test_the_split_files_stay_small(module):
+    n = len((SRC / module).read_text(encoding="utf-8").splitlines())
+    assert n <= 450, f"{module} has {n} lines; split it by concept (docs/architecture.md says where things go)"
+
+
+def test_no_package_name_shadows_its_submodule():
+    """`import actlab.steering.ablation` must give the module: a package may not bind a submodule's name to
+    something else (the function `ablate` once hid the module of that name)."""
+    import importlib
+    import types
+
+    bad = []
+    for init in SRC.rglob("__init__.py"):
+        pkg_name = _module_name(init)
+        pkg = importlib.import_module(pkg_name)
+        for sub in init.parent.glob("*.py"):
+            if sub.stem == "__init__":
+                continue
+            value = pkg.__dict__.get(sub.stem)
+            if value is not None and not isinstance(value, types.ModuleType):
+                bad.append(f"{pkg_name}.{sub.stem} is a {type(value).__name__}")
+    assert not bad, bad
+
+
+def test_steering_vector_apply_is_the_one_path():
+    """steering-vectors' `vec.apply(model, ...)` spelling: the same numbers as `model.edit(Steer(...))`."""
+    import torch
+
+    from actlab.steering import Steer, SteeringVector
+    from tiny_models import tiny_model
+
+    m = tiny_model("llama")
+    vec = SteeringVector({1: torch.randn(m.d_model, generator=torch.Generator().manual_seed(0))}, "resid_post")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), vec.apply(m, 3.0, positions="all"):
+        a = m(input_ids=ids).logits
+    with torch.no_grad(), m.edit(Steer(vec, 3.0, positions="all")):
+        b = m(input_ids=ids).logits
+    with torch.no_grad():
+        plain = m(input_ids=ids).logits
+    assert torch.equal(a, b) and not torch.allclose(a, plain)
+
+
+def test_both_lenses_speak_one_protocol():
+    from actlab.lens import Lens, LogitLens
+    from actlab.tuned_lens import TunedLens
+
+    assert isinstance(LogitLens(), Lens) and isinstance(TunedLens(8, 2), Lens)

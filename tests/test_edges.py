@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from actlab.hooks.interventions import Add
+from actlab.hooks.additions import Add
 from conftest import shared_path
 from tiny_models import tiny_model
 
@@ -38,13 +38,28 @@ def test_auto_positions_steer_from_eoi_where_a_row_has_it_and_everywhere_else():
         model(input_ids=ids, attention_mask=mask)
 
 
-def test_resolve_positions_records_what_auto_became():
-    from actlab.steering.evaluate import resolve_positions
-    from actlab.steering.prompts import PromptStyle
+@pytest.mark.parametrize("policy", ["auto", "from_eoi", "all", "last:2"])
+def test_one_meaning_of_each_position_policy(policy):
+    """The prefix engine (before any forward, per unpadded row) and the hooks (at the prompt's first forward,
+    left-padded) find the same first steered token for every policy: one definition, prompt_starts."""
+    from actlab.hooks.positions import Boundary, prompt_starts
+    from actlab.steering.prefix import pad_rows
 
-    assert resolve_positions("auto", PromptStyle(chat=True)) == "from_eoi"
-    assert resolve_positions("auto", PromptStyle(chat=False)) == "all"
-    assert resolve_positions("generated", PromptStyle(chat=True)) == "generated"
+    eoi = [7, 8]
+    rows = [[5, 6, 7, 8, 9], [5, 6, 11, 12, 9, 10, 3], [4, 7, 8]] if policy != "from_eoi" else \
+        [[5, 6, 7, 8, 9], [5, 7, 8, 12, 9, 10, 3], [4, 7, 8]]
+    per_row = [int(prompt_starts(policy, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long), eoi)[0])
+               for r in rows]
+    ids, mask = pad_rows(rows, 0, "left")
+    from actlab.hooks.core import ForwardState
+
+    state = ForwardState(batch=len(rows), seq=ids.shape[1], past_len=0, mask=mask.bool(), input_ids=ids)
+    m = Boundary(policy, eoi).mask(state)
+    pad = [ids.shape[1] - len(r) for r in rows]
+    first = [int(m[b].nonzero()[0]) - pad[b] for b in range(len(rows))]
+    assert first == per_row
+    expected = {"auto": [2, 0, 1], "from_eoi": [2, 1, 1], "all": [0, 0, 0], "last:2": [3, 5, 1]}[policy]
+    assert per_row == expected
 
 
 def test_save_keeps_the_checkpoint_dtype(tmp_path):

@@ -12,7 +12,7 @@ import torch
 from actlab.analysis.curvature import LossHessian, direction_derivatives, eigen_report, lm_loss_metric, top_eigen
 from actlab.analysis.prompting import fit_maps, map_errors
 from actlab.errors import InputError
-from actlab.hooks.interventions import Rotate, rotate_towards, set_angle
+from actlab.hooks.directions import Rotate, rotate_towards, set_angle
 from actlab.hooks.points import HookPoint
 from tiny_models import V, tiny_model
 

@@ -223,7 +223,7 @@ def test_tuple_and_tensor_outputs():
 def test_points_sharing_a_site_see_only_edits_up_to_them(model):
     """embed and blocks.0.resid_pre share the first block's input; resid_mid is written through attn_out's
     output. A capture of the earlier point must not see an edit made at the later one."""
-    from actlab.steering.apply import Addition, Steering
+    from actlab import Add
 
     ids = _ids(7)[None]
     names = ["embed", "blocks.0.resid_pre", "blocks.1.attn_out", "blocks.1.resid_mid", "blocks.1.resid_post"]
@@ -231,29 +231,29 @@ def test_points_sharing_a_site_see_only_edits_up_to_them(model):
         model(input_ids=ids)
     g = torch.Generator().manual_seed(3)
     v0, v1 = torch.randn(model.d_model, generator=g), torch.randn(model.d_model, generator=g)
-    adds = [Addition(HookPoint(0, "resid_pre"), v0, 1.0), Addition(HookPoint(1, "resid_mid"), v1, 1.0)]
-    with Steering(model, adds), model.capture(names) as steered:
+    adds = {HookPoint(0, "resid_pre"): v0, HookPoint(1, "resid_mid"): v1}
+    with model.edit(Add(adds, 1.0)), model.capture(names) as steered:
         model(input_ids=ids)
     torch.testing.assert_close(steered["embed"], clean["embed"])
     torch.testing.assert_close(steered["blocks.0.resid_pre"], clean["embed"] + v0)
-    with model.capture(names) as base, Steering(model, adds[:1]):  # reference for layer 1: only v0
+    with model.capture(names) as base, model.edit(Add({HookPoint(0, "resid_pre"): v0})):  # layer 1: only v0
         model(input_ids=ids)
     torch.testing.assert_close(steered["blocks.1.attn_out"], base["blocks.1.attn_out"])
     torch.testing.assert_close(steered["blocks.1.resid_mid"], base["blocks.1.resid_mid"] + v1, atol=ATOL, rtol=0)
 
 
 def test_edit_of_resid_mid_acts_on_the_stream(model):
-    """Model.add_edit replaces resid_mid by fn(resid_mid) (through attn_out); identity leaves logits alone."""
+    """Replace at resid_mid sets it to fn(resid_mid) (through attn_out); identity leaves logits alone."""
+    from actlab import Replace
+
     ids = _ids(8, seed=2)[None]
     before = count_hooks(model.hf)
     names = ["blocks.1.attn_out", "blocks.1.resid_mid", "blocks.1.mlp_out", "blocks.1.resid_post"]
     with model.capture(names) as clean:
         logits = model(input_ids=ids).logits
-    with HookSession(model.base) as s:
-        model.add_edit(s, HookPoint(1, "resid_mid"), lambda x: x)
+    with model.edit(Replace(HookPoint(1, "resid_mid"), lambda x: x)):
         torch.testing.assert_close(model(input_ids=ids).logits, logits, atol=ATOL, rtol=0)
-    with HookSession(model.base) as s, model.capture(names) as edited:
-        model.add_edit(s, HookPoint(1, "resid_mid"), lambda x: 0.5 * x)
+    with model.edit(Replace(HookPoint(1, "resid_mid"), lambda x: 0.5 * x)), model.capture(names) as edited:
         model(input_ids=ids)
     assert count_hooks(model.hf) == before
     torch.testing.assert_close(edited["blocks.1.attn_out"], clean["blocks.1.attn_out"])
@@ -269,7 +269,9 @@ def test_bad_points(model):
         model.parse_points("blocks.7.resid_post")
     with pytest.raises(HookPointError, match="Valid"):
         model.parse_points("residpost")
-    assert [p.layer for p in model.parse_points("blocks.1:.resid_pre")] == [1, 2]
+    with pytest.raises(HookPointError, match="inclusively"):  # the first wave's slice form is gone
+        model.parse_points("blocks.1:.resid_pre")
+    assert [p.layer for p in model.parse_points("blocks.1-2.resid_pre")] == [1, 2]
     assert [p.layer for p in model.parse_points("blocks.-1.resid_pre")] == [2]
     with pytest.raises(InputError, match="policy"):
         model.capture("resid_post", positions="first")

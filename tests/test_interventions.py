@@ -4,7 +4,6 @@ the layer grammar and the eoi boundary they share with the rest of actlab."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from actlab.errors import HookPointError, InputError
 from actlab.hooks import count_hooks
 from actlab.hooks.interventions import active_records
 from actlab.hooks.points import HookPoint, parse_layers, parse_points
-from actlab.sae import FeatureEdit, FeatureIntervention, SAEConfig, SparseAutoencoder
+from actlab.sae import FeatureEdit, SAEConfig, SparseAutoencoder
 from actlab.steering import SteeringVector, ablate, steer
 from actlab.steering.apply import Mix, Steer, record_activation
 from tiny_models import V, tiny_model
@@ -51,14 +50,16 @@ def test_steer_ablate_and_sae_splice_stack_in_one_with_like_nested(family, tmp_p
             assert [r["kind"] for r in active_records(m)] == ["steer", "project_out", "sae_features"]
         assert count_hooks(m.hf) == before and active_records(m) == []
         with steer(m, vec, 2.0, layers=[1]), ablate(m, direction, layers="0-1"), \
-                FeatureIntervention(m, sae, "blocks.1.resid_mid", ablate=list(range(0, sae.cfg.d_sae, 2))):
+                m.edit(FeatureEdit(sae, "blocks.1.resid_mid", ablate=list(range(0, sae.cfg.d_sae, 2)))):
             nested = m(input_ids=ids).logits
     assert torch.equal(stacked, nested)
     assert not torch.allclose(stacked, plain)
     records = ed.records()
     assert [r["kind"] for r in records] == ["steer", "project_out", "sae_features"]
-    assert records[0]["layers"] == [1] and records[0]["multiplier"] == 2.0 and records[0]["point"] == "resid_post"
-    assert records[1]["layers"] == [0, 1] and records[1]["kinds"] == ["resid_pre", "attn_out", "mlp_out"]
+    assert records[0]["layers"] == [1] and records[0]["multiplier"] == 2.0
+    assert records[0]["points"] == ["blocks.1.resid_post"]  # one vocabulary: hook-point names
+    assert records[1]["layers"] == [0, 1]
+    assert records[1]["points"] == [f"blocks.{i}.{k}" for k in ("resid_pre", "attn_out", "mlp_out") for i in (0, 1)]
     assert records[2]["points"] == ["blocks.1.resid_mid"] and records[2]["ablate"][:2] == [0, 2]
     with Run(tmp_path / "run", "test", {"what": "stacking"}) as run:
         run.add_interventions(records)
@@ -164,10 +165,8 @@ def test_point_specs_use_the_layer_grammar_inclusively():
     assert names == ["blocks.1.resid_post", "blocks.2.resid_post", "blocks.3.resid_post"]
     assert [p.layer for p in parse_points("blocks.0-4:2.mlp_out", n)] == [0, 2, 4]
     assert len(parse_points("blocks.all.attn_out", n)) == n == len(parse_points("blocks.*.attn_out", n))
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        old = parse_points("blocks.1:4.resid_post", n)
-    assert [p.layer for p in old] == [1, 2, 3] and any(issubclass(x.category, DeprecationWarning) for x in w)
+    with pytest.raises(HookPointError, match="inclusively"):  # the first wave's exclusive slice is gone
+        parse_points("blocks.1:4.resid_post", n)
     p = HookPoint(2, "resid_pre")
     assert parse_points([p], n) == [p]  # a parsed point passes through unchanged
     with pytest.raises(HookPointError, match="out of range"):

@@ -77,6 +77,12 @@ def lfp_run(tmp_path_factory, tinystories):
     return root, cfg, result, n_requests
 
 
+def _record(run_dir, stage):
+    """A stage's resume record (recorded when the stage finished), or None."""
+    p = run_dir / ".resume" / f"lfp-{stage}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def test_tiny_pipeline_every_stage(lfp_run):
     root, _, (code, _, _), n_requests = lfp_run
     assert code == 0
@@ -84,7 +90,7 @@ def test_tiny_pipeline_every_stage(lfp_run):
     from actlab.lfp import STAGES
 
     for stage in STAGES:
-        assert (run_dir / "stages" / f"{stage}.json").is_file(), stage
+        assert _record(run_dir, stage)["steps"]["done"], stage
     ft = json.loads((run_dir / "finetune" / "finetune.json").read_text())
     assert ft["history"] and {"reward", "kl"} <= set(ft["history"][-1])
     assert (run_dir / "finetune" / "model" / "model.safetensors").is_file()
@@ -142,7 +148,7 @@ def test_labels_without_an_explainer_are_a_marked_self_consistency_check(lfp_run
     assert fe["frequency"]["self_consistency"] and "SELF-CONSISTENCY" in fe["label_note"]
     n_examples = 3 * json.loads((root / "run" / "deltas" / "deltas.json").read_text())["n"]
     assert fe["frequency"]["n_examples_measured"] == n_examples - n_examples // 2
-    from actlab.report.lfp import lfp_warnings
+    from actlab.lfp.report import lfp_warnings
 
     assert any("self-consistency" in w for w in lfp_warnings(root / "run"))
 
@@ -156,14 +162,23 @@ def url_free(page: str) -> str:
 def test_rerun_skips_and_unreachable_explainer_keeps_earlier_stages(lfp_run, capsys):
     root, cfg, _, _ = lfp_run
     run_dir = root / "run"
-    before = (run_dir / "stages" / "probes.json").read_text()
+    before = _record(run_dir, "probes")
     bad = root / "bad.yaml"
     bad.write_text(cfg.read_text().split("explainer:")[0] +
                    "explainer: {kind: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n")
     code, _, err = run(["lfp", "features", str(bad)], capsys)
     assert code == 2 and "http://127.0.0.1:9/v1/chat/completions" in err and "unreachable" in err
-    assert (run_dir / "stages" / "probes.json").read_text() == before  # earlier stages kept
-    code, _, err = run(["lfp", "run", str(cfg)], capsys)  # everything done: all skipped
+    assert _record(run_dir, "probes") == before  # earlier stages kept
+    assert _record(run_dir, "features")["settings"]["config"]["explainer"]["base_url"] != "http://127.0.0.1:9/v1"
+    # features made again without an explainer: the first config now disagrees with the folder
+    none = root / "none_rerun.yaml"
+    none.write_text(cfg.read_text().split("explainer:")[0] + "explainer: {kind: none, n_features: 8}\n")
+    assert run(["lfp", "features", str(none)], capsys)[0] == 0
+    code, _, err = run(["lfp", "run", str(cfg)], capsys)
+    assert code == 2 and "'features' stage" in err and "explainer" in err and "--force" in err
+    code, _, err = run(["lfp", "run", str(none)], capsys)  # everything done: skipped, the report redrawn
+    assert code == 0 and err.count("done earlier, skipped") == 8 and "drawn again" in err
+    code, _, err = run(["lfp", "run", str(none)], capsys)
     assert code == 0 and err.count("done earlier, skipped") == 9
 
 
@@ -210,11 +225,11 @@ def test_dialogue_task_with_rewriter_triples_and_logistic_probe(lfp_run, tmp_pat
 
     root, _, _, _ = lfp_run
     run_dir = tmp_path / "dialogue"
-    for part in ("finetune", "divergence", "sae", "stages", "run.json"):
+    for part in ("finetune", "divergence", "sae", "run.json", *(f".resume/lfp-{s}.json" for s in
+                                                                 ("finetune", "divergence", "sae"))):
         src = root / "run" / part
+        (run_dir / part).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, run_dir / part)
-    for stage in ("triples", "deltas", "probes", "agreement", "features", "report"):
-        (run_dir / "stages" / f"{stage}.json").unlink()
 
     def rewrite(messages, model):
         text = messages[-1]["content"].split("Text:\n", 1)[1][:80]
@@ -233,7 +248,9 @@ def test_dialogue_task_with_rewriter_triples_and_logistic_probe(lfp_run, tmp_pat
     probes = json.loads((run_dir / "probes" / "probes.json").read_text())
     assert probes["kind"] == "logistic" and probes["test"]["accuracy"] >= 0.75
     assert "accuracy" in probes["xavier_baseline_test"]
-    assert json.loads((run_dir / "stages" / "agreement.json").read_text())["skipped"]
+    assert _record(run_dir, "agreement")["steps"]["done"]["skipped"]
+    # the dialogue settings left the model stages' records as they were: `lfp run` would reuse them
+    assert _record(run_dir, "sae") == _record(root / "run", "sae")
 
 
 def test_hf_explainer_runs_a_local_chat_model_offline(smollm, monkeypatch):

@@ -59,7 +59,7 @@ def _render(path: Path) -> str:
 
 def test_every_field_of_every_result_is_escaped(corpus, tmp_path):
     root, results = corpus
-    assert all(code == 0 for code, _ in results.values()), {k: v for k, v in results.items() if v[0]}
+    assert all(code == 0 for code, _, _ in results.values()), {k: v[:2] for k, v in results.items() if v[0]}
     files = _result_files(root)
     kinds = {json.loads(p.read_text()).get("kind") for p in files if isinstance(json.loads(p.read_text()), dict)}
     assert len(files) >= 25 and {"feature_dashboards", "patching", "sae_metrics", "tuned_lens_eval"} <= kinds

@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from actlab.errors import InputError
 from actlab.hooks import count_hooks
 from actlab.sae import (
     CacheError,
     CacheReader,
-    FeatureIntervention,
+    FeatureEdit,
     SAEConfig,
     SparseAutoencoder,
     TrainConfig,
@@ -249,19 +250,19 @@ def test_feature_intervention_keeps_error_and_ablates(family, point):
     sae = SparseAutoencoder(SAEConfig(m.d_model, 64, hook_point=point))
     ids = torch.randint(3, 90, (2, 6), generator=torch.Generator().manual_seed(0))
     clean = m(input_ids=ids).logits
-    with FeatureIntervention(m, sae, point, scale={}):
+    with m.edit(FeatureEdit(sae, point, scale={})):
         torch.testing.assert_close(m(input_ids=ids).logits, clean, atol=1e-5, rtol=1e-5)  # nothing edited
     with m.capture(point) as before:
         m(input_ids=ids)
     f = sae.encode(before[point])
     alive = int((f > 0).sum((0, 1)).argmax())
-    with FeatureIntervention(m, sae, point, ablate=[alive]), m.capture(point) as after:
+    with m.edit(FeatureEdit(sae, point, ablate=[alive])), m.capture(point) as after:
         m(input_ids=ids)
     want = before[point] - f[..., alive:alive + 1] * sae.W_dec[alive].detach()
     torch.testing.assert_close(after[point], want, atol=1e-5, rtol=1e-5)
     assert count_hooks(m.hf) == hooks
     with pytest.raises(Exception, match=r"0\.\.63"):
-        FeatureIntervention(m, sae, point, ablate=[64])
+        m.edit(FeatureEdit(sae, point, ablate=[64]))
 
 
 def test_cache_resume_corruption_and_mismatch(tmp_path, tinystories):
@@ -282,13 +283,16 @@ def test_cache_resume_corruption_and_mismatch(tmp_path, tinystories):
     m1 = cache_activations(tinystories, texts, "blocks.1.mlp_out", part, batch_size=4, shard_tokens=300,
                            max_length=64)
     full_tokens = m1["n_tokens"]
-    manifest = json.loads((part / "manifest.json").read_text())
-    manifest["shards"] = manifest["shards"][:2]
-    manifest["n_tokens"] = sum(s["n_tokens"] for s in manifest["shards"])
-    manifest["n_texts_done"] = manifest["shards"][-1]["texts"][1]
-    manifest["complete"] = False
-    (part / "manifest.json").write_text(json.dumps(manifest))
-    before = CacheReader(part, "blocks.1.mlp_out").n_tokens
+    # what a kill after the second shard leaves: the resume record lists two shards, the cache is not complete
+    rec_path = part / ".resume" / "acts-cache.json"
+    rec = json.loads(rec_path.read_text())
+    state = rec["progress"]["state"]
+    state["shards"] = state["shards"][:2]
+    state["n_tokens"] = sum(s["n_tokens"] for s in state["shards"])
+    state["n_texts_done"] = state["shards"][-1]["texts"][1]
+    del rec["steps"]["complete"]
+    rec_path.write_text(json.dumps(rec))
+    before = state["n_tokens"]
     from actlab.runs import TMP_PREFIX, TMP_SUFFIX
 
     stale = part / f"{TMP_PREFIX}shard_00002.safetensors.x1{TMP_SUFFIX}"  # what a kill mid-write leaves
@@ -310,7 +314,7 @@ def test_cache_resume_corruption_and_mismatch(tmp_path, tinystories):
         CacheReader(out, "blocks.1.mlp_out", model="stories260k")
     with pytest.raises(CacheError, match=r"not hook point 'blocks\.1\.attn_out'"):
         CacheReader(out, "blocks.1.attn_out")
-    with pytest.raises(CacheError, match="something else"):
+    with pytest.raises(InputError, match=r"other settings: d\.blocks\.0\.attn_out \(None -> 128\)"):
         cache_activations(tinystories, texts[:12], "blocks.0.attn_out", out)
 
 
@@ -350,3 +354,19 @@ def test_cache_refuses_when_the_disk_is_too_small(tmp_path, tinystories, monkeyp
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(CacheError, match=r"needs about .* GB .* has 0\.00 GB free"):
         cache_activations(tinystories, ["Once upon a time"] * 4, "blocks.0.mlp_out", tmp_path / "c")
+
+
+def test_per_head_points_cache_as_rows_and_patterns_are_refused(tmp_path, tinystories):
+    """attn.z is cached as one row per token (heads side by side, n_heads * d_head wide, what attention SAEs
+    read), equal to the capture; a pattern (its width is the number of keys) is refused in one line."""
+    texts = read_texts(shared_path("data", "imdb", "imdb_train_sample.csv"), limit=9)
+    m = tinystories
+    man = cache_activations(m, texts, "blocks.1.attn.z", tmp_path / "z", batch_size=2, shard_tokens=10_000,
+                            max_length=24)
+    assert man["d"]["blocks.1.attn.z"] == m.n_heads * m.d_head
+    rows = CacheReader(tmp_path / "z", "blocks.1.attn.z").load_shard(0)
+    enc = m.tokenizer(texts[0], truncation=True, max_length=24)["input_ids"]
+    ref = m.activations(torch.tensor([enc]), "blocks.1.attn.z", positions="all")["blocks.1.attn.z"][0]
+    torch.testing.assert_close(rows[: len(enc) - 1], ref[1:].reshape(len(enc) - 1, -1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="attention pattern"):
+        cache_activations(m, texts, "blocks.1.attn.pattern", tmp_path / "p", batch_size=2, max_length=24)

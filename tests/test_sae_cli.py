@@ -42,12 +42,12 @@ eval_batches: 4
                          "--out", str(root / "layer1")], cap)
     saes1 = root / "layer1" / "saes"
     res["eval"] = run(["sae", "eval", str(saes1 / "relu-1x-l1_1"), str(saes1 / "relu-2x-l1_1"), "--cache",
-                       str(root / "cache"), "--model", MODEL, "--data", str(test_csv), "--n-texts", "12",
+                       str(root / "cache"), "--model", MODEL, "--data", str(test_csv), "--limit", "12",
                        "--batch-size", "512", "--max-batches", "4", "--out", str(root / "eval")], cap)
     res["overlap"] = run(["sae", "overlap", str(saes1 / "relu-1x-l1_1"), str(saes1 / "relu-2x-l1_1"),
                           "--out", str(root / "overlap")], cap)
-    res["top"] = run(["sae", "top-examples", str(saes1 / "relu-2x-l1_1"), MODEL, "--data", str(test_csv),
-                      "--limit", "30", "--n-features", "6", "--out", str(root / "top")], cap)
+    res["top"] = run(["sae", "top-examples", MODEL, str(saes1 / "relu-2x-l1_1"), "--data", str(test_csv),
+                      "--limit", "30", "--top-k", "6", "--out", str(root / "top")], cap)
     res["report"] = run(["report", str(root)], cap)
     return root, res
 
@@ -87,7 +87,7 @@ def test_resume_after_interruption_continues(sae_run, capsys):
     log = (root / "layer0" / "train_log.jsonl").read_text().splitlines()
     # other settings than the checkpoint's: refused unless asked for (issue 11), then recorded
     code, _, err = run(["sae", "train", "--config", str(root / "train.yaml"), "--steps", "200"], capsys)
-    assert code == 2 and "train.steps: 150 vs 200" in err and "--resume-anyway" in err
+    assert code == 2 and "train.steps (150 -> 200)" in err and "--resume-anyway" in err
     code, _, err = run(["sae", "train", "--config", str(root / "train.yaml"), "--steps", "200", "--resume-anyway"],
                        capsys)
     assert code == 0, err

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from actlab.data import load_ab
-from actlab.hooks.interventions import Add, eoi_start
+from actlab.hooks.additions import Add
 from actlab.hooks.points import HookPoint
+from actlab.hooks.positions import eoi_start
 from actlab.sae import SAEConfig, SparseAutoencoder
 from actlab.sae.step import step_gradients
 from actlab.steering import SteeringVector, steer
@@ -143,13 +144,15 @@ def test_interrupted_sweep_resumes_part_way(smollm, tmp_path):
 
     with pytest.raises(Stop):
         ab_sweep(smollm, vec, items, out_dir=tmp_path, progress=stop_after_first, **kw)
-    saved = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(saved["partial"]["per_question"]) == 2 and not saved["cells"]
+    saved = json.loads((tmp_path / ".resume" / "steer-sweep.json").read_text())["progress"]["state"]
+    assert len(saved["rows_done"]["per_question"]) == 2 and not saved["cells"]
+    assert not (tmp_path / "sweep.json").exists()  # results are written when the sweep ends
     seen = []
     again = ab_sweep(smollm, vec, items, out_dir=tmp_path, progress=lambda n, **_: seen.append(n), **kw)
     assert sum(seen) == 3  # only the questions not done before
     torch.testing.assert_close(again.grid(), full.grid(), atol=1e-6, rtol=0)
-    assert "partial" not in json.loads((tmp_path / "sweep.json").read_text())
+    assert "rows_done" not in json.loads((tmp_path / ".resume" / "steer-sweep.json").read_text())["progress"]["state"]
+    assert set(json.loads((tmp_path / "sweep.json").read_text())["cells"]) == set(full.cells)
 
 
 # -- SAE step -------------------------------------------------------------------------------------------------
@@ -282,9 +285,9 @@ def test_a_command_that_does_not_split_its_work_refuses_torchrun(capsys, stories
 
 def test_refusal_induce_scores_share_prefixes_and_equal_steering_each(smollm):
     """The refusal pipeline's ``induce`` score of every candidate, computed with shared prefixes and several
-    candidates per forward = adding each candidate in turn (Steering, positions auto) on real instructions."""
+    candidates per forward = adding each candidate in turn (Add, positions auto) on real instructions."""
     from actlab.data import load_instructions
-    from actlab.steering.apply import Addition, Steering
+    from actlab.steering.apply import eoi_for
     from actlab.steering.prompts import format_prompt
     from actlab.steering.refusal import (
         REFUSAL_PHRASES,
@@ -302,7 +305,7 @@ def test_refusal_induce_scores_share_prefixes_and_equal_steering_each(smollm):
     cands = [(layer, 3 * torch.randn(smollm.d_model, generator=g)) for layer in (2, 9, 9, 17, 25)]
     got = induce_scores(smollm, texts, style, cands, ref_ids, batch_size=3, cells_per_batch=2)
     for (layer, r), s in zip(cands, got, strict=True):
-        with Steering(smollm, [Addition(HookPoint(layer, "resid_pre"), r, 1.0)]):
+        with smollm.edit(Add({HookPoint(layer, "resid_pre"): r}, 1.0, eoi_ids=eoi_for(smollm, "auto"))):
             ref = float(_refusal_logodds(_last_logits(smollm, texts, style, 16), ref_ids).mean())
         assert abs(s - ref) < 1e-4 * max(1.0, abs(ref)), (layer, s, ref)
     assert max(got) - min(got) > 0.01

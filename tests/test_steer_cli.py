@@ -29,7 +29,8 @@ def test_caa_extract_and_sweep(behaviour, tmp_path, capsys, smollm):
     code, out, err = run(args, capsys)
     assert code == 0, err
     d = json.loads((sweep_dir / "sweep.json").read_text())
-    assert len(d["cells"]) == 6 and d["config"]["positions"] == "from_eoi"
+    assert len(d["cells"]) == 6 and d["config"]["positions"] == "auto"
+    assert d["config"]["steered_from"].startswith("the end of the instruction in 6 of 6 prompts")
     assert all(0 <= c["p_matching"] <= 1 and c["n"] == 6 for c in d["cells"].values())
     for f in ("sweep.csv", "sweep_heatmap.png", "sweep_curves.png"):
         assert (sweep_dir / f).is_file()

@@ -32,7 +32,7 @@ from actlab.steering import (
     steer,
 )
 from actlab.steering.evaluate import ab_probabilities, ab_sweep, score_generations, steered_generations
-from actlab.steering.extract import collect
+from actlab.steering.extraction import collect
 from actlab.steering.prompts import eoi_suffix, read_positions, with_answer
 from actlab.steering.scorers import JudgeError, LLMJudge, VaderScorer
 from conftest import shared_path
@@ -379,7 +379,7 @@ def test_over_long_items_follow_a_truncation_policy(smollm):
     """Issue 12: one over-long item no longer has to abort an extraction: error (named), skip, or left-truncate
     (equal to extracting from the texts' last tokens, computed here directly)."""
     from actlab.steering import ContrastPair, PromptStyle, contrast_from_pairs, extract
-    from actlab.steering.extract import fit_length
+    from actlab.steering.extraction import fit_length
 
     long = "word " * 60 + "and the ending is happy"
     pairs = [ContrastPair("I love this film", "I hate this film"), ContrastPair(long, long.replace("happy", "sad")),

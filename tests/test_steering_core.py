@@ -7,9 +7,9 @@ import torch
 
 from actlab.errors import InputError
 from actlab.hooks import count_hooks
+from actlab.hooks.additions import Add
 from actlab.hooks.points import HookPoint
 from actlab.steering import SteeringVector, ablate, add_vectors, orthogonalize, steer
-from actlab.steering.apply import Addition, Steering
 from tiny_models import V, tiny_model
 
 ORTH_FAMILIES = ["llama", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "gpt_neo", "gptj", "opt"]
@@ -74,11 +74,11 @@ def test_batched_left_padded_generation_equals_single_rows(policy):
     mask = torch.zeros(2, width, dtype=torch.long)
     for b, r in enumerate(rows):
         ids[b, width - len(r):], mask[b, width - len(r):] = r, 1
-    adds = [Addition(HookPoint(i, "resid_post"), v[i], 3.0) for i in v.layers]
-    with Steering(m, adds, positions=policy, eoi_ids=eoi):
+    adds = {HookPoint(i, "resid_post"): v[i] for i in v.layers}
+    with m.edit(Add(adds, 3.0, positions=policy, eoi_ids=eoi)):
         batched = _gen(m, ids, mask)
     for b, r in enumerate(rows):
-        with Steering(m, adds, positions=policy, eoi_ids=eoi):
+        with m.edit(Add(adds, 3.0, positions=policy, eoi_ids=eoi)):
             single = _gen(m, r[None], torch.ones(1, len(r), dtype=torch.long))
         assert batched[b, width:].tolist() == single[0, len(r):].tolist()
     with torch.no_grad():
@@ -91,11 +91,11 @@ def test_kv_cache_and_no_cache_agree(policy):
     m = tiny_model("gpt2")
     v = _vec(m, [0, 1], 4)
     ids = _ids(1, 5, 4)
-    adds = [Addition(HookPoint(i, "resid_post"), v[i], 2.0) for i in v.layers]
-    with Steering(m, adds, positions=policy):
+    adds = {HookPoint(i, "resid_post"): v[i] for i in v.layers}
+    with m.edit(Add(adds, 2.0, positions=policy)):
         cached = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                             pad_token_id=0, use_cache=True)
-    with Steering(m, adds, positions=policy):
+    with m.edit(Add(adds, 2.0, positions=policy)):
         uncached = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                               pad_token_id=0, use_cache=False)
     assert cached.tolist() == uncached.tolist()
@@ -107,8 +107,8 @@ def test_generated_policy_leaves_the_prompt_alone():
     ids = _ids(2, 5, 5)
     with m.capture("blocks.1.resid_post") as clean:
         m(input_ids=ids)
-    adds = [Addition(HookPoint(1, "resid_post"), v[1], 5.0)]
-    with Steering(m, adds, positions="generated"), m.capture("blocks.1.resid_post") as steered:
+    with m.edit(Add({HookPoint(1, "resid_post"): v[1]}, 5.0, positions="generated")), \
+            m.capture("blocks.1.resid_post") as steered:
         m(input_ids=ids)
     torch.testing.assert_close(steered["blocks.1.resid_post"], clean["blocks.1.resid_post"])
 

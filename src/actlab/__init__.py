@@ -13,10 +13,10 @@ _LAZY = {
     "ActlabError": "actlab.errors",
     "Activations": "actlab.hooks.capture", "HookPoint": "actlab.hooks.points", "HookSession": "actlab.hooks.core",
     "count_hooks": "actlab.hooks.core",
-    "Add": "actlab.hooks.interventions", "Edits": "actlab.hooks.interventions",
-    "Intervention": "actlab.hooks.interventions", "ProjectOut": "actlab.hooks.interventions",
-    "Replace": "actlab.hooks.interventions", "Rotate": "actlab.hooks.interventions",
-    "Hook": "actlab.hooks.interventions",
+    "Add": "actlab.hooks.additions", "Edits": "actlab.hooks.interventions",
+    "Intervention": "actlab.hooks.interventions", "ProjectOut": "actlab.hooks.directions",
+    "Replace": "actlab.hooks.interventions", "Rotate": "actlab.hooks.directions",
+    "Hook": "actlab.hooks.interventions", "Boundary": "actlab.hooks.positions",
     "LensResult": "actlab.lens", "Unembed": "actlab.models.unembed", "logit_lens": "actlab.lens",
     "ArchAdapter": "actlab.models.adapters", "register_adapter": "actlab.models.adapters",
     "Model": "actlab.models.model", "load_model": "actlab.models.loading",
@@ -29,7 +29,10 @@ _SUBMODULES = ("analysis", "data", "finetune", "hooks", "jobs", "lens", "lfp", "
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .errors import ActlabError
     from .hooks import Activations, HookPoint, HookSession, count_hooks
-    from .hooks.interventions import Add, Edits, Hook, Intervention, ProjectOut, Replace, Rotate
+    from .hooks.additions import Add
+    from .hooks.directions import ProjectOut, Rotate
+    from .hooks.interventions import Edits, Hook, Intervention, Replace
+    from .hooks.positions import Boundary
     from .lens import LensResult, logit_lens
     from .models import ArchAdapter, Model, load_model, register_adapter
     from .models.unembed import Unembed
@@ -51,7 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Activations", "ActlabError", "Add", "ArchAdapter", "Edits", "FeatureEdit", "Hook", "HookPoint", "HookSession",
-    "Intervention", "LensResult", "Mix", "Model", "ProjectOut", "Replace", "Rotate", "Run", "Steer", "Unembed",
-    "__version__", "count_hooks", "load_model", "logit_lens", "register_adapter", "wrap",
+    "Activations", "ActlabError", "Add", "ArchAdapter", "Boundary", "Edits", "FeatureEdit", "Hook", "HookPoint",
+    "HookSession", "Intervention", "LensResult", "Mix", "Model", "ProjectOut", "Replace", "Rotate", "Run", "Steer",
+    "Unembed", "__version__", "count_hooks", "load_model", "logit_lens", "register_adapter", "wrap",
 ]

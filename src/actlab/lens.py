@@ -1,7 +1,10 @@
-"""Unembedding and the logit lens.
+"""Unembedding, the lens protocol and the logit lens.
 
 :class:`~actlab.models.unembed.Unembed` (re-exported here) = the model's own final norm, recomputed for
-every vector, + the unembedding; the logit lens decodes hook points through it.
+every vector, + the unembedding; the logit lens decodes hook points through it. A *lens* is anything with a
+``name``, ``check(point)`` and ``logits(model, point, h)`` (:class:`Lens`): :class:`LogitLens` and the tuned
+lens (:class:`~actlab.tuned_lens.TunedLens`) are the two, and everything that decodes (:func:`logit_lens`,
+:func:`lens_grid`, the CLI, the reports, the playground) takes either without branching on which.
 
 Attention and MLP outputs are decoded on their own ("direct" view of what the sub-block writes); decode
 ``resid_mid``/``resid_post`` for the cumulative stream.
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
@@ -19,11 +22,45 @@ from .errors import InputError
 from .hooks.points import RESIDUAL_KINDS, HookPoint
 from .models.unembed import Unembed
 
-__all__ = ["LensResult", "Unembed", "lens_grid", "logit_lens", "resolve_target"]
+__all__ = ["Lens", "LensResult", "LogitLens", "Unembed", "lens_grid", "logit_lens", "resolve_target"]
 
 if TYPE_CHECKING:
     from .models.model import Model
-    from .tuned_lens import TunedLens
+
+DECODABLE = (*RESIDUAL_KINDS, "embed", "final_norm")
+
+
+@runtime_checkable
+class Lens(Protocol):
+    """Decodes a residual-stream activation into next-token logits."""
+
+    name: str
+
+    def check(self, point: HookPoint) -> None:
+        """Raise a one-line error for a point this lens cannot decode."""
+        ...
+
+    def logits(self, model: Model, point: HookPoint, h: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        """Float32 logits for ``h`` read at ``point``."""
+        ...
+
+
+class LogitLens:
+    """The logit lens: the final norm (recomputed for every vector) and the unembedding, nothing learned."""
+
+    name = "logit"
+
+    def check(self, point: HookPoint) -> None:
+        if point.kind not in DECODABLE:
+            raise InputError(f"cannot decode {point.name!r} through the unembedding (it is not d_model wide); "
+                             f"decodable kinds: {', '.join(DECODABLE)}")
+
+    def logits(self, model: Model, point: HookPoint, h: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        unembed = model.unembed
+        if grad:
+            return unembed.forward(h, normalize=point.kind != "final_norm")
+        with torch.no_grad():
+            return unembed(h, normalize=point.kind != "final_norm")
 
 
 @dataclass
@@ -132,7 +169,7 @@ def logit_lens(
     position: int = -1,
     top_k: int = 5,
     target: str | int | None = None,
-    lens: TunedLens | None = None,
+    lens: Lens | None = None,
 ) -> LensResult:
     """Decode hook points through the final norm and unembedding at one token position.
 
@@ -142,11 +179,11 @@ def logit_lens(
     """
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
+    lens = lens if lens is not None else LogitLens()
     pts = model.parse_points(points)
-    bad = [p.name for p in pts if p.kind not in (*RESIDUAL_KINDS, "embed", "final_norm")]
-    if bad:
-        raise InputError(f"cannot decode {bad[0]!r} through the unembedding (it is not d_model wide); "
-                         f"decodable kinds: embed, {', '.join(RESIDUAL_KINDS)}")
+    for p in pts:
+        LogitLens().check(p)
+        lens.check(p)
     batch = model.as_batch(text_or_batch, padding_side="right")
     prompts = ([text_or_batch] if isinstance(text_or_batch, str) else
                list(text_or_batch) if isinstance(text_or_batch, (list, tuple)) else
@@ -154,11 +191,7 @@ def logit_lens(
     tgt = resolve_target(model, target) if target is not None else None
     with model.capture(pts, positions=position, dtype=None, device=model.device) as acts:
         out = model(**batch, use_cache=False)
-    if lens is None:
-        lens_logits = torch.stack([model.unembed(acts[p.name], normalize=p.kind != "final_norm") for p in pts],
-                                  dim=1)
-    else:
-        lens_logits = torch.stack([lens.logits(model, p, acts[p.name]) for p in pts], dim=1)
+    lens_logits = torch.stack([lens.logits(model, p, acts[p.name]) for p in pts], dim=1)
     probs = torch.softmax(lens_logits, dim=-1)  # [B, P, V]
     top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
     tok = model.tokenizer
@@ -174,7 +207,7 @@ def logit_lens(
     result = LensResult(
         model=model.name, prompts=prompts, position=position, position_tokens=pos_tokens, points=pts,
         top_ids=top_i.cpu(), top_probs=top_p.cpu(), top_tokens=top_tokens, final_top_tokens=final_top,
-        lens="logit" if lens is None else "tuned",
+        lens=lens.name,
     )
     if tgt is not None:
         tid, tstr = tgt
@@ -187,7 +220,7 @@ def logit_lens(
 
 @torch.no_grad()
 def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int = 5,
-              add_special_tokens: bool = True, lens: TunedLens | None = None) -> dict[str, Any]:
+              add_special_tokens: bool = True, lens: Lens | None = None) -> dict[str, Any]:
     """The logit lens (or, with ``lens``, the tuned lens) at *every* layer and token position of one text, for
     one hook-point kind: per layer and position the ``top_k`` tokens and their probabilities (the playground's
     lens explorer; JSON-ready). Token text is spaced as the tokenizer decodes it in context."""
@@ -203,8 +236,8 @@ def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int =
     batch = model.tokenize(text, add_special_tokens=add_special_tokens)
     ids = batch["input_ids"][0].tolist()
     pts = model.parse_points(kind)
-    if lens is not None:
-        lens.translator_for(pts[0])  # a clear error for kinds the tuned lens has no translator for
+    lens = lens if lens is not None else LogitLens()
+    lens.check(pts[0])
     with model.capture(pts, positions="all", dtype=None, device=model.device) as acts:
         out = model(**batch, use_cache=False)
     tok = model.tokenizer
@@ -218,13 +251,13 @@ def lens_grid(model: Model, text: str, kind: str = "resid_post", *, top_k: int =
     layers = []
     for p in pts:
         h = acts[p.name][0]
-        probs = torch.softmax(model.unembed(h) if lens is None else lens.logits(model, p, h), dim=-1)  # [T, V]
+        probs = torch.softmax(lens.logits(model, p, h), dim=-1)  # [T, V]
         top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         layers.append({"layer": p.layer, "top": [
             [[one(int(i)), round(float(q), 5)] for q, i in zip(pp, ii, strict=True)]
             for pp, ii in zip(top_p.tolist(), top_i.tolist(), strict=True)]})
     final = out.logits[0].argmax(-1).tolist()
-    return {"kind": "lens_grid", "model": model.name, "lens": "logit" if lens is None else "tuned",
+    return {"kind": "lens_grid", "model": model.name, "lens": lens.name,
             "point_kind": kind, "text": text,
             "tokens": token_strings(tok, ids), "model_top": [one(i) for i in final],
             "layers": layers}

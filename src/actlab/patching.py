@@ -144,7 +144,9 @@ def activation_patching(model: Model, clean: str | torch.Tensor, corrupt: str | 
         by_point: dict[HookPoint, list[tuple[int, int]]] = {}
         for r, (p, j) in enumerate(chunk):
             by_point.setdefault(p, []).append((r, j))
-        hooks = [Hook(p, _patcher(clean_acts[p.name], rows, per_head)) for p, rows in by_point.items()]
+        hooks = [Hook(p, _patcher(clean_acts[p.name], rows, per_head),
+                      label=f"activation patching: {'heads' if per_head else 'positions'} from the clean run")
+                 for p, rows in by_point.items()]
         with torch.no_grad():
             vals = metric(_logits(model, x.expand(len(chunk), -1), [*corrupt_edits, *hooks]))
         values[start:start + len(chunk)] = vals.float().cpu()

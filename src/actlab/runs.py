@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -213,6 +215,22 @@ def safe_child(root: str | os.PathLike[str], name: str, what: str = "name") -> P
     return refuse_links(root_p, root_p / name, what)
 
 
+_CURRENT: contextvars.ContextVar[Run | None] = contextvars.ContextVar("actlab_run", default=None)
+
+
+def current_run() -> Run | None:
+    """The run folder being written in this context (inside ``with Run(...)``), if any."""
+    return _CURRENT.get()
+
+
+def note_interventions(records: list[dict[str, Any]]) -> None:
+    """Called by every application of interventions to a model (:class:`actlab.hooks.interventions.Edits`): the
+    run being written records them, so ``run.json`` lists what was actually applied, once per distinct record."""
+    run = _CURRENT.get()
+    if run is not None and records:
+        run.add_interventions(records)
+
+
 class Run:
     """A run folder owned by the library: every long job (sweep, refusal, SAE training, fine-tuning, LFP...)
     records in ``run.json`` what it was asked to do and what happened, written atomically.
@@ -235,6 +253,8 @@ class Run:
         # the command is also kept inside the config, where the first wave's run.json had it
         self.command, self.config, self.seed = command, {"command": command, **dict(config or {})}, seed
         self.interventions: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+        self._dirty, self._last_write = False, 0.0
         self.results: dict[str, Any] = {}
         self.status = "created"
         self.started: str | None = None
@@ -246,10 +266,21 @@ class Run:
         return safe_child(self.path, name, what)
 
     def add_interventions(self, records: list[dict[str, Any]]) -> None:
-        """Record interventions applied during the run (``Edits.records()``, ``Intervention.record()``)."""
-        self.interventions += [dict(r) for r in records]
-        if self.status == "running":
-            self.write()
+        """Record interventions applied during the run (``Intervention.record()``), each distinct one once
+        (a sweep applies the same cells batch after batch). Every application inside ``with Run(...)`` is
+        recorded automatically; call this for edits made outside a forward (weights baked in)."""
+        added = False
+        for r in records:
+            rec = {k: v for k, v in r.items() if k != "order"}
+            key = json.dumps(rec, sort_keys=True, default=str)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.interventions.append(rec)
+                added = True
+        if added and self.status == "running":
+            self._dirty = True
+            if time.perf_counter() - self._last_write > 1.0:  # at most once a second during a long job
+                self.write()
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -267,6 +298,7 @@ class Run:
         return out
 
     def write(self) -> Path:
+        self._dirty, self._last_write = False, time.perf_counter()
         return write_json(self.path / self.FILE, self.record())
 
     def start(self) -> Run:
@@ -302,6 +334,8 @@ class Run:
         try:
             self._stack.enter_context(folder_lock(self.path, "run folder"))
             self.start()
+            token = _CURRENT.set(self)
+            self._stack.callback(_CURRENT.reset, token)
             handler = logging.FileHandler(self.path / self.LOG, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             handler.setLevel(logging.INFO)
@@ -328,9 +362,239 @@ class Run:
             self._stack.close()
 
 
-def init_run_dir(path: str | os.PathLike[str], *, config: dict[str, Any], seed: int | None = None) -> Path:
-    """Create ``path`` and record the run's config, versions and seed in ``run.json`` (the first wave's form;
-    long jobs use :class:`Run`, which also records end time, duration, status and interventions)."""
-    run = Run(path, str(config.get("command", "")), config, seed=seed)
-    run.start()
-    return run.path
+# -- resume: the one format for "what is done, with which settings" ---------------------------------------
+def settings_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two JSON-like settings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += settings_differences(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True))
+                for d in settings_differences(a, b, f"{prefix}{i}.")]
+    return [] if old == new else [f"{prefix[:-1] or 'settings'} ({_short(old)} -> {_short(new)})"]
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 40 else s[:24] + "..." + s[-10:]
+
+
+RESUME_DIR = ".resume"
+CHECKPOINTS = "checkpoints"
+
+
+class Resume:
+    """What a long job has done in its folder, and under which settings: the one resume format every resumable
+    job uses (the LFP stages, the A/B sweep, the activation cache, the refusal candidates, SAE and tuned-lens
+    training, the evaluation grids...).
+
+    A job names itself (``"steer sweep"``) and gives its *settings* (everything its results depend on).
+    ``FOLDER/.resume/<job>.json`` records them with
+
+    - **steps** marked done (:meth:`mark`, :meth:`done`, :meth:`need`: a stage's output or a clear error naming the
+      step that makes it);
+    - the job's **progress** (:meth:`save` / :meth:`load`): a JSON state plus optional tensors, written
+      atomically - what a job needs to continue part way (the questions done, the shards written);
+    - **checkpoints** (:meth:`checkpoint` / :meth:`latest` / :meth:`load_checkpoint`): numbered, each complete or
+      absent, the last ``keep`` kept (``FOLDER/checkpoints/step_NNNNNNNN``).
+
+    Opening a folder whose record has other settings is refused with one message naming what changed, unless
+    ``overwrite`` (forget the record; the job starts again and rewrites its outputs) or ``allow_changed``
+    (continue; the earlier settings stay in the record). Opening removes what an interrupted atomic write left
+    (temp files in the folder, a half-written checkpoint). Open it while holding the folder (inside ``with
+    Run(...)`` or :func:`folder_lock`)."""
+
+    def __init__(self, folder: str | os.PathLike[str], job: str, settings: dict[str, Any], *, overwrite: bool = False,
+                 allow_changed: bool = False, file: str | None = None):
+        from .errors import InputError
+
+        self.folder, self.job = Path(folder), job
+        self.settings = json.loads(json.dumps(settings, default=_json_default))
+        slug = file or "".join(c if c.isalnum() or c in "-_." else "-" for c in job)
+        self.path = self.folder / RESUME_DIR / f"{slug}.json"
+        self.tensors_path = self.folder / RESUME_DIR / f"{slug}.safetensors"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.folder, self.path.parent, "resume record folder")
+        self.removed = remove_orphan_temps(self.folder) + remove_orphan_temps(self.path.parent) \
+            if self.path.parent.is_dir() else remove_orphan_temps(self.folder)
+        ck = self.folder / CHECKPOINTS
+        for d in ck.glob(".tmp_step_*") if ck.is_dir() else []:
+            shutil.rmtree(d, ignore_errors=True)
+        old = self._read()
+        self.changed: list[str] = []
+        self.overwritten = False
+        if old is not None and overwrite:
+            self.forget()
+            self.overwritten = True
+            old = None
+        if old is not None:
+            self.changed = settings_differences(old.get("settings"), self.settings)
+            if self.changed and not allow_changed:
+                raise InputError(
+                    f"{self.folder} was written by '{job}' with other settings: {'; '.join(self.changed[:4])}"
+                    f"{' ...' if len(self.changed) > 4 else ''}; pass --overwrite to start again, or choose another "
+                    "folder")
+        self.record: dict[str, Any] = old or {"format": "actlab-resume", "version": 1, "job": job, "steps": {},
+                                              "progress": None}
+        if self.changed:
+            self.record.setdefault("settings_before", []).append(old.get("settings") if old else None)
+        self.record["settings"] = self.settings
+        self.resumed = old is not None and bool(old.get("steps") or old.get("progress") is not None
+                                                or self.latest() is not None)
+
+    @classmethod
+    def recorded_settings(cls, folder: str | os.PathLike[str], job: str, file: str | None = None) -> Any:
+        """The settings a folder's record of ``job`` holds (None when there is none), without opening it."""
+        slug = file or "".join(c if c.isalnum() or c in "-_." else "-" for c in job)
+        path = Path(folder) / RESUME_DIR / f"{slug}.json"
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return rec.get("settings") if isinstance(rec, dict) else None
+
+    # -- the record ----------------------------------------------------------------------------------
+    def _read(self) -> dict[str, Any] | None:
+        from .errors import InputError
+
+        if not self.path.is_file():
+            return None
+        try:
+            rec = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{self.path}: the resume record is damaged ({e}); pass --overwrite to start "
+                             "again") from None
+        if not isinstance(rec, dict) or rec.get("format") != "actlab-resume":
+            raise InputError(f"{self.path} is not an actlab resume record; pass --overwrite to start again")
+        return rec
+
+    def _read_quietly(self) -> dict[str, Any]:
+        try:
+            rec = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return rec if isinstance(rec, dict) else {}
+
+    def _write(self) -> None:
+        self.record["updated"] = _now()
+        write_json(self.path, self.record)
+
+    def forget(self) -> None:
+        """Drop the record, the progress tensors and the checkpoints (the job starts again)."""
+        if getattr(self, "record", {}).get("checkpoint") or self._read_quietly().get("checkpoint"):
+            shutil.rmtree(self.folder / CHECKPOINTS, ignore_errors=True)  # only a job that wrote them
+        self.path.unlink(missing_ok=True)
+        self.tensors_path.unlink(missing_ok=True)
+        self.record = {"format": "actlab-resume", "version": 1, "job": self.job, "steps": {}, "progress": None,
+                       "settings": self.settings}
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def done(self, step: str) -> bool:
+        return step in self.record["steps"]
+
+    def summary(self, step: str) -> dict[str, Any] | None:
+        return self.record["steps"].get(step)
+
+    def mark(self, step: str, summary: dict[str, Any] | None = None) -> None:
+        """Record ``step`` as finished (its outputs are in place), with a JSON-ready summary."""
+        self.record["steps"][step] = {"finished": _now(), **(summary or {})}
+        self._write()
+
+    def unmark(self, step: str) -> None:
+        if self.record["steps"].pop(step, None) is not None:
+            self._write()
+
+    def need(self, step: str, path: str | os.PathLike[str], how: str = "") -> Path:
+        """``path``, an output of an earlier ``step``, or a clear error naming the step that makes it."""
+        from .errors import InputError
+
+        p = Path(path)
+        if not p.exists() or not self.done(step):
+            raise InputError(f"missing {p}: run the '{step}' step first{f' ({how})' if how else ''}")
+        return p
+
+    # -- progress within a job -----------------------------------------------------------------------
+    def save(self, state: dict[str, Any], tensors: dict[str, Any] | None = None) -> None:
+        """The job's progress so far (JSON state, optional tensors), atomically; tensors first, so a record
+        never points at tensors that are not there."""
+        if tensors is not None:
+            from safetensors.torch import save_file
+
+            with atomic_path(self.tensors_path) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        self.record["progress"] = {"state": state, "tensors": tensors is not None}
+        self._write()
+
+    def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(state, tensors)`` saved earlier under the same settings, or None."""
+        prog = self.record.get("progress")
+        if not isinstance(prog, dict):
+            return None
+        tensors: dict[str, Any] = {}
+        if prog.get("tensors"):
+            if not self.tensors_path.is_file():
+                return None
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(self.tensors_path))
+        return prog.get("state") or {}, tensors
+
+    def clear(self) -> None:
+        """Forget the progress (the job finished; its results are written)."""
+        self.tensors_path.unlink(missing_ok=True)
+        if self.record.get("progress") is not None:
+            self.record["progress"] = None
+            self._write()
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def checkpoint(self, step: int, tensors: dict[str, Any], state: dict[str, Any], *, keep: int = 2) -> Path:
+        """Write checkpoint ``step`` (``state.safetensors`` + ``state.json``) complete or not at all, keeping
+        the last ``keep``."""
+        from safetensors.torch import save_file
+
+        root = refuse_links(self.folder, self.folder / CHECKPOINTS, "checkpoint folder")
+        root.mkdir(parents=True, exist_ok=True)
+        final, tmp = root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "job": self.job, **state}, default=_json_default))
+        apply_umask(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for d in sorted(root.glob("step_*"))[:-max(keep, 1)]:
+            shutil.rmtree(d, ignore_errors=True)
+        self.record["checkpoint"] = final.name
+        self._write()
+        return final
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder, or None."""
+        return self.latest_in(self.folder)
+
+    @staticmethod
+    def latest_in(folder: str | os.PathLike[str]) -> Path | None:
+        """The newest complete checkpoint folder under ``folder``, without opening a record."""
+        root = Path(folder) / CHECKPOINTS
+        cands = sorted(d for d in root.glob("step_*") if (d / "state.json").is_file()) if root.is_dir() else []
+        return cands[-1] if cands else None
+
+    @staticmethod
+    def forget_jobs(folder: str | os.PathLike[str], prefix: str) -> None:
+        """Drop the records of every job whose name starts with ``prefix`` (e.g. the per-rank parts of a
+        distributed job, once merged)."""
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in prefix)
+        root = Path(folder) / RESUME_DIR
+        for f in root.glob(f"{slug}*") if root.is_dir() else []:
+            f.unlink()
+
+    @staticmethod
+    def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(state, tensors)`` of a checkpoint folder."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        return json.loads((folder / "state.json").read_text()), load_file(str(folder / "state.safetensors"))

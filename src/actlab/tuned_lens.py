@@ -32,8 +32,10 @@ from torch import nn
 
 from .errors import InputError
 from .hooks.points import HookPoint
+from .runs import Resume
 
 if TYPE_CHECKING:
+    from .lens import Lens
     from .models.model import Model
 
 LENS_FILE = "params.safetensors"
@@ -62,6 +64,12 @@ class TunedLens(nn.Module):
         t = self.translators[layer]
         x = h.to(t.weight.dtype)
         return x + t(x)
+
+    name = "tuned"
+
+    def check(self, point: HookPoint) -> None:
+        """A clear error for a point the tuned lens has no translator for."""
+        self.translator_for(point)
 
     def translator_for(self, point: HookPoint) -> int | None:
         """The translator of a residual point (None: the model's own output, decoded as it is)."""
@@ -146,23 +154,25 @@ class TunedLens(nn.Module):
         return lens
 
 
-def parse_lens(spec: str | None, model: Model) -> TunedLens | None:
+def parse_lens(spec: str | None, model: Model) -> Lens:
     """``--lens``: ``logit`` (or None) for the logit lens, ``tuned:PATH`` for a tuned lens folder."""
+    from .lens import LogitLens
+
     if spec is None or spec == "logit":
-        return None
+        return LogitLens()
     if spec.startswith("tuned:") and spec[len("tuned:"):]:
         return TunedLens.load(spec[len("tuned:"):], model)
     raise InputError(f"unknown lens {spec!r}; valid: logit, tuned:PATH (a tuned-lens folder)")
 
 
-def _batches(model: Model, texts: Sequence[str], batch_size: int, max_length: int, seed: int
-             ) -> Iterator[dict[str, torch.Tensor]]:
+def _batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Which texts form each training batch: a fresh permutation per epoch, deterministic for a seed (a resumed
+    run skips the batches already trained on without tokenizing them)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        order = torch.randperm(len(texts), generator=g).tolist()
+        order = torch.randperm(n, generator=g).tolist()
         for s in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [texts[i] for i in order[s:s + batch_size]]
-            yield model.tokenize(chunk, padding_side="right", truncate_left=max_length, check_context=False)
+            yield order[s:s + batch_size]
 
 
 def _residuals(model: Model, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor,
@@ -185,8 +195,11 @@ def _kl(final_logp: torch.Tensor, lens_logits: torch.Tensor, mask: torch.Tensor)
 def train_tuned_lens(model: Model, texts: Sequence[str], *, steps: int = 250, lr: float = 1e-3,
                      momentum: float = 0.9, weight_decay: float = 1e-3, batch_size: int = 8, max_length: int = 128,
                      seed: int = 0, lens: TunedLens | None = None, optimizer: str = "adam",
-                     progress: Callable[[int, float], None] | None = None) -> tuple[TunedLens, list[dict[str, float]]]:
-    """Train translators on ``texts`` (see module docstring); returns the lens and the per-step mean KL."""
+                     progress: Callable[[int, float], None] | None = None, resume: Resume | None = None,
+                     checkpoint_every: int = 25) -> tuple[TunedLens, list[dict[str, float]]]:
+    """Train translators on ``texts`` (see module docstring); returns the lens and the per-step mean KL. With
+    ``resume`` (the run folder's record), the translators, optimizer and schedule are checkpointed every
+    ``checkpoint_every`` steps and a re-run continues from the latest checkpoint, bit for bit."""
     if steps < 1 or batch_size < 1 or max_length < 2:
         raise InputError(f"steps, batch_size and max_length must be positive (got {steps}, {batch_size}, "
                          f"{max_length})")
@@ -202,14 +215,22 @@ def train_tuned_lens(model: Model, texts: Sequence[str], *, steps: int = 250, lr
     else:
         raise InputError(f"unknown optimizer {optimizer!r}; valid: sgd, adam")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
+    history: list[dict[str, float]] = []
+    start = 0
+    last = resume.latest() if resume is not None else None
+    if last is not None:
+        start, history = _load_training(last, lens, opt, sched)
     frozen = [(p, p.requires_grad) for p in model.hf.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    history = []
     try:
-        batches = _batches(model, texts, min(batch_size, len(texts)), max_length, seed)
-        for step in range(steps):
-            hs, final, mask = _residuals(model, next(batches))
+        order = _batch_indices(len(texts), min(batch_size, len(texts)), seed)
+        for _ in range(start):
+            next(order)
+        for step in range(start, steps):
+            batch = model.tokenize([texts[i] for i in next(order)], padding_side="right", truncate_left=max_length,
+                                   check_context=False)
+            hs, final, mask = _residuals(model, batch)
             opt.zero_grad(set_to_none=True)
             total = 0.0
             for i, h in enumerate(hs):  # one backward per layer keeps one layer's logits in memory
@@ -221,10 +242,38 @@ def train_tuned_lens(model: Model, texts: Sequence[str], *, steps: int = 250, lr
             history.append({"step": step + 1, "kl": total / len(hs)})
             if progress is not None:
                 progress(step + 1, total / len(hs))
+            if resume is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 \
+                    and step + 1 < steps:
+                _save_training(resume, step + 1, lens, opt, sched, history)
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
     return lens, history
+
+
+def _save_training(resume: Resume, step: int, lens: TunedLens, opt: torch.optim.Optimizer, sched: Any,
+                   history: list[dict[str, float]]) -> None:
+    tensors = {f"lens.{k}": v for k, v in lens.state_dict().items()}
+    state = opt.state_dict()
+    for i, st in state["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v)
+    resume.checkpoint(step, tensors, {"param_groups": state["param_groups"], "scheduler": sched.state_dict(),
+                                      "history": history}, keep=2)
+
+
+def _load_training(folder: Path, lens: TunedLens, opt: torch.optim.Optimizer, sched: Any
+                   ) -> tuple[int, list[dict[str, float]]]:
+    meta, t = Resume.load_checkpoint(folder)
+    lens.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("lens.")})
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            opt_state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict(meta["scheduler"])
+    return int(meta["step"]), list(meta["history"])
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import Replace
+from ..hooks.additions import Add
 from ..hooks.points import HookPoint
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def answer_logprob_metric(model: Model, prompts: Sequence[Any], *, batch_size: i
 
 
 def direction_derivatives(model: Model, point: HookPoint, v: torch.Tensor, metric: Metric,
-                          multipliers: Sequence[float]) -> list[dict[str, float]]:
+                          multipliers: Sequence[float], *, source: dict[str, Any] | None = None
+                          ) -> list[dict[str, float]]:
     """``f(m)``, ``f'(m)`` and ``f''(m)`` at each multiplier, ``f`` being ``metric`` with ``m * v`` added at
     ``point`` (every position)."""
     if v.numel() != point.width(model):
@@ -91,10 +92,9 @@ def direction_derivatives(model: Model, point: HookPoint, v: torch.Tensor, metri
     for m0 in multipliers:
         m = torch.tensor(float(m0), dtype=torch.float64, requires_grad=True)
 
-        def shift(x: torch.Tensor, m: torch.Tensor = m) -> torch.Tensor:
-            return x + (m * vv.to(device=x.device, dtype=torch.float64)).to(x.dtype)
-
-        with torch.enable_grad(), second_order_attention(), model.edit(Replace(point, shift, label="m * v")):
+        with torch.enable_grad(), second_order_attention(), \
+                model.edit(Add({point: m * vv.double()}, positions="all",
+                                source={"purpose": "curvature", "m": float(m0), **(source or {})})):
             f = metric()
             (g,) = torch.autograd.grad(f, m, create_graph=True)
             (h,) = torch.autograd.grad(g, m)
@@ -115,10 +115,7 @@ class LossHessian:
         self.n_products = 0
 
     def _loss(self, b: dict[str, torch.Tensor], delta: torch.Tensor) -> torch.Tensor:
-        def shift(x: torch.Tensor) -> torch.Tensor:
-            return x + delta.to(device=x.device, dtype=x.dtype)
-
-        with self.model.edit(Replace(self.point, shift, label="delta")):
+        with self.model.edit(Add({self.point: delta}, positions="all", source={"purpose": "Hessian: delta"})):
             return lm_loss_metric(self.model, [b])()
 
     def loss(self, delta: torch.Tensor) -> torch.Tensor:

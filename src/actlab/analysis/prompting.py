@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import Replace, rotate_towards
+from ..hooks.directions import rotate_towards
+from ..hooks.interventions import Replace
 from ..hooks.points import HookPoint
 
 if TYPE_CHECKING:

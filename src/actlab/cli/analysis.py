@@ -22,7 +22,6 @@ from .common import (
     ModelArg,
     checks,
     console,
-    deprecated,
     load,
     opt,
     parse_floats,
@@ -78,7 +77,6 @@ def layers_cmd(
     = "last",
     limit: LimitOpt = None,
     top_k: Annotated[int, opt("--top-k", metavar="K", help="How many layers to recommend.")] = 5,
-    top: Annotated[int | None, opt("--top", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
     chat: ChatOpt = None,
     batch_size: BatchOpt = 16,
     dtype: DtypeOpt = None,
@@ -93,9 +91,6 @@ def layers_cmd(
     from ..jobs import layer_selection
     from ..jobs.compare import contrast_prompts
 
-    if top is not None:
-        deprecated("--top", "--top-k")
-        top_k = top
     if not (pairs or ab or (positive and negative)):
         raise InputError("give --positive and --negative, or --pairs, or --ab")
     for f, what in ((positive, "--positive"), (negative, "--negative"), (pairs, "--pairs"), (ab, "--ab")):
@@ -117,25 +112,12 @@ def layers_cmd(
     wrote(out / "layer_metrics.json", "layer_metrics.png")
 
 
-def _model_first(model: str, other: Path, kind: str) -> tuple[str, Path]:
-    """MODEL comes first everywhere; the first wave's order (the vector or dictionary first) still works for one
-    release, with a deprecation line."""
-    first, second = Path(model), Path(str(other))
-    looks = {"vector": lambda p: p.is_file() and p.suffix in (".safetensors", ".gguf"),
-             "dictionary": lambda p: p.is_dir() and (p / "cfg.json").is_file()}[kind]
-    if looks(first) and not looks(second):
-        deprecated(f"the {kind} before MODEL", f"MODEL first: actlab ... {second} {first}")
-        return str(second), first
-    return model, other
-
-
 def project_vocab(
     model: ModelArg,
     vector: Annotated[Path, typer.Argument(help="Vector file.", metavar="VECTOR", show_default=False)],
     out: OutDir,
     layers: LayersOpt = None,
     top_k: Annotated[int, opt("--top-k", metavar="K", help="Tokens per side.")] = 10,
-    k: Annotated[int | None, opt("--k", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
     prompt: Annotated[list[str] | None, opt("--prompt", "-p", metavar="TEXT", help="Also: dot products with the "
                                             "activations of generated tokens.")] = None,
     max_new_tokens: Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens to generate per prompt.")]
@@ -150,10 +132,6 @@ def project_vocab(
     from ..errors import InputError
     from ..jobs import vocab_projection
 
-    if k is not None:
-        deprecated("--k", "--top-k")
-        top_k = k
-    model, vector = _model_first(model, vector, "vector")
     checks.input_file(vector, "vector file")
     checks.output_dir(out, "--out folder")
     checks.layer_syntax(layers)

@@ -100,8 +100,8 @@ def lens(
     """Logit lens: decode hook points through the final norm and unembedding, layer by layer."""
     from rich.table import Table
 
-    from ..jobs.lens import DEFAULT_POINTS
-    from ..jobs.lens import lens as run_lens
+    from ..jobs.lenses import DEFAULT_POINTS
+    from ..jobs.lenses import lens as run_lens
 
     pts = split_list(points) or [DEFAULT_POINTS]
     checks.point_syntax(pts)
@@ -126,11 +126,12 @@ def lens(
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
                    json_out=json_out, html_out=html_out, lens=tuned)
     if grid_out is not None:
+        from ..hooks.points import parse_points
         from ..lens import lens_grid
         from ..runs import write_json
 
         first = pts[0].split(",")[0].strip()
-        kind = first.rsplit(".", 1)[-1] if first.startswith("blocks.") else first
+        kind = parse_points(first, m.n_layers)[0].kind if first.startswith("blocks.") else first
         text = m.chat_prompt(prompt[0]) if chat else prompt[0]
         write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat, lens=tuned))
     for b, p in enumerate(res.prompts):
@@ -200,6 +201,10 @@ def tuned_lens_cmd(
     batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Texts per step.")] = 8,
     max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
     seed: Annotated[int, opt("--seed", metavar="N", help="Seed.")] = 0,
+    checkpoint_every: Annotated[int, opt("--checkpoint-every", metavar="N", help="Steps between checkpoints (a "
+                                         "re-run in --out continues from the latest).")] = 25,
+    overwrite: Annotated[bool, opt("--overwrite", help="Start again instead of continuing a run in --out.")]
+    = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -208,13 +213,14 @@ def tuned_lens_cmd(
 ) -> None:
     """Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out text."""
     from ..data.texts import read_texts
-    from ..jobs.lens import tuned_lens
+    from ..jobs.lenses import tuned_lens
     from ..progress import task
 
     checks.input_path(data, "--data")
     checks.output_dir(out, "--out folder")
     for value, flag in ((limit, "--limit"), (held_out, "--held-out"), (steps, "--steps"),
-                        (batch_size, "--batch-size"), (max_length, "--max-length")):
+                        (batch_size, "--batch-size"), (max_length, "--max-length"),
+                        (checkpoint_every, "--checkpoint-every")):
         checks.positive(value, flag)
     checks.positive(lr, "--lr")
     checks.choice(optimizer, "--optimizer", ("adam", "sgd"))
@@ -222,8 +228,8 @@ def tuned_lens_cmd(
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     with task("training the tuned lens", total=steps, unit="steps") as bar:
         res = tuned_lens(m, texts, out, held_out=held_out, steps=steps, lr=lr, optimizer=optimizer,
-                         batch_size=batch_size,
-                         max_length=max_length, seed=seed, progress=lambda step, kl: bar.advance(1, kl=round(kl, 4)))
+                         batch_size=batch_size, max_length=max_length, seed=seed, checkpoint_every=checkpoint_every,
+                         overwrite=overwrite, progress=lambda step, kl: bar.advance(1, kl=round(kl, 4)))
     n = len(res["layers"])
     console.print(f"mean KL to the output over {n} layers (held-out): logit lens "
                   f"{sum(res['kl']['logit']) / n:.3g}, tuned lens {sum(res['kl']['tuned']) / n:.3g}", highlight=False)

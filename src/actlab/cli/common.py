@@ -3,7 +3,6 @@ before any model loads (:mod:`actlab.checks`), calls one job and prints; nothing
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,11 +39,6 @@ def opt(*names: str, help: str, metavar: str | None = None, hidden: bool = False
     return typer.Option(*names, help=help, metavar=metavar, hidden=hidden, **kw)
 
 
-def deprecated(old: str, new: str) -> None:
-    logging.getLogger("actlab").warning(f"{old} is deprecated and will be removed in the next release; use {new}")
-
-
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 PARALLEL_COMMANDS = ("acts cache", "steer extract", "steer sweep", "sae train")
 
 
@@ -89,30 +83,10 @@ def load(model: str, dtype: str | None, device: str | None, gguf_file: str | Non
 
 
 def placement(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
-    """``--device-map`` / ``--max-memory`` as ``load_model`` keywords (a memory map implies ``auto``)."""
-    kw: dict[str, Any] = {}
-    if max_memory is not None:
-        kw["max_memory"] = parse_max_memory(max_memory)
-        device_map = device_map or "auto"
-    if device_map is not None:
-        checks.choice(device_map, "--device-map", DEVICE_MAPS)
-        kw["device_map"] = device_map
-    return kw
+    """``--device-map`` / ``--max-memory`` as ``load_model`` keywords (:func:`actlab.models.placement.placement`)."""
+    from ..models.placement import placement as place
 
-
-def parse_max_memory(spec: str) -> dict[Any, str]:
-    """``0:20GiB,1:20GiB,cpu:64GiB`` -> accelerate's max_memory mapping."""
-    from ..errors import InputError
-
-    out: dict[Any, str] = {}
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        dev, _, size = part.partition(":")
-        if not size or not (dev.isdigit() or dev in ("cpu", "mps", "disk")):
-            raise InputError(f"cannot read --max-memory {spec!r} at {part!r}; use e.g. 0:20GiB,1:20GiB,cpu:64GiB")
-        out[int(dev) if dev.isdigit() else dev] = size
-    if not out:
-        raise InputError(f"--max-memory {spec!r} is empty; use e.g. 0:20GiB,cpu:64GiB")
-    return out
+    return place(device_map, max_memory)
 
 
 def split_list(values: list[str] | None) -> list[str]:

@@ -17,7 +17,6 @@ from .common import (
     ModelArg,
     checks,
     console,
-    deprecated,
     distributed,
     load,
     opt,
@@ -192,8 +191,6 @@ def evaluate(
                                      "--data).")] = None,
     data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts for the downstream loss.")] = None,
     limit: Annotated[int, opt("--limit", metavar="N", help="Texts for the downstream loss.")] = 32,
-    n_texts: Annotated[int | None, opt("--n-texts", metavar="N", help="Deprecated: use --limit.", hidden=True)]
-    = None,
     max_batches: Annotated[int, opt("--max-batches", metavar="N", help="Cache batches to evaluate on.")] = 16,
     batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Tokens per cache batch.")] = 4096,
     max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text for the downstream loss.")]
@@ -207,9 +204,6 @@ def evaluate(
     from ..errors import InputError
     from ..jobs import evaluate_saes
 
-    if n_texts is not None:
-        deprecated("--n-texts", "--limit")
-        limit = n_texts
     if cache is None and (model is None or data is None):
         raise InputError("give --cache and/or --model with --data")
     for s in saes:
@@ -233,16 +227,12 @@ def overlap_cmd(
     b: Annotated[Path, typer.Argument(help="Second dictionary folder.", metavar="SAE_B", show_default=False)],
     out: OutDir,
     top_k: Annotated[int, opt("--top-k", metavar="K", help="Most similar pairs to list.")] = 20,
-    top: Annotated[int | None, opt("--top", metavar="K", help="Deprecated: use --top-k.", hidden=True)] = None,
     hungarian: Annotated[bool, opt("--hungarian/--no-hungarian", help="Also the Hungarian-matched mean cosine.")]
     = True,
 ) -> None:
     """Mean max cosine (greedy and Hungarian) between two dictionaries' decoder directions."""
     from ..jobs import sae_overlap
 
-    if top is not None:
-        deprecated("--top", "--top-k")
-        top_k = top
     checks.input_dir(a, "dictionary folder")
     checks.input_dir(b, "dictionary folder")
     checks.output_dir(out, "--out folder")
@@ -264,10 +254,7 @@ def top_examples_cmd(
                                         "most active].")] = None,
     top_k: Annotated[int, opt("--top-k", metavar="K", help="How many features when --features is not given.")]
     = 16,
-    n_features: Annotated[int | None, opt("--n-features", metavar="K", help="Deprecated: use --top-k.",
-                                          hidden=True)] = None,
     contexts: Annotated[int, opt("--contexts", metavar="N", help="Contexts per feature.")] = 8,
-    k: Annotated[int | None, opt("--k", metavar="N", help="Deprecated: use --contexts.", hidden=True)] = None,
     limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read.")] = 200,
     max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
     rank_by: Annotated[str, opt("--rank-by", metavar="WHAT", help="Which features when --features is not given: "
@@ -281,15 +268,6 @@ def top_examples_cmd(
     """Feature dashboards: top contexts with every token shaded, activation histogram, promoted and suppressed
     tokens, density; JSON, an offline page with search and sort, and a Neuronpedia-style export."""
     from ..jobs import top_examples
-    from .analysis import _model_first
-
-    if n_features is not None:
-        deprecated("--n-features", "--top-k")
-        top_k = n_features
-    if k is not None:
-        deprecated("--k", "--contexts")
-        contexts = k
-    model, sae = _model_first(model, sae, "dictionary")
     checks.input_dir(sae, "dictionary folder")
     checks.input_path(data, "--data")
     checks.output_dir(out, "--out folder")

@@ -71,7 +71,7 @@ def serve_cmd(
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     from ..tuned_lens import parse_lens
 
-    pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts, tuned_lens=parse_lens(lens, m))
+    pg = Playground(m, vectors=vectors, sae=dictionary, texts=texts, lenses=[parse_lens(lens, m)])
     if not is_loopback(host):
         err_console.print(f"warning: binding {host}: anyone who can reach this machine can run the model",
                           highlight=False)

@@ -20,7 +20,6 @@ from .common import (
     ModelArg,
     checks,
     console,
-    deprecated,
     distributed,
     load,
     opt,
@@ -34,8 +33,8 @@ app = typer.Typer(help="Extract steering vectors, steer generation, sweep behavi
 
 READ_HELP = ("Read positions: answer (A/B), last, eoi (every end-of-instruction token), eoi:K, mean "
              "[default: answer / mean / eoi by format].")
-STEER_HELP = ("Steered tokens: auto (from the end of the instruction with a chat template, else every token), "
-              "all, from_eoi or generated.")
+STEER_HELP = ("Steered tokens: auto (from the end of the instruction in prompts that have one, else every token), "
+              "all, from_eoi, generated or last:K (from the prompt's K-th last token).")
 MinConfOpt = Annotated[float | None, opt("--min-confidence", metavar="X", help="Anthropic persona files: keep "
                                          "items whose label_confidence is at least this.")]
 ChoicesOpt = Annotated[bool, opt("--as-choices", help="Render Yes/No (persona) items as A/B choices (letters "
@@ -46,7 +45,7 @@ MaxNewOpt = Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens to 
 
 
 def _steer_positions(value: str) -> str:
-    from ..hooks.interventions import check_steer_positions
+    from ..hooks.positions import check_steer_positions
 
     return check_steer_positions(value)
 
@@ -84,7 +83,7 @@ def extract(
     from ..hooks.points import block_kind
     from ..jobs import extract_vector
     from ..jobs.steering import FORMATS
-    from ..steering.extract import METHODS, TRUNCATE
+    from ..steering.extraction import METHODS, TRUNCATE
 
     checks.input_file(data, "--data file")
     checks.choice(format, "--format", FORMATS)
@@ -123,8 +122,6 @@ def generate(
     vector: VectorOpt,
     prompt: Annotated[list[str], opt("--prompt", "-p", metavar="TEXT", help="Prompt (repeat for several).")],
     layers: LayersOpt = None,
-    layer: Annotated[list[int] | None, opt("--layer", metavar="N", help="Deprecated: use --layers.", hidden=True)]
-    = None,
     multiplier: Annotated[float, opt("--multiplier", "-m", metavar="X", help="Scale of the vector.")] = 4.0,
     positions: Annotated[str, opt("--positions", metavar="POLICY", help=STEER_HELP)] = "auto",
     max_new_tokens: MaxNewOpt = 40,
@@ -142,9 +139,6 @@ def generate(
 
     from ..jobs import generate as run_generate
 
-    if layer:
-        deprecated("--layer", "--layers (e.g. --layers 8,10 or --layers 8-12)")
-        layers = ",".join(str(i) for i in layer)
     checks.input_file(vector, "--vector file")
     checks.layer_syntax(layers)
     checks.finite(multiplier, "--multiplier")
@@ -346,6 +340,8 @@ def refusal(
     = 0.1,
     max_new_tokens: Annotated[int, opt("--max-new-tokens", metavar="N", help="Tokens generated per check.")] = 32,
     batch_size: BatchOpt = 16,
+    overwrite: Annotated[bool, opt("--overwrite", help="Recompute the candidate directions a run in this folder "
+                                   "saved.")] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -370,7 +366,8 @@ def refusal(
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
                         layers=parse_layers(layers, m.n_layers), batch_size=batch_size, kl_threshold=kl_threshold,
                         top_k=top_k, max_new_tokens=max_new_tokens)
-    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg)
+    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg,
+                      overwrite=overwrite)
     console.print(f"selected layer {res.layer}, position {res.eoi_position}; refusal rate on harmful validation "
                   f"prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the direction "
                   f"ablated", highlight=False)

@@ -15,7 +15,6 @@ negative numbers counting from the end.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +171,19 @@ class HookPoint:
         """The activation's last dimension in ``model`` (d_model, or d_mlp for ``mlp_hidden``)."""
         return self.spec.width(model)
 
+    def row_width(self, model: Any) -> int | None:
+        """Values per token when every token's activation is one row (a cache, an SAE's input): the width, or
+        for per-head kinds heads x width (``attn.z``: n_heads * d_head, the concatenation attention SAEs read).
+        None for ``attn.pattern``, whose key axis depends on the text."""
+        shape = self.spec.shape
+        if self.kind == "attn.pattern":
+            return None
+        if "kv_head," in shape:
+            return int(model.n_kv_heads) * self.width(model)
+        if "head," in shape:
+            return int(model.n_heads) * self.width(model)
+        return self.width(model)
+
     @classmethod
     def parse(cls, name: str, n_layers: int) -> HookPoint:
         """Exactly one point from its name (``blocks.3.resid_post``, ``embed``...)."""
@@ -259,18 +271,9 @@ _SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
 
 
 def _layers_in_point(token: str, n_layers: int, spec: str) -> list[int]:
-    m = _SLICE.match(token)
-    if m is not None:  # the first wave's exclusive Python slice, blocks.2:5 = layers 2, 3, 4
-        lo = int(m.group(1)) if m.group(1) else 0
-        hi = int(m.group(2)) if m.group(2) else n_layers
-        lo, hi = (lo + n_layers if lo < 0 else lo), (hi + n_layers if hi < 0 else hi)
-        layers = list(range(max(lo, 0), min(hi, n_layers)))
-        warnings.warn(f"hook point {spec!r}: the slice form 'a:b' (b excluded) is deprecated; write the "
-                      f"layers inclusively, e.g. 'blocks.{layers[0] if layers else 0}-"
-                      f"{layers[-1] if layers else 0}.<kind>'", DeprecationWarning, stacklevel=4)
-        if not layers:
-            raise HookPointError(f"hook point {spec!r} selects no layer; the model has layers 0..{n_layers - 1}")
-        return layers
+    if _SLICE.match(token) is not None:  # the first wave's exclusive Python slice (blocks.2:5), removed
+        raise HookPointError(f"hook point {spec!r}: the slice form 'a:b' is gone; write the layers inclusively, "
+                             "e.g. 'blocks.2-4.<kind>'")
     try:
         return layer_list(token, n_layers, what=f"layers in hook point {spec!r}")
     except InputError as e:

@@ -33,6 +33,21 @@ class HookTarget(Protocol):
     @property
     def d_mlp(self) -> int: ...
 
+    @property
+    def n_heads(self) -> int:
+        """Attention (query) heads per layer."""
+        ...
+
+    @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (fewer than ``n_heads`` with grouped-query attention)."""
+        ...
+
+    @property
+    def d_head(self) -> int:
+        """Width of one head's queries, keys and values."""
+        ...
+
     def module(self, field: str, layer: int | None) -> nn.Module | None:
         """The module an adapter field names (``block``: decoder layer ``layer`` itself), or None if absent."""
         ...
@@ -58,7 +73,7 @@ def resolve(target: HookTarget, site: Site, p: HookPoint) -> Resolved | None:
         mod = target.module(site.field, layer)
     if mod is None:
         return None
-    heads = int(getattr(target, "n_heads", 0)) if k.view else 0
+    heads = int(target.n_heads) if k.view else 0
     return Resolved(mod, site.where, k.view if site is k.read else None, heads)
 
 

@@ -10,7 +10,7 @@ spinner and prints a summary, so a notebook or the playground gets exactly what 
 
 from .compare import curvature, diverge, hessian, layer_selection, prompting, vector_comparison, vocab_projection
 from .finetune import finetune_dpo, finetune_rl
-from .lens import lens
+from .lenses import lens
 from .sae import cache_acts, evaluate_saes, sae_overlap, top_examples, train_saes
 from .steering import ablate_weights, extract_vector, generate, mix_generate, refusal, sweep
 

@@ -256,8 +256,7 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
               "multipliers": list(multipliers), "metric": name, "ab": str(ab) if ab else None,
               "n_texts": len(texts), "limit": limit}
     with Run(out, "compare curvature", config) as run:
-        run.add_interventions([{"kind": "steer", "point": point.name, "multiplier": "grid", **vec.provenance()}])
-        rows = direction_derivatives(m, point, vec[lay], metric, multipliers)
+        rows = direction_derivatives(m, point, vec[lay], metric, multipliers, source=vec.provenance())
         result = {"kind": "curvature", "model": m.name, "point": point.name, "metric": name, "rows": rows,
                   "vector_norm": float(vec[lay].norm()),
                   "note": "derivatives with respect to the multiplier m of m * vector added at every position"}

@@ -101,9 +101,9 @@ def _check_width(folder: Any, sae: Any, m: Any) -> None:
     if not sae.cfg.hook_point:
         raise InputError(f"dictionary {folder} records no hook point; it cannot be spliced into {m.name}")
     point = HookPoint.parse(sae.cfg.hook_point, m.n_layers)
-    if point.width(m) != sae.cfg.d_in:
+    if point.row_width(m) != sae.cfg.d_in:
         raise InputError(f"dictionary {folder} reads {sae.cfg.d_in}-wide activations but {point.name} of {m.name} "
-                         f"is {point.width(m)} wide; it belongs to another model")
+                         f"is {point.row_width(m)} wide; it belongs to another model")
 
 
 def sae_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str | os.PathLike[str], *,

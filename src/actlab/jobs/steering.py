@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data import ABItem, load_ab, load_instructions, load_pairs
 from ..errors import InputError
-from ..hooks.points import HookPoint, parse_layers
+from ..hooks.points import parse_layers
 from ..parallel import rank_and_world
 from ..progress import info as progress_info
 from ..runs import Run, write_json
@@ -22,8 +22,8 @@ from ..steering import (
     resolve_style,
 )
 from ..steering import extract as extract_fn
-from ..steering.apply import Steer
-from ..steering.evaluate import SweepResult, ab_sweep, resolve_positions, steered_generations
+from ..steering.ablation import orthogonalization_record
+from ..steering.evaluate import SweepResult, ab_sweep, steered_generations
 from ..steering.prompts import PromptStyle, format_prompt
 from ..steering.refusal import RefusalConfig, RefusalResult, refusal_pipeline
 from ..steering.vector import SteeringVector
@@ -103,10 +103,8 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
     if rank_and_world()[0] != 0:  # a torchrun rank: evaluates its share of the questions, rank 0 writes
         return ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
                         out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
-    with Run(out, "steer sweep", config) as run:
-        pos = resolve_positions(positions or "auto", style)
-        run.add_interventions([{**Steer(vec, 1.0, layers=lay, positions=pos).record(), "multiplier": "grid",
-                                "multipliers": list(multipliers)}])
+    with Run(out, "steer sweep", config) as run:  # every cell applied is recorded in run.json as it runs
+        pos = positions or "auto"
         res = ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
                        out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
         sweep_figures(res, out, title=f"{m.name}: {vec.point}, positions={pos}")
@@ -127,7 +125,7 @@ def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLi
     with Run(out, "steer ablate", {"model": name_of(model), "direction": name_of(direction),
                                    "layer": layer if layer is not None else vec.layers[0],
                                    "layers": lay or "all"}) as run:
-        run.add_interventions([{"kind": "orthogonalize", "layers": lay or "all", **vec.provenance()}])
+        run.add_interventions([orthogonalization_record(m, d, layers=lay, source=vec.provenance())])
         texts = [m.chat_prompt(p) if getattr(m.tokenizer, "chat_template", None) else p for p in prompts]
         before = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=False) if texts else []
         orth = orthogonalize(m, d, copy_model=False, layers=lay)
@@ -140,7 +138,7 @@ def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLi
 def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str],
             out: str | os.PathLike[str], *, harmful_val: str | os.PathLike[str] | None = None,
             harmless_val: str | os.PathLike[str] | None = None, config: RefusalConfig | None = None,
-            log: Callable[[str], None] = progress_info) -> RefusalResult:
+            log: Callable[[str], None] = progress_info, overwrite: bool = False) -> RefusalResult:
     """The refusal-direction pipeline in a run folder (``direction.safetensors``, candidates, generations,
     ``scores.png``). Validation sets default to the training files after their first ``n_train`` items."""
     from ..report.figures import refusal_scores
@@ -155,11 +153,9 @@ def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | o
                "harmless_val": str(harmless_val) if harmless_val else None,
                **{k: v for k, v in vars(cfg).items() if k != "refusal_phrases"}}
     with Run(out, "steer refusal", run_cfg, seed=cfg.seed) as run:
-        res = refusal_pipeline(m, h_all, n_all, hv, nv, config=cfg, out_dir=out, log=log)
+        res = refusal_pipeline(m, h_all, n_all, hv, nv, config=cfg, out_dir=out, log=log, overwrite=overwrite)
         refusal_scores(res.candidates, layer=res.layer, base_harmful=res.base_harmful,
                        base_harmless=res.base_harmless, kl_threshold=cfg.kl_threshold, path=Path(out) / "scores.png")
-        run.add_interventions([{"kind": "project_out", "layers": "all", "purpose": "candidate scoring",
-                                "point": HookPoint(res.layer, "resid_pre").name}])
         run.results = {"layer": res.layer, "eoi_position": res.eoi_position,
                        "refusal_rate_before": res.refusal_rate_before, "refusal_rate_after": res.refusal_rate_after}
     return res
@@ -191,8 +187,7 @@ def mix_generate(model: ModelLike, source: str, point: str, prompts: Sequence[st
         return run_all()
     config = {"model": name_of(model), "source": source, "point": point, "scale": scale, "position": position,
               "positions": positions, "chat": style.chat, "prompts": list(prompts), "max_new_tokens": max_new_tokens}
-    with Run(out, "steer mix", config) as run:
+    with Run(out, "steer mix", config):
         res = run_all()
-        run.add_interventions([res["intervention"]])
         write_json(Path(out) / "mix.json", res)
     return res

@@ -59,7 +59,8 @@ def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, 
     only when given (the training side of :func:`split_lexicon`)."""
     rng = random.Random(seed)
     pool = lexicon if allowed is None else {w: v for w, v in lexicon.items() if w in allowed}
-    pos, neu, neg = substitute_words(pool, min_valence)
+    pos, _, neg = substitute_words(pool, min_valence)
+    _, neu, _ = substitute_words(lexicon, min_valence)  # neutral: absent from the whole lexicon, held-out side too
     if not pos or not neg or not neu:
         raise InputError("the lexicon has no positive, neutral or negative substitute words")
     out: list[dict[str, Any]] = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from torch import nn
 
 from ..errors import HookPointError, InputError
 from ..hooks.capture import Activations, Capture
-from ..hooks.core import CACHE_KWARGS, HookSession, StopForward
-from ..hooks.interventions import Edit, Edits, Intervention, install_edit
+from ..hooks.core import CACHE_KWARGS, StopForward
+from ..hooks.interventions import Edits, Intervention
 from ..hooks.points import HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
 from ..hooks.sites import read_plan, write_plan
@@ -241,13 +240,6 @@ class Model:
         site = write_plan(self, parse_points(p, self.n_layers)[0]).site
         return site.module, site.where
 
-    def add_edit(self, session: HookSession, p: HookPoint, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Replace the activation at ``p`` by ``fn(activation)`` while ``session`` is open. Deprecated: use
-        ``with model.edit(Replace(point, fn)):`` (:class:`actlab.hooks.interventions.Replace`)."""
-        warnings.warn("Model.add_edit is deprecated; use `with model.edit(Replace(point, fn))`",
-                      DeprecationWarning, stacklevel=2)
-        install_edit(session, self, Edit(parse_points(p, self.n_layers)[0], lambda x, state: fn(x)))
-
     def hooks(self, hooks: Mapping[str, Callable[..., torch.Tensor | None]], *, positions: str = "all",
               eoi_ids: Sequence[int] | None = None) -> Edits:
         """Your own functions at hook points, as one context: ``with model.hooks({"blocks.3.attn.pattern": fn}):``.
@@ -351,16 +343,28 @@ class Model:
         if attention_mask is not None and attention_mask.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
             raise InputError("last_logits needs left padding (a row ends in padding)")
         kwargs.setdefault("use_cache", False)
-        if self._accepts_logits_to_keep():
+        if self.accepts_logits_to_keep:
             kwargs["logits_to_keep"] = 1
         return self(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, -1].float()
 
-    def _accepts_logits_to_keep(self) -> bool:
-        if not hasattr(self, "_ltk"):
+    def _forward_params(self) -> Any:
+        if not hasattr(self, "_params"):
             import inspect
 
-            self._ltk = "logits_to_keep" in inspect.signature(self.hf.forward).parameters
-        return self._ltk
+            self._params = inspect.signature(self.hf.forward).parameters
+        return self._params
+
+    @property
+    def accepts_logits_to_keep(self) -> bool:
+        """Whether the forward takes ``logits_to_keep`` (unembed only the last positions)."""
+        return "logits_to_keep" in self._forward_params()
+
+    @property
+    def cache_argument(self) -> str:
+        """The forward's name for the KV cache (``cache`` since transformers 5.24, ``past_key_values`` before;
+        one of :data:`actlab.hooks.core.CACHE_KWARGS`)."""
+        params = self._forward_params()
+        return next((k for k in CACHE_KWARGS if k in params), "past_key_values")
 
     @torch.no_grad()
     def generate_text(self, prompts: TextBatch, *, max_new_tokens: int = 32, do_sample: bool = False,

@@ -413,8 +413,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: p.name == "config.json" and isinstance(o, Mapping) and "model_type" in o, model_config),
     (lambda p, o: p.name in ("train_config.json", "cfg.json", "word_split.json", "neuronpedia.json",
                              "generations.json", "candidates.json", "summary.json",
-                             "dictionaries.json", "layers.json", "generation_config.json")
-     or p.parent.name == "stages", folded),
+                             "dictionaries.json", "layers.json", "generation_config.json"), folded),
 ]
 
 

@@ -7,10 +7,10 @@ from typing import Any
 _LAZY = {
     "read_texts": "actlab.data.texts",
     "ARCHITECTURES": ".dictionary", "SAEConfig": ".dictionary", "SparseAutoencoder": ".dictionary",
-    "FeatureEdit": ".features", "FeatureIntervention": ".features", "decoder_cosines": ".features",
+    "FeatureEdit": ".features", "decoder_cosines": ".features",
     "overlap": ".features", "top_examples": ".features",
     "load_sae": ".io", "save_sae": ".io",
-    "Splice": ".metrics", "downstream_loss": ".metrics", "reconstruction_metrics": ".metrics",
+    "downstream_loss": ".metrics", "reconstruction_metrics": ".metrics",
     "CacheError": ".store", "CacheReader": ".store", "cache_activations": ".store", "online_batches": ".store",
     "TrainConfig": ".config", "Trainer": ".train", "TrainingDivergedError": ".train", "train_saes": ".train",
 }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import Edits, Replace
+from ..hooks.interventions import Replace
 from ..hooks.points import HookPoint
 from ..models.tokens import token_strings
 from ..progress import task as progress_task
@@ -82,11 +82,11 @@ class FeatureEdit(Replace):
         fac = factors[touched].to(sae.W_enc.device)
         w = sae.W_dec[touched].detach()
 
-        def edit(x: torch.Tensor) -> torch.Tensor:
+        def edit(x: torch.Tensor) -> torch.Tensor:  # per-head kinds: the heads side by side, as cached
             with torch.no_grad():
-                f = sae.encode(x.to(sae.W_enc.device, torch.float32))[..., touched]
+                f = sae.encode(x.reshape(*x.shape[:2], -1).to(sae.W_enc.device, torch.float32))[..., touched]
                 delta = ((fac - 1) * f) @ w
-            return x + delta.to(x.device, x.dtype)
+            return x + delta.to(x.device, x.dtype).reshape(x.shape)
 
         self.ablated, self.scaled = sorted(int(f) for f in ablate), {int(k): float(v) for k, v in (scale or {}).items()}
         super().__init__(where, edit, label="sae_feature_edit",
@@ -94,14 +94,6 @@ class FeatureEdit(Replace):
 
     def record(self) -> dict[str, Any]:
         return {**super().record(), "kind": self.kind, "ablate": self.ablated, "scale": self.scaled}
-
-
-class FeatureIntervention(Edits):
-    """:class:`FeatureEdit` applied at once (context manager or handle); kept as a name."""
-
-    def __init__(self, model: Model, sae: SparseAutoencoder, point: str, *, ablate: Sequence[int] = (),
-                 scale: Mapping[int, float] | None = None):
-        super().__init__(model, [FeatureEdit(sae, point, ablate=ablate, scale=scale)])
 
 
 class _TopK:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import Edits, Replace
+from ..hooks.interventions import Replace
 from ..progress import task as progress_task
 from ..runs import write_json
 from .dictionary import SparseAutoencoder
@@ -78,20 +78,10 @@ def _lm_loss(model: Model, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
     return float((nll * m).sum()), int(m.sum())
 
 
-class Splice(Edits):
-    """Replace a hook point's activation by ``fn(x)`` (e.g. the SAE reconstruction) inside a ``with``; the same
-    as ``model.edit(Replace(point, fn))``, kept as a name."""
-
-    def __init__(self, model: Model, point: str, fn, *, label: str = ""):
-        pts = model.parse_points(point)
-        if len(pts) != 1:
-            raise InputError(f"splice one hook point; {point!r} names {len(pts)}")
-        super().__init__(model, [Replace(pts[0], fn, label=label)])
-
-
 def _reconstruct(sae: SparseAutoencoder):
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return sae(x.to(sae.W_enc.device, torch.float32))[0].to(x.device, x.dtype)
+    def fn(x: torch.Tensor) -> torch.Tensor:  # per-head kinds: the heads side by side, as the cache stores them
+        flat = x.reshape(*x.shape[:2], -1).to(sae.W_enc.device, torch.float32)
+        return sae(flat)[0].to(x.device, x.dtype).reshape(x.shape)
 
     return fn
 
@@ -109,9 +99,10 @@ def downstream_loss(model: Model, sae: SparseAutoencoder, point: str, texts: Seq
             batch = _token_batch(model, texts[s:s + batch_size], max_length)
             loss, n = _lm_loss(model, batch)
             tot["clean"] += loss
-            with Splice(model, point, _reconstruct(sae), label="sae_reconstruction"):
+            with model.edit(Replace(point, _reconstruct(sae), label="sae_reconstruction",
+                                    source={"dictionary": {"name": sae.cfg.name, **getattr(sae, "origin", {})}})):
                 tot["spliced"] += _lm_loss(model, batch)[0]
-            with Splice(model, point, torch.zeros_like, label="zeros"):
+            with model.edit(Replace(point, torch.zeros_like, label="zeros")):
                 tot["zero_ablation"] += _lm_loss(model, batch)[0]
             count += n
             task.advance(len(texts[s:s + batch_size]))

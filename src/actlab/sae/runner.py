@@ -61,7 +61,7 @@ def batch_source(spec: SAETrainSpec, model: Model | None = None) -> BatchSource:
     def held_out_online() -> Iterator[torch.Tensor]:
         return online_batches(m, texts, spec.point, bs, seed=seed + 1, max_length=spec.max_length)
 
-    return BatchSource(p.width(m), m.name, make_online, held_out_online)
+    return BatchSource(p.row_width(m) or p.width(m), m.name, make_online, held_out_online)
 
 
 @dataclass

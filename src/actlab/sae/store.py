@@ -3,9 +3,11 @@ reader over a cache; and an on-the-fly buffer that refills from the live model.
 
 A cache folder holds ``manifest.json`` and ``shard_00000.safetensors``, ... Each shard holds, for every hook
 point, the activations of whole texts' real tokens (pads dropped, BOS dropped unless ``keep_bos``) as
-``[n_tokens, d]``. The manifest records the model, points, widths, dtype, tokenizer, position policy, the
-dataset fingerprint, and per shard its token count, text range and sha256. After each shard the manifest
-is rewritten (temp file + rename), so an interrupted run resumes after the last recorded shard; a reader
+``[n_tokens, d]``. The manifest - the index readers use - records the model, points, widths, dtype, tokenizer,
+position policy, the dataset fingerprint, and per shard its token count, text range and sha256. Progress is
+kept in the folder's resume record (:class:`actlab.runs.Resume`: the settings, the shards written, the texts
+done), updated after each shard, so an interrupted run resumes after the last recorded shard, and a cache of
+other settings in the folder is refused; the manifest is rewritten from it (temp file + rename). A reader
 verifies each shard's checksum when it loads it and names a corrupt or truncated file.
 """
 
@@ -25,7 +27,7 @@ import torch
 from ..errors import ActlabError, InputError
 from ..progress import info as progress_info
 from ..progress import task as progress_task
-from ..runs import atomic_path, folder_lock, remove_orphan_temps, sha256_file, write_json
+from ..runs import Resume, atomic_path, folder_lock, remove_orphan_temps, sha256_file, write_json
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -131,7 +133,14 @@ def _identity(model: Model, texts: Sequence[str], points: str | Iterable[str], *
     if not texts:
         raise InputError("no texts to cache")
     pts = model.parse_points(points)
-    widths = {p.name: p.width(model) for p in pts}
+    widths = {}
+    for p in pts:
+        w = p.row_width(model)
+        if w is None:
+            raise InputError(f"{p.name} cannot be cached: an attention pattern has one value per key, and the "
+                             "number of keys changes with every text; cache the attention's inputs or outputs "
+                             "instead (attn.q/k/v/z, attn_out)")
+        widths[p.name] = w
     fp = _fingerprint(texts)
     identity = {"model": model.name, "points": [p.name for p in pts], "d": widths, "dtype": dtype,
                 "tokenizer": getattr(model.tokenizer, "name_or_path", ""), "dataset_fingerprint": fp,
@@ -143,34 +152,33 @@ def _identity(model: Model, texts: Sequence[str], points: str | Iterable[str], *
 def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, dtype: str,
                   batch_size: int, shard_tokens: int, max_length: int, keep_bos: bool, overwrite: bool,
                   progress: Callable[[int], None] | None, span: tuple[int, int] | None = None,
-                  mpath: Path | None = None, prefix: str = "shard_") -> dict[str, Any]:
-    """Cache texts ``span`` (default: all) into ``out``, recorded in ``mpath`` (default: the manifest), shards
-    named ``{prefix}{k:05d}``."""
+                  job: str = "acts cache", prefix: str = "shard_") -> dict[str, Any]:
+    """Cache texts ``span`` (default: all) into ``out``, its progress in the resume record of ``job``, shards
+    named ``{prefix}{k:05d}``; the manifest is written only for the whole cache (``span`` None)."""
     pts, widths, identity = _identity(model, texts, points, dtype=dtype, max_length=max_length, keep_bos=keep_bos)
     lo, hi = span or (0, len(texts))
-    manifest: dict[str, Any] | None = None
-    mpath = mpath or out / MANIFEST
-    if mpath.exists() and not overwrite:
-        old = read_manifest(mpath)
-        diff = [k for k in identity if old.get(k) != identity[k]]
-        if diff:
-            raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}: "
-                             + "; ".join(f"{k} {old.get(k)!r} vs {identity[k]!r}" for k in diff[:3])
-                             + "); use another folder or overwrite=True (--overwrite)")
-        manifest = old
-        if span is not None and old.get("span") != list(span):  # another world size cut the texts otherwise
-            manifest = None
-        elif manifest.get("complete"):
-            return manifest
-    if manifest is not None:
-        listed = {sh["file"] for sh in manifest["shards"]}
+    mpath = out / MANIFEST
+    settings = {**identity, **({"span": [lo, hi]} if span else {})}
+    recorded = Resume.recorded_settings(out, job)
+    if span is not None and recorded is not None and recorded != settings:
+        overwrite = True  # another world size cut the texts otherwise: this rank's part starts again
+    if recorded is None and span is None and mpath.exists() and not overwrite:
+        _adopt_manifest(out, mpath, identity)  # a cache written before resume records: keep it when complete
+    resume = Resume(out, job, settings, overwrite=overwrite)
+    saved = resume.load()
+    state = saved[0] if saved is not None else None
+    if resume.done("complete") and state is not None:
+        return _manifest(identity, state, complete=True, span=span)
+    if state is not None:
+        listed = {sh["file"] for sh in state["shards"]}
         for f in out.glob(f"{prefix}[0-9]*.safetensors"):
-            if f.name not in listed:  # written after the last manifest update; its texts are redone
+            if f.name not in listed:  # written after the last progress update; its texts are redone
                 f.unlink()
-    if manifest is None:
+    else:
         leftovers = [*out.glob(f"{prefix}[0-9]*.safetensors")]
         if span is None:  # what an interrupted torchrun cache left: its parts are not resumed by one process
-            leftovers += [*out.glob("shard_r[0-9]*.safetensors"), *out.glob("manifest.rank*.json")]
+            leftovers += [*out.glob("shard_r[0-9]*.safetensors"), *out.glob(MANIFEST)]
+            Resume.forget_jobs(out, "acts cache rank ")
         for f in leftovers:
             f.unlink()
         est = estimate_tokens(model, texts[lo:hi], max_length, keep_bos)
@@ -181,30 +189,34 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
             raise CacheError(f"the cache needs about {est_bytes / 1e9:.2f} GB ({est} tokens x "
                              f"{sum(widths.values())} values x {bytes_per} bytes) but {out} has "
                              f"{free / 1e9:.2f} GB free")
-        manifest = {**identity, "format": "actlab-activation-cache", "version": 1, "actlab_version": __version__,
-                    "estimated_tokens": est, "estimated_bytes": est_bytes, "shards": [], "n_tokens": 0,
-                    "n_texts_done": lo, "complete": False, **({"span": [lo, hi]} if span else {})}
-        write_json(mpath, manifest)
+        state = {"estimated_tokens": est, "estimated_bytes": est_bytes, "shards": [], "n_tokens": 0,
+                 "n_texts_done": lo}
+        resume.save(state)
     from safetensors.torch import save_file
 
-    done = int(manifest["n_texts_done"])
+    done = int(state["n_texts_done"])
     if done > lo:
-        progress_info(f"cache: resuming after {done - lo} of {hi - lo} texts ({len(manifest['shards'])} shards)")
+        progress_info(f"cache: resuming after {done - lo} of {hi - lo} texts ({len(state['shards'])} shards)")
     buf: dict[str, list[torch.Tensor]] = {p.name: [] for p in pts}
     buffered, start = 0, done
 
+    def record(complete: bool = False) -> None:
+        resume.save(state)
+        if span is None:
+            write_json(mpath, _manifest(identity, state, complete=complete))
+
     def flush(end: int) -> None:
         nonlocal buffered, start
-        k = len(manifest["shards"])
+        k = len(state["shards"])
         name = f"{prefix}{k:05d}.safetensors"
         tensors = {n: torch.cat(v).contiguous() for n, v in buf.items()}
         with atomic_path(out / name) as tmp:
             save_file(tensors, str(tmp), metadata={"texts": f"{start}:{end}"})
-        manifest["shards"].append({"file": name, "n_tokens": buffered, "texts": [start, end],
-                                   "sha256": sha256_file(out / name)})
-        manifest["n_tokens"] += buffered
-        manifest["n_texts_done"] = end
-        write_json(mpath, manifest)
+        state["shards"].append({"file": name, "n_tokens": buffered, "texts": [start, end],
+                                "sha256": sha256_file(out / name)})
+        state["n_tokens"] += buffered
+        state["n_texts_done"] = end
+        record()
         for v in buf.values():
             v.clear()
         buffered, start = 0, end
@@ -217,16 +229,40 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
             keep = _keep_mask(model, batch, keep_bos)
             acts = model.activations(batch, pts, positions=keep, dtype=target)
             for n, x in acts.items():
-                buf[n].append(x)
+                buf[n].append(x.reshape(x.shape[0], -1))  # per-head kinds: heads side by side
             buffered += int(keep.sum())
-            task.advance(len(chunk), tokens=manifest["n_tokens"] + buffered)
+            task.advance(len(chunk), tokens=state["n_tokens"] + buffered)
             if buffered >= shard_tokens:
                 flush(s + len(chunk))
         if buffered:
             flush(hi)
-    manifest["complete"] = True
-    write_json(mpath, manifest)
-    return manifest
+    record(complete=True)
+    resume.mark("complete", {"n_tokens": state["n_tokens"], "shards": len(state["shards"])})
+    return _manifest(identity, state, complete=True, span=span)
+
+
+def _manifest(identity: dict[str, Any], state: dict[str, Any], *, complete: bool,
+              span: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The manifest readers use: the cache's identity, its shards, and whether it is complete."""
+    return {**identity, "format": "actlab-activation-cache", "version": 1, "actlab_version": __version__,
+            **{k: state[k] for k in ("estimated_tokens", "estimated_bytes") if k in state},
+            "shards": state["shards"], "n_tokens": state["n_tokens"], "n_texts_done": state["n_texts_done"],
+            "complete": complete, **({"span": list(span)} if span else {})}
+
+
+def _adopt_manifest(out: Path, mpath: Path, identity: dict[str, Any]) -> None:
+    """A folder holding a manifest but no resume record (written by an earlier actlab): a cache of other
+    settings is refused; a complete one of the same settings is recorded as done, so it is reused."""
+    old = read_manifest(mpath)
+    diff = [k for k in identity if old.get(k) != identity[k]]
+    if diff:
+        raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}: "
+                         + "; ".join(f"{k} {old.get(k)!r} vs {identity[k]!r}" for k in diff[:3])
+                         + "); use another folder or overwrite=True (--overwrite)")
+    if old.get("complete"):
+        r = Resume(out, "acts cache", identity)
+        r.save({k: old[k] for k in ("shards", "n_tokens", "n_texts_done")})
+        r.mark("complete", {"n_tokens": old["n_tokens"], "shards": len(old["shards"]), "adopted": True})
 
 
 def _cache_distributed(model: Model, texts: Sequence[str], points: str | Iterable[str], out: Path, *, rank: int,
@@ -234,7 +270,7 @@ def _cache_distributed(model: Model, texts: Sequence[str], points: str | Iterabl
                        overwrite: bool, progress: Callable[[int], None] | None) -> dict[str, Any]:
     """One rank's share of a cache under torch.distributed: rank r caches a contiguous block of whole batches
     (the batches one process would run, so the activations are the same numbers) into ``shard_rNN_*`` files
-    with its own resumable manifest; rank 0 then writes one manifest listing every shard in text order."""
+    with its own resume record; rank 0 then writes one manifest listing every shard in text order."""
     from ..parallel import barrier, block_range, broadcast
 
     _, _, identity = _identity(model, texts, points, dtype=dtype, max_length=max_length, keep_bos=keep_bos)
@@ -243,44 +279,48 @@ def _cache_distributed(model: Model, texts: Sequence[str], points: str | Iterabl
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(folder_lock(out, "activation cache"))
-            remove_orphan_temps(out)
-            old = read_manifest(mpath) if mpath.exists() and not overwrite else None
-            stale = (old is not None and not old.get("complete")
-                     and all(old.get(k) == v for k, v in identity.items()))
-            if overwrite or stale:  # stale: a one-process run was interrupted; its shards are redone in blocks
+            whole = Resume(out, "acts cache", identity, overwrite=overwrite)  # other settings: refused
+            if whole.resumed and not whole.done("complete"):
+                # a one-process run was interrupted: its shards are redone in blocks
                 for f in [*out.glob("shard_[0-9]*.safetensors"), *out.glob(MANIFEST)]:
                     f.unlink()
+                whole.forget()
             if overwrite:
-                for f in [*out.glob("shard_r[0-9]*.safetensors"), *out.glob("manifest.rank*.json")]:
+                for f in [*out.glob("shard_[0-9]*.safetensors"), *out.glob("shard_r[0-9]*.safetensors"),
+                          *out.glob(MANIFEST)]:
                     f.unlink()
+                Resume.forget_jobs(out, "acts cache rank ")
         barrier()  # the folder is clean before any rank writes
-        if mpath.exists():
+        recorded = Resume.recorded_settings(out, "acts cache")
+        if recorded == identity and mpath.exists():
             old = read_manifest(mpath)
-            diff = [k for k in identity if old.get(k) != identity[k]]
-            if diff:  # every rank sees the same file, so every rank stops here
-                raise CacheError(f"{out} holds a cache of something else (differs in {', '.join(diff)}); use "
-                                 "another folder or overwrite=True (--overwrite)")
             if old.get("complete"):
                 return old
         span = block_range(len(texts), batch_size, rank, world)
         if span[1] > span[0]:
             _cache_locked(model, texts, points, out, dtype=dtype, batch_size=batch_size,
-                                 shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
-                                 overwrite=False, progress=progress, span=span,
-                                 mpath=out / f"manifest.rank{rank:02d}.json", prefix=f"shard_r{rank:02d}_")
+                          shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos,
+                          overwrite=False, progress=progress, span=span, job=f"acts cache rank {rank:02d}",
+                          prefix=f"shard_r{rank:02d}_")
         barrier()  # every part is written
         merged = None
         if rank == 0:
-            parts = [read_manifest(p) for r in range(world)
-                     if (p := out / f"manifest.rank{r:02d}.json").exists()]
-            shards = [sh for pm in sorted(parts, key=lambda pm: pm["span"][0]) for sh in pm["shards"]]
-            merged = {**{k: v for k, v in parts[0].items() if k not in ("span", "estimated_tokens",
-                                                                         "estimated_bytes")},
-                      "shards": shards, "n_tokens": sum(sh["n_tokens"] for sh in shards),
-                      "n_texts_done": len(texts), "complete": True, "world_size": world}
-            write_json(mpath, merged)
+            parts = []
             for r in range(world):
-                (out / f"manifest.rank{r:02d}.json").unlink(missing_ok=True)
+                rec = Resume.recorded_settings(out, f"acts cache rank {r:02d}")
+                if rec is not None:
+                    part = Resume(out, f"acts cache rank {r:02d}", rec)
+                    loaded = part.load()
+                    if loaded is not None:
+                        parts.append((rec["span"][0], loaded[0]))
+                    part.forget()
+            shards = [sh for _, st in sorted(parts, key=lambda p: p[0]) for sh in st["shards"]]
+            merged = {**_manifest(identity, {"shards": shards, "n_tokens": sum(sh["n_tokens"] for sh in shards),
+                                             "n_texts_done": len(texts)}, complete=True), "world_size": world}
+            whole = Resume(out, "acts cache", identity)
+            whole.save({k: merged[k] for k in ("shards", "n_tokens", "n_texts_done")})
+            whole.mark("complete", {"n_tokens": merged["n_tokens"], "shards": len(shards), "world_size": world})
+            write_json(mpath, merged)
         return broadcast(merged)
 
 
@@ -367,6 +407,8 @@ def online_batches(model: Model, texts: Sequence[str], point: str, batch_size: i
     if len(pts) != 1:
         raise InputError(f"online batches read one hook point; {point!r} names {len(pts)}")
     name = pts[0].name
+    if pts[0].row_width(model) is None:
+        raise InputError(f"{name} has no fixed width per token (an attention pattern); read another point")
     g = torch.Generator().manual_seed(seed)
     epoch = 0
     buf = torch.empty(0)
@@ -374,6 +416,7 @@ def online_batches(model: Model, texts: Sequence[str], point: str, batch_size: i
         for s in range(0, len(texts), text_batch):
             batch = _token_batch(model, texts[s:s + text_batch], max_length)
             x = model.activations(batch, pts, positions=_keep_mask(model, batch, keep_bos), dtype=torch.float32)[name]
+            x = x.reshape(x.shape[0], -1)  # per-head kinds: heads side by side
             buf = torch.cat([buf.reshape(-1, x.shape[-1]), x])
             if len(buf) >= buffer_tokens:
                 buf = buf[torch.randperm(len(buf), generator=g)]

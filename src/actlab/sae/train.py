@@ -33,7 +33,7 @@ import torch
 from ..errors import ActlabError, InputError
 from ..parallel import rank_and_world
 from ..progress import task as progress_task
-from ..runs import apply_umask, folder_lock, refuse_links, remove_orphan_temps, write_json, write_text
+from ..runs import CHECKPOINTS, Resume, folder_lock, refuse_links, write_json, write_text
 from .config import TrainConfig
 from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
 from .io import save_sae
@@ -91,6 +91,7 @@ class Trainer:
         self.configs, self.tcfg = list(configs), tcfg
         self.device = torch.device(device)
         self.out = Path(out_dir) if out_dir else None
+        self.resume: Resume | None = None  # opened by train_saes (or at the first checkpoint)
         self.rank, self.world = rank_and_world()
         if self.out is not None and self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -225,20 +226,14 @@ class Trainer:
                     **({"resumed": self.resumed} if self.resumed else {})})
         return self.history
 
-    # -- checkpoints -------------------------------------------------------------------------------------
+    # -- checkpoints (through the folder's resume record, :class:`actlab.runs.Resume`) ----------------------
     def save_checkpoint(self) -> Path | None:
         if self.out is None:
-            raise InputError("checkpoints need an output folder")
+            raise InputError("saving a checkpoint needs an output folder")
         if self.rank != 0:
             return None
-        from safetensors.torch import save_file
-
-        root = self.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step_{self.step:08d}"
-        tmp = root / f".tmp_step_{self.step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        if self.resume is None:
+            self.resume = Resume(self.out, "sae train", self.settings(), allow_changed=True)
         tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
             tensors[f"{i}.input_scale"] = sae.input_scale.detach().cpu().clone()
@@ -249,29 +244,18 @@ class Trainer:
                     if key in st:
                         tensors[f"{i}.adam.{name}.{key}"] = torch.as_tensor(st[key]).detach().cpu().clone()
             tensors[f"{i}.since_fired"] = self.since_fired[i].cpu()
-        save_file(tensors, str(tmp / "state.safetensors"))
-        apply_umask(tmp)
-        (tmp / "trainer.json").write_text(json.dumps({
-            "step": self.step, "configs": [c.to_dict() for c in self.configs], "train": self.tcfg.model_dump(),
-            "history": self.history}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        final = self.resume.checkpoint(self.step, tensors, {
+            "configs": [c.to_dict() for c in self.configs], "train": self.tcfg.model_dump(),
+            "history": self.history}, keep=self.tcfg.keep_checkpoints)
         self.last_checkpoint = final
-        old = sorted(root.glob("step_*"))[: -self.tcfg.keep_checkpoints]
-        for d in old:
-            shutil.rmtree(d, ignore_errors=True)
         return final
 
     def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        meta = json.loads((folder / "trainer.json").read_text())
+        meta, t = Resume.load_checkpoint(folder)
         if [SAEConfig(**c).name for c in meta["configs"]] != [c.name for c in self.configs]:
             raise InputError(f"checkpoint {folder} is for dictionaries {[c['name'] for c in meta['configs']]}, "
                              f"not {[c.name for c in self.configs]}")
-        t = load_file(str(folder / "state.safetensors"))
         with torch.no_grad():
             for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
                 sae.input_scale.copy_(t[f"{i}.input_scale"])
@@ -290,20 +274,11 @@ class Trainer:
     def latest_checkpoint(self) -> Path | None:
         if self.out is None:
             return None
-        cands = sorted((self.out / "checkpoints").glob("step_*")) if (self.out / "checkpoints").is_dir() else []
-        return cands[-1] if cands else None
+        return Resume.latest_in(self.out)
 
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """``key: old vs new`` for every leaf that differs between two JSON-like settings."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _differences(a, b, f"{prefix}{i}.")]
-    return [] if old == new else [f"{prefix[:-1]}: {old!r} vs {new!r}"]
+    def settings(self) -> dict[str, Any]:
+        """What the dictionaries depend on (the resume record's settings)."""
+        return {"dictionaries": [c.to_dict() for c in self.configs], "train": self.tcfg.model_dump(mode="json")}
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -327,32 +302,29 @@ def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Itera
         tr.fit(make_batches, progress)
         return tr.saes, tr.history
     out = Path(out_dir)
-    settings = {"dictionaries": [c.to_dict() for c in configs], "train": tcfg.model_dump(mode="json")}
+    settings = tr.settings()
     with contextlib.ExitStack() as stack:
         if tr.rank == 0:
             stack.enter_context(folder_lock(out, "SAE run folder"))
-            for name in ("saes", "checkpoints", "train_log.jsonl", "train_config.json"):
+            for name in ("saes", CHECKPOINTS, "train_log.jsonl", "train_config.json"):
                 refuse_links(out, out / name, "SAE output")
-            remove_orphan_temps(out)
-            for d in (out / "checkpoints").glob(".tmp_step_*") if (out / "checkpoints").is_dir() else []:
-                shutil.rmtree(d, ignore_errors=True)  # a checkpoint an interrupted run was writing
             if overwrite:
-                for d in ("checkpoints", "saes"):
-                    shutil.rmtree(out / d, ignore_errors=True)
+                shutil.rmtree(out / "saes", ignore_errors=True)
+                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+            try:
+                tr.resume = Resume(out, "sae train", settings, overwrite=overwrite or not resume,
+                                   allow_changed=resume_anyway)
+            except InputError as e:
+                raise InputError(f"{e} - or resume_anyway (--resume-anyway) to continue with the new "
+                                 "settings") from None
         last = tr.latest_checkpoint() if resume and not overwrite else None
         record: dict[str, Any] = dict(settings)
         if last is not None:
-            old_path = out / "train_config.json"
-            old = json.loads(old_path.read_text()) if old_path.is_file() else None
-            old_settings = {k: old.get(k) for k in ("dictionaries", "train")} if isinstance(old, dict) else None
-            diffs = _differences(old_settings, settings) if old_settings is not None else []
-            if diffs and not resume_anyway:
-                raise InputError(f"{out} holds a checkpoint trained with other settings ({'; '.join(diffs[:4])}); "
-                                 "use overwrite (--overwrite) to start over, or resume_anyway (--resume-anyway) "
-                                 "to continue with the new settings")
+            changed = tr.resume is not None and bool(tr.resume.changed)
+            before = tr.resume.record["settings_before"][-1] if changed and tr.resume is not None else "the same"
             tr.load_checkpoint(last)
             record["resumed"] = tr.resumed = {"from_step": tr.step, "checkpoint": last.name,
-                                              "settings_before": old_settings if diffs else "the same"}
+                                              "settings_before": before}
             if tr.rank == 0:
                 _truncate_log(out / "train_log.jsonl", tr.step)
         elif (out / "train_log.jsonl").exists() and tr.rank == 0:
@@ -360,6 +332,8 @@ def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Itera
         if tr.rank == 0:
             write_json(out / "train_config.json", record)
         tr.fit(make_batches, progress)
+        if tr.resume is not None:
+            tr.resume.mark("trained", {"steps": tr.step})
     return tr.saes, tr.history
 
 

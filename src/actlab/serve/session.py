@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import STEER_POSITIONS
 from ..hooks.points import RESIDUAL_KINDS
+from ..hooks.positions import STEER_POSITIONS
 from ..lens import lens_grid
 from ..models.tokens import token_strings
 from ..steering.vector import SteeringVector
 
 if TYPE_CHECKING:
+    from ..lens import Lens
     from ..models.model import Model
     from ..sae.dictionary import SparseAutoencoder
-    from ..tuned_lens import TunedLens
 
 MAX_NEW_TOKENS = 256
 MAX_PROMPT_CHARS = 8000
@@ -121,9 +121,13 @@ class Playground:
     """One model and what the page can do with it (see module docstring)."""
 
     def __init__(self, model: Model, *, vectors: Mapping[str, SteeringVector] | None = None,
-                 sae: SparseAutoencoder | None = None, texts: Sequence[str] = (), tuned_lens: TunedLens | None = None):
+                 sae: SparseAutoencoder | None = None, texts: Sequence[str] = (), lenses: Sequence[Lens] = (),
+                 tuned_lens: Lens | None = None):
+        from ..lens import LogitLens
+
         self.model = model
-        self.tuned_lens = tuned_lens
+        offered: list[Lens] = [LogitLens(), *lenses, *([tuned_lens] if tuned_lens is not None else [])]
+        self._lenses = {lens.name: lens for lens in offered}  # by name; the logit lens always
         self.vectors: dict[str, SteeringVector] = dict(vectors or {})
         for name, v in self.vectors.items():
             try:
@@ -140,14 +144,14 @@ class Playground:
             from ..hooks.points import HookPoint
 
             p = HookPoint.parse(sae.cfg.hook_point, model.n_layers)
-            if sae.cfg.d_in != p.width(model):
+            if sae.cfg.d_in != p.row_width(model):
                 raise InputError(f"dictionary {sae.cfg.name!r} reads {sae.cfg.d_in} values but {p.name} of "
-                                 f"{model.name!r} is {p.width(model)} wide")
+                                 f"{model.name!r} is {p.row_width(model)} wide")
 
     @property
     def lenses(self) -> list[str]:
         """The lenses the lens view offers."""
-        return ["logit", *(["tuned"] if self.tuned_lens is not None else [])]
+        return list(self._lenses)
 
     # -- description -------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -318,7 +322,7 @@ class Playground:
         """A mean-difference vector from a small list of pairs typed in the page (``positive || negative`` per
         line), kept in memory under a new name."""
         from ..data.contrast import ContrastPair
-        from ..steering.extract import contrast_from_pairs, extract
+        from ..steering.extraction import contrast_from_pairs, extract
 
         body = _only(body, EXTRACT_KEYS, "request body")
         if not isinstance(body.get("pairs"), str):
@@ -362,7 +366,7 @@ class Playground:
                              "--lens tuned:DIR for the tuned lens)")
         with self.lock:
             return lens_grid(self.model, body["prompt"], kind, top_k=top_k,
-                             lens=self.tuned_lens if which == "tuned" else None)
+                             lens=self._lenses[which])
 
     @torch.no_grad()
     def token_features(self, body: Any) -> dict[str, Any]:

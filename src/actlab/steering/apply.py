@@ -12,40 +12,35 @@ Position policies (named in outputs and metadata, see docs/steering.md):
   prompt's own forward is left untouched; with a KV cache every later step is one generated token);
 - ``"from_eoi"``: from the first end-of-instruction token of each row onwards (CAA: the chat template's
   suffix after the user message, e.g. ``<|im_end|>\\n<|im_start|>assistant\\n``), then every generated token.
-  It is the same boundary the reading policy ``"eoi"`` reads (:func:`actlab.hooks.interventions.eoi_start`);
-- ``"auto"`` (the default everywhere: Python, CLI, sweeps): ``from_eoi`` for rows built with the chat template
-  (the CAA protocol: the user's instruction itself is not steered), ``all`` for plain prompts.
+  It is the same boundary the reading policy ``"eoi"`` reads (:func:`actlab.hooks.positions.eoi_start`);
+- ``"auto"`` (the default everywhere: Python, CLI, sweeps): per row, ``from_eoi`` where the row holds the chat
+  template's end-of-instruction tokens (the CAA protocol: the user's instruction itself is not steered), ``all``
+  in the others (plain prompts, a model without a chat template);
+- ``"last:K"``: from the prompt's K-th last token on.
 
 Prompt-relative thresholds are taken from the first forward pass with an empty KV cache (one per
-``generate()`` call), per row, from the attention mask and the input ids, so left padding is handled.
+``generate()`` call), per row, from the attention mask and the input ids, so left padding is handled
+(:class:`actlab.hooks.positions.Boundary`, the one definition every steering path uses).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import DEFAULT_STEER_POSITIONS, STEER_POSITIONS, Add, Edits, check_steer_positions
-from ..hooks.points import HookPoint, layer_list, parse_points
+from ..hooks.additions import Add
+from ..hooks.interventions import Edits, point_names
+from ..hooks.points import HookPoint, layer_list
+from ..hooks.positions import DEFAULT_STEER_POSITIONS, STEER_POSITIONS, check_steer_positions
 from .vector import SteeringVector
 
 if TYPE_CHECKING:
     from ..models.model import Model
 
 APPLY_POLICIES = STEER_POSITIONS
-
-
-@dataclass
-class Addition:
-    """Add ``multiplier * vector`` at one hook point."""
-
-    point: HookPoint
-    vector: torch.Tensor
-    multiplier: float = 1.0
 
 
 def default_eoi_ids(model: Model) -> list[int]:
@@ -57,7 +52,7 @@ def default_eoi_ids(model: Model) -> list[int]:
     return eoi_token_ids(model)
 
 
-def _eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None) -> list[int] | None:
+def eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None = None) -> list[int] | None:
     """The end-of-instruction ids a policy needs: required for ``from_eoi``; for ``auto`` when the model has a
     chat template (without one, ``auto`` steers every token)."""
     if eoi_ids is not None:
@@ -71,11 +66,12 @@ def _eoi_for(target: Any, positions: str, eoi_ids: Sequence[int] | None) -> list
 
 class Steer(Add):
     """Add ``multiplier x vector`` of a :class:`SteeringVector` at ``layers`` (default: every layer it has;
-    any layer grammar: ``"10-12"``, ``[10, 12]``...) at its hook-point kind."""
+    any layer grammar: ``"10-12"``, ``[10, 12]``...) at its hook-point kind. ``multiplier`` may be a sequence,
+    one per row of the batch (a cells axis: several multipliers in one forward)."""
 
     kind = "steer"
 
-    def __init__(self, vector: SteeringVector, multiplier: float = 1.0, *,
+    def __init__(self, vector: SteeringVector, multiplier: float | Sequence[float] = 1.0, *,
                  layers: str | int | Iterable[int] | None = None, positions: str = DEFAULT_STEER_POSITIONS,
                  eoi_ids: Sequence[int] | None = None):
         self.vector = vector
@@ -86,19 +82,21 @@ class Steer(Add):
                          positions=positions, eoi_ids=eoi_ids, source=vector.provenance())
         self._layers: list[int] | None = None
 
-    def _resolved(self, target: Any) -> list[tuple[HookPoint, torch.Tensor, float]]:
+    def _resolved(self, target: Any) -> list[tuple[HookPoint, torch.Tensor]]:
         self.vector.check_fits(target)
         layers = self.vector.layers if self.layers_spec is None else layer_list(self.layers_spec, target.n_layers)
         self._layers = layers
-        return [(HookPoint(i, self.vector.point), self.vector[i], self.multiplier) for i in layers]
+        return [(HookPoint(i, self.vector.point), self.vector[i]) for i in layers]
 
     def edits(self, target: Any) -> list:
-        self.eoi_ids = _eoi_for(target, self.positions, self.eoi_ids)
+        self.eoi_ids = eoi_for(target, self.positions, self.eoi_ids)
         return super().edits(target)
 
     def record(self) -> dict[str, Any]:
         layers = self._layers if self._layers is not None else (self.layers_spec or self.vector.layers)
-        return {"kind": self.kind, "point": self.vector.point, "layers": layers, "multiplier": self.multiplier,
+        pts = point_names(HookPoint(i, self.vector.point) for i in layers) if isinstance(layers, list) else \
+            [f"blocks.{layers}.{self.vector.point}"]
+        return {"kind": self.kind, "points": pts, "layers": layers, "multiplier": self.multiplier,
                 "positions": self.positions, **self.source}
 
 
@@ -124,43 +122,13 @@ class Mix(Add):
     def edits(self, target: Any) -> list:
         vec = record_activation(target, self.source_prompt, self.point, reduce=self.position, chat=self.chat)
         self.vectors = {self.point: vec}
-        self.eoi_ids = _eoi_for(target, self.positions, self._eoi)
+        self.eoi_ids = eoi_for(target, self.positions, self._eoi)
         return super().edits(target)
 
     def record(self) -> dict[str, Any]:
         rec = super().record()
         rec["kind"] = self.kind
         return rec
-
-
-class Steering(Edits):
-    """Additions applied to a model (context manager, or a handle with ``remove()``). Kept for compatibility:
-    ``model.edit(Add(...))`` / :func:`steer` build the same thing."""
-
-    def __init__(self, model: Model, additions: Sequence[Addition], *, positions: str = DEFAULT_STEER_POSITIONS,
-                 eoi_ids: list[int] | None = None):
-        if not additions:
-            raise InputError("nothing to steer with: no layer or vector given")
-        check_steer_positions(positions)
-        add = _MultiAdd(additions, positions=positions, eoi_ids=_eoi_for(model, positions, eoi_ids))
-        super().__init__(model, [add])
-        self.model, self.positions = model, positions
-
-
-class _MultiAdd(Add):
-    """:class:`Add` with a multiplier per addition (several additions may target one point)."""
-
-    def __init__(self, additions: Sequence[Addition], *, positions: str, eoi_ids: list[int] | None):
-        self.additions = list(additions)
-        super().__init__({a.point: a.vector for a in additions}, 1.0, positions=positions, eoi_ids=eoi_ids)
-
-    def _resolved(self, target: Any) -> list[tuple[HookPoint, torch.Tensor, float]]:
-        return [(parse_points(a.point, target.n_layers)[0], a.vector.detach().reshape(-1).float().cpu(),
-                 float(a.multiplier)) for a in self.additions]
-
-    def record(self) -> dict[str, Any]:
-        return {"kind": self.kind, "points": [a.point.name for a in self.additions],
-                "multipliers": [float(a.multiplier) for a in self.additions], "positions": self.positions}
 
 
 def steer(model: Model, vectors: SteeringVector | Sequence[SteeringVector], multiplier: float | Sequence[float] = 1.0,
@@ -184,7 +152,7 @@ def add_vectors(model: Model, deltas: dict[str, torch.Tensor], multiplier: float
         for p in model.parse_points(name):
             vectors[p] = v.detach().float().cpu().reshape(-1)
     return model.edit(Add(vectors, multiplier, positions=positions,
-                          eoi_ids=_eoi_for(model, check_steer_positions(positions), None)))
+                          eoi_ids=eoi_for(model, check_steer_positions(positions))))
 
 
 @torch.no_grad()
@@ -206,14 +174,7 @@ def record_activation(model: Model, prompt: str, point: str | HookPoint, *, redu
 
 
 def mix(model: Model, source_prompt: str, point: str, scale: float = 1.0, *, position: int | str = -1,
-        positions: str = DEFAULT_STEER_POSITIONS, chat: bool = False, reduce: str | int | None = None) -> Edits:
+        positions: str = DEFAULT_STEER_POSITIONS, chat: bool = False) -> Edits:
     """Record ``source_prompt``'s activation at ``point`` at token ``position`` (default the last, as in the
-    decoding study; ``"mean"`` averages its tokens) and add ``scale`` times it to later runs (applied at once).
-    ``reduce`` is the first wave's name for ``position`` (whose default was ``"mean"``), kept with a warning."""
-    if reduce is not None:
-        import warnings
-
-        warnings.warn("mix(reduce=...) is deprecated; use position=... (default -1, the last token)",
-                      DeprecationWarning, stacklevel=2)
-        position = reduce
+    decoding study; ``"mean"`` averages its tokens) and add ``scale`` times it to later runs (applied at once)."""
     return model.edit(Mix(source_prompt, point, scale, position=position, positions=positions, chat=chat))

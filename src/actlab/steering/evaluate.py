@@ -7,9 +7,11 @@ tokens (``A``/``B``, ``Yes``/``No``) are normalised, ``p = P(match) / (P(match) 
 p(matching) hides a model that gives the same answer to every question (on a balanced set it averages to
 ~0.5), so every cell also reports the answer bias, the share of flipped answers and a collapse flag
 (:func:`cell_stats`).
-Sweep results (``sweep.json``, then ``sweep.csv``) are written atomically after every batch of questions (the
-rows done so far in every cell; a re-run continues from there) and finished cells are skipped on a re-run
-unless ``overwrite`` is set. The cells share each question's prefix (:mod:`actlab.steering.prefix`).
+Sweep results (``sweep.json``, ``sweep.csv``) are written atomically when the sweep ends; its progress (the
+finished cells, and the questions done so far in the cells being evaluated) is checkpointed after every batch of
+questions through the run folder's resume record (:class:`actlab.runs.Resume`), so a re-run continues from
+there and skips finished cells unless ``overwrite`` is set. The cells share each question's prefix
+(:mod:`actlab.steering.prefix`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import torch
 from ..data import ABItem
 from ..errors import InputError
 from ..hooks.points import HookPoint
-from ..parallel import block_range, gather, rank_and_world
+from ..hooks.positions import check_steer_positions
+from ..parallel import block_range, broadcast, gather, rank_and_world
 from ..progress import info as progress_info
 from ..progress import task as progress_task
-from ..runs import write_json, write_text
+from ..runs import Resume, write_json, write_text
 from .apply import steer
 from .prefix import boundaries, iter_cell_logits, pad_rows, shared_prefix_generations
 from .prompts import PromptStyle, format_prompt, with_answer
@@ -194,18 +197,24 @@ def ab_sweep(
     vector.check_fits(model)
     for layer in layers:
         vector[layer]  # raises a clear error for a layer the vector lacks
-    positions = resolve_positions(positions or "auto", style)
+    positions = check_steer_positions(positions or "auto")
     if positions == "generated":
         raise InputError("positions='generated' steers nothing in a single-forward A/B evaluation; "
-                         "use 'from_eoi' or 'all'")
+                         "use 'auto', 'from_eoi' or 'all'")
     out = Path(out_dir) if out_dir else None
     results_path = out / "sweep.json" if out else None
     cells: dict[str, dict[str, Any]] = {}
     config = {"model": model.name, "vector": vector.meta, "vector_sha256": vector_fingerprint(vector, layers),
               "point": vector.point, "positions": positions, "chat": style.chat, "system": style.system,
               "n_questions": len(items), "questions_sha256": items_fingerprint(items)}
-    if results_path is not None and results_path.exists() and not overwrite:
-        cells = _resumable_cells(results_path, config)
+    rank, world = rank_and_world()
+    resume = (Resume(out, "steer sweep", {k: config[k] for k in RESUME_KEYS}, overwrite=overwrite)
+              if out is not None and rank == 0 else None)
+    saved = resume.load() if resume is not None else None
+    saved_state = saved[0] if saved is not None else {}
+    cells = dict(saved_state.get("cells") or {})
+    if world > 1:  # every rank evaluates the same cells: rank 0's record decides
+        cells = broadcast(cells)
     prompts = _ab_prompts(model, items, style)
     label = first_label(prompts)
     config["first_label"] = label
@@ -224,24 +233,25 @@ def ab_sweep(
     evals = [{} if k == cell_key(0, 0) else
              {HookPoint(specs[k][0], vector.point): specs[k][1] * vector[specs[k][0]].double()} for k in keys]
     p_all = torch.full((len(items), len(keys)), float("nan"))
-    rank, world = rank_and_world()
     first, stop = block_range(len(items), batch_size, rank, world) if world > 1 else (0, len(items))
-    partial = (_resumable_partial(results_path, keys) if results_path is not None and not overwrite and world == 1
-               else None)  # under torch.distributed only finished sweeps are checkpointed
+    part = saved_state.get("rows_done")
+    partial = (part["per_question"] if world == 1 and isinstance(part, dict) and part.get("cells") == keys
+               else None)  # under torch.distributed only finished cells are resumed
     if partial is not None:
         first = len(partial)
         p_all[:first] = torch.tensor(partial, dtype=torch.float32)
         progress_info(f"sweep: {first} of {len(items)} questions done earlier in these cells, reused")
     n_done, t_spent = 0, 0.0
-    writer = results_path is not None and rank == 0
+    def checkpoint(rows_done: int) -> None:
+        if resume is not None:
+            resume.save({"cells": cells, "rows_done": {"cells": keys, "per_question": p_all[:rows_done].tolist()}})
 
-    def save(extra: dict[str, Any] | None = None) -> None:
-        if writer:
-            write_json(results_path, {"config": config, "cells": cells, **(extra or {})})
-
+    rows = [pr.ids for pr in prompts]
+    starts = boundaries(model, rows, positions)
+    n_eoi = sum(1 for st in starts if st > 0)
+    config["steered_from"] = (f"the end of the instruction in {n_eoi} of {len(starts)} prompts, the first token in "
+                              f"the others" if positions == "auto" else positions)
     if todo:
-        rows = [pr.ids for pr in prompts]
-        starts = boundaries(model, rows, positions)
         match = torch.tensor([pr.match_id for pr in prompts])
         other = torch.tensor([pr.other_id for pr in prompts])
 
@@ -253,13 +263,16 @@ def ab_sweep(
 
         with progress_task("sweep", total=stop - first, unit="questions", callback=progress) as task:
             t0 = time.perf_counter()
+            labels = [{"multiplier": 0.0} if key == cell_key(0, 0) else
+                      {"layer": specs[key][0], "multiplier": specs[key][1]} for key in keys]
             for sl, p in iter_cell_logits(model, rows, starts, evals, batch_size=batch_size,
                                           cells_per_batch=cells_per_batch, first_row=first, stop_row=stop,
-                                          reduce=two_answers):
+                                          reduce=two_answers, labels=labels,
+                                          source={"positions": positions, **vector.provenance()}):
                 p_all[sl] = p
                 n_done += p.shape[0] * p.shape[1]
                 if world == 1 and sl.stop < len(items):  # checkpoint: the questions done so far in every cell
-                    save({"partial": {"cells": keys, "per_question": p_all[:sl.stop].tolist()}})
+                    checkpoint(sl.stop)
                 task.advance(p.shape[0], cells=len(keys))
             t_spent = time.perf_counter() - t0
         if world > 1:  # every rank's questions, in order
@@ -276,7 +289,10 @@ def ab_sweep(
                 "p_matching_sem": float(p.std() / max(len(p), 1) ** 0.5) if len(p) > 1 else 0.0,
                 "n": len(p), **cell_stats(p, prompts, baseline, label=label, collapse_share=collapse_share),
                 "per_question": [round(float(x), 5) for x in p]}
-        save()
+    if resume is not None:
+        resume.save({"cells": cells})
+        assert results_path is not None
+        write_json(results_path, {"config": config, "cells": cells})
     res = SweepResult(cells, list(layers), list(multipliers), n_done / t_spent if t_spent > 0 else None)
     if out is not None and rank == 0:
         write_text(out / "sweep.csv", sweep_csv(res))
@@ -300,53 +316,6 @@ def items_fingerprint(items: Sequence[ABItem]) -> str:
     """sha256 of the questions and their answers, in order."""
     payload = json.dumps([[it.question, it.matching, it.not_matching] for it in items], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _resumable_cells(path: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The cells of an earlier sweep in the same folder, when it measured the same thing; otherwise an error
-    naming what changed (mixing cells of two settings in one table would be silently wrong)."""
-    try:
-        saved = json.loads(path.read_text())
-        old, cells = saved["config"], saved["cells"]
-        if not isinstance(old, dict) or not isinstance(cells, dict):
-            raise TypeError
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{path} is not a sweep result this version can resume; pass --overwrite to start "
-                         "again") from None
-    changed = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
-    if changed:
-        what = ", ".join(f"{k} ({_short(old.get(k))} -> {_short(config.get(k))})" for k in changed)
-        raise InputError(f"{path.parent} holds a sweep with other settings: {what}; pass --overwrite to replace "
-                         "it or choose another --out")
-    return cells
-
-
-def _resumable_partial(path: Path, keys: list[str]) -> list[list[float]] | None:
-    """The questions an interrupted sweep finished in the same cells (its settings were checked by
-    :func:`_resumable_cells`), or None."""
-    if not path.exists():
-        return None
-    try:
-        part = json.loads(path.read_text()).get("partial")
-        if not isinstance(part, dict) or part.get("cells") != keys:
-            return None
-        rows = part["per_question"]
-        return rows if rows and all(len(r) == len(keys) for r in rows) else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 24 else s[:12] + "..." + s[-8:]
-
-
-def resolve_positions(positions: str, style: PromptStyle) -> str:
-    """``auto`` made concrete for prompts all built one way: ``from_eoi`` with the chat template, ``all`` without
-    (so outputs record what was actually steered)."""
-    if positions == "auto":
-        return "from_eoi" if style.chat else "all"
-    return positions
 
 
 def sweep_csv(res: SweepResult) -> str:
@@ -374,8 +343,9 @@ def steered_generations(model: Model, prompts: Sequence[str], vector: SteeringVe
     if not multipliers:
         raise InputError("the multiplier grid is empty")
     texts = [format_prompt(model, p, style) for p in prompts]
-    positions = resolve_positions(positions, style)
-    if positions == "from_eoi" and not do_sample and not gen_kwargs:
+    positions = check_steer_positions(positions)
+    # a chat-templated prompt has its end of instruction in every row, so auto steers from it there
+    if positions in ("from_eoi", "auto") and style.chat and not do_sample and not gen_kwargs:
         shared = shared_prefix_generations(model, texts, vector, layers=layers, multipliers=multipliers,
                                            style=style, max_new_tokens=max_new_tokens, batch_size=batch_size)
         if shared is not None:

@@ -1,4 +1,8 @@
-"""Evaluating many steering settings ("cells") on the same prompts without recomputing what they share.
+"""Evaluating many steering settings ("cells") on the same prompts without recomputing what they share: the
+KV-cache mechanics only (run the shared prefix once, repeat its cache per cell, crop it back); the additions
+themselves are ordinary :class:`~actlab.hooks.additions.Add` interventions with a cells axis (one delta per row)
+and explicit per-row starts, and the boundary is :func:`~actlab.hooks.positions.prompt_starts`, the one every
+steering path uses.
 
 A cell is a set of additions ``{hook point: vector}`` (already scaled; an empty cell is the unsteered run). When
 every addition starts at a per-row boundary (``from_eoi``: the first end-of-instruction token, the CAA
@@ -17,13 +21,14 @@ one prefix cache.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import InputError
-from ..hooks.interventions import Hook, eoi_start
+from ..hooks.additions import Add
 from ..hooks.points import HookPoint
+from ..hooks.positions import check_steer_positions, prompt_starts
 from ..progress import task as progress_task
 
 if TYPE_CHECKING:
@@ -35,26 +40,21 @@ Cell = Mapping[HookPoint, torch.Tensor]
 
 
 def boundaries(model: Model, rows: Sequence[Sequence[int]], positions: str) -> list[int]:
-    """Per row, the first steered token: the start of the (last) end-of-instruction sequence for ``from_eoi``,
-    0 for ``all``; ``auto`` as steering reads it: ``from_eoi`` in rows that have the sequence, 0 in the others
-    (and everywhere for a model without a chat template)."""
-    if positions == "all":
-        return [0] * len(rows)
-    if positions not in ("from_eoi", "auto"):
-        raise InputError(f"prefix reuse steers from a boundary: positions 'from_eoi', 'auto' or 'all', not "
-                         f"{positions!r}")
-    from .apply import default_eoi_ids
+    """Per row, the first steered token under a steering position policy (:func:`prompt_starts`, per row, on the
+    unpadded prompt): ``from_eoi`` the start of the (last) end-of-instruction sequence, ``all`` 0, ``auto`` the
+    first where the row has it and 0 elsewhere, ``last:K`` the K-th last token."""
+    from .apply import eoi_for
 
-    if positions == "auto":
-        if getattr(model.tokenizer, "chat_template", None) is None:
-            return [0] * len(rows)
-        eoi = default_eoi_ids(model)
-        return [int(eoi_start(torch.tensor([list(r)]), eoi, missing=0)[0]) for r in rows]
-    eoi = default_eoi_ids(model)
+    check_steer_positions(positions)
+    if positions == "generated":
+        raise InputError("positions='generated' steers nothing in a one-forward evaluation of prompts; use "
+                         "'auto', 'from_eoi' or 'all'")
+    eoi = eoi_for(model, positions)
     out = []
     for k, r in enumerate(rows):
+        ids = torch.tensor([list(r)])
         try:
-            out.append(int(eoi_start(torch.tensor([list(r)]), eoi)[0]))
+            out.append(int(prompt_starts(positions, ids, torch.ones_like(ids), eoi)[0]))
         except InputError:
             raise InputError(f"prompt {k} does not contain the chat template's end-of-instruction tokens "
                              f"{eoi}; build it with the chat template or steer positions='all'") from None
@@ -73,33 +73,6 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str) -> tuple[torch.
     return ids, mask
 
 
-def _row_adder(delta: torch.Tensor, where: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x + delta[row]`` at every token of a call, or only where ``where`` ``[rows, seq]`` is true (the first
-    call: the whole prompt when its prefix could not be cached)."""
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def add(x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype)
-        d = cache.get(key)
-        if d is None:
-            d = delta.to(device=x.device, dtype=x.dtype)[:, None, :]
-            if where is not None:
-                d = d * where.to(device=x.device, dtype=x.dtype)[..., None]
-            cache[key] = d
-        return x + d
-
-    add.__name__ = "cell_additions"
-    return add
-
-
-def _cache_kwarg(model: Model) -> str:
-    """The forward's name for the KV cache: ``cache`` in transformers 5, ``past_key_values`` before."""
-    import inspect
-
-    params = inspect.signature(model.hf.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
 def _reusable(cache: object) -> bool:
     return all(hasattr(cache, a) for a in ("crop", "batch_repeat_interleave", "get_seq_length"))
 
@@ -108,7 +81,7 @@ def _prefix_cache(model: Model, ids: torch.Tensor, mask: torch.Tensor, repeats: 
     """Run the (left-padded) prefixes once, unsteered, and return their KV cache with every row repeated
     ``repeats`` times in place; None when the model's cache cannot be repeated and cropped."""
     out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=True,
-                **({"logits_to_keep": 1} if model._accepts_logits_to_keep() else {}))
+                **({"logits_to_keep": 1} if model.accepts_logits_to_keep else {}))
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if not _reusable(cache):
         return None
@@ -116,18 +89,40 @@ def _prefix_cache(model: Model, ids: torch.Tensor, mask: torch.Tensor, repeats: 
     return cache
 
 
+def _cells_addition(group: Sequence[Cell], points: Sequence[HookPoint], model: Model, q: int, starts: list[int],
+                    labels: Sequence[Mapping[str, Any]], source: Mapping[str, Any]) -> Add | None:
+    """One :class:`Add` for ``q`` prompts x ``len(group)`` cells, row ``qi * k + ci`` holding cell ``ci``'s
+    additions (``k`` rows per prompt: the last group may fill fewer)."""
+    k = len(starts) // q
+    deltas = {}
+    for p in points:
+        d = None
+        for ci, cell in enumerate(group):
+            if p in cell:
+                if d is None:
+                    d = torch.zeros(q * k, p.width(model), dtype=torch.float64)
+                d[ci::k] = cell[p].detach().double().cpu().reshape(1, -1)
+        if d is not None:
+            deltas[p] = d
+    if not deltas:
+        return None
+    return Add(deltas, starts=starts, cells=list(labels), source=source)
+
+
 @torch.no_grad()
 def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequence[int], cells: Sequence[Cell], *,
                      batch_size: int = 16, cells_per_batch: int = 4, first_row: int = 0,
                      stop_row: int | None = None,
                      reduce: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+                     labels: Sequence[Mapping[str, Any]] | None = None, source: Mapping[str, Any] | None = None,
                      ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Next-token logits after each row of token ids under each cell, ``batch_size`` rows at a time: yields
     ``(rows slice, tensor [rows, n_cells, ...])``, the logits ``[rows, n_cells, vocab]`` (float32) passed
     through ``reduce(logits, rows slice)`` when given (keep only what is needed: two answer tokens, a score).
     Additions apply from ``starts[row]`` on (every later token of the row); the prefix before it is computed
     once per batch and reused by every cell when ``all(starts) > 0``. Rows ``first_row`` to ``stop_row``
-    only, when given (resuming part way; a rank's share)."""
+    only, when given (resuming part way; a rank's share). ``labels`` describe each cell in the run record
+    (default: its index and points); ``source`` is added to it (the vector's provenance, the policy)."""
     if not cells:
         raise InputError("no steering cell to evaluate")
     if len(rows) != len(starts):
@@ -137,13 +132,16 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
     for k, (r, s) in enumerate(zip(rows, starts, strict=True)):
         if not 0 <= s < len(r):
             raise InputError(f"prompt {k}: boundary {s} is outside its {len(r)} tokens")
+    labels = list(labels) if labels is not None else [
+        {"cell": i, "points": sorted(p.name for p in c)} for i, c in enumerate(cells)]
+    if len(labels) != len(cells):
+        raise InputError(f"{len(cells)} cells but {len(labels)} labels")
     points = sorted({p for c in cells for p in c}, key=lambda p: (p.layer, p.kind))
     pad = getattr(model.tokenizer, "pad_token_id", None) or 0
     dev = model.device
     last = HookPoint(model.n_layers - 1, "resid_post")
     k = min(cells_per_batch, len(cells))
     use_prefix = all(s > 0 for s in starts)
-    cache_kw = _cache_kwarg(model)
     stop = len(rows) if stop_row is None else min(stop_row, len(rows))
     for s0 in range(first_row, stop, batch_size):
         sl = slice(s0, min(s0 + batch_size, stop))
@@ -153,43 +151,34 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
         if use_prefix:
             p_ids, p_mask = pad_rows([r[:b] for r, b in zip(chunk, st, strict=True)], pad, "left")
             cache = _prefix_cache(model, p_ids, p_mask, k)
-        if cache is not None:
+        if cache is not None:  # the suffixes, right-padded after the shared prefix: steered from its first token
             s_ids, s_mask = pad_rows([r[b:] for r, b in zip(chunk, st, strict=True)], pad, "right")
             p_mask_k = p_mask.repeat_interleave(k, 0)
             pos = p_mask_k.sum(1, keepdim=True) + torch.arange(s_ids.shape[1])[None, :]
-            where = None
+            row_starts = [p_ids.shape[1]] * (q * k)
         else:  # whole prompts; the additions still start at each row's boundary
             s_ids, s_mask = pad_rows(chunk, pad, "right")
             pos = None
-            where = (torch.arange(s_ids.shape[1])[None, :] >= torch.tensor(list(st))[:, None]).repeat_interleave(k, 0)
+            row_starts = [b for b in st for _ in range(k)]
         ids_k, mask_k = s_ids.repeat_interleave(k, 0), s_mask.repeat_interleave(k, 0)
         results = []
         for g in range(0, len(cells), k):
-            group = cells[g:g + k]
-            deltas = {}
-            for p in points:
-                d = None
-                for ci, cell in enumerate(group):
-                    if p in cell:
-                        if d is None:
-                            d = torch.zeros(q * k, p.width(model), dtype=torch.float64)
-                        d[ci::k] = cell[p].detach().double().cpu().reshape(1, -1)
-                if d is not None:
-                    deltas[p] = d
+            add = _cells_addition(cells[g:g + k], points, model, q, row_starts, labels[g:g + k], source or {})
             kw: dict = {"use_cache": cache is not None}
-            if model._accepts_logits_to_keep():
+            if model.accepts_logits_to_keep:
                 kw["logits_to_keep"] = 1
             if cache is not None:
-                kw.update({cache_kw: cache}, position_ids=pos.to(dev),
+                kw.update({model.cache_argument: cache}, position_ids=pos.to(dev),
                           attention_mask=torch.cat([p_mask_k, mask_k], 1).to(dev))
             else:
                 kw["attention_mask"] = mask_k.to(dev)
             with model.capture(last, positions="last", dtype=None, device=dev) as acts, \
-                    model.edit(*[Hook(p, _row_adder(d, where)) for p, d in deltas.items()]):
+                    model.edit(*([add] if add is not None else [])):
                 model(input_ids=ids_k.to(dev), **kw)
             if cache is not None:
                 cache.crop(-ids_k.shape[1])  # back to the prefix (negative: tokens to drop; 4.x and 5.x)
-            logits = model.unembed(acts[last.name].to(dev)).float().view(q, k, -1)[:, :len(group)]
+            n_group = len(cells[g:g + k])
+            logits = model.unembed(acts[last.name].to(dev)).float().view(q, k, -1)[:, :n_group]
             results.append(reduce(logits, sl) if reduce is not None else logits.cpu())
         yield sl, torch.cat(results, 1).cpu()
 
@@ -214,6 +203,7 @@ def shared_prefix_generations(model: Model, texts: Sequence[str], vector: Steeri
     mults = [float(m) for m in multipliers]
     k, dev = len(mults), model.device
     out: dict[float, list[str]] = {m: [] for m in mults}
+    vecs = {HookPoint(layer, vector.point): vector[layer] for layer in layers}
     with progress_task("generating", total=k * len(texts), unit="prompts") as task:
         for s0 in range(0, len(rows), batch_size):
             chunk, st = rows[s0:s0 + batch_size], starts[s0:s0 + batch_size]
@@ -225,15 +215,11 @@ def shared_prefix_generations(model: Model, texts: Sequence[str], vector: Steeri
                 return None
             ids = torch.cat([p_ids, s_ids], 1).repeat_interleave(k, 0).to(dev)
             mask = torch.cat([p_mask, s_mask], 1).repeat_interleave(k, 0).to(dev)
-            hooks = []
-            for layer in layers:
-                d = torch.zeros(q * k, vector[layer].numel(), dtype=torch.float64)
-                for ci, m in enumerate(mults):
-                    d[ci::k] = m * vector[layer].double().reshape(1, -1)
-                hooks.append(Hook(HookPoint(layer, vector.point), _row_adder(d)))
-            with model.edit(*hooks):
+            add = Add(vecs, mults * q, starts=[p_ids.shape[1]] * (q * k), cells=[{"multiplier": m} for m in mults],
+                      source={"positions": "from_eoi", **vector.provenance()})
+            with model.edit(add):
                 gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                     **{_cache_kwarg(model): cache})
+                                     **{model.cache_argument: cache})
             decoded = model.tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
             for qi in range(q):
                 for ci, m in enumerate(mults):

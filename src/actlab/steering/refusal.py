@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -36,10 +35,10 @@ from ..errors import InputError
 from ..hooks.points import HookPoint
 from ..progress import info as progress_info
 from ..progress import task as progress_task
-from ..runs import atomic_path, write_json, write_text
+from ..runs import Resume, write_json, write_text
 from ..version import __version__
-from .ablate import ablate
-from .extract import collect
+from .ablation import ablate
+from .extraction import collect
 from .prompts import PromptStyle, format_prompt, read_positions
 from .vector import SteeringVector
 
@@ -135,8 +134,11 @@ def induce_scores(model: Model, texts: Sequence[str], style: PromptStyle,
     def score(logits: torch.Tensor, _: slice) -> torch.Tensor:  # [rows, cells, vocab] -> [rows, cells]
         return _refusal_logodds(logits.reshape(-1, logits.shape[-1]), ref_ids).view(logits.shape[:2]).cpu()
 
+    labels = [{"candidate": i, "layer": layer, "purpose": "refusal induce score"}
+              for i, (layer, _) in enumerate(candidates)]
     parts = [t for _, t in iter_cell_logits(model, rows, starts, cells, batch_size=batch_size,
-                                            cells_per_batch=cells_per_batch, reduce=score)]
+                                            cells_per_batch=cells_per_batch, reduce=score, labels=labels,
+                                            source={"positions": "auto"})]
     return torch.cat(parts).mean(0).tolist()
 
 
@@ -159,8 +161,10 @@ def refusal_pipeline(
     config: RefusalConfig | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] = progress_info,
+    overwrite: bool = False,
 ) -> RefusalResult:
-    """Run the pipeline (see module docstring); resumes from ``out_dir/candidates.safetensors`` when present."""
+    """Run the pipeline (see module docstring); the candidate directions are checkpointed in ``out_dir`` (its
+    resume record) and reused by a re-run with the same data, layers and positions (``overwrite``: recompute)."""
     cfg = config or RefusalConfig()
     from .prompts import resolve_style
 
@@ -185,18 +189,15 @@ def refusal_pipeline(
     phrases = cfg.refusal_phrases
     ref_ids = torch.tensor(refusal_token_ids(model, phrases))
 
-    # 1. candidate directions -------------------------------------------------------------------------
-    cache = out / "candidates.safetensors" if out else None
+    # 1. candidate directions (checkpointed in the run folder's resume record) --------------------------
     fp = fingerprint([*harmful_train, "\0", *harmless_train])
-    identity = {"fingerprint": fp, "layers": layers, "positions": cfg.positions, "chat": style.chat}
-    cands: torch.Tensor | None = None
-    if cache is not None and cache.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), framework="pt") as f:
-            if json.loads((f.metadata() or {}).get("actlab", "{}")) == identity:
-                cands = f.get_tensor("directions")
-                log("  candidates: reused from the run directory")
+    identity = {"model": model.name, "fingerprint": fp, "layers": layers, "positions": cfg.positions,
+                "chat": style.chat}
+    resume = Resume(out, "steer refusal", identity, overwrite=overwrite) if out is not None else None
+    saved = resume.load() if resume is not None and resume.done("candidates") else None
+    cands: torch.Tensor | None = saved[1].get("directions") if saved is not None else None
+    if cands is not None:
+        log("  candidates: reused from the run directory")
     texts_h = [format_prompt(model, t, style) for t in harmful_train]
     texts_n = [format_prompt(model, t, style) for t in harmless_train]
     if cands is None:
@@ -211,11 +212,9 @@ def refusal_pipeline(
         # [n_pos, n_layers, d]: mean over prompts, in float64
         cands = torch.stack([acts[p.name][:nh].double().mean(0) - acts[p.name][nh:].double().mean(0)
                              for p in pts], dim=1).float()
-        if cache is not None:
-            from safetensors.torch import save_file
-
-            with atomic_path(cache) as tmp:
-                save_file({"directions": cands.contiguous()}, str(tmp), metadata={"actlab": json.dumps(identity)})
+        if resume is not None:
+            resume.save({"shape": list(cands.shape)}, {"directions": cands})
+            resume.mark("candidates")
     n_pos = cands.shape[0]
 
     # 2. cheap scores -----------------------------------------------------------------------------------
@@ -243,7 +242,8 @@ def refusal_pipeline(
                                  "induce": None, "norm": float(r.norm()), "passes_filters": False, "degenerate": True})
                     scoring.advance(1)
                     continue
-                with ablate(model, r):
+                with ablate(model, r, source={"candidate": {"layer": layer, "eoi_position": pi - n_pos},
+                                              "purpose": "refusal kl and bypass scores"}):
                     kl = float(_kl(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
                     bypass = float(_refusal_logodds(_last_logits(model, vh, style, cfg.batch_size), ref_ids).mean())
                 induce = induced[(pi, li)]
@@ -264,7 +264,8 @@ def refusal_pipeline(
     best, best_texts = None, []
     for r in pool[: cfg.top_k]:
         d = cands[r["eoi_position"] + n_pos, layers.index(r["layer"])]
-        with ablate(model, d):
+        with ablate(model, d, source={"candidate": {"layer": r["layer"], "eoi_position": r["eoi_position"]},
+                                      "purpose": "refusal rate by generation"}):
             texts = model.generate_text(vh, max_new_tokens=cfg.max_new_tokens, add_special_tokens=special)
         r["refusal_rate_ablated"] = refusal_rate(texts, phrases)
         if best is None or (r["refusal_rate_ablated"], r["bypass"]) < (best["refusal_rate_ablated"], best["bypass"]):

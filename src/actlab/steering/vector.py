@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from ..hooks.points import HookPoint, block_kind
 from ..runs import atomic_path
 
 if TYPE_CHECKING:
+    from ..hooks.interventions import Edits
     from ..models.model import Model
 
 SCHEMA_VERSION = 1
@@ -91,6 +92,18 @@ class SteeringVector:
         if self.origin:
             out["source"] = dict(self.origin)
         return {"vector": out}
+
+    def apply(self, model: Model, multiplier: float | Sequence[float] = 1.0, *,
+              layers: str | int | Iterable[int] | None = None, positions: str = "auto") -> Edits:
+        """Steer ``model`` with this vector while the returned context is open (or until ``.remove()``)::
+
+            with vec.apply(model, 4.0, layers="12"):
+                model.generate_text(...)
+
+        The same as ``model.edit(Steer(vec, multiplier, layers=..., positions=...))`` - one steering path."""
+        from .apply import Steer
+
+        return model.edit(Steer(self, multiplier, layers=layers, positions=positions))
 
     def check_values(self, what: str = "the vector") -> SteeringVector:
         """Refuse NaN, infinite or all-zero layers (steering with one would give NaN text or do nothing, and

@@ -21,32 +21,34 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..hooks.interventions import Edits, ProjectOut, unit
+from ..hooks.directions import ProjectOut
+from ..hooks.interventions import Edits, unit
 from ..hooks.points import ABLATION_KINDS
 
 if TYPE_CHECKING:
     from ..models.model import Model
 
 
-class DirectionalAblation(Edits):
-    """Directional ablation applied to a model (context manager or handle); ``model.edit(ProjectOut(...))``
-    builds the same thing and composes with other interventions."""
-
-    KINDS = ABLATION_KINDS
-
-    def __init__(self, model: Model, direction: torch.Tensor, *, layers: str | int | Iterable[int] | None = None,
-                 kinds: Iterable[str] = ABLATION_KINDS):
-        if isinstance(layers, (list, tuple)) and not layers:
-            raise InputError("the layer list is empty; give at least one layer to ablate")
-        self.projection = ProjectOut(direction, layers=layers, kinds=kinds)
-        self.model, self.r = model, self.projection.r
-        super().__init__(model, [self.projection])
+def ablate(model: Model, direction: torch.Tensor, *, layers: str | int | Iterable[int] | None = None,
+           kinds: Iterable[str] = ABLATION_KINDS, source: dict | None = None) -> Edits:
+    """Ablate ``direction`` at every layer (or ``layers``): block inputs and attention/MLP outputs (a context
+    manager or a handle; ``model.edit(ProjectOut(...), ...)`` composes it with other interventions). ``source``
+    says in the run record which direction it is."""
+    return model.edit(ProjectOut(direction, layers=layers, kinds=kinds, source=source))
 
 
-def ablate(model: Model, direction: torch.Tensor, *, layers: str | int | Iterable[int] | None = None
-           ) -> DirectionalAblation:
-    """Ablate ``direction`` at every layer (or ``layers``): block inputs and attention/MLP outputs."""
-    return DirectionalAblation(model, direction, layers=layers)
+def orthogonalization_record(model: Model, direction: torch.Tensor, *,
+                             layers: str | int | Iterable[int] | None = None,
+                             source: dict | None = None) -> dict:
+    """What :func:`orthogonalize` bakes into the weights, as a run record: the hook-point ablation it equals
+    (every layer's block input and attention/MLP outputs; with ``layers``, those layers' attention and MLP
+    outputs)."""
+    from ..hooks.points import WRITE_KINDS
+
+    po = ProjectOut(direction, layers=layers, kinds=ABLATION_KINDS if layers is None else WRITE_KINDS,
+                    source=source)
+    po.edits(model)  # resolves the layers; installs nothing
+    return {**po.record(), "kind": "orthogonalize", "applied_to": "weights"}
 
 
 @torch.no_grad()
@@ -97,7 +99,9 @@ def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = T
     if a.attn_proj is None:
         raise InputError(f"weight orthogonalisation is not exact for the {a.family!r} family (its attention and "
                          "MLP outputs pass through a norm before the residual); use hook ablation (ablate)")
-    r = unit(direction)
+    r = unit(direction)  # float64: the edit is exact in the model's own dtype, fp64 included
+    if r.dim() != 1:
+        raise InputError("orthogonalisation bakes one direction into the weights; give a [d] vector")
     subset = parse_layers(layers, model.n_layers)
     hf = copy.deepcopy(model.hf) if copy_model else model.hf
     _untie(hf)

@@ -16,7 +16,7 @@ from ..runs import write_json
 from .common import ModelLike, as_model
 
 if TYPE_CHECKING:
-    from ..tuned_lens import TunedLens
+    from ..lens import Lens
 
 DEFAULT_POINTS = "resid_post,attn_out,mlp_out"
 
@@ -24,21 +24,21 @@ DEFAULT_POINTS = "resid_post,attn_out,mlp_out"
 def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str] = DEFAULT_POINTS,
          position: int = -1, top_k: int = 5, target: str | int | None = None, chat: bool = False,
          json_out: str | os.PathLike[str] | None = None, html_out: str | os.PathLike[str] | None = None,
-         lens: TunedLens | str | None = None) -> LensResult:
+         lens: Lens | str | None = None) -> LensResult:
     """Logit lens on ``prompts`` (wrapped in the chat template with ``chat``); a target given as digits is a
-    token id; ``lens`` (a :class:`TunedLens` or ``tuned:PATH``) decodes through a tuned lens instead."""
-    from ..tuned_lens import TunedLens, parse_lens
+    token id; ``lens`` (any :class:`~actlab.lens.Lens`, or ``logit`` / ``tuned:PATH``) decodes through it."""
+    from ..tuned_lens import parse_lens
 
     m = as_model(model)
     texts = [m.chat_prompt(p) for p in prompts] if chat else list(prompts)
     if isinstance(target, str) and target.isdigit():
         target = int(target)
     res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target,
-                     lens=lens if isinstance(lens, TunedLens) or lens is None else parse_lens(lens, m))
+                     lens=parse_lens(lens, m) if lens is None or isinstance(lens, str) else lens)
     if json_out:
         write_json(json_out, res.to_dict())
     if html_out:
-        page = Page(f"{'Tuned' if res.lens == 'tuned' else 'Logit'} lens: {m.name}")
+        page = Page(f"{res.lens.capitalize()} lens: {m.name}")
         if res.target_probs is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 png = target_heatmap(res, Path(tmp) / "lens.png")
@@ -50,13 +50,16 @@ def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str
 
 def tuned_lens(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, held_out: int = 32,
                steps: int = 250, lr: float = 1e-3, optimizer: str = "adam", batch_size: int = 8,
-               max_length: int = 128, seed: int = 0, progress: Callable[[int, float], None] | None = None
-               ) -> dict[str, Any]:
+               max_length: int = 128, seed: int = 0, progress: Callable[[int, float], None] | None = None,
+               checkpoint_every: int = 25, overwrite: bool = False) -> dict[str, Any]:
     """Train a tuned lens on ``texts`` minus the last ``held_out``, then compare it with the logit lens on those:
-    ``OUT/lens/`` (params.safetensors + config.json), ``tuned_lens.json`` and ``tuned_lens.png``."""
+    ``OUT/lens/`` (params.safetensors + config.json), ``tuned_lens.json`` and ``tuned_lens.png``. Training is
+    checkpointed every ``checkpoint_every`` steps; a re-run in the folder continues from the latest checkpoint
+    (``overwrite``: start again)."""
+    from ..data import fingerprint
     from ..errors import InputError
     from ..report.figures import tuned_lens_plot
-    from ..runs import Run
+    from ..runs import Resume, Run
     from ..tuned_lens import evaluate_lens, train_tuned_lens
     from .common import name_of
 
@@ -68,8 +71,12 @@ def tuned_lens(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[st
               "optimizer": optimizer,
               "batch_size": batch_size, "max_length": max_length, "seed": seed}
     with Run(out, "tuned-lens", config, seed=seed) as run:
+        resume = Resume(out, "tuned-lens", {**config, "model": m.name, "texts": fingerprint(train)},
+                        overwrite=overwrite)
         lens_obj, history = train_tuned_lens(m, train, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                                             max_length=max_length, seed=seed, progress=progress)
+                                             max_length=max_length, seed=seed, progress=progress, resume=resume,
+                                             checkpoint_every=checkpoint_every)
+        resume.mark("trained", {"steps": steps})
         lens_obj.save(Path(out) / "lens")
         logit = evaluate_lens(m, test, None, batch_size=batch_size, max_length=max_length)
         tuned = evaluate_lens(m, test, lens_obj, batch_size=batch_size, max_length=max_length)

@@ -1,0 +1,193 @@
+"""The LFP report: the study's tables and figures in one offline page, built from the stages' typed outputs
+(:mod:`actlab.lfp.outputs`) with the report's building blocks (:mod:`actlab.report`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..analysis.pca import principal_components
+from ..report.html import Page, count, esc
+from ..report.plots import pyplot, save_figure
+from .outputs import Agreement, Deltas, Dictionaries, Features, Finetuned, LayerChoice, ProbeSummary
+
+
+def _probe_pca(root: Path, out: Path) -> Path | None:
+    """PCA of the probe inputs (SAE features of positive, neutral and negative variants)."""
+    deltas = Deltas.read(root)
+    if deltas is None:
+        return None
+    n = len(deltas.tensors["f_pos"])
+    coords, ev = principal_components(deltas.features(), 2)
+    xy = coords.numpy()
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for k, (label, color) in enumerate((("positive", "#27ae60"), ("neutral", "#7f8c8d"), ("negative", "#c0392b"))):
+        ax.scatter(xy[k * n:(k + 1) * n, 0], xy[k * n:(k + 1) * n, 1], s=8, alpha=0.6, color=color, label=label)
+    ax.set_title(f"PCA of the probe inputs (centred SAE features; explained {ev[0]:.0%}, {ev[1]:.0%})", fontsize=8)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def _agreement_scatter(words: list[dict[str, Any]], out: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.scatter([w["lexicon"] for w in words], [w["predicted"] for w in words], s=10, alpha=0.6)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("lexicon valence (true feedback)")
+    ax.set_ylabel("probe prediction (implicit feedback)")
+    ax.set_title("predicted vs true feedback per word", fontsize=9)
+    return save_figure(fig, out)
+
+
+def _frequency_plot(words: list[dict[str, Any]], out: Path) -> Path | None:
+    """The study's Fig. 4: probe error per word against how often the fine-tuned model generates it."""
+    pts = [w for w in words if w.get("generated_count") is not None]
+    if not pts:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for held, color, label in ((True, "#2c7fb8", "held-out words"), (False, "#f03b20", "training words")):
+        sel = [w for w in pts if w.get("heldout", True) == held]
+        if sel:
+            ax.scatter([w["generated_count"] for w in sel], [w["error"] for w in sel], s=12, alpha=0.6, color=color,
+                       label=label)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("times the fine-tuned model generated the word")
+    ax.set_ylabel("probe error |prediction - valence / 5|")
+    ax.set_title("probe error vs generation frequency (Fig. 4 of the study)", fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out)
+
+
+def lfp_warnings(root: Path) -> list[str]:
+    """What the data says a reader must know before trusting the tables below."""
+    out = []
+    dic = Dictionaries.read(root)
+    for layer, ms in (dic.metrics if dic else {}).items():
+        for name, m in ms.items():
+            if m.get("dense_fraction", 0) > 0.1:
+                out.append(f"dense dictionary: layer {layer} {name} has {m['dense_fraction']:.0%} of its features "
+                           "active on more than 10% of tokens (raise the L1 coefficient or train longer)")
+    pr = ProbeSummary.read(root)
+    if pr and pr.test.get("r2", 0) < 0:
+        out.append(f"the probe's held-out R^2 is negative ({pr.test['r2']:.2f}): it predicts the held-out "
+                   "deltas worse than their mean; read its agreement numbers with care")
+    fe = Features.read(root)
+    if fe and fe.frequency.get("self_consistency"):
+        out.append("no explainer ran: the feature labels come from the probe itself (chosen on half of the "
+                   "examples, measured on the other half) - a self-consistency check, not the study's Table 7")
+    ab = fe.ablation if fe else {}
+    if {"reward_before", "reward_after", "reward_after_random"} <= set(ab):
+        eff, rnd = ab["reward_after"] - ab["reward_before"], ab["reward_after_random"] - ab["reward_before"]
+        if abs(eff) <= abs(rnd):
+            out.append(f"ablating the related features changed the reward by {eff:+.3f}, no more than ablating as "
+                       f"many random features ({rnd:+.3f}): no evidence that they carry the feedback")
+    return out
+
+
+def _agreement_section(page: Page, root: Path, ag: Agreement) -> None:
+    page.text("Kendall's tau between the probe's prediction for lexicon words and their valences (Table 4), "
+              "tau on negative words only (Table 10) and sign accuracy (Table 5). Held-out words appear in no "
+              "text the probe was trained on; the untrained (Xavier) probe on the same held-out words is the "
+              "baseline.", muted=True)
+    labels = {"heldout": "held-out words (trained probe)", "train": "training words (in-sample)",
+              "untrained_baseline": "held-out words, untrained probe (baseline)"}
+    page.table(["words", "Kendall tau", "p-value", "sign accuracy", "positive words", "negative words",
+                "tau (negative words)", "n"],
+               [[labels.get(k, k), g["kendall_tau"], g["p_value"], g["sign_accuracy"], g["sign_accuracy_positive"],
+                 g["sign_accuracy_negative"], g.get("kendall_tau_negative", float("nan")), g["n_words"]]
+                for k, g in ag.groups.items()])
+    page.image(_agreement_scatter(ag.words, root / "report_agreement.png"), "predicted vs true")
+    fig4 = _frequency_plot(ag.words + ag.train_words, root / "report_frequency.png")
+    if fig4:
+        fr = ag.frequency
+        page.heading("Probe error vs how often the fine-tuned model generates the word")
+        page.image(fig4, "probe error vs generation frequency")
+        if fr:
+            page.text(f"Spearman rho(error, count) = {fr['spearman_error_vs_count']:.3f} (p = {fr['p_value']:.2g}) "
+                      f"over {fr['n_prompts']} greedy generations of {fr['new_tokens']} tokens; "
+                      f"{fr['words_generated']} of the scored words were generated at least once.", muted=True)
+    page.heading("Token table: predicted vs true feedback (strongest lexicon words)")
+    page.table(["word", "lexicon valence", "probe prediction"],
+               [[w["word"], w["lexicon"], w["predicted"]] for w in ag.words[:40]])
+
+
+def _features_section(page: Page, fe: Features) -> None:
+    page.text(fe.label_note, muted=True)
+    page.table(["measure", "value"], [[k, v] for k, v in fe.frequency.items()])
+    ab = fe.ablation
+    page.heading("Zero-ablating the related features during generation (lexicon reward)")
+    page.table(["prompts", "reward before", "after ablating the related features",
+                "after ablating as many random features", "ablated features"],
+               [[ab.get("n_prompts", 0), ab.get("reward_before", float("nan")),
+                 ab.get("reward_after", float("nan")), ab.get("reward_after_random", float("nan")),
+                 len(ab.get("ablated", []))]])
+    rows = []
+    for f in fe.features:
+        ctx0 = f["contexts"][0] if f["contexts"] else None
+        snippet = ""
+        if ctx0:
+            toks = [esc(t) for t in ctx0["tokens"]]
+            h = count(ctx0["highlight"], "highlight")
+            if 0 <= h < len(toks):
+                toks[h] = f"<mark>{toks[h]}</mark>"
+            snippet = "".join(toks)
+        rows.append([esc(f["layer"]), esc(f["feature"]), esc(f"{f['cos_to_other_dictionary']:.3f}"),
+                     esc(f["explanation"]), esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"),
+                     esc(f"{f['firing_rate_all']:.3f}"), snippet])
+    page.table(["layer", "feature", "cos (other dict.)", "explanation", "related", "firing (strong feedback)",
+                "firing (all)", "top context"], rows, raw_cells=True)
+
+
+def build_lfp_report(root: Path, cfg: Any) -> Path:
+    root = Path(root)
+    page = Page("Learned Feedback Patterns", f"base {cfg.base_model}; fine-tuned {cfg.tuned_model or 'by this run'}; "
+                                              f"task {cfg.task}")
+    warnings = lfp_warnings(root)
+    if warnings:
+        page.section("Warnings", "warnings")
+        page.html("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
+    ft = Finetuned.read(root)
+    page.section("Fine-tuning", "finetune")
+    if ft:
+        page.text(f"method {ft.method}" + (f"; {ft.deviation}" if ft.deviation else ""))
+        if (root / "finetune" / "finetune.png").is_file():
+            page.image(root / "finetune" / "finetune.png", "reward/KL over steps")
+    else:
+        page.text(f"not run here: the fine-tuned model was given ({cfg.tuned_model})", muted=True)
+    page.section("Parameter divergence per layer", "divergence")
+    lay = LayerChoice.read(root)
+    if lay:
+        page.text(f"selected layers: {lay.layers} ({lay.rule})")
+        page.image(root / "divergence" / "divergence.png", "divergence per layer")
+    dic = Dictionaries.read(root)
+    page.section("Dictionaries", "sae")
+    if dic:
+        rows = [[layer, name, m["explained_variance"], m["l0"], m["dead_fraction"], m["dense_fraction"]]
+                for layer, ms in dic.metrics.items() for name, m in ms.items()]
+        page.table(["layer", "dictionary", "explained variance", "L0", "dead", "dense"], rows)
+    pr = ProbeSummary.read(root)
+    page.section("Probe accuracy", "probes")
+    if pr:
+        keys = sorted(pr.test)
+        page.table(["split", *keys], [["train", *[pr.train[k] for k in keys]],
+                                      ["held-out", *[pr.test[k] for k in keys]],
+                                      ["untrained (Xavier) baseline, held-out",
+                                       *[pr.xavier_baseline_test[k] for k in keys]]])
+    pca = _probe_pca(root, root / "report_probe_pca.png")
+    if pca:
+        page.heading("PCA of the probe inputs")
+        page.image(pca, "PCA of the probe inputs")
+    ag = Agreement.read(root)
+    page.section("Agreement with the true feedback", "agreement")
+    if ag and ag.groups:
+        _agreement_section(page, root, ag)
+    else:
+        page.text("not run" if ag is None else "not applicable to this task", muted=True)
+    fe = Features.read(root)
+    page.section("Feature validation", "features")
+    if fe:
+        _features_section(page, fe)
+    return page.write(root / "report.html")
