@@ -27,7 +27,12 @@ def files(tmp_path_factory):
          "vec": d / "v.safetensors", "nanvec": d / "nan.safetensors", "zerovec": d / "zero.safetensors",
          "cfg_typo": d / "typo.yaml", "cfg_escape": d / "escape.yaml", "lfp_typo": d / "lfp.yaml",
          "lfp_bad_yaml": d / "bad.yaml", "cache": d / "cache", "bad_manifest": d / "bad_cache",
-         "sae": d / "sae", "corrupt_sae": d / "corrupt_sae", "corrupt_model": d / "corrupt_model"}
+         "sae": d / "sae", "corrupt_sae": d / "corrupt_sae", "corrupt_model": d / "corrupt_model",
+         "nan_sae": d / "nan_sae", "zero_scale_sae": d / "zero_scale_sae", "wide_sae": d / "wide_sae",
+         "wrong_config_model": d / "wrong_config_model", "deep_json": d / "deep.json", "deep_run": d / "deep_run",
+         "bin_yaml": d / "bin.yaml", "hugevec": d / "huge.safetensors", "widevec": d / "wide.safetensors",
+         "empty": d / "empty.json", "schema": d / "schema.json", "fifo": d / "fifo", "locked": d / "locked",
+         "gguf": d / "v.gguf", "lfp_base": d / "lfp_base.txt"}
     f["dir"].mkdir()
     f["file"].write_text("plain text\n")
     f["binary"].write_bytes(bytes(range(256)) * 8)
@@ -63,7 +68,78 @@ def files(tmp_path_factory):
         if p.is_file() and not p.name.endswith(".safetensors"):
             (f["corrupt_model"] / p.name).write_bytes(p.read_bytes())
     (f["corrupt_model"] / "model.safetensors").write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    _more_files(f, d, src)
     return f
+
+
+def _saved_vector(path, tensors: dict, meta) -> None:
+    """A safetensors file with actlab metadata written as given (what a hand-edited or foreign file holds)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata={"actlab": meta if isinstance(meta, str) else json.dumps(meta)})
+
+
+def _more_files(f: dict, d: Path, src: Path) -> None:
+    """The inputs of issue 22's cases: odd vector metadata, damaged dictionaries, nested JSON, binary YAML..."""
+    import shutil
+
+    from actlab.sae import SAEConfig, SparseAutoencoder, save_sae
+    from actlab.steering import SteeringVector
+
+    one = {"layer.1": torch.ones(64)}
+    variants = {"meta_list": (one, "[1, 2]"), "meta_types": (one, {"n_layers": "five", "point": "resid_post"}),
+                "meta_missing": (one, {"layers": [1, 2], "point": "resid_post"}),
+                "meta_extra": ({**one, "bias": torch.ones(64)}, {"point": "resid_post"}),
+                "meta_2d": ({"layer.1": torch.ones(2, 64)}, {"point": "resid_post"}),
+                "meta_version": (one, {"schema_version": "x"})}
+    for name, (tensors, meta) in variants.items():
+        f[name] = d / f"{name}.safetensors"
+        _saved_vector(f[name], tensors, meta)
+    SteeringVector({1: torch.full((64,), 3e38)}, "resid_post", {"n_layers": 5}).save(f["hugevec"])
+    SteeringVector({1: torch.ones(32)}, "resid_post").save(f["widevec"])
+    SteeringVector({1: torch.ones(64)}, "resid_post").to_gguf(f["gguf"])
+    for name in ("nan_sae", "zero_scale_sae"):
+        save_sae(SparseAutoencoder(SAEConfig(64, 128, hook_point="blocks.1.mlp_out", model=TINY)), f[name])
+    w = f["nan_sae"] / "sae_weights.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(w))
+    t["W_enc"][0, 0] = float("nan")
+    save_file(t, str(w))
+    cfg = json.loads((f["zero_scale_sae"] / "cfg.json").read_text())
+    cfg["actlab"]["scale_folded"], cfg["actlab"]["input_scale"] = True, 0.0
+    (f["zero_scale_sae"] / "cfg.json").write_text(json.dumps(cfg))
+    save_sae(SparseAutoencoder(SAEConfig(576, 128, hook_point="blocks.1.mlp_out", model="other")), f["wide_sae"])
+    f["wrong_config_model"].mkdir()
+    for p in src.iterdir():
+        if p.is_file():
+            shutil.copy(p, f["wrong_config_model"] / p.name)
+    conf = json.loads((src / "config.json").read_text())
+    conf["num_hidden_layers"], conf["hidden_size"] = "five", [64]
+    (f["wrong_config_model"] / "config.json").write_text(json.dumps(conf))
+    deep = "[" * 100_000 + "]" * 100_000
+    f["deep_json"].write_text(deep)
+    f["deep_run"].mkdir()
+    (f["deep_run"] / "result.json").write_text(deep)
+    f["bin_yaml"].write_bytes(b"\x00\xff\xfe binary \x00" * 20)
+    f["empty"].write_text("")
+    f["schema"].write_text(json.dumps([{"prompt": "x", "answer": "y"}] * 3))
+    os.mkfifo(f["fifo"])
+    f["locked"].mkdir()
+    f["lfp_base"].write_text(f"run_dir: {d / 'lfp_run'}\nbase_model: {TINY}\ndata: {f['texts']}\n")
+    for name, body in {"sae_nan": "train: {steps: 2}\ndictionaries: [{expansion: .nan}]",
+                       "sae_betas": "train: {betas: [2, -1]}", "sae_buffer": "buffer_shards: 0",
+                       "sae_nul": "dictionaries: [{expansion: 1, name: \"a\\0b\"}]",
+                       "sae_bidi": "dictionaries: [{expansion: 1, name: \"evil\\u202Etxt.exe\"}]",
+                       "sae_keep": "train: {keep_checkpoints: -1}", "sae_clip": "train: {grad_clip: -1}",
+                       "sae_dsae": "dictionaries: [{d_sae: 0}]"}.items():
+        f[name] = d / f"{name}.yaml"
+        f[name].write_text(f"point: blocks.1.mlp_out\nout: {d / ('o_' + name)}\ncache: {f['cache']}\n{body}\n")
+    for name, body in {"lfp_source": "triples: {source: banana}", "lfp_fraction": "probe_test_fraction: 1.5",
+                       "lfp_delta": "delta_position: banana", "lfp_topk": "top_k_layers: 0",
+                       "lfp_expansions": "sae: {expansions: [0]}"}.items():
+        f[name] = d / f"{name}.yaml"
+        f[name].write_text(f["lfp_base"].read_text() + body + "\n")
 
 
 class _Capture:
@@ -205,20 +281,177 @@ def _cases():
         ("lfp-bad-yaml", ["lfp", "run", "{lfp_bad_yaml}"], "YAML"),
         ("lfp-stage-missing", ["lfp", "probes", "{missing}"], "missing.json"),
         ("lfp-preset", ["lfp", "preset", "huge"], "huge"),
+        # -- issue 22: odd vector files, compare, widths, ids, seeds, memory, binary / nested input ----------
+        *[(f"vector-{v}", [s, "generate", TINY, "--vector", f"{{{v}}}", "-p", "hi"], v_msg) for v, v_msg in (
+            ("meta_list", "JSON object"), ("meta_types", "n_layers"), ("meta_missing", "layers [1, 2]"),
+            ("meta_extra", "'bias'"), ("meta_2d", "1-D"), ("meta_version", "schema_version"))],
+        ("compare-nan", ["compare", "vectors", "{nanvec}", "{vec}", "--out", "{dir}/cv"], "NaN"),
+        ("compare-labels", ["compare", "vectors", "{vec}", "--label", "a", "--label", "b", "--out", "{dir}/cv"],
+         "--label"),
+        ("ablate-width", [s, "ablate", TINY, "--direction", "{widevec}", "--out", "{dir}/aw"], "32 wide"),
+        ("top-examples-width", ["sae", "top-examples", TINY, "{wide_sae}", "--data", "{texts}", "--out",
+                                "{dir}/tw"], "576"),
+        ("patch-answer-id", ["patch", TINY, "--clean", "a b", "--corrupt", "a c", "--answer", "99999", "--wrong",
+                             " b", "--out", "{dir}/pa"], "99999"),
+        ("generate-seed", [s, "generate", TINY, "--vector", "{vec}", "-p", "hi", "--seed", str(2**70)], "--seed"),
+        ("tuned-lens-seed", ["tuned-lens", TINY, "--data", "{texts}", "--held-out", "1", "--out", "{dir}/tl",
+                             "--seed", str(2**70)], "--seed"),
+        ("sae-expansion-memory", ["sae", "train", "--cache", "{cache}", "--point", "blocks.1.mlp_out", "--out",
+                                  "{dir}/sm", "--expansion", "1000000", "--batch-size", "8"], "GiB"),
+        ("sae-yaml-binary", ["sae", "train", "--config", "{bin_yaml}"], "YAML"),
+        ("lfp-yaml-binary", ["lfp", "run", "{bin_yaml}"], "YAML"),
+        ("extract-deep-json", [s, "extract", TINY, "--data", "{deep_json}", "--out", "{dir}/v.st"], "nested"),
+        ("report-deep-json", ["report", "{deep_run}", "--out", "{dir}/deep.html"], None),
+        *[(f"sae-{n}", ["sae", "train", "--config", f"{{sae_{n}}}"], m) for n, m in (
+            ("nan", "expansion"), ("betas", "betas"), ("buffer", "buffer_shards"), ("nul", "U+0000"),
+            ("bidi", "U+202E"), ("keep", "keep_checkpoints"), ("clip", "grad_clip"), ("dsae", "d_sae"))],
+        ("model-config-types", ["info", "{wrong_config_model}"], "config"),
+        # -- issue 22: silently accepted before, refused now -----------------------------------------------
+        ("curvature-zero", ["compare", "curvature", TINY, "--vector", "{zerovec}", "--data", "{texts}", "--out",
+                            "{dir}/cz"], "zero"),
+        ("curvature-nan", ["compare", "curvature", TINY, "--vector", "{nanvec}", "--data", "{texts}", "--out",
+                           "{dir}/cz"], "NaN"),
+        ("hessian-nan", ["compare", "hessian", TINY, "--layer", "1", "--data", "{texts}", "--vector", "{nanvec}",
+                         "--out", "{dir}/hn"], "NaN"),
+        ("sae-eval-nan", ["sae", "eval", "{nan_sae}", "--cache", "{cache}", "--out", "{dir}/en"], "NaN"),
+        ("sae-eval-scale", ["sae", "eval", "{zero_scale_sae}", "--cache", "{cache}", "--out", "{dir}/en"],
+         "input_scale"),
+        ("generate-overflow", [s, "generate", TINY, "--vector", "{vec}", "-p", "hi", "-m", "1e308"], "1e+308"),
+        ("generate-huge-vector", [s, "generate", TINY, "--vector", "{hugevec}", "-p", "hi"], "float32"),
+        ("mix-overflow", [s, "mix", TINY, "--source", "x", "--point", "blocks.1.resid_post", "-p", "hi", "-s",
+                          "1e39"], "beyond"),
+        ("dpo-beta-inf", ["finetune", "dpo", TINY, "--data", "{texts}", "--out", "{dir}/dpo", "--beta", "inf"],
+         "beta"),
+        ("acts-max-length-context", ["acts", "cache", TINY, "--data", "{texts}", "--points", "blocks.1.mlp_out",
+                                     "--out", "{dir}/ml", "--max-length", "100000"], "context"),
+        ("export-onto-input", [s, "export-gguf", "{vec}", "{vec}"], "also an input"),
+        ("import-onto-input", [s, "import-gguf", "{gguf}", "{gguf}"], "also an input"),
+        ("out-in-locked-folder", ["lens", TINY, "-p", "hi", "--json", "{locked}/x.json"], "another actlab"),
+        *[(n.replace("_", "-"), ["lfp", "run", f"{{{n}}}"], m) for n, m in (
+            ("lfp_source", "banana"), ("lfp_fraction", "probe_test_fraction"), ("lfp_delta", "banana"),
+            ("lfp_topk", "top_k_layers"), ("lfp_expansions", "expansions"))],
+        # -- issue 22: hangs bounded --------------------------------------------------------------------
+        ("generate-too-long", [s, "generate", TINY, "--vector", "{vec}", "-p", "hi", "--max-new-tokens",
+                               "1000000000"], "context"),
+        ("sae-batch-beyond-cache", ["sae", "train", "--cache", "{cache}", "--point", "blocks.1.mlp_out", "--out",
+                                    "{dir}/sb", "--batch-size", "1000000000"], "holds"),
+        # -- issue 22: input that needs no model is refused before one loads --------------------------------
+        ("extract-empty", [s, "extract", TINY, "--data", "{empty}", "--out", "{dir}/v.st"], "empty"),
+        ("extract-schema", [s, "extract", TINY, "--data", "{schema}", "--out", "{dir}/v.st"], "schema.json"),
+        ("refusal-binary", [s, "refusal", TINY, "--harmful", "{binary}", "--harmless", "{instr}", "--out",
+                            "{dir}/r"], "UTF-8"),
+        ("refusal-too-few", [s, "refusal", TINY, "--harmful", "{instr}", "--harmless", "{instr}", "--out",
+                             "{dir}/r", "--n-train", "8"], "--harmful"),
+        ("layers-ab-schema", ["layers", TINY, "--out", "{dir}/l", "--ab", "{schema}"], "schema.json"),
+        ("layers-pairs-binary", ["layers", TINY, "--out", "{dir}/l", "--pairs", "{binary}"], "UTF-8"),
+        ("acts-empty", ["acts", "cache", TINY, "--data", "{empty}", "--points", "blocks.1.mlp_out", "--out",
+                        "{dir}/ae"], "empty"),
+        ("rl-binary", ["finetune", "rl", TINY, "--data", "{binary}", "--out", "{dir}/rl", "--preset", "tiny"],
+         "UTF-8"),
+        ("rl-method", ["finetune", "rl", TINY, "--data", "{texts}", "--out", "{dir}/rl", "--method", "banana"],
+         "banana"),
+        ("dpo-schema", ["finetune", "dpo", TINY, "--data", "{schema}", "--out", "{dir}/dpo"], "schema.json"),
+        ("generate-empty-prompt", [s, "generate", TINY, "--vector", "{vec}", "-p", ""], "empty"),
+        ("extract-positions", [s, "extract", TINY, "--data", "{ab}", "--out", "{dir}/v.st", "--positions",
+                               "banana"], "banana"),
+        ("tuned-lens-held-out", ["tuned-lens", TINY, "--data", "{texts}", "--held-out", "40", "--limit", "24",
+                                 "--out", "{dir}/tl"], "--held-out 40"),
+        ("top-examples-feature", ["sae", "top-examples", TINY, "{sae}", "--data", "{texts}", "--out", "{dir}/t",
+                                  "--features", "99999"], "99999"),
+        ("data-fifo", [s, "extract", TINY, "--data", "{fifo}", "--out", "{dir}/v.st"], "named pipe"),
+        ("data-dev-zero", ["acts", "cache", TINY, "--data", "/dev/zero", "--points", "blocks.1.mlp_out", "--out",
+                           "{dir}/dz"], "character device"),
     ]
 
 
-@pytest.mark.parametrize("case,argv,expected", _cases(), ids=[c[0] for c in _cases()])
-def test_bad_input_is_one_clean_line(case, argv, expected, files, capsys):
+# cases whose error can only come once the model is loaded (its layers, widths, vocabulary, context...)
+NEEDS_MODEL = {"info-missing-model", "info-corrupt-weights", "extract-layers-range", "vocab-top-k-vocab",
+               "sae-eval-width", "top-examples-width", "patch-answer-id", "mix-overflow", "acts-max-length-context",
+               "generate-too-long", "model-config-types", "ablate-width"}
+
+
+def _no_model_load(*a, **k):
+    raise AssertionError("a model was loaded before the bad input was found")
+
+
+def _check(case, argv, expected, files, capsys, monkeypatch) -> str:
+    """Run one case: exit 2, one line on stderr naming the bad value, and no model loaded first unless the
+    case needs one. Returns the line."""
+    import actlab.models.loading as loading
+
     if case == "sae-eval-width":
         shared_path("models", "smollm2-135m-instruct-q4_1")
-    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
-    code, _, err = run(args, capsys)
+    if case == "out-in-locked-folder":
+        _hold_lock(files["locked"], monkeypatch)
+    with monkeypatch.context() as mp:
+        if case not in NEEDS_MODEL:
+            mp.setattr(loading, "_load_and_wrap", _no_model_load)
+        args = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+        code, _, err = run(args, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    if expected is None:  # an unusual input handled: the command works
+        assert code == 0, (case, code, err[-800:])
+        return ""
     assert code == 2, (case, code, err[-800:])
     assert len(lines) == 1 and lines[0].startswith("error: "), (case, err[-800:])
     assert "Traceback" not in err
     assert expected in lines[0], (case, lines[0])
+    return lines[0]
+
+
+_LOCKS: dict = {}
+
+
+def _hold_lock(folder: Path, monkeypatch) -> None:
+    """Another process holds ``folder``'s actlab lock (as a running sweep does) until the session ends."""
+    import subprocess
+    import sys
+
+    if folder in _LOCKS:
+        return
+    code = ("import sys, time\nfrom filelock import FileLock\nl = FileLock(sys.argv[1]); l.acquire()\n"
+            "print('held', flush=True)\ntime.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder / ".actlab.lock")], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    _LOCKS[folder] = proc
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_locks():
+    yield
+    for proc in _LOCKS.values():
+        proc.kill()
+    _LOCKS.clear()
+
+
+@pytest.mark.parametrize("case,argv,expected", _cases(), ids=[c[0] for c in _cases()])
+def test_bad_input_is_one_clean_line(case, argv, expected, files, capsys, monkeypatch):
+    _check(case, argv, expected, files, capsys, monkeypatch)
+
+
+def test_the_whole_suite_twice_gives_the_same_lines(files, capsys, monkeypatch):
+    """No hidden state: every case run twice in a row, in order, answers the same line (the model-free cases;
+    the ones that load a model are run once each above)."""
+    cases = [c for c in _cases() if c[0] not in NEEDS_MODEL]
+    first = [_check(*c, files, capsys, monkeypatch) for c in cases]
+    second = [_check(*c, files, capsys, monkeypatch) for c in cases]
+    assert first == second
+
+
+def test_torchrun_refusal_is_one_line(tmp_path):
+    """A command that does not split its work, launched by torchrun: rank 0 says why in one line, the other
+    ranks stay quiet (torchrun then prints its own failure summary, which actlab cannot change)."""
+    import subprocess
+    import sys
+
+    shared_path("models", TINY)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "actlab", "info", TINY], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(ours) == 1 and "torchrun" in ours[0], r.stderr[-2000:]
 
 
 def test_cuda_without_a_gpu_is_one_line(capsys):
@@ -245,6 +478,7 @@ def test_disk_full_while_writing_is_one_line(files, capsys, monkeypatch):
     code, _, err = run(["acts", "cache", TINY, "--data", str(files["texts"]), "--points", "blocks.1.mlp_out",
                         "--out", str(out)], capsys)
     assert code == 2 and "no space left" in err and len(err.strip().splitlines()) == 1
+    assert "shard_00000.safetensors" in err  # the file being written is named
 
 
 def test_a_bug_is_a_traceback_with_exit_1_and_debug_shows_everything(capsys, monkeypatch):

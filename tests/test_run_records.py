@@ -62,3 +62,9 @@ def test_commands_that_edit_nothing_record_nothing(corpus):
     for name, folder in (("cache", "cache"), ("tuned_lens", "tuned_lens"), ("diverge", "diverge")):
         assert results[name][2] == [], name
         assert json.loads((Path(root) / folder / "run.json").read_text())["interventions"] == [], name
+
+
+def test_no_lock_file_is_left_behind(corpus):
+    """A finished job removes its folder lock (a saved model folder gets uploaded as it is)."""
+    root, _ = corpus
+    assert not list(Path(root).rglob(".actlab.lock"))

@@ -109,7 +109,7 @@ def test_steer_bad_input(args, expected, tmp_path, capsys, smollm):
     import torch
 
     vec = tmp_path / "v0.safetensors"
-    SteeringVector({6: torch.zeros(smollm.d_model)}, "resid_post", {"n_layers": 30}).save(vec)
+    SteeringVector({6: torch.ones(smollm.d_model)}, "resid_post", {"n_layers": 30}).save(vec)
     bad = tmp_path / "bad.json"
     bad.write_text('[\n {"question": 1}\n]')
     test = shared_path("data", "caa", "test", "refusal", "test_dataset_ab.json")

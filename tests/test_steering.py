@@ -349,9 +349,19 @@ def test_anthropic_persona_format_loads_natively_and_as_choices(tmp_path):
     with pytest.raises(DatasetError, match="label_confidence"):
         load_ab(f, min_confidence=1.0)
     choices = load_ab(f, as_choices=True)
-    assert [it.matching for it in choices] == ["(A)", "(B)", "(A)", "(B)"]  # each letter matches half the time
-    assert "(A) Yes\n (B) No" in choices[0].question and "(A) Yes\n (B) No" in choices[1].question
-    assert "(A) No\n (B) Yes" in choices[3].question and choices[3].matching_label == "B"
+    for it, raw in zip(choices, PERSONA, strict=True):  # the matching letter points at the matching word
+        word = raw["answer_matching_behavior"].strip()
+        assert f"{it.matching} {word}" in it.question, (it.matching, it.question[-40:])
+    # letters balanced whatever the file's order: persona files alternate their matching answer Yes/No, and
+    # alternating the order by index put "Yes" at (A) in every item (issue 25)
+    rows = [{"statement": f"I like thing number {i}", "answer_matching_behavior": " Yes" if i % 2 == 0 else " No",
+             "answer_not_matching_behavior": " No" if i % 2 == 0 else " Yes"} for i in range(400)]
+    g = tmp_path / "alternating.jsonl"
+    g.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    many = load_ab(g, as_choices=True)
+    yes_first = sum("(A) Yes" in it.question for it in many) / len(many)
+    match_first = sum(it.matching == "(A)" for it in many) / len(many)
+    assert 0.42 < yes_first < 0.58 and 0.42 < match_first < 0.58, (yes_first, match_first)
 
 
 def test_persona_extract_and_sweep_end_to_end(smollm, tmp_path, capsys):

@@ -82,13 +82,31 @@ def integers(spec: str, name: str) -> list[int]:
         raise InputError(f"cannot read {name} from {spec!r}; give whole numbers, e.g. 0,5,9") from None
 
 
+def _special(p: Path) -> str | None:
+    """What a path that exists but is neither a file nor a folder is (a pipe, a device...), or None."""
+    import stat
+
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None
+
+
 def input_file(path: str | os.PathLike[str] | None, what: str = "file") -> Path | None:
-    """An existing, readable file."""
+    """An existing, readable, regular file (a pipe or a device is named as such: reading one may never end)."""
     if path is None:
         return None
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{what} {str(p)!r} is a folder, not a file")
+    kind = _special(p)
+    if kind is not None:
+        raise InputError(f"{what} {str(p)!r} is {kind}, not a regular file; give a file")
     if not p.is_file():
         raise InputError(f"{what} {str(p)!r} does not exist")
     if not os.access(p, os.R_OK):
@@ -101,6 +119,9 @@ def input_path(path: str | os.PathLike[str] | None, what: str = "input") -> Path
     if path is None:
         return None
     p = Path(path)
+    kind = _special(p)
+    if kind is not None:
+        raise InputError(f"{what} {str(p)!r} is {kind}, not a file or folder")
     if not p.exists():
         raise InputError(f"{what} {str(p)!r} does not exist")
     if not os.access(p, os.R_OK):
@@ -135,16 +156,56 @@ def _writable_dir(d: Path, what: str, shown: Path) -> None:
         raise InputError(f"cannot write {what} {str(shown)!r}: {e.strerror}") from None
 
 
-def output_file(path: str | os.PathLike[str] | None, what: str = "output file") -> Path | None:
-    """A file path that can be written (its folder is created); an existing folder there is an error. An
-    existing file is replaced atomically when the command finishes."""
+def output_file(path: str | os.PathLike[str] | None, what: str = "output file", *,
+                inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path | None:
+    """A file path that can be written (its folder is created); an existing folder there is an error, and so is
+    a path that is one of the command's ``inputs`` (writing it would destroy what is being read) or that lies in
+    a folder another actlab process is writing. An existing file is replaced atomically when the command
+    finishes."""
     if path is None:
         return None
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{what} {str(p)!r} is an existing folder; give a file name")
-    _writable_dir(p.parent if str(p.parent) else Path("."), what, p)
+    kind = _special(p)
+    if kind is not None:
+        raise InputError(f"{what} {str(p)!r} is {kind}; give a file name")
+    for inp in inputs:
+        if inp is not None and Path(inp).exists() and p.exists() and Path(inp).resolve() == p.resolve():
+            raise InputError(f"{what} {str(p)!r} is also an input of this command; writing it would replace what "
+                             "is being read - give another file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    _writable_dir(parent, what, p)
+    _not_held(parent, what, p)
     return p
+
+
+def _not_held(folder: Path, what: str, shown: Path) -> None:
+    """Refuse to write into a folder whose actlab lock another process holds (a running sweep's folder)."""
+    from .runs import folder_held
+
+    if folder_held(folder):
+        raise InputError(f"cannot write {what} {str(shown)!r}: another actlab process is writing {str(folder)!r} "
+                         "(it holds its lock); wait for it or write elsewhere")
+
+
+def seed(value: Any, name: str = "--seed") -> int:
+    """A random seed torch, numpy and Python all accept: a whole number in 0..2**32-1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise InputError(f"{name} must be a whole number from 0 to {2**32 - 1}, got {value!r}")
+    return value
+
+
+def plain_name(value: str, what: str) -> str:
+    """A name shown in pages and used as a folder name: printable, without control or bidirectional-override
+    characters (U+202E would display it reversed)."""
+    import unicodedata
+
+    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    if bad:
+        raise InputError(f"{what} {value!r} contains control or formatting characters "
+                         f"({', '.join(f'U+{ord(c):04X}' for c in bad[:3])}); use printable text")
+    return value
 
 
 def output_dir(path: str | os.PathLike[str] | None, what: str = "output folder") -> Path | None:
@@ -198,3 +259,13 @@ def point_syntax(specs: Iterable[str] | str | None) -> None:
     from .hooks.points import check_spec
 
     check_spec(specs)
+
+
+def generation_length(model: Any, max_new_tokens: int, what: str = "--max-new-tokens") -> int:
+    """New tokens a generation may ask for: no more than the model's context holds (a count beyond it would
+    generate for hours or forever)."""
+    ctx = getattr(model, "context_length", None)
+    if ctx is not None and max_new_tokens >= ctx:
+        raise InputError(f"{what} {max_new_tokens} is beyond {model.name!r}'s context of {ctx} tokens; ask for "
+                         f"fewer than {ctx}")
+    return max_new_tokens

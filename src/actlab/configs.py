@@ -14,9 +14,13 @@ C = TypeVar("C", bound=BaseModel)
 
 
 class StrictConfig(BaseModel):
-    """A config section: a misspelt or unknown key is an error (with a did-you-mean), never silently ignored."""
+    """A config section: a misspelt or unknown key is an error (with a did-you-mean), never silently ignored; a
+    number that is NaN or infinite is an error too (a YAML ``.nan`` would otherwise flow into training)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+SEED_MAX = 2**32 - 1  # what torch, numpy and Python all accept as a seed
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -25,9 +29,17 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise InputError(f"config file {str(p)!r} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not a YAML text file (byte {e.start} is not UTF-8)") from None
+    if "\x00" in text:
+        raise InputError(f"{p}: not a YAML text file (it holds NUL bytes)")
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise InputError(f"{p}: not valid YAML ({e})") from None
+        raise InputError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise InputError(f"{p}: the YAML is nested too deeply to be a config") from None
     if not isinstance(raw, dict):
         raise InputError(f"{p}: the top level must be a mapping")
     return raw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import os
@@ -46,7 +47,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:  # a writer's error (disk full...) often names no file: name the one being written
+            if getattr(e, "filename", None) is None and e.errno is not None:
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+            raise
         os.chmod(tmp_path, file_mode())  # after writing: the writer may have re-created the file as 0600
         os.replace(tmp_path, path)
     finally:
@@ -88,7 +94,30 @@ def folder_lock(folder: str | os.PathLike[str], what: str = "folder") -> Iterato
         yield
     finally:
         del _HELD[key]
+        with contextlib.suppress(OSError):  # no lock file left behind (a saved model folder gets uploaded)
+            (p / LOCK_FILE).unlink()
         lock.release()
+
+
+def folder_held(folder: str | os.PathLike[str]) -> bool:
+    """Whether another process holds ``folder``'s actlab lock right now (this process's own locks do not count)."""
+    from filelock import FileLock, Timeout
+
+    p = Path(folder)
+    lock_file = p / LOCK_FILE
+    if not lock_file.exists() or str(p.resolve()) in _HELD:
+        return False
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    with contextlib.suppress(OSError):
+        lock_file.unlink()
+    return False
 
 
 def remove_orphan_temps(folder: str | os.PathLike[str]) -> list[Path]:

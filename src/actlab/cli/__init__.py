@@ -46,6 +46,14 @@ def classify(e: BaseException) -> tuple[int, str]:
     return 1, _one_line(f"{name}: {e}")
 
 
+def _other_rank() -> bool:
+    """A torchrun process other than rank 0 (it stays quiet about an error every rank meets)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 def _given(e: Any, args: list[str]) -> str:
     """The value the user typed for a parameter Typer rejected (its message does not always show it)."""
     opts = getattr(getattr(e, "param", None), "opts", None) or []
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> Any:
             raise
         code, msg = classify(e)
         if code == 2:
-            print(f"error: {msg}", file=sys.stderr)
+            if not _other_rank():  # under torchrun one line from rank 0, not one per process
+                print(f"error: {msg}", file=sys.stderr)
             sys.exit(2)
         import traceback
 

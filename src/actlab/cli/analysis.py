@@ -46,14 +46,22 @@ def compare_vectors(
     force: Annotated[bool, opt("--force", help="Compare even when hook point / positions / family differ.")] = False,
 ) -> None:
     """Layer x layer cosine heatmaps, cross-model cosine per layer (with --vs), and a normalised PCA."""
+    from ..errors import InputError
     from ..jobs import vector_comparison
+    from ..steering.vector import SteeringVector
 
     for v in [*vectors, *(versus or [])]:
         checks.input_file(v, "vector file")
     checks.output_dir(out, "--out folder")
+    if labels and len(labels) != len(vectors):
+        raise InputError(f"{len(labels)} --label names for {len(vectors)} vectors; give one per vector (or none)")
+    for name in labels or []:
+        checks.plain_name(name, "--label")
+    loaded = [SteeringVector.load(v).check_values(f"the vector in {str(v)!r}") for v in vectors]
+    others = [SteeringVector.load(v).check_values(f"the vector in {str(v)!r}") for v in versus or []]
     names = list(labels) if labels else [p.stem for p in vectors]
     other_names = [f"{p.stem} ({p.parent.name})" if p.stem in names else p.stem for p in versus or []]
-    res = vector_comparison(out, vectors, names, versus=versus or [], versus_labels=other_names, force=force)
+    res = vector_comparison(out, loaded, names, versus=others, versus_labels=other_names, force=force)
     for pair, per_layer in res["cross_model"].items():
         console.print(f"{pair}: " + ", ".join(f"L{k} {c:.3f}" for k, c in per_layer.items()), highlight=False)
     if res["forced_differences"]:
@@ -89,7 +97,7 @@ def layers_cmd(
     from ..errors import InputError
     from ..hooks.points import RESIDUAL_KINDS
     from ..jobs import layer_selection
-    from ..jobs.compare import contrast_prompts
+    from ..jobs.compare import contrast_prompts, read_prompt_sets
 
     if not (pairs or ab or (positive and negative)):
         raise InputError("give --positive and --negative, or --pairs, or --ab")
@@ -103,9 +111,9 @@ def layers_cmd(
     checks.positive(limit, "--limit")
     checks.positive(top_k, "--top-k")
     checks.positive(batch_size, "--batch-size")
+    sets = read_prompt_sets(positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    pos, neg, special = contrast_prompts(m, positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit,
-                                         chat=chat)
+    pos, neg, special = contrast_prompts(m, chat=chat, sets=sets)
     res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
                           top_k=top_k, add_special_tokens=special)
     console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})", highlight=False)
@@ -137,10 +145,18 @@ def project_vocab(
     checks.layer_syntax(layers)
     checks.positive(top_k, "--top-k")
     checks.positive(max_new_tokens, "--max-new-tokens")
+    from ..steering.vector import SteeringVector
+
+    vec = SteeringVector.load(vector).check_values(f"the vector in {str(vector)!r}")
+    for p in prompt or []:
+        if not p.strip():
+            raise InputError("a --prompt is empty; give some text")
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     if top_k > m.vocab_size:
         raise InputError(f"--top-k {top_k} is larger than the vocabulary ({m.vocab_size} tokens)")
-    res = vocab_projection(m, vector, out, layers=layers, top_k=top_k, prompts=prompt or [],
+    if prompt:
+        checks.generation_length(m, max_new_tokens)
+    res = vocab_projection(m, vec, out, layers=layers, top_k=top_k, prompts=prompt or [],
                            max_new_tokens=max_new_tokens)
     t = Table(title=f"vocabulary projection of {vector.name}")
     t.add_column("layer", justify="right")
@@ -217,6 +233,7 @@ def compare_prompting(
     checks.choice(kind, "--kind", RESIDUAL_KINDS)
     checks.positive(limit, "--limit")
     checks.fraction(train_fraction, "--train-fraction")
+    checks.seed(seed)
     if not instruction.strip():
         from ..errors import InputError
 
@@ -273,9 +290,17 @@ def compare_curvature(
     checks.positive(limit, "--limit")
     checks.positive(max_length, "--max-length")
     mults = parse_floats(multipliers)
+    from ..data import load_ab
+    from ..jobs.common import FromFile
+    from ..steering.vector import SteeringVector
+
+    vec = SteeringVector.load(vector).check_values(f"the vector in {str(vector)!r}")
+    if layer is not None:
+        vec[layer]  # a layer the file lacks: one line naming the layers it has
     texts = read_texts(data, limit=limit) if data else []
+    items = FromFile(load_ab(ab, limit=limit), ab) if ab else None
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    res = curvature(m, vector, out, layer=layer, multipliers=mults, texts=texts, ab=ab, limit=limit,
+    res = curvature(m, vec, out, layer=layer, multipliers=mults, texts=texts, ab=items, limit=limit,
                     max_length=max_length)
     t = Table(title=f"{res['metric']} along the vector at {res['point']}")
     for col in ("multiplier", "value", "first derivative", "second derivative"):
@@ -325,9 +350,12 @@ def compare_hessian(
     checks.choice(which, "--which", WHICH)
     checks.positive(limit, "--limit")
     checks.positive(max_length, "--max-length")
+    from ..steering.vector import SteeringVector
+
+    vec = SteeringVector.load(vector).check_values(f"the vector in {str(vector)!r}") if vector else None
     texts = read_texts(data, limit=limit)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vector, top_k=top_k, method=method, which=which,
+    rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vec, top_k=top_k, method=method, which=which,
                   max_length=max_length)
     console.print("eigenvalues: " + ", ".join(f"{v:.4g}" for v in rep["eigenvalues"])
                   + (" | |cos| to the vector: " + ", ".join(f"{c:.3f}" for c in rep["abs_cos_to_vector"])

@@ -224,12 +224,19 @@ def tuned_lens_cmd(
         checks.positive(value, flag)
     checks.positive(lr, "--lr")
     checks.choice(optimizer, "--optimizer", ("adam", "sgd"))
+    checks.seed(seed)
     texts = read_texts(data, limit=limit)
+    if held_out >= len(texts):
+        from ..errors import InputError
+
+        raise InputError(f"--held-out {held_out} leaves nothing to train on: {data} gave {len(texts)} texts "
+                         f"(--limit {limit}); hold out fewer or read more")
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     with task("training the tuned lens", total=steps, unit="steps") as bar:
         res = tuned_lens(m, texts, out, held_out=held_out, steps=steps, lr=lr, optimizer=optimizer,
-                         batch_size=batch_size, max_length=max_length, seed=seed, checkpoint_every=checkpoint_every,
-                         overwrite=overwrite, progress=lambda step, kl: bar.advance(1, kl=round(kl, 4)))
+                         batch_size=batch_size, max_length=max_length, seed=seed,
+                         checkpoint_every=checkpoint_every, overwrite=overwrite,
+                         progress=lambda step, kl: bar.advance(1, kl=round(kl, 4)))
     n = len(res["layers"])
     console.print(f"mean KL to the output over {n} layers (held-out): logit lens "
                   f"{sum(res['kl']['logit']) / n:.3g}, tuned lens {sum(res['kl']['tuned']) / n:.3g}", highlight=False)

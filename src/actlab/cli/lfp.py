@@ -45,8 +45,12 @@ def finetune_rl(
     overrides = {k: v for k, v in {"method": method, "max_steps": steps, "lr": lr, "beta": beta}.items()
                  if v is not None}
     cfg = build_config(RLConfig, {**RL_PRESETS[preset].model_dump(), **overrides}, "RL")  # validated
+    from ..data import imdb_prefixes
+    from ..jobs.common import FromFile
+
+    prompts = FromFile(imdb_prefixes(data, cfg.n_prompts, cfg.prompt_words), data)  # read before the model loads
     m = load(model, dtype, device, device_map=device_map, max_memory=max_memory)
-    res = finetune_rl(m, data, out, cfg)
+    res = finetune_rl(m, prompts, out, cfg)
     h = res["history"]
     if h:
         console.print(f"reward {h[0].get('reward', float('nan')):.3f} -> {h[-1].get('reward', float('nan')):.3f}, "
@@ -82,8 +86,12 @@ def finetune_dpo(
     checks.positive(limit, "--limit")
     cfg = build_config(DPOSettings, {"max_steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta,
                                      "max_length": max_length}, "DPO")
+    from ..data import load_preferences
+    from ..jobs.common import FromFile
+
+    pairs = FromFile(load_preferences(data, swap=swap, limit=limit), data)  # read before the model loads
     m = load(model, dtype, device, device_map=device_map, max_memory=max_memory)
-    res = finetune_dpo(m, data, out, cfg, swap=swap, limit=limit)
+    res = finetune_dpo(m, pairs, out, cfg, swap=swap, limit=limit)
     h = res["history"]
     if h:
         console.print(f"preference accuracy {h[-1].get('preference_accuracy', float('nan')):.3f}, KL estimate "

@@ -67,9 +67,17 @@ def cache(
     for v, what in ((limit, "--limit"), (max_length, "--max-length"), (shard_tokens, "--shard-tokens"),
                     (batch_size, "--batch-size")):
         checks.positive(v, what)
+    from ..data import read_texts
+    from ..jobs.common import FromFile
+
+    texts = FromFile(read_texts(data, field=field, limit=limit), data)  # read (and checked) before the model loads
+    if (out / "manifest.json").is_file():  # a damaged cache is named before the model loads
+        from ..sae.store import read_manifest
+
+        read_manifest(out / "manifest.json")
     rank, _ = distributed(device)  # under torchrun: each process caches a block of the texts
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    man = cache_acts(m, data, pts, out, field=field, limit=limit, dtype=cache_dtype, batch_size=batch_size,
+    man = cache_acts(m, texts, pts, out, field=field, limit=limit, dtype=cache_dtype, batch_size=batch_size,
                      shard_tokens=shard_tokens, max_length=max_length, keep_bos=keep_bos, overwrite=overwrite)
     if rank != 0:
         return
@@ -158,6 +166,11 @@ def train(
                                                     architecture=architecture or "relu", k=k, tied=bool(tied))
                                      for i, w in enumerate(widths)]
     spec = load_spec(config, overrides)  # the whole spec is checked (unknown keys, ranges) before anything loads
+    if spec.cache is None and spec.data is not None:
+        from ..data import read_texts
+
+        checks.input_path(spec.data, "data")
+        read_texts(spec.data, limit=spec.n_texts)  # a malformed text file fails before the model loads
     rank, _ = distributed(spec.device)  # under torchrun: data-parallel training
     m = (load(spec.model, None, None, device_map=device_map, max_memory=max_memory)
          if spec.cache is None and spec.model else None)
@@ -214,6 +227,10 @@ def evaluate(
     for v, what in ((limit, "--limit"), (max_batches, "--max-batches"), (batch_size, "--batch-size"),
                     (max_length, "--max-length")):
         checks.positive(v, what)
+    from ..sae import load_sae
+
+    for s in saes:  # each dictionary read and checked (shapes, NaN weights, input scale) before the model loads
+        load_sae(s)
     m = load(model, dtype, device, device_map=device_map, max_memory=max_memory) if model else None
     metrics = evaluate_saes(saes, out, cache=cache, model=m, data=data, n_texts=limit, max_batches=max_batches,
                             batch_size=batch_size, max_length=max_length)
@@ -267,7 +284,11 @@ def top_examples_cmd(
 ) -> None:
     """Feature dashboards: top contexts with every token shaded, activation histogram, promoted and suppressed
     tokens, density; JSON, an offline page with search and sort, and a Neuronpedia-style export."""
+    from ..data import read_texts
+    from ..errors import InputError
     from ..jobs import top_examples
+    from ..sae import load_sae
+
     checks.input_dir(sae, "dictionary folder")
     checks.input_path(data, "--data")
     checks.output_dir(out, "--out folder")
@@ -275,7 +296,12 @@ def top_examples_cmd(
         checks.positive(v, what)
     checks.choice(rank_by, "--rank-by", ["max", "density"])
     feats = checks.integers(features, "--features") if features else None
+    dictionary = load_sae(sae)  # read and checked before the model loads
+    bad = [f for f in feats or [] if not 0 <= f < dictionary.cfg.d_sae]
+    if bad:
+        raise InputError(f"--features {bad[0]} does not exist; {str(sae)!r} has features 0..{dictionary.cfg.d_sae - 1}")
+    texts = read_texts(data, limit=limit)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    dash = top_examples(sae, m, data, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
+    dash = top_examples(dictionary, m, texts, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
                         max_length=max_length, rank_by=rank_by)
     wrote(out / "top_examples.json", f"top_examples.html, neuronpedia.json ({len(dash['features'])} features)")

@@ -50,6 +50,28 @@ def _steer_positions(value: str) -> str:
     return check_steer_positions(value)
 
 
+def _prompts(prompts: list[str]) -> None:
+    from ..errors import InputError
+
+    for p in prompts:
+        if not p.strip():
+            raise InputError("a --prompt is empty; give some text")
+
+
+def _vector(path: Path, multiplier: float, what: str = "--vector"):
+    """A vector file read and checked before the model loads: finite, non-zero, and a multiple of it that fits a
+    float32 activation."""
+    from ..errors import InputError
+    from ..steering.vector import SteeringVector
+
+    vec = SteeringVector.load(path).check_values(f"the vector in {str(path)!r}")
+    top = max(float(v.abs().max()) for v in vec.vectors.values()) * abs(multiplier)
+    if not top < 3.4e38:
+        raise InputError(f"{what} times the multiplier {multiplier:g} reaches {top:.3g}, beyond any float32 "
+                         "activation; use a smaller multiplier")
+    return vec
+
+
 @app.command()
 def extract(
     model: ModelArg,
@@ -82,8 +104,9 @@ def extract(
     """Extract a steering vector from a contrastive dataset in one batched pass."""
     from ..hooks.points import block_kind
     from ..jobs import extract_vector
-    from ..jobs.steering import FORMATS
+    from ..jobs.steering import FORMATS, read_contrast
     from ..steering.extraction import METHODS, TRUNCATE
+    from ..steering.prompts import check_read_policy
 
     checks.input_file(data, "--data file")
     checks.choice(format, "--format", FORMATS)
@@ -102,9 +125,13 @@ def extract(
     checks.positive(max_length, "--max-length")
     if min_confidence is not None:
         checks.finite(min_confidence, "--min-confidence")
+    if positions is not None:
+        check_read_policy(positions)
+    contrast = read_contrast(data, format=format, negative=negative, limit=limit, min_confidence=min_confidence,
+                             as_choices=as_choices)  # the whole dataset checked before the model loads
     rank, _ = distributed(device)  # under torchrun: each process reads a block of the texts
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    vec = extract_vector(m, data, out, format=format, negative=negative, point=point, layers=layers, method=method,
+    vec = extract_vector(m, contrast, out, format=format, negative=negative, point=point, layers=layers, method=method,
                          positions=positions, chat=chat, limit=limit, batch_size=batch_size,
                          min_confidence=min_confidence, as_choices=as_choices, max_length=max_length,
                          truncate=truncate)
@@ -144,8 +171,12 @@ def generate(
     checks.finite(multiplier, "--multiplier")
     _steer_positions(positions)
     checks.positive(max_new_tokens, "--max-new-tokens")
+    checks.seed(seed)
+    _prompts(prompt)
+    vec = _vector(vector, multiplier)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    rows = run_generate(m, vector, prompt, multiplier=multiplier, layers=layers, positions=positions,
+    checks.generation_length(m, max_new_tokens)
+    rows = run_generate(m, vec, prompt, multiplier=multiplier, layers=layers, positions=positions,
                         max_new_tokens=max_new_tokens, chat=chat, sample=sample, seed=seed)
     n = len(prompt)
     table = Table(title=f"steering at layers {layers or 'of the vector'}, x{multiplier:g}, positions={positions}",
@@ -197,9 +228,16 @@ def sweep(
                          "from_eoi or all")
     checks.positive(limit, "--limit")
     checks.positive(batch_size, "--batch-size")
+    if min_confidence is not None:
+        checks.finite(min_confidence, "--min-confidence")
+    from ..data import load_ab
+    from ..jobs.common import FromFile
+
+    vec = _vector(vector, max(abs(x) for x in mults))
+    items = FromFile(load_ab(data, limit=limit, min_confidence=min_confidence, as_choices=as_choices), data)
     rank, _ = distributed(device)  # under torchrun: each process evaluates a block of the questions
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    res = run_sweep(m, vector, data, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
+    res = run_sweep(m, vec, items, out, layers=layers, multipliers=mults, positions=positions, chat=chat,
                     limit=limit, overwrite=overwrite, batch_size=batch_size, min_confidence=min_confidence,
                     as_choices=as_choices)
     if rank != 0:
@@ -261,7 +299,9 @@ def mix(
     _steer_positions(positions)
     checks.positive(max_new_tokens, "--max-new-tokens")
     checks.output_dir(out, "--out folder")
+    _prompts(prompt)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    checks.generation_length(m, max_new_tokens)
     res = mix_generate(m, source, point, prompt, scale=scale, position=pos, positions=positions, chat=chat,
                        max_new_tokens=max_new_tokens, out=out)
     table = Table(title=f"mixing {source!r} at {point} (token {position}) x{scale:g}, positions={positions}",
@@ -304,8 +344,18 @@ def ablate(
     checks.output_dir(out, "--out folder")
     checks.layer_syntax(layers)
     checks.positive(max_new_tokens, "--max-new-tokens")
+    vec = _vector(direction, 1.0, "--direction")
+    if layer is not None:
+        vec[layer]  # a layer the file lacks: one line naming the layers it has
+    if prompt:
+        _prompts(prompt)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
-    res = ablate_weights(m, direction, out, layer=layer, layers=layers, prompts=prompt or [],
+    if vec.d != m.d_model:
+        from ..errors import InputError
+
+        raise InputError(f"the direction in {str(direction)!r} is {vec.d} wide but {m.name!r} has d_model "
+                         f"{m.d_model}; it belongs to another model")
+    res = ablate_weights(m, vec, out, layer=layer, layers=layers, prompts=prompt or [],
                          max_new_tokens=max_new_tokens)
     if res["generations"]:
         table = Table(title="directional ablation (weights orthogonalised)", show_lines=True)
@@ -362,12 +412,24 @@ def refusal(
         checks.positive(v, what)
     checks.layer_syntax(layers)
     _refusal_positions(positions)
+    from ..data import load_instructions
+    from ..jobs.common import FromFile
+
+    lists = {what: FromFile(load_instructions(f), f) if f is not None else None for f, what in (
+        (harmful, "harmful"), (harmless, "harmless"), (harmful_val, "harmful_val"), (harmless_val, "harmless_val"))}
+    for what in ("harmful", "harmless"):  # what the pipeline needs, counted before the model loads
+        need = n_train + (0 if lists[f"{what}_val"] is not None else n_val)
+        if len(lists[what]) < n_train + 1 and lists[f"{what}_val"] is None:
+            from ..errors import InputError
+
+            raise InputError(f"--{what} has {len(lists[what])} instructions: --n-train {n_train} leaves none to "
+                             f"validate on (give --{what}-val, or a smaller --n-train; {need} would fill both)")
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
                         layers=parse_layers(layers, m.n_layers), batch_size=batch_size, kl_threshold=kl_threshold,
                         top_k=top_k, max_new_tokens=max_new_tokens)
-    res = run_refusal(m, harmful, harmless, out, harmful_val=harmful_val, harmless_val=harmless_val, config=cfg,
-                      overwrite=overwrite)
+    res = run_refusal(m, lists["harmful"], lists["harmless"], out, harmful_val=lists["harmful_val"],
+                      harmless_val=lists["harmless_val"], config=cfg, overwrite=overwrite)
     console.print(f"selected layer {res.layer}, position {res.eoi_position}; refusal rate on harmful validation "
                   f"prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the direction "
                   f"ablated", highlight=False)
@@ -396,9 +458,9 @@ def export_gguf(
     from ..steering import SteeringVector
 
     checks.input_file(vector, "vector file")
-    checks.output_file(out, "output file")
+    checks.output_file(out, "output file", inputs=[vector])
     checks.finite(multiplier, "--multiplier")
-    vec = SteeringVector.load(vector)
+    vec = SteeringVector.load(vector).check_values(f"the vector in {str(vector)!r}")
     vec.to_gguf(out, model_hint=model_hint, multiplier=multiplier)
     skipped = " (layer 0 skipped: llama.cpp cannot steer it)" if 0 in vec.layers else ""
     console.print(f"wrote {out}{skipped}", highlight=False)
@@ -414,7 +476,7 @@ def import_gguf(
     from ..steering import SteeringVector
 
     checks.input_file(control_vector, "control vector")
-    checks.output_file(out, "output file")
+    checks.output_file(out, "output file", inputs=[control_vector])
     vec = SteeringVector.from_gguf(control_vector)
     vec.save(out)
     console.print(f"wrote {out}: layers {vec.layers}, width {vec.d}", highlight=False)

@@ -63,6 +63,8 @@ def rows(path: str | os.PathLike[str], *, what: str = "dataset file") -> Iterato
             yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{p}:{n}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise DatasetError(f"{p}:{n}: the JSON is nested too deeply to be a dataset row") from None
 
 
 def _json_array_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
@@ -82,6 +84,8 @@ def _json_array_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             obj, end = dec.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise DatasetError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise DatasetError(f"{path}:{line}: the JSON is nested too deeply to be a dataset row") from None
         yield line, obj
         pos = end
 

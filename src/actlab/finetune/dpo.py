@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from ..configs import StrictConfig
+from ..configs import SEED_MAX, StrictConfig
 from ..progress import third_party_quiet
 from ..runs import write_json
 from .rl import _trl_common, history_from_trainer, quiet, train_with_progress
@@ -29,9 +29,9 @@ class DPOSettings(StrictConfig):
     batch_size: int = Field(8, gt=0)
     max_steps: int = Field(200, gt=0)
     max_length: int = Field(512, gt=0)
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 1
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    logging_steps: int = Field(1, gt=0)
 
 
 def train_dpo(model: Model, pairs: list[dict[str, str]], cfg: DPOSettings, out_dir: str | os.PathLike[str],

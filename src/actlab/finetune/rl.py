@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from ..configs import StrictConfig
+from ..configs import SEED_MAX, StrictConfig
 from ..errors import InputError
 from ..progress import task as progress_task
 from ..progress import third_party_quiet
@@ -28,19 +28,19 @@ if TYPE_CHECKING:
 
 
 class RLConfig(StrictConfig):
-    method: str = "grpo"
+    method: Literal["grpo", "rloo"] = "grpo"
     batch_size: int = Field(64, gt=0)
     num_generations: int = Field(8, gt=1)
     beta: float = Field(0.5, ge=0)
     lr: float = Field(1e-6, gt=0)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, gt=0)
     max_steps: int = Field(200, gt=0)
     max_completion_length: int = Field(48, gt=0)
     prompt_words: int = Field(8, gt=0)
     n_prompts: int = Field(1024, gt=0)
-    temperature: float = 1.0
-    seed: int = 0
-    logging_steps: int = 1
+    temperature: float = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    logging_steps: int = Field(1, gt=0)
 
 
 RL_PRESETS: dict[str, RLConfig] = {

@@ -89,6 +89,7 @@ class Add(Intervention):
                 raise InputError(f"vector for {p.name} contains NaN or infinite values")
             d = scale * v.double()
             deltas[p] = deltas[p] + d if p in deltas else d
+        _check_range(deltas, getattr(target, "dtype", torch.float32), self.multiplier)
         self._points = list(deltas)
         return [Edit(p, _adder(d, boundary), additive=True) for p, d in deltas.items()]
 
@@ -102,6 +103,20 @@ class Add(Intervention):
             if all(v.dim() == 1 for v in self.vectors.values()):
                 out["norms"] = [round(float(v.detach().norm()), 6) for v in self.vectors.values()]
         return {**out, **self.source}
+
+
+def _check_range(deltas: Mapping[HookPoint, torch.Tensor], dtype: torch.dtype, multiplier: Any) -> None:
+    """Refuse an addition the activations' dtype cannot hold (``-m 1e308``, a vector of 3e38 times 4): it would
+    turn every activation into infinity or NaN and the generations into garbage, silently."""
+    if not dtype.is_floating_point:
+        return
+    top = torch.finfo(dtype).max
+    for p, d in deltas.items():
+        big = float(d.detach().abs().max()) if d.numel() else 0.0
+        if not big < top:
+            raise InputError(f"the addition at {p.name} reaches {big:.3g} (multiplier {multiplier!r} times the "
+                             f"vector), beyond what {str(dtype).replace('torch.', '')} holds ({top:.3g}); use a "
+                             "smaller multiplier or a normalised vector")
 
 
 def _adder(delta: torch.Tensor, boundary: Boundary) -> EditFn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..analysis import (
 )
 from ..analysis import vocab_projection as vocab_projection_fn
 from ..analysis.divergence import RANK_BY
+from ..data import load_ab, load_instructions, load_pairs
 from ..errors import InputError
 from ..hooks.points import HookPoint, parse_layers
 from ..report.figures import cross_model_plot, divergence_plot, layer_cosine_heatmap, layer_metrics_plot, pca_plot
@@ -82,40 +84,56 @@ def vector_comparison(out: str | os.PathLike[str], vectors: Sequence[VectorLike]
     return result
 
 
+@dataclass
+class PromptSets:
+    """Two contrastive prompt sets as read from their files (before any model loads): instruction lists, pairs
+    or A/B items."""
+
+    kind: str  # "instructions", "pairs" or "ab"
+    positive: list[Any]
+    negative: list[Any]
+
+
+def read_prompt_sets(*, positive: str | os.PathLike[str] | None = None, negative: str | os.PathLike[str] | None = None,
+                     pairs: str | os.PathLike[str] | None = None, ab: str | os.PathLike[str] | None = None,
+                     limit: int | None = None) -> PromptSets:
+    """Read (and check) the files :func:`contrast_prompts` formats."""
+    if pairs:
+        ps = load_pairs(pairs, limit=limit)
+        return PromptSets("pairs", [p.positive for p in ps], [p.negative for p in ps])
+    if ab:
+        items = load_ab(ab, limit=limit)
+        return PromptSets("ab", items, items)
+    if positive and negative:
+        return PromptSets("instructions", load_instructions(positive, limit=limit),
+                          load_instructions(negative, limit=limit))
+    raise InputError("give positive and negative instruction files, or pairs, or A/B items")
+
+
 def contrast_prompts(model: ModelLike, *, positive: str | os.PathLike[str] | None = None,
                      negative: str | os.PathLike[str] | None = None, pairs: str | os.PathLike[str] | None = None,
                      ab: str | os.PathLike[str] | None = None, limit: int | None = None,
-                     chat: bool | None = None) -> tuple[list[str], list[str], bool]:
-    """Two contrastive prompt sets from files: instruction lists (``positive`` + ``negative``), contrastive
-    pairs (used as they are unless ``chat=True``), or A/B items (prompts ending in the matching / the other
-    answer). Instruction lists and A/B items go through the chat template when the tokenizer has one
-    (``chat=None``), so ``positions='last'`` reads the last token of the templated prompt, as the study does.
-    The third value says whether the tokenizer should add its special tokens (not to templated text)."""
-    from ..data import load_ab, load_instructions, load_pairs
+                     chat: bool | None = None, sets: PromptSets | None = None) -> tuple[list[str], list[str], bool]:
+    """Two contrastive prompt sets from files (or ``sets`` read earlier by :func:`read_prompt_sets`): instruction
+    lists (``positive`` + ``negative``), contrastive pairs (used as they are unless ``chat=True``), or A/B items
+    (prompts ending in the matching / the other answer). Instruction lists and A/B items go through the chat
+    template when the tokenizer has one (``chat=None``), so ``positions='last'`` reads the last token of the
+    templated prompt, as the study does. The third value says whether the tokenizer should add its special
+    tokens (not to templated text)."""
     from ..steering import resolve_style
     from ..steering.prompts import format_prompt, with_answer
 
-    if pairs:
-        ps = load_pairs(pairs, limit=limit)
-        if not chat:
-            return [p.positive for p in ps], [p.negative for p in ps], True
-        m = as_model(model)
-        style = resolve_style(m, True)
-        return ([format_prompt(m, p.positive, style) for p in ps], [format_prompt(m, p.negative, style) for p in ps],
-                False)
-    if ab:
-        m = as_model(model)
-        style = resolve_style(m, chat)
-        items = load_ab(ab, limit=limit)
-        return ([with_answer(m, it.question, it.matching, style) for it in items],
-                [with_answer(m, it.question, it.not_matching, style) for it in items], style.add_special_tokens())
-    if positive and negative:
-        m = as_model(model)
-        style = resolve_style(m, chat)
-        return ([format_prompt(m, t, style) for t in load_instructions(positive, limit=limit)],
-                [format_prompt(m, t, style) for t in load_instructions(negative, limit=limit)],
+    sets = sets or read_prompt_sets(positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit)
+    if sets.kind == "pairs" and not chat:
+        return list(sets.positive), list(sets.negative), True
+    m = as_model(model)
+    style = resolve_style(m, True if sets.kind == "pairs" else chat)
+    if sets.kind == "ab":
+        return ([with_answer(m, it.question, it.matching, style) for it in sets.positive],
+                [with_answer(m, it.question, it.not_matching, style) for it in sets.negative],
                 style.add_special_tokens())
-    raise InputError("give positive and negative instruction files, or pairs, or A/B items")
+    return ([format_prompt(m, t, style) for t in sets.positive], [format_prompt(m, t, style) for t in sets.negative],
+            style.add_special_tokens())
 
 
 def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
@@ -227,7 +245,8 @@ def prompting(model: ModelLike, instruction: str, prompts: Sequence[str], out: s
 
 def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str], *, layer: int | None = None,
               multipliers: Sequence[float] = (-4.0, -2.0, 0.0, 2.0, 4.0), texts: Sequence[str] = (),
-              ab: str | os.PathLike[str] | None = None, limit: int | None = 32, max_length: int = 64,
+              ab: str | os.PathLike[str] | Sequence[Any] | None = None, limit: int | None = 32,
+              max_length: int = 64,
               batch_size: int = 8) -> dict[str, Any]:
     """Second derivative of the next-token loss (``texts``) or of mean log p(matching answer) (``ab`` items)
     along a steering vector, at each multiplier (autograd; ``analysis.curvature``)."""
@@ -244,7 +263,8 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
     if (ab is None) == (not texts):
         raise InputError("give either texts (next-token loss) or A/B items (log p(matching answer))")
     if ab is not None:
-        prompts = _ab_prompts(m, load_ab(ab, limit=limit), resolve_style(m))
+        items = load_ab(ab, limit=limit) if isinstance(ab, (str, os.PathLike)) else list(ab)
+        prompts = _ab_prompts(m, items, resolve_style(m))
         metric, name = answer_logprob_metric(m, prompts, batch_size=batch_size), "log p(matching answer)"
     else:
         from ..sae.store import _token_batch
@@ -253,7 +273,7 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
                    for s in range(0, len(texts), batch_size)]
         metric, name = lm_loss_metric(m, batches), "next-token loss"
     config = {"model": name_of(model), "vector": name_of(vector), "point": point.name,
-              "multipliers": list(multipliers), "metric": name, "ab": str(ab) if ab else None,
+              "multipliers": list(multipliers), "metric": name, "ab": name_of(ab) if ab else None,
               "n_texts": len(texts), "limit": limit}
     with Run(out, "compare curvature", config) as run:
         rows = direction_derivatives(m, point, vec[lay], metric, multipliers, source=vec.provenance())

@@ -17,8 +17,12 @@ METHODS = ("activation", "attribution", "both")
 
 
 def _token_id(model: Any, text: str, what: str) -> int:
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        tid = int(text)
+        if tid >= model.vocab_size:
+            raise InputError(f"{what} {text} is not a token id of {model.name!r}: its vocabulary has ids "
+                             f"0..{model.vocab_size - 1}")
+        return tid
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise InputError(f"{what} {text!r} is {len(ids)} tokens; give text that is one token (often with its "

@@ -18,18 +18,20 @@ from ..sae.metrics import write_metrics
 from ..sae.runner import SAETrainResult, train_from_spec
 from ..sae.spec import SAETrainSpec
 from ..sae.train import rank_and_world
-from .common import ModelLike, as_model, name_of
+from .common import ModelLike, TextsLike, as_model, as_texts, name_of
 
 
-def cache_acts(model: ModelLike, data: str | os.PathLike[str], points: str | Sequence[str],
+def cache_acts(model: ModelLike, data: TextsLike, points: str | Sequence[str],
                out: str | os.PathLike[str], *, field: str | None = None, limit: int | None = None,
                dtype: str = "float32", max_length: int = 256, shard_tokens: int = 65536, batch_size: int = 16,
                keep_bos: bool = False, overwrite: bool = False, progress: Callable[[int], None] | None = None
                ) -> dict[str, Any]:
     """Stream a text dataset through the model and write hook-point activations (sharded, resumable)."""
     m = as_model(model)
-    texts = read_texts(data, field=field, limit=limit)
-    config = {"model": name_of(model), "data": str(data), "points": points, "limit": limit, "dtype": dtype,
+    texts = as_texts(data, field=field, limit=limit)
+    if m.context_length is not None and max_length > m.context_length:
+        raise InputError(f"max_length {max_length} is beyond {m.name!r}'s context of {m.context_length} tokens")
+    config = {"model": name_of(model), "data": name_of(data), "points": points, "limit": limit, "dtype": dtype,
               "max_length": max_length, "shard_tokens": shard_tokens, "batch_size": batch_size, "keep_bos": keep_bos}
     if rank_and_world()[0] != 0:  # a torchrun rank: caches its share of the texts, rank 0 writes the manifest
         return cache_activations(m, texts, points, out, dtype=dtype, batch_size=batch_size,
@@ -115,7 +117,7 @@ def sae_overlap(a: str | os.PathLike[str], b: str | os.PathLike[str], out: str |
     return res
 
 
-def top_examples(sae: str | os.PathLike[str], model: ModelLike, data: str | os.PathLike[str],
+def top_examples(sae: str | os.PathLike[str] | Any, model: ModelLike, data: TextsLike,
                  out: str | os.PathLike[str], *, features: Sequence[int] | None = None, top_k_features: int = 16,
                  contexts: int = 8, limit: int = 200, max_length: int = 128, rank_by: str = "max",
                  explanations: Mapping[int, str] | None = None) -> dict[str, Any]:
@@ -125,9 +127,11 @@ def top_examples(sae: str | os.PathLike[str], model: ModelLike, data: str | os.P
     from ..report.features import feature_page
 
     m = as_model(model)
-    d = load_sae(sae)
-    texts = read_texts(data, limit=limit)
-    config = {"sae": str(sae), "model": name_of(model), "data": str(data), "features": list(features or []),
+    d = load_sae(sae) if isinstance(sae, (str, os.PathLike)) else sae
+    sae = d.origin.get("folder", sae) if isinstance(getattr(d, "origin", None), dict) else sae
+    _check_width(sae, d, m)
+    texts = as_texts(data, limit=limit)
+    config = {"sae": str(sae), "model": name_of(model), "data": name_of(data), "features": list(features or []),
               "top_k_features": top_k_features, "contexts": contexts, "limit": limit, "max_length": max_length,
               "rank_by": rank_by}
     with Run(out, "sae top-examples", config) as run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +34,63 @@ FORMATS = ("ab", "pairs", "instructions")
 DEFAULT_READ = {"ab": "answer", "pairs": "mean", "instructions": "eoi"}
 
 
-def extract_vector(model: ModelLike, data: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+@dataclass
+class ContrastData:
+    """A contrastive dataset read from its files, before any model loads (a malformed file fails in the first
+    second, not after minutes of loading): A/B items, contrastive pairs, or two instruction lists."""
+
+    format: str
+    source: str
+    items: list[ABItem] = field(default_factory=list)
+    pairs: list[Any] = field(default_factory=list)
+    positive: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+
+
+def read_contrast(data: str | os.PathLike[str], *, format: str = "ab", negative: str | os.PathLike[str] | None = None,
+                  limit: int | None = None, min_confidence: float | None = None,
+                  as_choices: bool = False) -> ContrastData:
+    """Read (and check) a contrastive dataset in one of :data:`FORMATS`."""
+    if format not in FORMATS:
+        raise InputError(f"unknown dataset format {format!r}; valid: {', '.join(FORMATS)}")
+    if format == "ab":
+        return ContrastData(format, str(data), items=load_ab(data, limit=limit, min_confidence=min_confidence,
+                                                             as_choices=as_choices))
+    if format == "pairs":
+        return ContrastData(format, str(data), pairs=load_pairs(data, limit=limit))
+    if negative is None:
+        raise InputError("format 'instructions' needs a negative set (e.g. the harmless instructions)")
+    return ContrastData(format, str(data), positive=load_instructions(data, limit=limit),
+                        negative=load_instructions(negative, limit=limit))
+
+
+def extract_vector(model: ModelLike, data: str | os.PathLike[str] | ContrastData,
+                   out: str | os.PathLike[str] | None = None, *,
                    format: str = "ab", negative: str | os.PathLike[str] | None = None, point: str = "resid_post",
                    layers: str | Iterable[int] | None = None, method: str = "mean_diff",
                    positions: str | None = None, chat: bool | None = None, limit: int | None = None,
                    batch_size: int = 16, progress: Callable[[int], None] | None = None,
                    min_confidence: float | None = None, as_choices: bool = False, max_length: int | None = None,
                    truncate: str = "error") -> SteeringVector:
-    """Extract a steering vector from a dataset file (A/B items, contrastive pairs, or two instruction lists)
-    and save it to ``out`` when given. ``positions`` is the reading policy (default per format: ``answer``,
-    ``mean``, ``eoi``)."""
-    if format not in FORMATS:
-        raise InputError(f"unknown dataset format {format!r}; valid: {', '.join(FORMATS)}")
-    if format == "instructions" and negative is None:
-        raise InputError("format 'instructions' needs a negative set (e.g. the harmless instructions)")
+    """Extract a steering vector from a dataset (A/B items, contrastive pairs, or two instruction lists; a file,
+    or :func:`read_contrast`'s result) and save it to ``out`` when given. ``positions`` is the reading policy
+    (default per format: ``answer``, ``mean``, ``eoi``)."""
+    cd = data if isinstance(data, ContrastData) else read_contrast(
+        data, format=format, negative=negative, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
     m = as_model(model)
     lay = parse_layers(layers, m.n_layers)
-    read = positions or DEFAULT_READ[format]
-    if format == "ab":
-        items = load_ab(data, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
-        cs = contrast_from_ab(m, items, resolve_style(m, chat), read)
-    elif format == "pairs":
+    read = positions or DEFAULT_READ[cd.format]
+    if cd.format == "ab":
+        cs = contrast_from_ab(m, cd.items, resolve_style(m, chat), read)
+    elif cd.format == "pairs":
         style = PromptStyle(chat=False) if not chat else resolve_style(m, True)
-        cs = contrast_from_pairs(m, load_pairs(data, limit=limit), style, read)
+        cs = contrast_from_pairs(m, cd.pairs, style, read)
     else:
-        assert negative is not None
         style = resolve_style(m, True if chat is None else chat)
-        cs = contrast_from_instructions(m, load_instructions(data, limit=limit),
-                                        load_instructions(negative, limit=limit), style, read)
+        cs = contrast_from_instructions(m, cd.positive, cd.negative, style, read)
     vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress,
                      max_length=max_length, truncate=truncate)
-    vec.meta["dataset"]["file"] = str(data)
+    vec.meta["dataset"]["file"] = cd.source
     if out is not None and rank_and_world()[0] == 0:  # under torchrun every rank has the vector; one writes it
         vec.save(out)
     return vec
@@ -96,9 +123,9 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
         data, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
     lay = parse_layers(layers, m.n_layers) or vec.layers
     style = resolve_style(m, chat)
-    config = {"model": name_of(model), "vector": name_of(vector), "data": name_of(data) if isinstance(
-        data, (str, os.PathLike)) else f"{len(items)} items", "layers": lay, "multipliers": list(multipliers),
-              "positions": positions, "chat": style.chat, "limit": limit, "batch_size": batch_size,
+    config = {"model": name_of(model), "vector": name_of(vector), "data": name_of(data), "layers": lay,
+              "multipliers": list(multipliers), "positions": positions, "chat": style.chat, "limit": limit,
+              "batch_size": batch_size,
               "min_confidence": min_confidence, "as_choices": as_choices}
     if rank_and_world()[0] != 0:  # a torchrun rank: evaluates its share of the questions, rank 0 writes
         return ab_sweep(m, vec, items, layers=lay, multipliers=multipliers, style=style, positions=positions,
@@ -135,9 +162,16 @@ def ablate_weights(model: ModelLike, direction: VectorLike, out: str | os.PathLi
                                                   for p, b, a in zip(prompts, before, after, strict=True)]}
 
 
-def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | os.PathLike[str],
-            out: str | os.PathLike[str], *, harmful_val: str | os.PathLike[str] | None = None,
-            harmless_val: str | os.PathLike[str] | None = None, config: RefusalConfig | None = None,
+Instructions = str | os.PathLike[str] | Sequence[str]  # an instruction file, or its instructions read before
+
+
+def _instructions(x: Instructions) -> list[str]:
+    return load_instructions(x) if isinstance(x, (str, os.PathLike)) else list(x)
+
+
+def refusal(model: ModelLike, harmful: Instructions, harmless: Instructions,
+            out: str | os.PathLike[str], *, harmful_val: Instructions | None = None,
+            harmless_val: Instructions | None = None, config: RefusalConfig | None = None,
             log: Callable[[str], None] = progress_info, overwrite: bool = False) -> RefusalResult:
     """The refusal-direction pipeline in a run folder (``direction.safetensors``, candidates, generations,
     ``scores.png``). Validation sets default to the training files after their first ``n_train`` items."""
@@ -145,12 +179,12 @@ def refusal(model: ModelLike, harmful: str | os.PathLike[str], harmless: str | o
 
     cfg = config or RefusalConfig()
     m = as_model(model)
-    h_all, n_all = load_instructions(harmful), load_instructions(harmless)
-    hv = load_instructions(harmful_val) if harmful_val else h_all[cfg.n_train:]
-    nv = load_instructions(harmless_val) if harmless_val else n_all[cfg.n_train:]
-    run_cfg = {"model": name_of(model), "harmful": str(harmful), "harmless": str(harmless),
-               "harmful_val": str(harmful_val) if harmful_val else None,
-               "harmless_val": str(harmless_val) if harmless_val else None,
+    h_all, n_all = _instructions(harmful), _instructions(harmless)
+    hv = _instructions(harmful_val) if harmful_val else h_all[cfg.n_train:]
+    nv = _instructions(harmless_val) if harmless_val else n_all[cfg.n_train:]
+    run_cfg = {"model": name_of(model), "harmful": name_of(harmful), "harmless": name_of(harmless),
+               "harmful_val": name_of(harmful_val) if harmful_val else None,
+               "harmless_val": name_of(harmless_val) if harmless_val else None,
                **{k: v for k, v in vars(cfg).items() if k != "refusal_phrases"}}
     with Run(out, "steer refusal", run_cfg, seed=cfg.seed) as run:
         res = refusal_pipeline(m, h_all, n_all, hv, nv, config=cfg, out_dir=out, log=log, overwrite=overwrite)

@@ -8,12 +8,12 @@ rate 1e-3, batch 32, tied decoders, top-5 divergent MLP layers, RL with batch 64
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, PositiveFloat, model_validator
 
-from ..configs import StrictConfig, build_config, read_yaml_mapping
+from ..configs import SEED_MAX, StrictConfig, build_config, read_yaml_mapping
 from ..errors import InputError
 from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
@@ -22,25 +22,25 @@ from ..sae.spec import DictionarySpec, SAETrainSpec
 
 
 class FinetuneSpec(StrictConfig):
-    method: str = "rl"  # rl or dpo
+    method: Literal["rl", "dpo"] = "rl"
     data: Path | None = None  # IMDb CSV for rl; preference JSONL(.gz) for dpo
     swap: bool = False
     rl: RLConfig = Field(default_factory=RLConfig)
     dpo: DPOSettings = Field(default_factory=DPOSettings)
-    n_pairs: int | None = None
+    n_pairs: int | None = Field(None, gt=0)
 
 
 class SAESpec(StrictConfig):
     """The LFP shorthand for one SAE training run per divergent layer: dictionaries named ``{expansion}x``
     with a common L1 coefficient and tying (turned into the shared :class:`SAETrainSpec`)."""
 
-    expansions: list[float] = Field(default_factory=lambda: [1.0, 2.0])
-    l1_coefficient: float = 1e-3
+    expansions: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 2.0], min_length=1)
+    l1_coefficient: float = Field(1e-3, ge=0)
     tied: bool = True
     point: str = "mlp_out"
-    n_texts: int = 2000
-    max_length: int = 128
-    eval_batches: int = 4
+    n_texts: int = Field(2000, gt=0)
+    max_length: int = Field(128, gt=1)
+    eval_batches: int = Field(4, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=5000, batch_size=32, lr=1e-3,
                                                                    normalize_activations=False))
 
@@ -51,24 +51,40 @@ class SAESpec(StrictConfig):
 
 
 class TriplesSpec(StrictConfig):
-    source: str = "lexicon"  # lexicon (sentiment task), file, or llm (OpenAI-compatible rewriter)
+    source: Literal["lexicon", "file", "llm"] = "lexicon"  # llm: an OpenAI-compatible rewriter
     file: Path | None = None
-    n: int = 1000
-    window_words: int = 40
-    min_valence: float = 1.5
+    n: int = Field(1000, gt=0)
+    window_words: int = Field(40, gt=0)
+    min_valence: float = Field(1.5, ge=0)
     heldout_fraction: float = Field(0.3, gt=0, lt=1)  # lexicon words kept out of the triples, scored for agreement
     rewriter_base_url: str | None = None
     rewriter_model: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> TriplesSpec:
+        if self.source == "file" and self.file is None:
+            raise ValueError("triples.source 'file' needs triples.file")
+        if self.source == "llm" and not (self.rewriter_base_url and self.rewriter_model):
+            raise ValueError("triples.source 'llm' needs triples.rewriter_base_url and triples.rewriter_model")
+        return self
 
 
 class ExplainerSpec(StrictConfig):
-    kind: str = "openai"  # openai, hf, or none
+    kind: Literal["openai", "hf", "none"] = "none"  # offline by default: labels by self-consistency (said so)
     base_url: str | None = None
     model: str | None = None
-    n_features: int = 20
-    contexts: int = 8
-    n_texts: int = 200
+    n_features: int = Field(20, gt=0)
+    contexts: int = Field(8, gt=0)
+    n_texts: int = Field(200, gt=0)
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> ExplainerSpec:
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("explainer.kind 'openai' needs explainer.base_url and explainer.model (or kind: none)")
+        if self.kind == "hf" and not self.model:
+            raise ValueError("explainer.kind 'hf' needs explainer.model (a local chat model)")
+        return self
 
 
 class LFPConfig(StrictConfig):
@@ -77,27 +93,49 @@ class LFPConfig(StrictConfig):
     run_dir: Path
     base_model: str
     tuned_model: str | None = None
-    task: str = "sentiment"  # sentiment or dialogue
+    task: Literal["sentiment", "dialogue"] = "sentiment"
     task_description: str = "sentiment: positive or negative feelings, praise or criticism"
     data: Path | None = None  # texts (IMDb CSV) for dictionaries, triples, contexts and ablation prompts
-    top_k_layers: int = 5
+    top_k_layers: int = Field(5, gt=0)
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
     dictionary: str = "1x"  # which width feeds the probes (the smaller one by default)
     triples: TriplesSpec = Field(default_factory=TriplesSpec)
-    delta_position: str = "word"  # word (the substituted word's tokens) or input (all tokens)
-    probe_test_fraction: float = 0.2
-    probe_alpha: float = 1.0
-    n_agreement_words: int = 300  # per group: held-out words and (up to as many) training words
-    frequency_prompts: int = 64  # generations of the tuned model counted for the word-frequency figure (Fig. 4)
+    delta_position: Literal["word", "input"] = "word"  # the substituted word's tokens, or all tokens
+    probe_test_fraction: float = Field(0.2, gt=0, lt=1)
+    probe_alpha: float = Field(1.0, gt=0)
+    n_agreement_words: int = Field(300, gt=0)  # per group: held-out words and (up to as many) training words
+    frequency_prompts: int = Field(64, ge=0)  # generations of the tuned model counted for Fig. 4
     explainer: ExplainerSpec = Field(default_factory=ExplainerSpec)
-    ablation_prompts: int = 64
-    ablation_new_tokens: int = 48
+    ablation_prompts: int = Field(64, ge=0)
+    ablation_new_tokens: int = Field(48, gt=0)
     device: str | None = None
     dtype: str | None = None
     device_map: str | None = None  # "auto": spread a model too large for one GPU (accelerate), see docs/scale.md
     max_memory: dict[str, str] | None = None  # with device_map: {"0": "20GiB", "cpu": "64GiB"}
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+
+    @model_validator(mode="after")
+    def _whole(self) -> LFPConfig:
+        """Checks across fields, at load, so a run cannot fail minutes in on a value it could have refused."""
+        names = [f"{e:g}x" for e in self.sae.expansions]
+        if self.dictionary not in names:
+            raise ValueError(f"dictionary {self.dictionary!r} is not one of the trained widths {names} "
+                             "(sae.expansions)")
+        if self.tuned_model is None and self.finetune.method == "dpo" and self.finetune.data is None:
+            raise ValueError("finetune.method dpo needs finetune.data (HH-RLHF or prompt/chosen/rejected JSONL)")
+        if self.tuned_model is None and self.finetune.method == "rl" and self.finetune.data is None \
+                and self.data is None:
+            raise ValueError("finetune.method rl needs finetune.data or data (IMDb CSV for review prefixes)")
+        if self.triples.source != "file" and self.data is None:
+            raise ValueError("the config needs data: (a text dataset such as the IMDb CSV) for the triples")
+        from ..models.placement import placement
+
+        try:
+            placement(self.device_map, self.max_memory)
+        except Exception as e:  # a one-line reason, reported at the field
+            raise ValueError(str(e)) from None
+        return self
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -179,7 +179,7 @@ def _load_and_wrap(requested: str, name_or_path: str, kind: str, location: str, 
                 assert gguf_path is not None
                 hf_model, tokenizer = _load_gguf(Path(location), gguf_path, dt, model_kwargs, cache_gguf, source)
             else:
-                config = AutoConfig.from_pretrained(location, **common)
+                config = _read_config(AutoConfig, location, common)
                 get_adapter(config)  # fail fast, before downloading or loading weights
                 ck = getattr(config, "dtype" if _dtype_kwarg() == "dtype" else "torch_dtype", None)
                 if ck is not None:
@@ -198,6 +198,10 @@ def _load_and_wrap(requested: str, name_or_path: str, kind: str, location: str, 
                 f"({str(e).splitlines()[0]})." + _local_hint()
             ) from None
         raise ModelNotFoundError(f"cannot load model from {location!r}: {str(e).splitlines()[0]}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:  # a config.json with wrong types or values
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelNotFoundError(f"cannot load model from {location!r}: its config does not describe a model "
+                                 f"transformers can build ({type(e).__name__}: {first[:200]})") from None
     if device_map is None:
         hf_model.to(device)
     hf_model.eval()
@@ -207,6 +211,19 @@ def _load_and_wrap(requested: str, name_or_path: str, kind: str, location: str, 
     else:  # a hub id or short name (also when found in ACTLAB_MODELS_DIR): the name the user gave
         name = requested
     return Model.wrap(hf_model, tokenizer, validate=validate, name=name, source=source)
+
+
+def _read_config(auto_config: Any, location: str, common: dict[str, Any]) -> Any:
+    """A model's config, or a one-line error when its config.json holds values of the wrong type (transformers
+    and huggingface_hub raise their own validation errors for those)."""
+    try:
+        return auto_config.from_pretrained(location, **common)
+    except (OSError, ActlabError):
+        raise
+    except Exception as e:
+        first = " ".join(str(e).split())[:240]
+        raise ModelNotFoundError(f"cannot load model from {location!r}: its config.json is not a valid "
+                                 f"configuration ({type(e).__name__}: {first})") from None
 
 
 def _hub_reachable(name: str) -> None:

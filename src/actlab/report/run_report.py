@@ -148,6 +148,9 @@ def _render_json(page: Page, path: Path, ctx: Context | None = None) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         page.text(f"(could not read {path.name}: {e})", muted=True)
         return
+    except RecursionError:
+        page.text(f"(could not read {path.name}: nested too deeply)", muted=True)
+        return
     ctx = ctx or Context(path, {})
     kind = obj.get("kind") if isinstance(obj, dict) else None
     special = sections.find(path, obj)

@@ -165,7 +165,17 @@ def load_sae(folder: str | os.PathLike[str]) -> SparseAutoencoder:
         if isinstance(e, InputError):
             raise
         raise InputError(f"{folder / CFG}: malformed dictionary config ({type(e).__name__}: {e})") from None
+    _check_values(folder, t, scale)
     return _build(folder, cfg, t, scale, sha256_file(folder / WEIGHTS))
+
+
+def _check_values(folder: Path, t: dict[str, torch.Tensor], scale: float) -> None:
+    """Refuse weights that would make every metric NaN (NaN/inf entries, an input scale of 0 or not finite)."""
+    if not (scale > 0 and scale < float("inf")):
+        raise InputError(f"{folder / CFG}: input_scale is {scale!r}; it must be a positive finite number")
+    for key, v in t.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise InputError(f"{folder / WEIGHTS}: {key} holds NaN or infinite values; the dictionary is damaged")
 
 
 def _check_shapes(folder: Path, cfg: SAEConfig, t: dict[str, torch.Tensor]) -> None:
@@ -208,4 +218,5 @@ def _load_npz(path: Path, name: str) -> SparseAutoencoder:
     d_in, d_sae = (int(x) for x in t["W_enc"].shape)
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="jumprelu", name=name)
     _check_shapes(path, cfg, t)
+    _check_values(path.parent, t, 1.0)
     return _build(path.parent, cfg, t, 1.0, sha256_file(path))

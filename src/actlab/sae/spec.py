@@ -15,11 +15,11 @@ from .dictionary import SAEConfig
 class DictionarySpec(StrictConfig):
     """One dictionary: its width as a multiple of the input (``expansion``) or absolute (``d_sae``)."""
 
-    expansion: float | None = 1.0
-    d_sae: int | None = None
+    expansion: float | None = Field(1.0, gt=0)
+    d_sae: int | None = Field(None, gt=0)
     architecture: str = "relu"
-    l1_coefficient: float = 1e-3
-    k: int | None = None
+    l1_coefficient: float = Field(1e-3, ge=0)
+    k: int | None = Field(None, gt=0)
     tied: bool = False
     name: str = ""
 
@@ -27,8 +27,14 @@ class DictionarySpec(StrictConfig):
     @classmethod
     def _plain_name(cls, v: str) -> str:
         """The name becomes a folder under the run folder's saes/: it may not leave it."""
+        import unicodedata
+
         if v and (v in (".", "..") or "/" in v or "\\" in v or v.startswith("~") or ":" in v):
             raise ValueError(f"dictionary name {v!r} must be a plain folder name (no '/', '..', '~' or ':')")
+        bad = [c for c in v if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+        if bad:  # NUL breaks the file system; U+202E displays the name reversed in every page and terminal
+            raise ValueError(f"dictionary name {v!r} contains control or formatting characters "
+                             f"({', '.join(f'U+{ord(c):04X}' for c in bad[:3])})")
         return v
 
     def to_config(self, d_in: int, *, hook_point: str, model: str) -> SAEConfig:
@@ -45,13 +51,13 @@ class SAETrainSpec(StrictConfig):
     cache: Path | None = None
     model: str | None = None
     data: Path | None = None
-    n_texts: int | None = None
+    n_texts: int | None = Field(None, gt=0)
     dictionaries: list[DictionarySpec] = Field(default_factory=lambda: [DictionarySpec()])
     train: TrainConfig = Field(default_factory=TrainConfig)
     device: str = "cpu"
-    buffer_shards: int = 4
-    eval_batches: int = 8
-    max_length: int = 256
+    buffer_shards: int = Field(4, gt=0)
+    eval_batches: int = Field(8, ge=0)
+    max_length: int = Field(256, gt=1)
 
     @model_validator(mode="after")
     def _source(self) -> SAETrainSpec:

@@ -121,6 +121,17 @@ def eoi_token_ids(model: Model, style: PromptStyle | None = None) -> list[int]:
     return out
 
 
+def check_read_policy(policy: str) -> str:
+    """A reading position policy's syntax (``answer``, ``last``, ``last:K``, ``eoi``, ``eoi:K``, ``mean``), before
+    any model loads."""
+    import re
+
+    if not isinstance(policy, str) or not re.fullmatch(r"answer|last|mean|eoi|eoi:-?\d+|last:\d+", policy):
+        raise InputError(f"unknown read position policy {policy!r}; valid: {', '.join(READ_POLICIES)}, "
+                         "eoi:<index>, last:<count>")
+    return policy
+
+
 def read_positions(model: Model, text: str, policy: str, style: PromptStyle, *, answer: str | None = None
                    ) -> list[int]:
     """Token indices (over the text's tokens) that a read policy selects."""

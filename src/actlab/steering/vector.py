@@ -166,14 +166,7 @@ class SteeringVector:
             raise InputError(f"{path} is not a safetensors steering vector: {e}") from None
         if raw is None:
             raise InputError(f"{path} has no actlab metadata; it is not a steering vector saved by actlab")
-        meta = json.loads(raw)
-        version = int(meta.get("schema_version", 0))
-        if version > SCHEMA_VERSION:
-            raise InputError(f"{path} uses vector schema {version}; this actlab reads up to {SCHEMA_VERSION}")
-        point = meta.pop("point", "resid_post")
-        for k in ("layers", "d", "schema_version"):
-            meta.pop(k, None)
-        vecs = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("layer.")}
+        meta, point, vecs = _read_saved(path, raw, tensors)
         return cls(vecs, point, meta, file_origin(path))
 
     # -- llama.cpp control vectors --------------------------------------------------------------------
@@ -237,6 +230,53 @@ class SteeringVector:
                 hint = None
         return cls(vecs, "resid_post", {"method": "gguf-import", "model_family": hint, "source": str(path)},
                    file_origin(path))
+
+
+# fields of a vector's metadata other code reads, and the types they must have
+_META_TYPES: dict[str, tuple[type, ...]] = {"model": (str,), "model_family": (str, type(None)), "method": (str,),
+                                            "positions": (str,), "n_layers": (int,), "d_model": (int,),
+                                            "dataset": (dict,), "purpose": (str,), "normalized": (bool,)}
+
+
+def _read_saved(path: Path, raw: str, tensors: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, Any], str, dict[int, torch.Tensor]]:
+    """The metadata, hook-point kind and per-layer tensors of a saved vector, every field checked: a file edited
+    by hand or written by another tool is refused with one line naming what is wrong."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InputError(f"{path}: the actlab metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: the actlab metadata must be a JSON object, not {type(meta).__name__}")
+    version = meta.pop("schema_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"{path}: schema_version must be a whole number, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{path} uses vector schema {version}; this actlab reads up to {SCHEMA_VERSION}")
+    point = meta.pop("point", "resid_post")
+    if not isinstance(point, str):
+        raise InputError(f"{path}: point must be a hook-point kind such as 'resid_post', got {point!r}")
+    for key, types in _META_TYPES.items():
+        if key in meta and (not isinstance(meta[key], types) or (isinstance(meta[key], bool) and bool not in types)):
+            raise InputError(f"{path}: metadata field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                             f"got {meta[key]!r}")
+    vecs: dict[int, torch.Tensor] = {}
+    for name, t in tensors.items():
+        layer = name.split(".", 1)[1] if name.startswith("layer.") else ""
+        if not (layer.lstrip("-").isdigit() and layer.isascii()):
+            raise InputError(f"{path}: unexpected tensor {name!r}; a steering vector holds layer.<N> tensors only")
+        if t.dim() != 1 or not t.is_floating_point():
+            raise InputError(f"{path}: {name} must be a 1-D float tensor, got {tuple(t.shape)} {t.dtype}")
+        vecs[int(layer)] = t
+    listed = meta.pop("layers", None)
+    if listed is not None and (not isinstance(listed, list) or sorted(listed) != sorted(vecs)):
+        raise InputError(f"{path}: the metadata lists layers {listed!r} but the file holds tensors for layers "
+                         f"{sorted(vecs)}")
+    d = meta.pop("d", None)
+    if d is not None and vecs and (not isinstance(d, int) or any(v.numel() != d for v in vecs.values())):
+        raise InputError(f"{path}: the metadata says width {d!r} but the tensors are "
+                         f"{sorted({v.numel() for v in vecs.values()})} wide")
+    return meta, point, vecs
 
 
 def file_origin(path: str | os.PathLike[str]) -> dict[str, Any]:
