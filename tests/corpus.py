@@ -4,6 +4,7 @@ report's escaping fuzz, the run records' intervention lists) instead of hand-mad
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import shared_path
@@ -30,6 +31,14 @@ def commands(root: Path) -> dict[str, list[str]]:
     hh = str(data / "hh_rlhf" / "harmless-base" / "test.jsonl.gz")
     r = str(root)
     vec = f"{r}/vectors/syco.safetensors"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "eval.yaml").write_text(json.dumps({  # JSON is YAML
+        "model": TINY, "out": f"{r}/eval", "data_dir": str(data),
+        "behaviours": [{"name": "corrigible-neutral-HHH", "source": "caa"}],
+        "methods": ["prompt", "mean_diff", "rotation", "ablation"],
+        "grid": {"layers": "1,3", "multipliers": [-2.0, 2.0], "angles": [90.0]}, "extraction_limit": 8,
+        "ab_limit": 8, "open_ended": {"n": 2, "max_new_tokens": 4}, "side_effects": {"n_neutral": 4},
+        "bootstrap": 100, "steerability": {"multipliers": [-1.0, 0.0, 1.0]}}))
     return {
         "lens": ["lens", TINY, "-p", "Once upon a time there was", "--target", " a", "--points",
                  "resid_post,attn_out", "--json", f"{r}/lens/lens.json", "--html", f"{r}/lens/lens.html"],
@@ -71,6 +80,7 @@ def commands(root: Path) -> dict[str, list[str]]:
                         f"{r}/sae/overlap"],
         "sae_top": ["sae", "top-examples", TINY, f"{r}/sae/saes/relu-2x-l1_0.001", "--data", imdb, "--limit", "20",
                     "--top-k", "4", "--features", "0,1,2", "--out", f"{r}/sae/top"],
+        "eval": ["eval", "run", f"{r}/eval.yaml"],
         "dpo": ["finetune", "dpo", TINY, "--data", hh, "--limit", "8", "--steps", "2", "--batch-size", "4",
                 "--max-length", "64", "--out", f"{r}/dpo"],
     }

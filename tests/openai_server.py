@@ -9,7 +9,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-Reply = Callable[[list[dict[str, str]], str], str]
+Reply = Callable[[list[dict[str, str]], str], "str | None"]
+
+
+class Status(Exception):
+    """Raised by a reply function: the server answers with this HTTP status instead (429, 503...)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 @contextmanager
@@ -24,7 +32,11 @@ def openai_server(reply: Reply):
             if self.path != "/v1/chat/completions":
                 self.send_error(404)
                 return
-            content = reply(body["messages"], body["model"])
+            try:
+                content = reply(body["messages"], body["model"])  # None: no content (a reasoning server)
+            except Status as e:
+                self.send_error(e.code)
+                return
             data = json.dumps({"id": f"cmpl-{len(requests)}", "object": "chat.completion", "model": body["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",
                                             "message": {"role": "assistant", "content": content}}]}).encode()

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "lens": 3, "patching": 3, "tuned_lens": 3,
     "steering": 4, "analysis": 4, "sae": 4, "finetune": 4,   # features: compute, return and write data
     "report": 5,                    # draws results; never computes an analysis
-    "lfp": 6, "jobs": 6, "demo": 6,  # workflows: own run folders, call features, draw through report
+    "lfp": 6, "jobs": 6, "demo": 6, "eval": 6,  # workflows: own run folders, call features, draw via report
     "serve": 6,                     # the playground: features and report fragments behind a local HTTP API
     "cli": 7,                       # the edge: parses flags, calls jobs, prints
     "__main__": 8,

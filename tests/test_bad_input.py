@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,7 @@ def files(tmp_path_factory):
             (f["corrupt_model"] / p.name).write_bytes(p.read_bytes())
     (f["corrupt_model"] / "model.safetensors").write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{not a header}")
     _more_files(f, d, src)
+    _eval_files(f, d)
     return f
 
 
@@ -77,6 +79,26 @@ def _saved_vector(path, tensors: dict, meta) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata={"actlab": meta if isinstance(meta, str) else json.dumps(meta)})
+
+
+def _eval_files(f: dict, d: Path) -> None:
+    """Evaluation configs, each wrong in one way."""
+    from conftest import SHARED
+
+    base = {"model": TINY, "out": str(d / "ev"), "data_dir": str(SHARED / "data"),
+            "behaviours": [{"name": "corrigible-neutral-HHH", "source": "caa"}]}
+    (d / "cap.jsonl").write_text('{"question": "2+2?", "choices": ["3", "4"], "answer": 9}\n')
+    bad = {"eval_method": {"methods": ["prompt", "banana"]},
+           "eval_behaviour": {"behaviours": [{"name": "sycophantic", "source": "caa"}]},
+           "eval_data_dir": {"data_dir": str(d / "no-data")},
+           "eval_angles": {"grid": {"angles": [200.0]}},
+           "eval_judge": {"judge": {"hf": "x", "base_url": "http://localhost:1/v1", "model": "m"}},
+           "eval_typo": {"methds": ["prompt"]},
+           "eval_capability": {"side_effects": {"capability": str(d / "cap.jsonl")}},
+           "eval_sae": {"methods": ["sae"]}}
+    for name, over in bad.items():
+        f[name] = d / f"{name}.yaml"
+        f[name].write_text(json.dumps({**base, **over}))
 
 
 def _more_files(f: dict, d: Path, src: Path) -> None:
@@ -359,6 +381,16 @@ def _cases():
         ("top-examples-feature", ["sae", "top-examples", TINY, "{sae}", "--data", "{texts}", "--out", "{dir}/t",
                                   "--features", "99999"], "99999"),
         ("data-fifo", [s, "extract", TINY, "--data", "{fifo}", "--out", "{dir}/v.st"], "named pipe"),
+        ("eval-method", ["eval", "run", "{eval_method}"], "banana"),
+        ("eval-behaviour", ["eval", "run", "{eval_behaviour}"], "sycophantic"),
+        ("eval-data-dir", ["eval", "run", "{eval_data_dir}"], "no-data"),
+        ("eval-angles", ["eval", "run", "{eval_angles}"], "200"),
+        ("eval-judge", ["eval", "run", "{eval_judge}"], "judge"),
+        ("eval-typo", ["eval", "run", "{eval_typo}"], "methds"),
+        ("eval-capability", ["eval", "run", "{eval_capability}"], "'answer'"),
+        ("eval-sae", ["eval", "run", "{eval_sae}"], "sae"),
+        ("eval-preset", ["eval", "preset", "nope"], "nope"),
+        ("eval-config-missing", ["eval", "run", "{missing}"], "missing"),
         ("data-dev-zero", ["acts", "cache", TINY, "--data", "/dev/zero", "--points", "blocks.1.mlp_out", "--out",
                            "{dir}/dz"], "character device"),
     ]
@@ -389,6 +421,8 @@ def _check(case, argv, expected, files, capsys, monkeypatch) -> str:
         args = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
         code, _, err = run(args, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    if case in NEEDS_MODEL:  # a slow load reports its progress first (a timestamped log line), then the error
+        lines = [ln for ln in lines if not re.match(r"\d\d:\d\d:\d\d loading ", ln)]
     if expected is None:  # an unusual input handled: the command works
         assert code == 0, (case, code, err[-800:])
         return ""
@@ -436,7 +470,12 @@ def test_the_whole_suite_twice_gives_the_same_lines(files, capsys, monkeypatch):
     cases = [c for c in _cases() if c[0] not in NEEDS_MODEL]
     first = [_check(*c, files, capsys, monkeypatch) for c in cases]
     second = [_check(*c, files, capsys, monkeypatch) for c in cases]
-    assert first == second
+    assert _steady(first) == _steady(second)
+
+
+def _steady(lines: list[str]) -> list[str]:
+    """The lines less what the machine changes between two runs: the free memory a size check reports."""
+    return [re.sub(r"free memory has [\d.]+ GiB", "free memory has N GiB", ln) for ln in lines]
 
 
 def test_torchrun_refusal_is_one_line(tmp_path):

@@ -22,6 +22,7 @@ EDITING = {
     "curvature": ("curvature", {"add"}),
     "hessian": ("hessian", {"add"}),
     "sae_eval": ("sae/eval", {"replace"}),
+    "eval": ("eval", {"add", "rotate", "project_out"}),
 }
 
 

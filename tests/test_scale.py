@@ -336,3 +336,67 @@ def test_greedy_generations_share_the_prefix_and_equal_one_multiplier_at_a_time(
     assert len({r["text"] for r in rows}) > len(prompts)  # the multipliers changed something
     assert shared_prefix_generations(smollm, texts[:1], vec, layers=[5], multipliers=[1.0], style=style,
                                      max_new_tokens=4) is not None
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_rotation_and_ablation_cells_equal_each_cell_applied_alone(family):
+    """The engine's other cell kinds: a rotation at one point (angle per row, over the shared prefix) and a
+    directional ablation (every token, so whole prompts) = Rotate / ProjectOut applied cell by cell."""
+    from actlab.hooks.directions import ProjectOut, Rotate
+    from actlab.steering.prefix import CellEdits
+
+    m = tiny_model(family)
+    rows = _rows(5)
+    g = torch.Generator().manual_seed(6)
+    d1, d2 = torch.randn(m.d_model, generator=g), torch.randn(m.d_model, generator=g)
+    u1 = d1.double() / d1.double().norm()
+    p = HookPoint(1, "resid_post")
+    cells = [CellEdits(rotate=(p, u1, a, "by")) for a in (0.0, 45.0, 120.0)] + [
+        CellEdits(ablate=(d1, None)), CellEdits(ablate=(d2, (0, 1))), {},
+        CellEdits(add={HookPoint(0, "resid_pre"): 2 * d2.double()})]
+    starts = [int(eoi_start(torch.tensor([r]), EOI)[0]) for r in rows]
+    ids, mask = _left_padded(rows)
+    with torch.no_grad():
+        got = cell_logits(m, rows, starts, cells, batch_size=2, cells_per_batch=2)
+        refs = []
+        for a in (0.0, 45.0, 120.0):
+            with m.edit(Rotate(d1, a, layers=[1], kind="resid_post", positions="from_eoi", eoi_ids=EOI)):
+                refs.append(m.last_logits(ids, mask))
+        for d, layers in ((d1, None), (d2, [0, 1])):
+            with m.edit(ProjectOut(d, layers=layers)):
+                refs.append(m.last_logits(ids, mask))
+        refs.append(m.last_logits(ids, mask))
+        with m.edit(Add({HookPoint(0, "resid_pre"): 2 * d2}, positions="from_eoi", eoi_ids=EOI)):
+            refs.append(m.last_logits(ids, mask))
+    for ci, ref in enumerate(refs):
+        torch.testing.assert_close(got[:, ci], ref, atol=2e-5 * float(ref.abs().max()), rtol=0)
+    torch.testing.assert_close(got[:, 0], got[:, 5], atol=2e-5 * float(refs[5].abs().max()), rtol=0)  # 0 degrees
+    assert float((got[:, 2] - got[:, 5]).abs().max()) > 1e-3 and float((got[:, 3] - got[:, 5]).abs().max()) > 1e-3
+
+
+def test_cell_generations_equal_one_generate_per_cell(smollm):
+    """Greedy generations of additions, a rotation and an ablation as rows (one generate per group) = one
+    generate() per cell under the same intervention."""
+    from actlab.hooks.directions import ProjectOut, Rotate
+    from actlab.steering.apply import eoi_for
+    from actlab.steering.prefix import CellEdits, cell_generations
+    from actlab.steering.prompts import format_prompt
+
+    style = resolve_style(smollm)
+    texts = [format_prompt(smollm, p, style) for p in ("Describe the sea.", "What do you like to eat?")]
+    g = torch.Generator().manual_seed(7)
+    v = 6 * torch.randn(smollm.d_model, generator=g)
+    u = v.double() / v.double().norm()
+    p = HookPoint(8, "resid_post")
+    cells = [CellEdits(), CellEdits(add={p: v.double()}), CellEdits(rotate=(p, u, 90.0, "by")),
+             CellEdits(ablate=(v, None))]
+    got = cell_generations(smollm, texts, cells, add_special_tokens=False, positions="from_eoi", max_new_tokens=8,
+                           batch_size=2, cells_per_batch=4)
+    eoi = eoi_for(smollm, "from_eoi")
+    refs = [[], [Add({p: v}, positions="from_eoi", eoi_ids=eoi)],
+            [Rotate(v, 90.0, layers=[8], kind="resid_post", positions="from_eoi", eoi_ids=eoi)], [ProjectOut(v)]]
+    for ci, ivs in enumerate(refs):
+        with smollm.edit(*ivs):
+            ref = smollm.generate_text(texts, max_new_tokens=8, add_special_tokens=False)
+        assert [row[ci] for row in got] == ref, ci
+    assert len({tuple(row) for row in zip(*got, strict=True)}) > 1

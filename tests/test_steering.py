@@ -285,10 +285,10 @@ def test_sweep_bad_grids(smollm):
 def test_cell_stats_expose_letter_collapse_that_the_mean_hides():
     """Regression (issue 12.2): on a balanced set, a model that always answers (A) averages to p(matching) 0.5;
     the cell must report p(A), flips against multiplier 0 and a collapse flag (computed here by hand)."""
-    from actlab.steering.evaluate import _ABPrompt, cell_stats
+    from actlab.steering.evaluate import ABPrompt, cell_stats
 
-    prompts = [_ABPrompt([1], 10, 11, "A", "B"), _ABPrompt([1], 11, 10, "B", "A"),
-               _ABPrompt([1], 10, 11, "A", "B"), _ABPrompt([1], 11, 10, "B", "A")]
+    prompts = [ABPrompt([1], 10, 11, "A", "B"), ABPrompt([1], 11, 10, "B", "A"),
+               ABPrompt([1], 10, 11, "A", "B"), ABPrompt([1], 11, 10, "B", "A")]
     always_a = torch.tensor([0.9, 0.1, 0.8, 0.2])  # p(matching): A chosen every time
     honest = torch.tensor([0.9, 0.9, 0.8, 0.8])  # the matching answer every time
     st = cell_stats(always_a, prompts, honest, label="A")

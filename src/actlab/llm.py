@@ -12,7 +12,13 @@ from .errors import ActlabError
 
 
 class EndpointError(ActlabError):
-    """The endpoint could not be reached or answered unusably (the URL is named)."""
+    """The endpoint could not be reached or answered unusably (the URL is named). ``status`` is the HTTP status
+    when the server answered, None when it could not be reached; ``retryable`` says whether trying again may help
+    (unreachable, timeout, 429, 5xx)."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status, self.retryable = status, retryable
 
 
 class OpenAIChat:
@@ -40,13 +46,16 @@ class OpenAIChat:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
-            raise EndpointError(f"endpoint {self.url} answered HTTP {e.code}: {e.read()[:200]!r}") from None
+            raise EndpointError(f"endpoint {self.url} answered HTTP {e.code}: {e.read()[:200]!r}", e.code,
+                                e.code == 429 or e.code >= 500) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise EndpointError(f"endpoint {self.url} is unreachable: {getattr(e, 'reason', e)}") from None
+            raise EndpointError(f"endpoint {self.url} is unreachable: {getattr(e, 'reason', e)}",
+                                retryable=True) from None
         except json.JSONDecodeError:
             raise EndpointError(f"endpoint {self.url} did not return JSON") from None
         try:
-            return str(payload["choices"][0]["message"]["content"])
+            content = payload["choices"][0]["message"]["content"]
+            return "" if content is None else str(content)  # a reasoning server may return no content
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"endpoint {self.url} returned no choices[0].message.content: {payload!r:.200}"
                                 ) from None

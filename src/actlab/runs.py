@@ -516,6 +516,7 @@ class Resume:
             shutil.rmtree(self.folder / CHECKPOINTS, ignore_errors=True)  # only a job that wrote them
         self.path.unlink(missing_ok=True)
         self.tensors_path.unlink(missing_ok=True)
+        shutil.rmtree(self.tensors_path.with_suffix(".steps"), ignore_errors=True)
         self.record = {"format": "actlab-resume", "version": 1, "job": self.job, "steps": {}, "progress": None,
                        "settings": self.settings}
 
@@ -534,6 +535,25 @@ class Resume:
     def unmark(self, step: str) -> None:
         if self.record["steps"].pop(step, None) is not None:
             self._write()
+
+    def _kept_path(self, step: str) -> Path:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in step)
+        return self.tensors_path.with_suffix(".steps") / f"{slug}.json"
+
+    def keep(self, step: str, result: Any) -> None:
+        """Record ``step`` as finished with its JSON result, kept in a file of its own beside the record (a
+        step of many small results: an evaluation's passes)."""
+        write_json(self._kept_path(step), {"step": step, "result": result})
+        self.mark(step)
+
+    def kept(self, step: str) -> tuple[bool, Any]:
+        """``(True, result)`` for a step finished with :meth:`keep` (its file readable), else ``(False, None)``."""
+        if not self.done(step):
+            return False, None
+        try:
+            return True, json.loads(self._kept_path(step).read_text(encoding="utf-8"))["result"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False, None
 
     def need(self, step: str, path: str | os.PathLike[str], how: str = "") -> Path:
         """``path``, an output of an earlier ``step``, or a clear error naming the step that makes it."""

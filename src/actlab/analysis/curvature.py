@@ -63,7 +63,7 @@ def lm_loss_metric(model: Model, batches: Sequence[dict[str, torch.Tensor]]) -> 
 
 
 def answer_logprob_metric(model: Model, prompts: Sequence[Any], *, batch_size: int = 16) -> Metric:
-    """Mean log p(matching answer token) of A/B prompts (``steering.evaluate._ab_prompts`` objects)."""
+    """Mean log p(matching answer token) of A/B prompts (``steering.evaluate.ab_prompts`` objects)."""
     from ..steering.evaluate import _left_pad
 
     pad = getattr(model.tokenizer, "pad_token_id", None) or 0

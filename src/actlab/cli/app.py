@@ -245,7 +245,7 @@ def tuned_lens_cmd(
 
 def _register() -> None:
     """Command groups and commands after the foundation ones, in workflow order."""
-    from . import analysis, lfp, sae, serve, steer
+    from . import analysis, eval, lfp, sae, serve, steer
 
     app.add_typer(steer.app, name="steer")
     app.command("layers")(analysis.layers_cmd)
@@ -258,6 +258,7 @@ def _register() -> None:
     app.add_typer(sae.sae_app, name="sae")
     app.add_typer(lfp.finetune_app, name="finetune")
     app.add_typer(lfp.lfp_app, name="lfp")
+    app.add_typer(eval.eval_app, name="eval")
     app.command("report")(report)
     app.command("serve")(serve.serve_cmd)
 

@@ -13,6 +13,8 @@ def serve_cmd(
     model: ModelArg,
     vector: Annotated[list[Path] | None, opt("--vector", metavar="FILE", help="Steering vector file(s) to offer "
                                              "(repeat the option for several).")] = None,
+    eval_dir: Annotated[Path | None, opt("--eval", metavar="DIR", help="An actlab eval run folder: offer its "
+                                         "vectors and print each method's chosen layer and multiplier.")] = None,
     sae: Annotated[Path | None, opt("--sae", metavar="DIR", help="A dictionary folder: features per token, feature "
                                     "pages and feature ablation.")] = None,
     data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts in which feature pages find their "
@@ -39,7 +41,11 @@ def serve_cmd(
 
         raise InputError("actlab serve needs the serve extra: pip install 'actlab[serve]' (Starlette + "
                          "uvicorn)") from None
-    for v in vector or []:
+    vector = list(vector or [])
+    if eval_dir is not None:
+        checks.input_dir(eval_dir, "--eval run folder")
+        vector += _eval_vectors(eval_dir)
+    for v in vector:
         checks.input_file(v, "--vector")
     if sae is not None:
         checks.input_dir(sae, "--sae dictionary folder")
@@ -77,3 +83,24 @@ def serve_cmd(
                           highlight=False)
     console.print(f"actlab playground for {m.name} on http://{host}:{port}/ (Ctrl+C to stop)", highlight=False)
     serve(pg, host=host, port=port)
+
+
+def _eval_vectors(folder: Path) -> list[Path]:
+    """An evaluation's saved vectors, and its chosen cells printed (what to set in the playground)."""
+    import json
+
+    from ..errors import InputError
+
+    found = sorted(p for p in (folder / "vectors").glob("*.safetensors") if not p.is_symlink()) \
+        if (folder / "vectors").is_dir() else []
+    if not found:
+        raise InputError(f"--eval {str(folder)!r} holds no vectors/ (is it an actlab eval run folder?)")
+    try:
+        rows = json.loads((folder / "leaderboard.json").read_text(encoding="utf-8")).get("rows", [])
+    except (OSError, ValueError, AttributeError):
+        rows = []
+    for r in rows if isinstance(rows, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("strength"), (int, float)) and r.get("layer") is not None:
+            console.print(f"eval choice: {r.get('behaviour')} / {r.get('method')}: layer {r.get('layer')}, "
+                          f"strength {r.get('strength'):g}", highlight=False)
+    return found

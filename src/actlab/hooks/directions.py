@@ -126,8 +126,8 @@ class Rotate(Intervention):
 
     def __init__(self, direction: torch.Tensor, angle: float | Sequence[float], *, mode: str = "by",
                  layers: str | int | Iterable[int] | None = None, kind: str = "resid_post",
-                 positions: str = DEFAULT_STEER_POSITIONS,
-                 eoi_ids: Sequence[int] | None = None, source: Mapping[str, Any] | None = None):
+                 positions: str = DEFAULT_STEER_POSITIONS, eoi_ids: Sequence[int] | None = None,
+                 starts: Sequence[int] | torch.Tensor | None = None, source: Mapping[str, Any] | None = None):
         if mode not in ("by", "to"):
             raise InputError(f"rotation mode must be 'by' (rotate by an angle) or 'to' (set the angle), not {mode!r}")
         many = not isinstance(angle, (int, float))
@@ -141,8 +141,9 @@ class Rotate(Intervention):
         self.r, self.mode, self.kind_name = unit(direction), mode, kind
         self.radians = ([math.radians(a) for a in degrees] if many else math.radians(degrees[0]))
         self.layers_spec = _layers_spec(layers)
-        self.positions = check_steer_positions(positions)
+        self.positions = check_steer_positions(positions) if starts is None else "starts"
         self.eoi_ids = list(eoi_ids) if eoi_ids is not None else None
+        self.starts = starts
         self.source = dict(source or {})
         self._layers: list[int] | None = None
 
@@ -153,7 +154,7 @@ class Rotate(Intervention):
         if self.r.shape[-1] != target.d_model:
             raise InputError(f"direction has {self.r.shape[-1]} entries; the model's d_model is {target.d_model}")
         self._layers = layer_list(self.layers_spec, target.n_layers)
-        boundary = Boundary(self.positions, self.eoi_ids)
+        boundary = Boundary(self.positions if self.starts is None else "all", self.eoi_ids, starts=self.starts)
         rows = len(self.radians) if isinstance(self.radians, list) else (
             self.r.shape[0] if self.r.dim() == 2 else None)
         r = self.r[:, None, :] if self.r.dim() == 2 else self.r

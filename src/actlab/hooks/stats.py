@@ -40,6 +40,10 @@ class RunningStats:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        shape = tuple(self.mean.shape) if self.mean is not None else ()
+        return f"actlab.RunningStats(count={self.count}, shape={shape})"
+
     def update(self, x: torch.Tensor) -> None:
         """Add samples ``x`` ``[n, ...]`` (the leading dimension is the sample dimension)."""
         n = int(x.shape[0])

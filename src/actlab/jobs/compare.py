@@ -254,7 +254,7 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
     from ..data import load_ab
     from ..report.figures import curvature_plot
     from ..steering import resolve_style
-    from ..steering.evaluate import _ab_prompts
+    from ..steering.evaluate import ab_prompts
 
     m, vec = as_model(model), as_vector(vector)
     vec.check_fits(m)
@@ -264,7 +264,7 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
         raise InputError("give either texts (next-token loss) or A/B items (log p(matching answer))")
     if ab is not None:
         items = load_ab(ab, limit=limit) if isinstance(ab, (str, os.PathLike)) else list(ab)
-        prompts = _ab_prompts(m, items, resolve_style(m))
+        prompts = ab_prompts(m, items, resolve_style(m))
         metric, name = answer_logprob_metric(m, prompts, batch_size=batch_size), "log p(matching answer)"
     else:
         from ..sae.store import _token_batch

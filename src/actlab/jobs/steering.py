@@ -22,9 +22,9 @@ from ..steering import (
     orthogonalize,
     resolve_style,
 )
-from ..steering import extract as extract_fn
 from ..steering.ablation import orthogonalization_record
 from ..steering.evaluate import SweepResult, ab_sweep, steered_generations
+from ..steering.extraction import extract_methods
 from ..steering.prompts import PromptStyle, format_prompt
 from ..steering.refusal import RefusalConfig, RefusalResult, refusal_pipeline
 from ..steering.vector import SteeringVector
@@ -77,6 +77,18 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str] | ContrastData
     (default per format: ``answer``, ``mean``, ``eoi``)."""
     cd = data if isinstance(data, ContrastData) else read_contrast(
         data, format=format, negative=negative, limit=limit, min_confidence=min_confidence, as_choices=as_choices)
+    vec = extract_vectors(model, cd, [method], point=point, layers=layers, positions=positions, chat=chat,
+                          batch_size=batch_size, progress=progress, max_length=max_length, truncate=truncate)[method]
+    if out is not None and rank_and_world()[0] == 0:  # under torchrun every rank has the vector; one writes it
+        vec.save(out)
+    return vec
+
+
+def extract_vectors(model: ModelLike, cd: ContrastData, methods: Sequence[str], *, point: str = "resid_post",
+                    layers: str | Iterable[int] | None = None, positions: str | None = None, chat: bool | None = None,
+                    batch_size: int = 16, progress: Callable[[int], None] | None = None,
+                    max_length: int | None = None, truncate: str = "error") -> dict[str, SteeringVector]:
+    """Vectors by several extraction methods from one reading of the activations (see :func:`extract_vector`)."""
     m = as_model(model)
     lay = parse_layers(layers, m.n_layers)
     read = positions or DEFAULT_READ[cd.format]
@@ -88,12 +100,11 @@ def extract_vector(model: ModelLike, data: str | os.PathLike[str] | ContrastData
     else:
         style = resolve_style(m, True if chat is None else chat)
         cs = contrast_from_instructions(m, cd.positive, cd.negative, style, read)
-    vec = extract_fn(m, cs, layers=lay, point=point, method=method, batch_size=batch_size, progress=progress,
-                     max_length=max_length, truncate=truncate)
-    vec.meta["dataset"]["file"] = cd.source
-    if out is not None and rank_and_world()[0] == 0:  # under torchrun every rank has the vector; one writes it
-        vec.save(out)
-    return vec
+    vecs = extract_methods(m, cs, methods, layers=lay, point=point, batch_size=batch_size, progress=progress,
+                           max_length=max_length, truncate=truncate)
+    for vec in vecs.values():
+        vec.meta["dataset"]["file"] = cd.source
+    return vecs
 
 
 def generate(model: ModelLike, vector: VectorLike, prompts: Sequence[str], *, multiplier: float = 4.0,

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _ABPrompt:
+class ABPrompt:
     """The tokens both answers share (the question and the answer's start, e.g. ``(``) and the first token of
     each answer after them (``A``/``B``, `` Yes``/`` No``)."""
 
@@ -59,7 +59,7 @@ class _ABPrompt:
     other_label: str
 
 
-def _ab_prompts(model: Model, items: Sequence[ABItem], style: PromptStyle) -> list[_ABPrompt]:
+def ab_prompts(model: Model, items: Sequence[ABItem], style: PromptStyle) -> list[ABPrompt]:
     """Tokenize the question followed by each answer and cut where the two tokenizations part: the shared
     tokens are the prompt, the first differing tokens are what is scored (so ``(A`` merged into one token, a
     space merged into `` Yes``, and plain or chat prompts all work)."""
@@ -75,7 +75,7 @@ def _ab_prompts(model: Model, items: Sequence[ABItem], style: PromptStyle) -> li
         if n == 0 or n >= min(len(ids_m), len(ids_o)):
             raise InputError(f"item {k}: the answers {it.matching!r} and {it.not_matching!r} do not differ in a "
                              "token after a shared prompt, so they cannot be scored by next-token probability")
-        out.append(_ABPrompt(list(ids_m[:n]), int(ids_m[n]), int(ids_o[n]), it.matching_label,
+        out.append(ABPrompt(list(ids_m[:n]), int(ids_m[n]), int(ids_o[n]), it.matching_label,
                              it.not_matching_label))
     return out
 
@@ -87,9 +87,9 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> 
 
 @torch.no_grad()
 def ab_probabilities(model: Model, items: Sequence[ABItem], style: PromptStyle, *, batch_size: int = 16,
-                     prompts: list[_ABPrompt] | None = None) -> torch.Tensor:
+                     prompts: list[ABPrompt] | None = None) -> torch.Tensor:
     """p(matching answer), normalised over the two answers, per item (under any active steering)."""
-    prompts = prompts or _ab_prompts(model, items, style)
+    prompts = prompts or ab_prompts(model, items, style)
     pad = getattr(model.tokenizer, "pad_token_id", None) or 0
     out = []
     for s in range(0, len(prompts), batch_size):
@@ -105,14 +105,14 @@ def ab_probabilities(model: Model, items: Sequence[ABItem], style: PromptStyle, 
 COLLAPSE_SHARE = 0.95
 
 
-def first_label(prompts: Sequence[_ABPrompt]) -> str:
+def first_label(prompts: Sequence[ABPrompt]) -> str:
     """The label whose probability measures answer bias: ``A`` for lettered items, else ``Yes`` if present, else
     the alphabetically first label."""
     labels = {p.match_label for p in prompts} | {p.other_label for p in prompts}
     return "A" if "A" in labels else "Yes" if "Yes" in labels else min(labels)
 
 
-def cell_stats(p: torch.Tensor, prompts: Sequence[_ABPrompt], baseline: torch.Tensor | None, *,
+def cell_stats(p: torch.Tensor, prompts: Sequence[ABPrompt], baseline: torch.Tensor | None, *,
                label: str, collapse_share: float = COLLAPSE_SHARE) -> dict[str, Any]:
     """What one sweep cell shows beyond mean p(matching), which hides collapse on a balanced set:
 
@@ -215,7 +215,7 @@ def ab_sweep(
     cells = dict(saved_state.get("cells") or {})
     if world > 1:  # every rank evaluates the same cells: rank 0's record decides
         cells = broadcast(cells)
-    prompts = _ab_prompts(model, items, style)
+    prompts = ab_prompts(model, items, style)
     label = first_label(prompts)
     config["first_label"] = label
     config["matching_labels"] = [pr.match_label for pr in prompts]

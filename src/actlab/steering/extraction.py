@@ -234,12 +234,21 @@ def extract(model: Model, data: ContrastSet, *, layers: Sequence[int] | None = N
             max_length: int | None = None, truncate: str = "error") -> SteeringVector:
     """Extract a steering vector at ``point`` for each of ``layers`` (default: all) in one batched pass; texts
     longer than ``max_length`` (default: the model's context) follow ``truncate`` (see :func:`fit_length`)."""
-    if method not in METHODS:
-        raise InputError(f"unknown extraction method {method!r}; valid: {', '.join(METHODS)}")
+    return extract_methods(model, data, [method], layers=layers, point=point, batch_size=batch_size,
+                           progress=progress, max_length=max_length, truncate=truncate)[method]
+
+
+def extract_methods(model: Model, data: ContrastSet, methods: Sequence[str], *, layers: Sequence[int] | None = None,
+                    point: str = "resid_post", batch_size: int = 16, progress: Callable[[int], None] | None = None,
+                    max_length: int | None = None, truncate: str = "error") -> dict[str, SteeringVector]:
+    """:func:`extract` by several methods from one reading of the activations: ``{method: vector}``."""
+    for method in methods:
+        if method not in METHODS:
+            raise InputError(f"unknown extraction method {method!r}; valid: {', '.join(METHODS)}")
+        if method == "pca" and not data.paired:
+            raise InputError("PCA of paired differences needs paired data; use mean_diff or logreg")
     if point not in BLOCK_KINDS:
         raise InputError(f"unknown hook point kind {point!r}; valid: {', '.join(BLOCK_KINDS)}")
-    if method == "pca" and not data.paired:
-        raise InputError("PCA of paired differences needs paired data; use mean_diff or logreg")
     layer_list = list(range(model.n_layers)) if layers is None else list(layers)
     if not layer_list:
         raise InputError("the layer list is empty")
@@ -252,11 +261,14 @@ def extract(model: Model, data: ContrastSet, *, layers: Sequence[int] | None = N
                    add_special_tokens=data.style.add_special_tokens(), batch_size=batch_size, progress=progress,
                    truncate_left=length.get("left_truncated_to"))
     n = len(data.positive)
-    vecs = {p.layer: direction(method, acts[p.name][:n], acts[p.name][n:]).float() for p in pts}
-    meta = {
-        "model": model.name, "model_family": model.adapter.family, "n_layers": model.n_layers,
-        "d_model": model.d_model, "method": method, "positions": data.policy, "chat": data.style.chat,
-        "dataset_fingerprint": data.fingerprint, "dataset": data.source, "n_positive": n,
-        "n_negative": len(data.negative), "actlab_version": __version__, "length_policy": length,
-    }
-    return SteeringVector(vecs, point, meta)  # type: ignore[arg-type]
+    out = {}
+    for method in methods:
+        vecs = {p.layer: direction(method, acts[p.name][:n], acts[p.name][n:]).float() for p in pts}
+        meta = {
+            "model": model.name, "model_family": model.adapter.family, "n_layers": model.n_layers,
+            "d_model": model.d_model, "method": method, "positions": data.policy, "chat": data.style.chat,
+            "dataset_fingerprint": data.fingerprint, "dataset": dict(data.source), "n_positive": n,
+            "n_negative": len(data.negative), "actlab_version": __version__, "length_policy": length,
+        }
+        out[method] = SteeringVector(vecs, point, meta)  # type: ignore[arg-type]
+    return out

@@ -32,6 +32,7 @@ class PromptStyle:
     chat: bool = True
     system: str | None = None
     plain_answer_prefix: str = "\n\nAnswer: "
+    history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns: few-shot examples
 
     def add_special_tokens(self) -> bool:
         """Templated text already holds its special tokens; plain text gets the tokenizer's (e.g. BOS)."""
@@ -53,8 +54,12 @@ def format_prompt(model: Model, user: str, style: PromptStyle) -> str:
     if not user.strip():
         raise InputError("empty prompt")
     if style.chat:
-        return model.chat_prompt(user, system=style.system)
-    return user
+        turns = [{"role": role, "content": text} for q, a in style.history
+                 for role, text in (("user", q), ("assistant", a))]
+        return model.chat_prompt(user, system=style.system, history=turns)
+    # plain text: an instruction and the examples go before the prompt, as a model without a template reads them
+    shots = [f"{q}{style.plain_answer_prefix}{a}" for q, a in style.history]
+    return "\n\n".join([*([style.system] if style.system else []), *shots, user])
 
 
 def with_answer(model: Model, question: str, answer: str, style: PromptStyle) -> str:

@@ -55,6 +55,15 @@ class SteeringVector:
             raise InputError(f"per-layer vectors must be 1-D and equally wide, got widths {sorted(widths)}")
         self.vectors = {int(k): v.detach().float().cpu() for k, v in sorted(self.vectors.items())}
 
+    def __repr__(self) -> str:
+        from ..hooks.interventions import point_names
+
+        norms = [float(v.norm()) for v in self.vectors.values()]
+        names = ",".join(n.split(".")[1] for n in point_names(HookPoint(i, self.point) for i in self.layers))
+        return (f"actlab.SteeringVector({self.point}, layers={names}, d={self.d}, "
+                f"method={self.meta.get('method', '?')}, model={self.meta.get('model', '?')!s}, "
+                f"norm {min(norms):.3g}..{max(norms):.3g})")
+
     @property
     def kind(self) -> str:
         """The hook-point kind the vector lives at (the first wave called it ``point``)."""
