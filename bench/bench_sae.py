@@ -3,7 +3,8 @@
 Targets: a ReLU + L1 training step at d_in 576, 8x expansion, batch 4096 runs at >= 0.85 of the matmul bound
 (the five matmuls a step needs - encoder and decoder forward, and the three backward products - into
 preallocated outputs, on the same shapes in the same run); a TopK step (k=32, 16x) costs <= 0.5 of the dense
-ReLU step of the same shape; caching costs <= 1.15x a plain forward plus disk time.
+ReLU step of the same shape; a BatchTopK crosscoder step over two such models runs at >= 0.5 of the same five
+matmuls at the summed width; caching costs <= 1.15x a plain forward plus disk time.
 
     python bench/bench_sae.py [--device cuda]
 """
@@ -70,6 +71,37 @@ def bench_topk(args) -> None:
     print(f"  TopK step (sparse decoder) {t['topk'] * 1e3:8.1f} ms  {t['topk'] / t['relu']:.2f} of the dense step")
 
 
+def bench_crosscoder(args) -> None:
+    """A BatchTopK crosscoder step over two models of width d_in against the same five matmuls at the summed width
+    (its encoder reads both models, its decoder writes both)."""
+    from actlab.crosscoder import CrosscoderConfig
+
+    dev = torch.device(args.device)
+    d, m, b = 2 * args.d_in, args.d_in * args.expansion, args.batch
+    cfg = CrosscoderConfig(d_ins=(args.d_in, args.d_in), d_sae=m, k=args.k)
+    tr = Trainer([cfg], TrainConfig(steps=10**6, batch_size=b), device=dev)
+    x = torch.randn(b, d, generator=torch.Generator().manual_seed(0)).to(dev)
+    wa, wb = torch.randn(d, m, device=dev), torch.randn(m, d, device=dev)
+    f, gx = torch.randn(b, m, device=dev), torch.randn(b, d, device=dev)
+    o_bm, o_bm2, o_bd = torch.empty(b, m, device=dev), torch.empty(b, m, device=dev), torch.empty(b, d, device=dev)
+    o_md, o_dm = torch.empty(m, d, device=dev), torch.empty(d, m, device=dev)
+
+    def matmuls():
+        torch.mm(x, wa, out=o_bm)
+        torch.mm(f, wb, out=o_bd)
+        torch.mm(f.T, gx, out=o_md)
+        torch.mm(gx, wb.T, out=o_bm2)
+        torch.mm(x.T, f, out=o_dm)
+
+    t = time_interleaved({"matmul_bound": matmuls, "train_step": lambda: tr.train_step(x)}, repeats=args.repeats,
+                         warmup=2)
+    print(f"crosscoder training, 2 models x d_in {args.d_in}, d_sae {m} ({args.expansion}x), BatchTopK k {args.k}, "
+          f"batch {b} (token pairs), {dev}, median of {args.repeats}")
+    print(f"  matmul bound (5 matmuls)  {t['matmul_bound'] * 1e3:8.1f} ms  {b / t['matmul_bound']:9.0f} tok/s")
+    print(f"  train step (BatchTopK, Adam) {t['train_step'] * 1e3:8.1f} ms  {b / t['train_step']:9.0f} tok/s  "
+          f"{t['matmul_bound'] / t['train_step']:.2f} of the bound")
+
+
 def bench_cache(args) -> None:
     data = os.environ.get("ACTLAB_DATA_DIR")
     if not data:
@@ -133,6 +165,7 @@ def main() -> None:
     print(f"# SAE benchmark {time.strftime('%Y-%m-%d')} - {machine()}")
     bench_training(args)
     bench_topk(args)
+    bench_crosscoder(args)
     bench_cache(args)
 
 

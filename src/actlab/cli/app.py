@@ -245,7 +245,7 @@ def tuned_lens_cmd(
 
 def _register() -> None:
     """Command groups and commands after the foundation ones, in workflow order."""
-    from . import analysis, eval, lfp, sae, serve, steer
+    from . import analysis, diff, eval, lfp, sae, serve, steer
 
     app.add_typer(steer.app, name="steer")
     app.command("layers")(analysis.layers_cmd)
@@ -259,6 +259,7 @@ def _register() -> None:
     app.add_typer(lfp.finetune_app, name="finetune")
     app.add_typer(lfp.lfp_app, name="lfp")
     app.add_typer(eval.eval_app, name="eval")
+    app.add_typer(diff.diff_app, name="diff")
     app.command("report")(report)
     app.command("serve")(serve.serve_cmd)
 

@@ -383,6 +383,12 @@ def eval_leaderboard(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     leaderboard_section(page, obj, ctx)
 
 
+def crosscoder(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    from .diffing import crosscoder_section
+
+    crosscoder_section(page, obj, ctx)
+
+
 def folded(page: Page, obj: Any, ctx: Context) -> None:
     """Configuration-like files: folded only."""
     details(page, obj, ctx.path.name)
@@ -418,6 +424,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: p.name == "probes.json" and isinstance(o, Mapping) and "test" in o, probes),
     (lambda p, o: p.name == "config.json" and isinstance(o, Mapping) and "model_type" in o, model_config),
     (lambda p, o: _kind(o) == "eval_leaderboard" and isinstance(o.get("rows"), list), eval_leaderboard),
+    (lambda p, o: _kind(o) == "crosscoder_latents" and isinstance(o.get("latents"), list), crosscoder),
     (lambda p, o: p.name in ("train_config.json", "cfg.json", "word_split.json", "neuronpedia.json",
                              "generations.json", "candidates.json", "summary.json",
                              "dictionaries.json", "layers.json", "generation_config.json"), folded),

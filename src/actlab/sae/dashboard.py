@@ -53,9 +53,10 @@ def feature_dashboards(model: Model, sae: SparseAutoencoder, texts: Sequence[str
                        features: Sequence[int] | None = None, n_features: int = 16, rank_by: str = "max",
                        contexts: int = 8, before: int = 12, after: int = 4, bins: int = 30, logit_k: int = 10,
                        batch_size: int = 8, max_length: int = 128, keep_bos: bool = False,
-                       explanations: Mapping[int, str] | None = None) -> dict[str, Any]:
+                       explanations: Mapping[int, str] | None = None, read: Any = None) -> dict[str, Any]:
     """Dashboards for ``features`` (default: the ``n_features`` ranked first by ``rank_by`` - largest
-    activation or density - among those active at all). See the module docstring for what each holds."""
+    activation or density - among those active at all). See the module docstring for what each holds.
+    ``read`` replaces the capture of the dictionary's input (:func:`~actlab.sae.features.scan_codes`)."""
     if rank_by not in RANK_BY:
         raise InputError(f"unknown ranking {rank_by!r}; valid: {', '.join(RANK_BY)}")
     for value, what in ((contexts, "contexts"), (bins, "bins"), (logit_k, "logit_k"), (n_features, "n_features")):
@@ -73,7 +74,8 @@ def feature_dashboards(model: Model, sae: SparseAutoencoder, texts: Sequence[str
     nz_value: list[torch.Tensor] = []
     all_ids: list[list[int]] = []
     for s, ids, codes, valid in scan_codes(model, sae, point, texts, cols, batch_size=batch_size,
-                                           max_length=max_length, keep_bos=keep_bos, what="feature statistics"):
+                                           max_length=max_length, keep_bos=keep_bos, what="feature statistics",
+                                           read=read):
         best.update(codes, s)
         all_ids += ids
         on = codes > 0  # invalid positions hold -1
@@ -103,7 +105,7 @@ def feature_dashboards(model: Model, sae: SparseAutoencoder, texts: Sequence[str
     text_ids = sorted(wanted)
     for s, ids, codes, _ in scan_codes(model, sae, point, [texts[t] for t in text_ids], chosen,
                                        batch_size=batch_size, max_length=max_length, keep_bos=keep_bos,
-                                       what="feature contexts"):
+                                       what="feature contexts", read=read):
         for b, row_ids in enumerate(ids):
             t_i = text_ids[s + b]
             for slot, rank, p_i, v in wanted[t_i]:

@@ -60,6 +60,14 @@ class SAEConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def trainable(self) -> bool:
+        return self.architecture in TRAINABLE
+
+    def make(self, generator: torch.Generator | None = None) -> SparseAutoencoder:
+        """A freshly initialised dictionary of this shape (what the trainer builds from a config)."""
+        return SparseAutoencoder(self, generator=generator)
+
 
 class SparseAutoencoder(nn.Module):
     """One dictionary (see module docstring)."""
@@ -150,6 +158,25 @@ class SparseAutoencoder(nn.Module):
         vals, j = torch.relu(pre).topk(k, dim=-1)
         codes = torch.zeros_like(pre).scatter(-1, j, vals)
         return (codes @ self.W_dec[idx] - err).pow(2).sum(-1).mean()
+
+    # -- the trainer's protocol (shared with crosscoders) ------------------------------------------------------
+    def train_gradients(self, x: torch.Tensor, l1_scale: float = 1.0, *, dead: torch.Tensor | None = None,
+                        aux_coefficient: float = 0.0, aux_k: int | None = None) -> dict[str, torch.Tensor]:
+        """Set every parameter's gradient for :meth:`loss` on ``x`` (written out by hand, :mod:`.step`)."""
+        from .step import step_gradients
+
+        return step_gradients(self, x, l1_scale, dead=dead, aux_coefficient=aux_coefficient, aux_k=aux_k)
+
+    def before_step(self) -> None:
+        self.remove_parallel_grads()
+
+    def after_step(self) -> None:
+        self.normalize_decoder()
+
+    def save(self, folder: Any, extra: dict[str, Any] | None = None) -> Any:
+        from .io import save_sae
+
+        return save_sae(self, folder, extra=extra)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -8,7 +8,7 @@ leave the model's outputs exactly unchanged, whatever the dictionary's reconstru
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -129,25 +129,32 @@ def feature_columns(sae: SparseAutoencoder, features: Sequence[int] | None) -> t
     return feats
 
 
-def scan_codes(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], feats: torch.Tensor, *,
-               batch_size: int = 8, max_length: int = 128, keep_bos: bool = False, what: str = "reading features"
+def scan_codes(model: Model, sae: Any, point: str, texts: Sequence[str], feats: torch.Tensor, *,
+               batch_size: int = 8, max_length: int = 128, keep_bos: bool = False, what: str = "reading features",
+               read: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None
                ) -> Iterator[tuple[int, list[list[int]], torch.Tensor, torch.Tensor]]:
     """Per batch of texts: (index of its first text, each text's token ids, codes of ``feats`` ``[B, T, F]``
-    with invalid positions - padding, and BOS unless ``keep_bos`` - set to -1, valid mask ``[B, T]``)."""
+    with invalid positions - padding, and BOS unless ``keep_bos`` - set to -1, valid mask ``[B, T]``).
+    ``read(batch) -> (activations [B, T, d], lengths [B])`` replaces the capture at ``point`` (a crosscoder reads
+    two models' activations of the same tokens)."""
     from .store import _token_batch
 
     pts = model.parse_points(point)
     if len(pts) != 1:
         raise InputError(f"features are read at one hook point; {point!r} names {len(pts)}")
     name = pts[0].name
-    dev = sae.W_enc.device
+    dev = next(iter(sae.parameters())).device
     bos = getattr(model.tokenizer, "bos_token_id", None)
     with progress_task(what, total=len(texts), unit="texts") as task:
         for s in range(0, len(texts), batch_size):
             batch = _token_batch(model, texts[s:s + batch_size], max_length)
-            acts = model.activations(batch, name, positions="all", dtype=torch.float32)
-            codes = sae.encode(acts[name].to(dev))[..., feats.to(dev)].cpu()  # [B, T, F]
-            lengths = acts.lengths.cpu()
+            if read is None:
+                acts = model.activations(batch, name, positions="all", dtype=torch.float32)
+                x, lengths = acts[name], acts.lengths.cpu()
+            else:
+                x, lengths = read(batch)
+                lengths = lengths.cpu()
+            codes = sae.encode(x.to(dev))[..., feats.to(dev)].cpu()  # [B, T, F]
             valid = torch.arange(codes.shape[1])[None, :] < lengths[:, None]
             ids = batch["input_ids"].cpu()
             if not keep_bos and bos is not None:

@@ -35,9 +35,7 @@ from ..parallel import rank_and_world
 from ..progress import task as progress_task
 from ..runs import CHECKPOINTS, Resume, folder_lock, refuse_links, write_json, write_text
 from .config import TrainConfig
-from .dictionary import TRAINABLE, SAEConfig, SparseAutoencoder
-from .io import save_sae
-from .step import step_gradients
+from .dictionary import TRAINABLE, SparseAutoencoder
 
 
 class TrainingDivergedError(ActlabError):
@@ -77,12 +75,16 @@ def _adam(sae: SparseAutoencoder, tcfg: TrainConfig) -> torch.optim.Adam:
 class Trainer:
     """State of a multi-dictionary training run (see module docstring)."""
 
-    def __init__(self, configs: Sequence[SAEConfig], tcfg: TrainConfig, *, device: str | torch.device = "cpu",
-                 out_dir: str | os.PathLike[str] | None = None):
+    def __init__(self, configs: Sequence[Any], tcfg: TrainConfig, *, device: str | torch.device = "cpu",
+                 out_dir: str | os.PathLike[str] | None = None, job: str = "sae train", subfolder: str = "saes"):
+        """``configs``: dictionary configs with ``make(generator)`` (:class:`SAEConfig`, or a crosscoder's or
+        transcoder's config: the trainer drives any module with ``train_gradients``, ``before_step``,
+        ``after_step``, ``set_input_scale`` and ``save``). Finished dictionaries go to ``out/subfolder/name``."""
         if not configs:
             raise InputError("no dictionary to train")
+        self.job, self.subfolder = job, subfolder
         names = [c.name for c in configs]
-        untrainable = [c.name for c in configs if c.architecture not in TRAINABLE]
+        untrainable = [c.name for c in configs if not getattr(c, "trainable", True)]
         if untrainable:
             raise InputError(f"cannot train {untrainable}: actlab trains {', '.join(TRAINABLE)} dictionaries "
                              "(JumpReLU dictionaries load for inference only)")
@@ -97,7 +99,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(tcfg.seed)
         g = torch.Generator().manual_seed(tcfg.seed)
-        self.saes = [SparseAutoencoder(c, generator=g).to(self.device) for c in configs]
+        self.saes = [c.make(g).to(self.device) for c in configs]
         self.opts = [_adam(s, tcfg) for s in self.saes]
         self.since_fired = [torch.zeros(c.d_sae, dtype=torch.long, device=self.device) for c in configs]
         self.step = 0
@@ -119,8 +121,8 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = lr
             dead = self.since_fired[i] >= self.tcfg.dead_steps
-            parts = step_gradients(sae, x, l1s, dead=dead, aux_coefficient=self.tcfg.aux_k_coefficient,
-                                   aux_k=self.tcfg.aux_k)  # sets p.grad: loss.backward() by hand
+            parts = sae.train_gradients(x, l1s, dead=dead, aux_coefficient=self.tcfg.aux_k_coefficient,
+                                        aux_k=self.tcfg.aux_k)  # sets p.grad
             for p in sae.parameters():
                 if p.grad is not None:
                     _all_reduce_mean(p.grad, self.world)
@@ -138,15 +140,16 @@ class Trainer:
                 where = str(self.last_checkpoint) if self.last_checkpoint else "none (no checkpoint written yet)"
                 raise TrainingDivergedError(f"loss of {sae.cfg.name} became {vals[0]} at step "
                                             f"{self.step + 1}; last good checkpoint: {where}")
-            sae.remove_parallel_grads()
+            sae.before_step()
             if self.tcfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(sae.parameters(), self.tcfg.grad_clip, foreach=True)
             opt.step()
-            sae.normalize_decoder()
+            sae.after_step()
             self.since_fired[i] = since
             row[sae.cfg.name] = {"loss": vals[0], "mse": vals[1], "l1": vals[2], "l0": vals[3], "aux": vals[4],
                                  "dead": vals[5]}
-            if self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0:
+            if (self.tcfg.resample_every and (self.step + 1) % self.tcfg.resample_every == 0
+                    and isinstance(sae, SparseAutoencoder)):
                 row[sae.cfg.name]["resampled"] = self._resample(i, x, parts["x_hat"])
         self.step += 1
         return row
@@ -221,7 +224,7 @@ class Trainer:
                     self.save_checkpoint()
         if self.out is not None and self.rank == 0:
             for sae in self.saes:
-                save_sae(sae, self.out / "saes" / sae.cfg.name, extra={
+                sae.save(self.out / self.subfolder / sae.cfg.name, extra={
                     "train": self.tcfg.model_dump(), "steps": self.step,
                     **({"resumed": self.resumed} if self.resumed else {})})
         return self.history
@@ -233,10 +236,11 @@ class Trainer:
         if self.rank != 0:
             return None
         if self.resume is None:
-            self.resume = Resume(self.out, "sae train", self.settings(), allow_changed=True)
+            self.resume = Resume(self.out, self.job, self.settings(), allow_changed=True)
         tensors: dict[str, torch.Tensor] = {"rng": torch.get_rng_state()}
         for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
-            tensors[f"{i}.input_scale"] = sae.input_scale.detach().cpu().clone()
+            for name, b in sae.named_buffers():
+                tensors[f"{i}.buffer.{name}"] = b.detach().cpu().clone()
             for name, p in sae.named_parameters():
                 tensors[f"{i}.param.{name}"] = p.detach().cpu().contiguous()
                 st = opt.state.get(p, {})
@@ -253,12 +257,15 @@ class Trainer:
     def load_checkpoint(self, folder: str | os.PathLike[str]) -> None:
         folder = Path(folder)
         meta, t = Resume.load_checkpoint(folder)
-        if [SAEConfig(**c).name for c in meta["configs"]] != [c.name for c in self.configs]:
-            raise InputError(f"checkpoint {folder} is for dictionaries {[c['name'] for c in meta['configs']]}, "
+        if [c.get("name") for c in meta["configs"]] != [c.name for c in self.configs]:
+            raise InputError(f"checkpoint {folder} is for dictionaries {[c.get('name') for c in meta['configs']]}, "
                              f"not {[c.name for c in self.configs]}")
         with torch.no_grad():
             for i, (sae, opt) in enumerate(zip(self.saes, self.opts, strict=True)):
-                sae.input_scale.copy_(t[f"{i}.input_scale"])
+                for name, b in sae.named_buffers():
+                    key = f"{i}.buffer.{name}" if f"{i}.buffer.{name}" in t else f"{i}.{name}"  # earlier layout
+                    if key in t:
+                        b.copy_(t[key])
                 for name, p in sae.named_parameters():
                     p.copy_(t[f"{i}.param.{name}"])
                     if f"{i}.adam.{name}.exp_avg" in t:
@@ -289,15 +296,15 @@ def _truncate_log(path: Path, step: int) -> None:
     write_text(path, "".join(line + "\n" for line in keep))
 
 
-def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Iterator[torch.Tensor]],
+def train_saes(configs: Sequence[Any], make_batches: Callable[[int], Iterator[torch.Tensor]],
                tcfg: TrainConfig, *, out_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
                resume: bool = True, progress: Callable[[dict[str, Any]], None] | None = None,
-               overwrite: bool = False, resume_anyway: bool = False
-               ) -> tuple[list[SparseAutoencoder], list[dict[str, Any]]]:
-    """Train dictionaries together, resuming from the latest checkpoint in ``out_dir``. A checkpoint written
-    with other settings is refused (naming them) unless ``resume_anyway`` (continue; the settings used before
-    are recorded) or ``overwrite`` (start over)."""
-    tr = Trainer(configs, tcfg, device=device, out_dir=out_dir)
+               overwrite: bool = False, resume_anyway: bool = False, job: str = "sae train",
+               subfolder: str = "saes") -> tuple[list[Any], list[dict[str, Any]]]:
+    """Train dictionaries together (SAEs, crosscoders, transcoders: see :class:`Trainer`), resuming from the
+    latest checkpoint in ``out_dir``. A checkpoint written with other settings is refused (naming them) unless
+    ``resume_anyway`` (continue; the settings used before are recorded) or ``overwrite`` (start over)."""
+    tr = Trainer(configs, tcfg, device=device, out_dir=out_dir, job=job, subfolder=subfolder)
     if out_dir is None:
         tr.fit(make_batches, progress)
         return tr.saes, tr.history
@@ -306,13 +313,13 @@ def train_saes(configs: Sequence[SAEConfig], make_batches: Callable[[int], Itera
     with contextlib.ExitStack() as stack:
         if tr.rank == 0:
             stack.enter_context(folder_lock(out, "SAE run folder"))
-            for name in ("saes", CHECKPOINTS, "train_log.jsonl", "train_config.json"):
+            for name in (subfolder, CHECKPOINTS, "train_log.jsonl", "train_config.json"):
                 refuse_links(out, out / name, "SAE output")
             if overwrite:
-                shutil.rmtree(out / "saes", ignore_errors=True)
+                shutil.rmtree(out / subfolder, ignore_errors=True)
                 shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
             try:
-                tr.resume = Resume(out, "sae train", settings, overwrite=overwrite or not resume,
+                tr.resume = Resume(out, job, settings, overwrite=overwrite or not resume,
                                    allow_changed=resume_anyway)
             except InputError as e:
                 raise InputError(f"{e} - or resume_anyway (--resume-anyway) to continue with the new "
