@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "checks": 1,                    # input checks that run before a model loads
     "models": 2,                    # loading, adapters, Model (implements the hooks protocol)
     "lens": 3, "patching": 3, "tuned_lens": 3,
-    "steering": 4, "analysis": 4, "sae": 4, "finetune": 4, "crosscoder": 4,  # features: compute, write data
+    "steering": 4, "analysis": 4, "sae": 4, "finetune": 4, "crosscoder": 4, "explain": 4,  # features
     "report": 5,                    # draws results; never computes an analysis
     "lfp": 6, "jobs": 6, "demo": 6, "eval": 6,  # workflows: own run folders, call features, draw via report
     "serve": 6,                     # the playground: features and report fragments behind a local HTTP API

@@ -51,9 +51,17 @@ def test_dpo_finetune_cli(tmp_path, capsys, monkeypatch, tinystories):
 
 
 def _explainer_reply(messages, model):
-    """Says a feature is sentiment-related when one of its snippets contains a lexicon word."""
+    """Says a feature is sentiment-related when one of its snippets contains a lexicon word. As the scorer:
+    a snippet holds the feature when it contains a word the label names."""
     lex = vader_lexicon()
     content = messages[-1]["content"]
+    system = messages[0]["content"] if len(messages) > 1 else ""
+    if "explained as:" in system:
+        words = set(re.findall(r"[a-z']+", system.split("explained as:")[1].split("\n")[0].lower())) - {"fires", "on"}
+        snippets = re.findall(r"^Snippet \d+: (.*)$", content, re.M)
+        if "some tokens are marked" in system:
+            return str([int(any(m.strip().lower() in words for m in re.findall(r"<<(.+?)>>", s))) for s in snippets])
+        return str([int(bool(words & set(re.findall(r"[a-z']+", s.lower())))) for s in snippets])
     marked = re.findall(r"\[\[(.*?)\]\]", content)
     snippets = [ln for ln in content.splitlines() if "[[" in ln]
     hits = sum(1 for ln in snippets if any(abs(lex.get(w, 0.0)) >= 1.0 for w in re.findall(r"[a-z']+", ln.lower())))
@@ -71,9 +79,9 @@ def lfp_run(tmp_path_factory, tinystories):
     with openai_server(_explainer_reply) as (url, requests):
         cfg = root / "lfp.yaml"
         cfg.write_text(f"preset: tiny\nrun_dir: run\ndata: {data}\n"
-                       f"explainer: {{kind: openai, base_url: '{url}', model: explainer-1}}\n")
+                       f"explainer: {{kind: openai, base_url: '{url}', model: explainer-1, score: true}}\n")
         result = run(["lfp", "run", str(cfg)], _CaptureShim())
-        n_requests = len(requests)
+        n_requests = sum("explained as:" not in str(r["messages"]) for r in requests)  # explanations only
     return root, cfg, result, n_requests
 
 
@@ -122,6 +130,11 @@ def test_tiny_pipeline_every_stage(lfp_run):
     fe = json.loads((run_dir / "features" / "features.json").read_text())
     assert n_requests == fe["n_features"] == 8 and fe["label_note"].startswith("labels from openai:explainer-1")
     assert all(f["explanation"].startswith("fires on") for f in fe["features"])
+    scored = [f for f in fe["features"] if "detection" in f]  # every label with activating contexts, scored
+    assert scored and all(f["detection"]["failed_replies"] == f["fuzzing"]["failed_replies"] == 0 for f in scored)
+    # a latent active in every window has no silent context: its balanced accuracy is None, not a number
+    assert sum(f["detection"]["balanced_accuracy"] is not None for f in scored) >= len(scored) // 2
+    assert all(0 <= f["detection"]["balanced_accuracy"] <= 1 for f in scored if f["detection"]["balanced_accuracy"])
     assert "reward_before" in fe["ablation"] and fe["frequency"]["average_feature_firing_rate_strong"] >= 0
     assert 0 < fe["n_related"] <= fe["n_features"] and "reward_after" in fe["ablation"]
     assert "reward_after_random" in fe["ablation"] and len(fe["ablation"]["random_ablated"]) == fe["n_related"]

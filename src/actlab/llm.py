@@ -1,14 +1,24 @@
 """A minimal client for OpenAI-compatible chat-completions endpoints (vLLM, llama.cpp server, OpenAI...),
-used by the LLM judge, the feature explainer and the triple rewriter. Errors name the URL."""
+used by the LLM judge, the feature explainer and scorer and the triple rewriter. Errors name the URL.
+:class:`Asker` puts concurrency, retries with backoff and an on-disk reply cache around any chat function."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from .errors import ActlabError
+from .runs import write_json
+
+Chat = Callable[[list[dict[str, str]]], str]
 
 
 class EndpointError(ActlabError):
@@ -59,3 +69,73 @@ class OpenAIChat:
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"endpoint {self.url} returned no choices[0].message.content: {payload!r:.200}"
                                 ) from None
+
+
+class ReplyCache:
+    """Replies on disk, one JSON file per (asker name, messages), named by its sha256. The reply is cached, not
+    what is parsed from it, so a better parser re-reads old replies."""
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def key(name: str, msgs: list[dict[str, str]]) -> str:
+        return hashlib.sha256(json.dumps([name, msgs], ensure_ascii=False).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        p = self.folder / key[:2] / f"{key}.json"
+        try:
+            return str(json.loads(p.read_text(encoding="utf-8"))["reply"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, name: str, msgs: list[dict[str, str]], reply: str) -> None:
+        write_json(self.folder / key[:2] / f"{key}.json", {"judge": name, "messages": msgs, "reply": reply})
+
+
+class Asker:
+    """Messages -> reply through ``chat``: ``concurrency`` requests in flight, a failed request retried
+    ``retries`` times with exponential backoff (from ``backoff`` seconds) when the error may pass (unreachable,
+    timeout, HTTP 429 or 5xx; the last error is raised with the URL in it), replies cached by (``name``,
+    messages). ``requests`` counts what reached ``chat``."""
+
+    def __init__(self, chat: Chat, name: str, *, cache: ReplyCache | None = None, concurrency: int = 16,
+                 retries: int = 3, backoff: float = 0.5):
+        self.chat, self.name, self.cache = chat, name, cache
+        self.concurrency, self.retries, self.backoff = max(1, concurrency), retries, backoff
+        self.requests = 0
+        self._lock = threading.Lock()
+
+    def ask(self, msgs: list[dict[str, str]]) -> tuple[str, bool]:
+        """(reply, whether it came from the cache)."""
+        key = ReplyCache.key(self.name, msgs)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit, True
+        for attempt in range(self.retries + 1):
+            try:
+                with self._lock:
+                    self.requests += 1
+                reply = self.chat(msgs)
+                break
+            except EndpointError as e:
+                if not e.retryable or attempt == self.retries:
+                    raise
+                time.sleep(self.backoff * 2 ** attempt)
+        if self.cache is not None:
+            self.cache.put(key, self.name, msgs, reply)
+        return reply, False
+
+    def ask_all(self, many: Sequence[list[dict[str, str]]]) -> list[tuple[str, bool]]:
+        """:meth:`ask` for each, concurrently, in order."""
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self.ask, many))
+
+
+def endpoint_asker(base_url: str, model: str, *, cache: ReplyCache | None = None, concurrency: int = 16,
+                   retries: int = 3, timeout: float = 60.0, max_tokens: int = 256) -> Asker:
+    """An :class:`Asker` over an OpenAI-compatible endpoint (named ``openai:MODEL@URL`` in its cache)."""
+    client = OpenAIChat(base_url, model, timeout=timeout)
+    return Asker(lambda m: client(m, max_tokens=max_tokens), f"openai:{model}@{client.base_url}", cache=cache,
+                 concurrency=concurrency, retries=retries)

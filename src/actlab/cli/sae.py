@@ -1,4 +1,4 @@
-"""``actlab acts cache`` and ``actlab sae train|eval|overlap|top-examples``."""
+"""``actlab acts cache`` and ``actlab sae train|eval|overlap|top-examples|explain``."""
 
 from __future__ import annotations
 
@@ -305,3 +305,87 @@ def top_examples_cmd(
     dash = top_examples(dictionary, m, texts, out, features=feats, top_k_features=top_k, contexts=contexts, limit=limit,
                         max_length=max_length, rank_by=rank_by)
     wrote(out / "top_examples.json", f"top_examples.html, neuronpedia.json ({len(dash['features'])} features)")
+
+
+@sae_app.command("explain")
+def explain_cmd(
+    model: ModelArg,
+    sae: Annotated[Path, typer.Argument(help="Dictionary folder.", metavar="SAE", show_default=False)],
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Texts the contexts come from.")],
+    out: OutDir,
+    scorer_url: Annotated[str | None, opt("--scorer-url", metavar="URL", help="OpenAI-compatible endpoint of the "
+                                          "scorer, e.g. http://127.0.0.1:8000/v1 [default: --explainer-url].")] = None,
+    scorer_model: Annotated[str | None, opt("--scorer-model", metavar="NAME", help="Scorer model name [default: "
+                                            "--explainer-model].")] = None,
+    explainer_url: Annotated[str | None, opt("--explainer-url", metavar="URL", help="Endpoint of the explainer.")]
+    = None,
+    explainer_model: Annotated[str | None, opt("--explainer-model", metavar="NAME", help="Explainer model name.")]
+    = None,
+    explanations: Annotated[Path | None, opt("--explanations", metavar="FILE", help="Score these instead of "
+                                             "asking an explainer: JSON {latent: explanation}.")] = None,
+    features: Annotated[str | None, opt("--features", metavar="LIST", help="Latents, e.g. 0,5,9 [default: the "
+                                        "--top-k most often active].")] = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="How many latents when --features is not given.")] = 8,
+    limit: Annotated[int, opt("--limit", metavar="N", help="Texts to read.")] = 200,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 64,
+    per_request: Annotated[int, opt("--per-request", metavar="N", help="Contexts scored per request.")] = 5,
+    concurrency: Annotated[int, opt("--concurrency", metavar="N", help="Requests in flight.")] = 8,
+    retries: Annotated[int, opt("--retries", metavar="N", help="Retries of a failed request (429, 5xx, "
+                                "unreachable).")] = 3,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
+) -> None:
+    """Explain latents with an LLM (or score given explanations) and score each explanation by detection and
+    fuzzing: explanations.json with balanced accuracy and F1 per latent. Replies are cached in the folder."""
+    import json
+
+    from ..errors import InputError
+    from ..jobs.common import FromFile, as_texts
+    from ..jobs.explain import explain_features
+    from ..sae import load_sae
+
+    checks.input_dir(sae, "dictionary folder")
+    checks.input_path(data, "--data")
+    checks.output_dir(out, "--out folder")
+    for v, what in ((top_k, "--top-k"), (limit, "--limit"), (max_length, "--max-length"),
+                    (per_request, "--per-request"), (concurrency, "--concurrency")):
+        checks.positive(v, what)
+    if retries < 0:
+        raise InputError(f"--retries must be 0 or more, got {retries}")
+    given = None
+    if explanations is not None:
+        checks.input_path(explanations, "--explanations")
+        try:
+            raw = json.loads(explanations.read_text(encoding="utf-8"))
+            given = {int(k): str(v) for k, v in raw.items()}
+        except (ValueError, AttributeError, UnicodeDecodeError) as e:
+            raise InputError(f"--explanations {str(explanations)!r}: give a JSON object {{latent: explanation}} "
+                             f"({type(e).__name__})") from None
+    elif not (explainer_url and explainer_model):
+        raise InputError("give --explainer-url and --explainer-model, or --explanations FILE")
+    scorer_url, scorer_model = scorer_url or explainer_url, scorer_model or explainer_model
+    if not (scorer_url and scorer_model):
+        raise InputError("give --scorer-url and --scorer-model (they default to the explainer's)")
+    feats = checks.integers(features, "--features") if features else None
+    dictionary = load_sae(sae)
+    bad = [f for f in (feats or []) + sorted(given or {}) if not 0 <= f < dictionary.cfg.d_sae]
+    if bad:
+        raise InputError(f"latent {bad[0]} does not exist; {str(sae)!r} has latents 0..{dictionary.cfg.d_sae - 1}")
+    texts = FromFile(as_texts(data, limit=limit), data)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    res = explain_features(dictionary, m, texts, out, scorer_url=scorer_url, scorer_model=scorer_model,
+                           explainer_url=explainer_url, explainer_model=explainer_model, explanations=given,
+                           features=feats, top_k=top_k, limit=limit, max_length=max_length, per_request=per_request,
+                           concurrency=concurrency, retries=retries)
+    s = res["summary"]
+    console.print(f"{s['scored']} latents scored: detection {_fmt(s['detection_balanced_accuracy'])}, fuzzing "
+                  f"{_fmt(s['fuzzing_balanced_accuracy'])} balanced accuracy (mean); {s['failed_replies']} replies "
+                  f"unparsed (counted as wrong)", highlight=False)
+    wrote(out / "explanations.json", "llm_cache/")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"

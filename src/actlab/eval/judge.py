@@ -14,19 +14,12 @@ is counted (``unparsed``), never skipped; every rating is returned with its prom
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..llm import EndpointError, OpenAIChat
-from ..runs import write_json
+from ..llm import Asker, OpenAIChat, ReplyCache
 from .metrics import harmonic_mean
 
 RUBRICS: dict[str, tuple[str, int]] = {  # name -> (system prompt, maximum score)
@@ -40,9 +33,8 @@ RUBRICS: dict[str, tuple[str, int]] = {  # name -> (system prompt, maximum score
                 "2: fluent and natural. Reply with 'Rating: [[N]]'.", 2),
 }
 RUBRIC_SETS = {"behaviour": ("behaviour",), "axbench": ("concept", "instruction", "fluency")}
-
-Chat = Callable[[list[dict[str, str]]], str]
-
+__all__ = ["RUBRICS", "RUBRIC_SETS", "Judge", "Rating", "ReplyCache", "endpoint_judge", "hf_judge", "parse_score",
+           "summarise"]
 
 def parse_score(reply: str, top: int) -> float | None:
     """The score in a reply: ``[[N]]`` if present, else the first number; None when absent or outside
@@ -60,28 +52,6 @@ def messages(rubric: str, description: str, prompt: str, text: str) -> list[dict
             {"role": "user", "content": f"Instruction:\n{prompt}\n\nResponse:\n{text}"}]
 
 
-class ReplyCache:
-    """Judge replies on disk, one JSON file per (judge, rubric text, prompt, response), named by its sha256.
-    The reply is cached, not the score, so a better parser re-reads old replies."""
-
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-
-    @staticmethod
-    def key(judge: str, msgs: list[dict[str, str]]) -> str:
-        return hashlib.sha256(json.dumps([judge, msgs], ensure_ascii=False).encode()).hexdigest()
-
-    def get(self, key: str) -> str | None:
-        p = self.folder / key[:2] / f"{key}.json"
-        try:
-            return str(json.loads(p.read_text(encoding="utf-8"))["reply"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def put(self, key: str, judge: str, msgs: list[dict[str, str]], reply: str) -> None:
-        write_json(self.folder / key[:2] / f"{key}.json", {"judge": judge, "messages": msgs, "reply": reply})
-
-
 @dataclass
 class Rating:
     rubric: str
@@ -97,39 +67,9 @@ class Rating:
                 "score": self.score, "parsed": self.parsed, "cached": self.cached}
 
 
-class Judge:
-    """Rates (prompt, response) pairs under rubrics through ``chat`` (messages -> reply text).
-
-    ``concurrency`` requests in flight; a failed request is retried ``retries`` times with exponential backoff
-    (from ``backoff`` seconds) when the error may pass (unreachable, timeout, HTTP 429 or 5xx); the last error
-    is raised with the URL in it."""
-
-    def __init__(self, chat: Chat, name: str, *, cache: ReplyCache | None = None, concurrency: int = 16,
-                 retries: int = 3, backoff: float = 0.5):
-        self.chat, self.name, self.cache = chat, name, cache
-        self.concurrency, self.retries, self.backoff = max(1, concurrency), retries, backoff
-        self.requests = 0
-        self._lock = threading.Lock()
-
-    def _ask(self, msgs: list[dict[str, str]]) -> tuple[str, bool]:
-        key = ReplyCache.key(self.name, msgs)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit, True
-        for attempt in range(self.retries + 1):
-            try:
-                with self._lock:
-                    self.requests += 1
-                reply = self.chat(msgs)
-                break
-            except EndpointError as e:
-                if not e.retryable or attempt == self.retries:
-                    raise
-                time.sleep(self.backoff * 2 ** attempt)
-        if self.cache is not None:
-            self.cache.put(key, self.name, msgs, reply)
-        return reply, False
+class Judge(Asker):
+    """Rates (prompt, response) pairs under rubrics through ``chat`` (messages -> reply text); requests, retries
+    and the cache are :class:`actlab.llm.Asker`'s."""
 
     def rate(self, rubrics: Sequence[str], description: str, prompts: Sequence[str], texts: Sequence[str]
              ) -> list[dict[str, Rating]]:
@@ -137,8 +77,7 @@ class Judge:
         ``fluency``)."""
         jobs = [(i, r, messages(r, description, p, t)) for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
                 for r in rubrics]
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            replies = list(pool.map(lambda job: self._ask(job[2]), jobs))
+        replies = self.ask_all([job[2] for job in jobs])
         out: list[dict[str, Rating]] = [{} for _ in texts]
         for (i, r, _), (reply, cached) in zip(jobs, replies, strict=True):
             s = parse_score(reply, RUBRICS[r][1])

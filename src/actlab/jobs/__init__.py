@@ -9,13 +9,15 @@ spinner and prints a summary, so a notebook or the playground gets exactly what 
 """
 
 from .compare import curvature, diverge, hessian, layer_selection, prompting, vector_comparison, vocab_projection
+from .explain import explain_features
 from .finetune import finetune_dpo, finetune_rl
 from .lenses import lens
 from .sae import cache_acts, evaluate_saes, sae_overlap, top_examples, train_saes
 from .steering import ablate_weights, extract_vector, generate, mix_generate, refusal, sweep
 
 __all__ = [
-    "ablate_weights", "cache_acts", "curvature", "diverge", "evaluate_saes", "extract_vector", "finetune_dpo",
+    "ablate_weights", "cache_acts", "curvature", "diverge", "evaluate_saes", "explain_features", "extract_vector",
+    "finetune_dpo",
     "finetune_rl", "generate", "hessian", "layer_selection", "lens", "mix_generate", "prompting", "refusal",
     "sae_overlap", "sweep", "top_examples", "train_saes", "vector_comparison", "vocab_projection",
 ]

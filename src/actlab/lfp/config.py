@@ -77,11 +77,15 @@ class ExplainerSpec(StrictConfig):
     n_features: int = Field(20, gt=0)
     contexts: int = Field(8, gt=0)
     n_texts: int = Field(200, gt=0)
+    score: bool = False  # score each label by detection and fuzzing through the same endpoint (actlab.explain)
+    per_request: int = Field(5, gt=0)  # contexts per scoring request
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ExplainerSpec:
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError("explainer.kind 'openai' needs explainer.base_url and explainer.model (or kind: none)")
+        if self.score and self.kind != "openai":
+            raise ValueError("explainer.score needs explainer.kind 'openai' (the scorer is the same endpoint)")
         if self.kind == "hf" and not self.model:
             raise ValueError("explainer.kind 'hf' needs explainer.model (a local chat model)")
         return self

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.pca import principal_components
-from ..report.html import Page, count, esc
+from ..report.html import Page, count, esc, number
 from ..report.plots import pyplot, save_figure
 from .outputs import Agreement, Deltas, Dictionaries, Features, Finetuned, LayerChoice, ProbeSummary
 
@@ -134,11 +134,14 @@ def _features_section(page: Page, fe: Features) -> None:
             if 0 <= h < len(toks):
                 toks[h] = f"<mark>{toks[h]}</mark>"
             snippet = "".join(toks)
+        quality = " / ".join(f"{number(f[k]['balanced_accuracy']):.2f}"
+                             if isinstance(f.get(k), dict) and f[k].get("balanced_accuracy") is not None else "-"
+                             for k in ("detection", "fuzzing"))
         rows.append([esc(f["layer"]), esc(f["feature"]), esc(f"{f['cos_to_other_dictionary']:.3f}"),
-                     esc(f["explanation"]), esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"),
+                     esc(f["explanation"]), esc(quality), esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"),
                      esc(f"{f['firing_rate_all']:.3f}"), snippet])
-    page.table(["layer", "feature", "cos (other dict.)", "explanation", "related", "firing (strong feedback)",
-                "firing (all)", "top context"], rows, raw_cells=True)
+    page.table(["layer", "feature", "cos (other dict.)", "explanation", "label quality (detection / fuzzing)",
+                "related", "firing (strong feedback)", "firing (all)", "top context"], rows, raw_cells=True)
 
 
 def build_lfp_report(root: Path, cfg: Any) -> Path:

@@ -389,6 +389,27 @@ def crosscoder(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     crosscoder_section(page, obj, ctx)
 
 
+def feature_explanations(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, "Each latent's explanation and how well a scorer model, given only the explanation, picks the "
+              "contexts where the latent fires out of random silent ones (detection) and tells its true active "
+              "tokens from as many other marked tokens (fuzzing): balanced accuracy, 0.5 = chance. Unparsed "
+              "replies count as wrong answers.")
+
+    def ba(x: Any) -> str:
+        v = x.get("balanced_accuracy") if isinstance(x, Mapping) else None
+        return "-" if v is None else _f(v)
+
+    def failed(r: Mapping[str, Any]) -> str:
+        n = sum(x["failed_replies"] for x in (r.get("detection"), r.get("fuzzing"))
+                if isinstance(x, Mapping) and isinstance(x.get("failed_replies"), int))
+        return _f(n)
+
+    page.table(["latent", "explanation", "detection", "fuzzing", "unparsed replies"],
+               [[_f(r.get("latent")), str(r.get("explanation", "")), ba(r.get("detection")), ba(r.get("fuzzing")),
+                 failed(r)] for r in obj.get("latents", []) if isinstance(r, Mapping)])
+    details(page, {k: v for k, v in obj.items() if k != "latents"}, ctx.path.name)
+
+
 def folded(page: Page, obj: Any, ctx: Context) -> None:
     """Configuration-like files: folded only."""
     details(page, obj, ctx.path.name)
@@ -425,6 +446,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: p.name == "config.json" and isinstance(o, Mapping) and "model_type" in o, model_config),
     (lambda p, o: _kind(o) == "eval_leaderboard" and isinstance(o.get("rows"), list), eval_leaderboard),
     (lambda p, o: _kind(o) == "crosscoder_latents" and isinstance(o.get("latents"), list), crosscoder),
+    (lambda p, o: _kind(o) == "feature_explanations" and isinstance(o.get("latents"), list), feature_explanations),
     (lambda p, o: p.name in ("train_config.json", "cfg.json", "word_split.json", "neuronpedia.json",
                              "generations.json", "candidates.json", "summary.json",
                              "dictionaries.json", "layers.json", "generation_config.json"), folded),

@@ -105,12 +105,31 @@ def ablation_rewards(ctx: Context, cand: Candidates, related: list[dict[str, Any
     return out
 
 
+def _scores(scorer: Any, model: Any, sae: Any, texts: list[str], f: int, explanation: str, ex: Any,
+            max_length: int) -> dict[str, Any]:
+    """Detection and fuzzing scores of one label (:mod:`actlab.explain`)."""
+    from ...explain import collect, detection, fuzzing
+
+    (examples,) = collect(model, sae, sae.cfg.hook_point, texts, [f], n_top=ex.contexts, n_quantile=ex.contexts,
+                          n_negative=2 * ex.contexts, max_length=max_length)
+    if not examples.top:
+        return {}
+    return {"detection": detection(scorer, explanation, examples, per_request=ex.per_request),
+            "fuzzing": fuzzing(scorer, explanation, examples, per_request=ex.per_request)}
+
+
 def stage_features(ctx: Context) -> dict[str, Any]:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
     cand = candidates(ctx, ctx.read(Dictionaries, "sae"), ex.n_features)
     tuned = ctx.model("tuned")
     texts = ctx.texts(ex.n_texts)
     explainer = make_explainer(ex.kind, base_url=ex.base_url, model=ex.model)
+    scorer = None
+    if ex.score and ex.base_url and ex.model:  # labels scored by detection and fuzzing (Paulo et al. 2024)
+        from ...llm import ReplyCache, endpoint_asker
+
+        scorer = endpoint_asker(ex.base_url, ex.model, cache=ReplyCache(ctx.dir("features") / "llm_cache"),
+                                max_tokens=64)
     x_all = ctx.read(Deltas, "deltas").features()
     pred = ctx.read(Probe, "probes").predict(x_all)
     # Without an explainer the labels come from the probe's own statistics, so they are chosen on one half of
@@ -134,6 +153,8 @@ def stage_features(ctx: Context) -> dict[str, Any]:
                       "firing_rate_all": float(fires[:, col].float().mean()),
                       "contexts": [{"tokens": r["tokens"], "highlight": r["highlight"], "value": r["value"]}
                                    for r in rows]})
+        if scorer is not None and explanation:
+            feats[-1].update(_scores(scorer, tuned, sae, texts, f, explanation, ex, cfg.sae.max_length))
     if explainer is None:
         self_consistency_labels(feats, cand, x_all[label_idx], pred[label_idx])
         label_note = ("no explainer configured: SELF-CONSISTENCY CHECK, not the study's Table 7. The top quarter "
