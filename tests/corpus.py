@@ -84,6 +84,9 @@ def commands(root: Path) -> dict[str, list[str]]:
         "sae_top": ["sae", "top-examples", TINY, f"{r}/sae/saes/relu-2x-l1_0.001", "--data", imdb, "--limit", "20",
                     "--top-k", "4", "--features", "0,1,2", "--out", f"{r}/sae/top"],
         "eval": ["eval", "run", f"{r}/eval.yaml"],
+        "transcoder": ["sae", "transcoder", TINY, "--data", imdb, "--layer", "1", "--limit", "24", "--max-length", "32",
+                       "--steps", "20", "--batch-size", "64", "--expansion", "1", "--k", "4", "--out",
+                       f"{r}/transcoder"],
         "dpo": ["finetune", "dpo", TINY, "--data", hh, "--limit", "8", "--steps", "2", "--batch-size", "4",
                 "--max-length", "64", "--out", f"{r}/dpo"],
     }

@@ -15,11 +15,13 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 LAYERS: dict[str, int] = {
     # core: no knowledge of models or features
     "errors": 0, "settings": 0, "version": 0, "configs": 0, "runs": 0, "llm": 0, "progress": 0, "parallel": 0,
+    "distributions": 0,
     "data": 1, "hooks": 1,          # datasets; hook points, capture, interventions (on a protocol, not Model)
     "checks": 1,                    # input checks that run before a model loads
     "models": 2,                    # loading, adapters, Model (implements the hooks protocol)
     "lens": 3, "patching": 3, "tuned_lens": 3,
-    "steering": 4, "analysis": 4, "sae": 4, "finetune": 4, "crosscoder": 4, "explain": 4,  # features
+    "steering": 4, "analysis": 4, "sae": 4, "finetune": 4, "crosscoder": 4, "explain": 4,
+    "transcoder": 4,  # features
     "report": 5,                    # draws results; never computes an analysis
     "lfp": 6, "jobs": 6, "demo": 6, "eval": 6,  # workflows: own run folders, call features, draw via report
     "serve": 6,                     # the playground: features and report fragments behind a local HTTP API

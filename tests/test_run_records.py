@@ -23,6 +23,7 @@ EDITING = {
     "hessian": ("hessian", {"add"}),
     "sae_eval": ("sae/eval", {"replace"}),
     "eval": ("eval", {"add", "rotate", "project_out"}),
+    "transcoder": ("transcoder", {"transcoder_replace"}),
 }
 
 

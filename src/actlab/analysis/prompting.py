@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..distributions import kl_from_logits
 from ..errors import InputError
 from ..hooks.directions import rotate_towards
 from ..hooks.interventions import Replace
@@ -94,11 +95,6 @@ def _last_token_edit(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[to
     return edit
 
 
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
-
 @torch.no_grad()
 def _last_logits(model: Model, texts: Sequence[str], add_special: bool, batch_size: int) -> torch.Tensor:
     out = []
@@ -119,7 +115,7 @@ def map_kl(model: Model, point: HookPoint, fit: MapFit, unprompted: Sequence[str
         else:
             with model.edit(Replace(point, _last_token_edit(fn), label=f"{name} map at the last token")):
                 logits = _last_logits(model, unprompted, add_special, batch_size)
-        out[f"kl_{name}"] = float(_kl(prompted_logits, logits).mean())
+        out[f"kl_{name}"] = float(kl_from_logits(prompted_logits, logits).mean())
     return out
 
 

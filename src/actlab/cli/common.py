@@ -39,7 +39,8 @@ def opt(*names: str, help: str, metavar: str | None = None, hidden: bool = False
     return typer.Option(*names, help=help, metavar=metavar, hidden=hidden, **kw)
 
 
-PARALLEL_COMMANDS = ("acts cache", "steer extract", "steer sweep", "sae train", "eval run", "diff crosscoder")
+PARALLEL_COMMANDS = ("acts cache", "steer extract", "steer sweep", "sae train", "sae transcoder", "eval run",
+                     "diff crosscoder")
 
 
 def distributed(device: str | None) -> tuple[int, int]:

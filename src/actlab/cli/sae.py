@@ -1,4 +1,4 @@
-"""``actlab acts cache`` and ``actlab sae train|eval|overlap|top-examples|explain``."""
+"""``actlab acts cache`` and ``actlab sae train|eval|overlap|top-examples|explain|transcoder``."""
 
 from __future__ import annotations
 
@@ -389,3 +389,57 @@ def explain_cmd(
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+@sae_app.command("transcoder")
+def transcoder_cmd(
+    model: ModelArg,
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Texts to train on (a tenth held out).")],
+    layer: Annotated[int, opt("--layer", metavar="N", help="The layer whose MLP the transcoder replaces.")],
+    out: OutDir,
+    limit: LimitOpt = 400,
+    max_length: Annotated[int, opt("--max-length", metavar="N", help="Tokens per text.")] = 128,
+    expansion: Annotated[int, opt("--expansion", metavar="N", help="Latents per model dimension.")] = 8,
+    k: Annotated[int, opt("--k", metavar="K", help="Active latents per token (TopK).")] = 32,
+    no_skip: Annotated[bool, opt("--no-skip", help="No linear skip connection (a plain transcoder).")] = False,
+    steps: Annotated[int, opt("--steps", metavar="N", help="Training steps.")] = 2000,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Tokens per step.")] = 1024,
+    lr: Annotated[float, opt("--lr", metavar="X", help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, opt("--seed", metavar="N", help="Initialisation and batch order.")] = 0,
+    checkpoint_every: Annotated[int | None, opt("--checkpoint-every", metavar="N", help="Checkpoint every N "
+                                                "steps (resume after an interruption).")] = None,
+    overwrite: Annotated[bool, opt("--overwrite", help="Start the folder over.")] = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    gguf_file: GgufOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
+) -> None:
+    """Train a skip transcoder from blocks.N.resid_mid to blocks.N.mlp_out and measure it as a replacement on
+    held-out texts: explained variance of the MLP output, next-token KL with and without the error term.
+    Resumable; data-parallel under torchrun."""
+    from ..errors import InputError
+    from ..jobs.common import FromFile, as_texts
+    from ..jobs.transcoder import train_transcoder
+
+    checks.input_path(data, "--data")
+    checks.output_dir(out, "--out folder")
+    for v, what in ((expansion, "--expansion"), (k, "--k"), (steps, "--steps"), (batch_size, "--batch-size"),
+                    (max_length, "--max-length")):
+        checks.positive(v, what)
+    if layer < 0:
+        raise InputError(f"--layer must be 0 or more, got {layer}")
+    if not lr > 0:
+        raise InputError(f"--lr must be positive, got {lr}")
+    texts = FromFile(as_texts(data, limit=limit), data)
+    rank, _ = distributed(device)
+    m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    res = train_transcoder(m, texts, out, layer=layer, limit=limit, max_length=max_length, expansion=expansion, k=k,
+                           skip=not no_skip, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                           checkpoint_every=checkpoint_every, overwrite=overwrite)
+    if rank != 0:
+        return
+    console.print(f"held out: explained variance {res['explained_variance']:.3f} of {res['points'][1]}; next-token "
+                  f"KL {res['kl_replaced']:.4f} nats replaced, {res['kl_with_error_term']:.2e} with the error term; "
+                  f"loss {res['loss_original']:.3f} -> {res['loss_replaced']:.3f}", highlight=False)
+    wrote(out / "transcoder.json", "transcoders/")

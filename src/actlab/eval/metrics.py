@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..distributions import kl_from_logits  # noqa: F401  (part of the metrics vocabulary)
+
 LETTER_BIAS_WARN = 0.3  # |2 p(A) - 1| above this: the cell's answers follow the letter more than the content
 
 
@@ -101,8 +103,3 @@ def text_scores(text: str) -> dict[str, float]:
             "n_words": float(len(w))}
 
 
-def kl_from_logits(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Per row, KL(base || other) of the next-token distributions, in nats (float64)."""
-    lp = torch.log_softmax(base.double(), -1)
-    lq = torch.log_softmax(other.double(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)

@@ -410,6 +410,18 @@ def feature_explanations(page: Page, obj: Mapping[str, Any], ctx: Context) -> No
     details(page, {k: v for k, v in obj.items() if k != "latents"}, ctx.path.name)
 
 
+def transcoder_eval(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, "A skip transcoder in place of one MLP, on held-out texts: the fraction of the MLP output's variance "
+              "it explains, and the next-token KL from the original model (nats per token) with the transcoder "
+              "alone and with its error term added back (which should be ~0).")
+    page.table(["points", "explained variance", "KL replaced", "KL with error term", "loss original",
+                "loss replaced"],
+               [[" -> ".join(map(str, obj.get("points", []))), _f(obj.get("explained_variance")),
+                 _f(obj.get("kl_replaced")), _f(obj.get("kl_with_error_term")), _f(obj.get("loss_original")),
+                 _f(obj.get("loss_replaced"))]])
+    details(page, obj, ctx.path.name)
+
+
 def folded(page: Page, obj: Any, ctx: Context) -> None:
     """Configuration-like files: folded only."""
     details(page, obj, ctx.path.name)
@@ -447,6 +459,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "eval_leaderboard" and isinstance(o.get("rows"), list), eval_leaderboard),
     (lambda p, o: _kind(o) == "crosscoder_latents" and isinstance(o.get("latents"), list), crosscoder),
     (lambda p, o: _kind(o) == "feature_explanations" and isinstance(o.get("latents"), list), feature_explanations),
+    (lambda p, o: _kind(o) == "transcoder_eval", transcoder_eval),
     (lambda p, o: p.name in ("train_config.json", "cfg.json", "word_split.json", "neuronpedia.json",
                              "generations.json", "candidates.json", "summary.json",
                              "dictionaries.json", "layers.json", "generation_config.json"), folded),

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data import fingerprint
+from ..distributions import kl_from_logits
 from ..errors import InputError
 from ..hooks.points import HookPoint
 from ..progress import info as progress_info
@@ -142,11 +143,6 @@ def induce_scores(model: Model, texts: Sequence[str], style: PromptStyle,
     return torch.cat(parts).mean(0).tolist()
 
 
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    lp, lq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
-
 def refusal_rate(texts: Sequence[str], phrases: Sequence[str]) -> float:
     return sum(is_refusal(t, phrases) for t in texts) / max(len(texts), 1)
 
@@ -244,7 +240,7 @@ def refusal_pipeline(
                     continue
                 with ablate(model, r, source={"candidate": {"layer": layer, "eoi_position": pi - n_pos},
                                               "purpose": "refusal kl and bypass scores"}):
-                    kl = float(_kl(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
+                    kl = float(kl_from_logits(clean_n, _last_logits(model, vn, style, cfg.batch_size)).mean())
                     bypass = float(_refusal_logodds(_last_logits(model, vh, style, cfg.batch_size), ref_ids).mean())
                 induce = induced[(pi, li)]
                 keep = kl < cfg.kl_threshold and induce > base_harmless and layer < cutoff
