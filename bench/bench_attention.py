@@ -1,8 +1,8 @@
 """Attention internals and attribution patching vs plain passes (issue 14).
 
 - Reading q/k/v/z keeps the model's attention kernel: target ~1.0x a plain forward.
-- Reading the pattern makes the hooked layers compute attention eagerly (materialised [batch, head, seq, seq]
-  probabilities); one layer and every layer are timed against the plain forward in the same run.
+- Reading the pattern computes the hooked layers' probabilities beside their kernel (materialised
+  [batch, head, seq, seq]); one layer and every layer are timed against the plain forward in the same run.
 - Attribution patching over resid_pre/attn_out/mlp_out at every layer and position: one clean forward with
   capture, one corrupted forward + backward with gradient capture, against a plain forward + backward.
 

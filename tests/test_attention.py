@@ -69,7 +69,7 @@ def test_attention_internals_match_an_independent_computation(family, impl):
     finally:
         handle.remove()
     real = batch["attention_mask"].bool()
-    assert torch.allclose(out[real], ref[real], atol=2e-5), "reading attention internals changed the model"
+    assert torch.equal(out[real], ref[real]), "reading attention internals changed the model"
     q, k, v, pat, z, res, ao = (acts[f"blocks.{layer}.{n}"] for n in INTERNALS)
     b, t, h, d = q.shape
     assert (b, t, h) == (3, 9, m.n_heads) and d == m.d_head
@@ -213,7 +213,7 @@ def test_attention_internals_and_patching_on_smollm2(smollm):
         ref = m(**batch).logits
         with m.capture(f"blocks.{layer}.attn.q,blocks.{layer}.attn.k,blocks.{layer}.attn.pattern") as acts:
             out = m(**batch).logits
-    assert torch.allclose(out, ref, atol=1e-4)
+    assert torch.equal(out, ref)  # reading the pattern leaves the model's own SDPA kernel computing the output
     q, k, pat = (acts[f"blocks.{layer}.attn.{n}"][0].double() for n in ("q", "k", "pattern"))
     assert q.shape[1] == 9 and k.shape[1] == 3
     kk = k.repeat_interleave(3, dim=1)

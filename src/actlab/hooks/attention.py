@@ -18,9 +18,11 @@ site       shape seen by handlers                what it is
 =========  ====================================  ===========================================================
 
 Reading or editing ``q``/``k``/``v`` keeps the model's own attention kernel (SDPA, flash, eager): the
-routed call hands the (possibly edited) tensors to the implementation the model was loaded with. Reading or
-editing ``pattern`` needs the probabilities as a tensor, so *that layer only* computes attention eagerly
-(two matmuls and a softmax in float32) while the handler is attached; every other layer keeps its kernel.
+routed call hands the (possibly edited) tensors to the implementation the model was loaded with. Reading
+``pattern`` computes the probabilities beside the kernel (two matmuls and a softmax in float32, *that layer
+only*) and still lets the model's own kernel compute the output, so the logits are exactly those of the unhooked
+forward; *editing* it (a handler returns a tensor) makes that layer compute its output eagerly from the edited
+probabilities; every other layer keeps its kernel.
 ``bench/bench_attention.py`` measures the cost. Edits of ``k``/``v`` change this forward's attention; the
 KV cache has already stored the unedited keys and values (generation with cached k/v edits sees them only
 for the current tokens).
@@ -108,8 +110,11 @@ class Routing:
         if kw.get("softcap"):
             scores = torch.tanh(scores / kw["softcap"]) * kw["softcap"]
         scores = _masked(scores, mask, kw.get("sliding_window"))
-        out, probs = self._weighted(scores, value, query, kw.get("dropout", 0.0))
-        return out.transpose(1, 2).contiguous(), probs
+        probs = self._pattern(scores)
+        if probs is None:  # only read: the model's own kernel computes the output, untouched
+            return self.original()(self.module, query, key, value, mask, **kw)
+        out, weights = self._weighted(probs, value, query, kw.get("dropout", 0.0))
+        return out.transpose(1, 2).contiguous(), weights
 
     # -- the method path (GPT-Neo) ---------------------------------------------------------------------
     def _method(self, original: Callable[..., Any], query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -129,9 +134,12 @@ class Routing:
                 scores = scores + mask[..., :s]
         else:
             scores = _masked(scores, mask, None)
+        probs = self._pattern(scores)
+        if probs is None:  # only read: the module's own method computes the output, untouched
+            return original(query, key, value, mask, *a, **kw)
         p = self.module.attn_dropout.p if self.module.training else 0.0
         head_mask = a[0] if a else kw.get("head_mask")  # transformers 4.x passes one
-        return self._weighted(scores, value, query, p, head_mask)
+        return self._weighted(probs, value, query, p, head_mask)
 
     # -- shared ----------------------------------------------------------------------------------------
     def _qkv(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -153,12 +161,17 @@ class Routing:
             out.append(x)
         return query, out[0], out[1]
 
-    def _weighted(self, scores: torch.Tensor, value: torch.Tensor, query: torch.Tensor, dropout: float,
-                  head_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pattern(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Show the handlers the probabilities; the edited ones (``[batch, head, query, key]``), or None when
+        every handler only read them."""
         probs = torch.softmax(scores, dim=-1)
         new = self.run("pattern", probs.permute(0, 2, 1, 3))
-        if new is not None:
-            probs = _same(new, probs.permute(0, 2, 1, 3), "pattern").permute(0, 2, 1, 3).float()
+        if new is None:
+            return None
+        return _same(new, probs.permute(0, 2, 1, 3), "pattern").permute(0, 2, 1, 3).float()
+
+    def _weighted(self, probs: torch.Tensor, value: torch.Tensor, query: torch.Tensor, dropout: float,
+                  head_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         weights = probs.to(value.dtype)
         if dropout:
             weights = nn.functional.dropout(weights, p=dropout, training=self.module.training)
