@@ -98,6 +98,10 @@ def test_generation_matches_steering_by_hand(server):
     assert ev[-1]["done"] and [r["side"] for r in export["rows"]] == ["default", "steered"]
     assert export["rows"][1]["interventions"][0]["kind"] == "steer"
     assert export["rows"][1]["interventions"][0]["layers"] == [2]
+    for spec, layers in (("1-3:2", [1, 3]), ("all", pg.vectors["happy"].layers), ("-1", [model.n_layers - 1])):
+        code, body = _post(base + "/api/generate", {"prompt": "Once", "max_new_tokens": 2,
+                                                    "steer": [{"vector": "happy", "layers": spec, "multiplier": 1}]})
+        assert code == 200 and _events(body)[-1]["export"]["rows"][1]["interventions"][0]["layers"] == layers
     assert len(got["default"].split()) > 3  # pieces arrive one token at a time and add up to the text
     assert sum(1 for e in ev if e.get("side") == "default") >= 8
 
@@ -107,6 +111,8 @@ def test_generation_matches_steering_by_hand(server):
     ({"prompt": "hi", "steer": [{"vector": "sad", "multiplier": 1}]}, "unknown vector 'sad'; loaded: happy"),
     ({"prompt": "hi", "steer": [{"vector": "happy", "multiplier": float("nan")}]}, "multiplier must be a finite"),
     ({"prompt": "hi", "steer": [{"vector": "happy", "layers": [9], "multiplier": 1}]}, "has no layer 9"),
+    ({"prompt": "hi", "steer": [{"vector": "happy", "layers": "2-x", "multiplier": 1}]}, "2-x"),
+    ({"prompt": "hi", "steer": [{"vector": "happy", "layers": "7", "multiplier": 1}]}, "7"),
     ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens must be between 1 and 256"),
     ({"prompt": "hi", "positions": "everywhere"}, "unknown positions 'everywhere'"),
     ({"prompt": "hi", "chat": True}, "has no chat template"),
@@ -298,6 +304,14 @@ def test_playground_in_chromium(server, tmp_path):
         assert page.inner_text("#mult-val-0") == "8"
         d1, s1 = generate()
         assert d1 == d0 and s1 != d0  # the default is unchanged, the steered text moves
+        for spec in ("all", "1-3:2"):  # the layer grammar the CLI and README use, parsed by the same parser
+            page.fill("#layers-0", spec)
+            d, s = generate()
+            assert d == d0 and s != d0 and page.inner_text("#error") == "", spec
+        page.fill("#layers-0", "1-x")
+        page.click("#generate")
+        expect(page.locator("#error")).to_contain_text("1-x")
+        page.fill("#layers-0", "2")
         page.screenshot(path=str(tmp_path / "steer.png"))
         page.fill("#prompt", "")
         page.click("#generate")
@@ -330,8 +344,8 @@ def test_playground_in_chromium(server, tmp_path):
         assert "top contexts" in page.inner_text("#feature-card")
         page.screenshot(path=str(tmp_path / "features.png"))
     errors = [c for c in console if c[0] in ("error", "pageerror")]
-    # the one bad request we sent on purpose (empty prompt) is logged by Chromium as a failed resource
-    assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 1, errors
+    # the two bad requests we sent on purpose (layers "1-x", empty prompt) are logged by Chromium as failed resources
+    assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 2, errors
     assert requests and all(u.startswith(base) or u.startswith(("data:", "blob:")) for u in requests), requests
 
 

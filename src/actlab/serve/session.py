@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError
-from ..hooks.points import RESIDUAL_KINDS
+from ..hooks.points import RESIDUAL_KINDS, layer_list
 from ..hooks.positions import STEER_POSITIONS
 from ..lens import lens_grid
 from ..models.tokens import token_strings
@@ -199,9 +199,14 @@ class Playground:
             layers = s.get("layers") or vec.layers
             if isinstance(layers, int):
                 layers = [layers]
+            if isinstance(layers, str):  # what the page's box holds: the CLI's grammar, the CLI's parser
+                spec = layers.strip()
+                layers = vec.layers if spec.lower() == "all" else \
+                    layer_list(spec, self.model.n_layers, what=f"steer[{i}].layers")
             if not isinstance(layers, list) or not all(isinstance(k, int) and not isinstance(k, bool)
                                                        for k in layers):
-                raise InputError(f"steer[{i}].layers must be a list of layer numbers, got {layers!r}")
+                raise InputError(f"steer[{i}].layers must be layer numbers or a layer spec such as 8-12:2, got "
+                                 f"{layers!r}")
             missing = [k for k in layers if k not in vec.vectors]
             if missing:
                 raise InputError(f"vector {name!r} has no layer {missing[0]}; it has {vec.layers}")

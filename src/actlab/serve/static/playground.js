@@ -18,16 +18,6 @@ document.querySelectorAll('nav button').forEach(b => b.onclick = () => {
   b.classList.add('on'); $('#' + b.dataset.view).classList.add('on'); err('');
 });
 // steering vectors
-function layersOf(text){
-  const out = [];
-  for(const part of text.split(',').map(s=>s.trim()).filter(Boolean)){
-    const m = part.match(/^(\d+)-(\d+)$/);
-    if(m){ for(let i=+m[1]; i<=+m[2]; i++) out.push(i); }
-    else if(/^\d+$/.test(part)) out.push(+part);
-    else throw new Error('layers: write numbers like 10 or 8,12 or 8-12, got "' + part + '"');
-  }
-  return out;
-}
 function addVectorRow(name){
   const vs = INFO.vectors; if(!vs.length){ err('no steering vector loaded: start with --vector FILE or extract one below'); return; }
   const i = document.querySelectorAll('.vrow').length;
@@ -48,7 +38,7 @@ function addVectorRow(name){
 }
 function steerSpec(){
   return [...document.querySelectorAll('.vrow')].map((r, i) => ({
-    vector: $('#vec-' + i).value, layers: layersOf($('#layers-' + i).value), multiplier: +$('#mult-' + i).value}));
+    vector: $('#vec-' + i).value, layers: $('#layers-' + i).value.trim(), multiplier: +$('#mult-' + i).value}));
 }
 $('#add-vector').onclick = () => addVectorRow();
 $('#extract').onclick = async () => {
