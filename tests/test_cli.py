@@ -96,3 +96,15 @@ def test_demo_writes_report(tmp_path, capsys, smollm):
     assert page.count("data:image/png;base64,") >= 4 and "<script" not in page
     run_meta = json.loads((out / "run.json").read_text())
     assert run_meta["versions"]["torch"] and run_meta["config"]["command"] == "demo"
+
+
+def test_version_and_short_help(capsys):
+    import importlib.metadata as md
+
+    from actlab.version import __version__
+
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith(f"actlab {__version__} (torch {md.version('torch')}, transformers ")
+    for argv in (["-h"], ["steer", "sweep", "-h"], ["sae", "-h"]):
+        code, out, err = run(argv, capsys)
+        assert code == 0 and out.startswith("Usage: actlab"), (argv, err)

@@ -78,9 +78,29 @@ def _global_flags(argv: list[str]) -> tuple[list[str], int, bool]:
     return rest, verbosity, debug
 
 
+def _version() -> int:
+    """``actlab --version``: actlab's version and those of the libraries results depend on (without importing
+    them: read from the installed distributions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..version import __version__
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    print(f"actlab {__version__} (torch {of('torch')}, transformers {of('transformers')}, python "
+          f"{sys.version.split()[0]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point (see module docstring)."""
     args, verbosity, debug = _global_flags(list(sys.argv[1:] if argv is None else argv))
+    if args == ["--version"]:
+        return _version()
     from . import output
 
     output.setup(verbosity)

@@ -43,11 +43,12 @@ app = typer.Typer(
     name="actlab",
     help="Activation-engineering workbench for Hugging Face causal LMs: read, steer, compare, decompose, audit. "
          "Global flags anywhere on the line: -v/--verbose (third-party logs too), -q/--quiet (errors and "
-         "warnings only), --debug (tracebacks for every error).",
+         "warnings only), --debug (tracebacks for every error). actlab --version prints the versions.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command and group
 )
 
 
