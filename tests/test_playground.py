@@ -3,6 +3,7 @@ queueing, cancellation) and the page driven end to end in headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -25,12 +26,10 @@ PAIRS = ("I love this happy sunny day || I hate this sad gloomy day\n"
 
 @pytest.fixture(scope="module")
 def server():
-    import uvicorn
 
     import actlab
     from actlab.sae import SAEConfig, SparseAutoencoder
     from actlab.serve import Playground
-    from actlab.serve.app import create_app
 
     shared_path("models", "stories260k")
     model = actlab.load_model("stories260k")
@@ -40,6 +39,17 @@ def server():
              "Tom was sad because his toy was broken.", "The sun was bright and the birds sang happily."] * 3
     pg = Playground(model, sae=sae, texts=texts)
     pg.extract({"pairs": PAIRS, "name": "happy"})
+    with _serving(pg) as base:
+        yield base, pg
+
+
+@contextlib.contextmanager
+def _serving(pg):
+    """The playground's app on a free local port, in a thread, for the duration of the block."""
+    import uvicorn
+
+    from actlab.serve.app import create_app
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -49,9 +59,11 @@ def server():
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", pg
-    srv.should_exit = True
-    th.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
 
 
 def _post(url: str, body) -> tuple[int, str]:
@@ -359,3 +371,30 @@ def test_lens_export_is_what_the_cli_writes(server, tmp_path, capsys):
     assert code == 0, err
     code, text = _post(base + "/api/lens", {"prompt": "Once upon a time", "kind": "mlp_out", "top_k": 3})
     assert code == 200 and json.loads(text) == json.loads(grid.read_text())
+
+
+def test_playground_without_a_vector_opens_on_an_empty_state(server, tmp_path):
+    """No --vector: the page says how to get one (no error), generation shows the default text on both sides,
+    and a failed request leaves the status at 'failed', not 'generating...'."""
+    from playwright.sync_api import expect
+
+    from actlab.serve import Playground
+    from test_analysis import _chromium, chromium_page
+
+    _chromium()
+    _, pg = server
+    with _serving(Playground(pg.model)) as base, chromium_page(1280, 900) as (page, console, _):
+        page.goto(base + "/")
+        expect(page.locator("#no-vectors")).to_contain_text("No steering vector loaded yet")
+        assert page.inner_text("#error") == "" and page.locator("details").get_attribute("open") is not None
+        page.fill("#prompt", "Once upon a time")
+        page.fill("#max-new", "6")
+        page.click("#generate")
+        expect(page.locator("#status")).to_have_text("done", timeout=60000)
+        assert page.inner_text("#out-default") and page.inner_text("#out-default") == page.inner_text("#out-steered")
+        page.fill("#prompt", "")
+        page.click("#generate")
+        expect(page.locator("#status")).to_have_text("failed")
+        expect(page.locator("#error")).to_contain_text("the prompt is empty")
+        page.screenshot(path=str(tmp_path / "empty.png"))
+    assert not [c for c in console if c[0] == "pageerror"], console

@@ -19,7 +19,17 @@ document.querySelectorAll('nav button').forEach(b => b.onclick = () => {
 });
 // steering vectors
 function addVectorRow(name){
-  const vs = INFO.vectors; if(!vs.length){ err('no steering vector loaded: start with --vector FILE or extract one below'); return; }
+  const vs = INFO.vectors;
+  if(!vs.length){  // an empty state, not an error: generating shows the model's own text until a vector exists
+    if(!$('#no-vectors')){
+      const p = document.createElement('p'); p.id = 'no-vectors'; p.className = 'muted';
+      p.textContent = 'No steering vector loaded yet. Extract one from a few pairs (below), or restart with ' +
+                      '"actlab serve MODEL --vector FILE". Until then "generate" shows the model\'s default text.';
+      $('#vectors').appendChild(p);
+    }
+    document.querySelector('details').open = true; return;
+  }
+  if($('#no-vectors')) $('#no-vectors').remove();
   const i = document.querySelectorAll('.vrow').length;
   const row = document.createElement('div'); row.className = 'row vrow';
   const sel = document.createElement('select'); sel.id = 'vec-' + i;
@@ -61,7 +71,7 @@ $('#generate').onclick = async () => {
   } catch(e){ err(e.message); return; }
   $('#out-default').textContent = ''; $('#out-steered').textContent = '';
   $('#generate').disabled = true; $('#status').textContent = 'generating...';
-  controller = new AbortController();
+  controller = new AbortController(); let cancelled = false;
   try {
     const r = await fetch('/api/generate', {method:'POST', headers:{'Content-Type':'application/json'},
                                             body: JSON.stringify(body), signal: controller.signal});
@@ -77,11 +87,15 @@ $('#generate').onclick = async () => {
         const ev = JSON.parse(line.slice(6));
         if(ev.error) throw new Error(ev.error);
         if(ev.side) $('#out-' + ev.side).textContent += ev.text;
-        if(ev.cancelled) $('#status').textContent = 'stopped';
-        if(ev.done){ lastExport.generation = ev.export; $('#status').textContent = 'done'; }
+        if(ev.cancelled) cancelled = true;
+        if(ev.done){ lastExport.generation = ev.export;
+                     $('#status').textContent = cancelled ? 'stopped: the text was cut' : 'done'; }
       }
     }
-  } catch(e){ if(e.name !== 'AbortError') err(e.message); else $('#status').textContent = 'stopped'; }
+  } catch(e){
+    if(e.name !== 'AbortError'){ err(e.message); $('#status').textContent = 'failed'; }
+    else $('#status').textContent = 'stopped: the text was cut';
+  }
   finally { $('#generate').disabled = false; controller = null; }
 };
 $('#stop').onclick = async () => { await fetch('/api/cancel', {method:'POST', headers:{'Content-Type':'application/json'}, body:'{}'}); };
