@@ -42,7 +42,7 @@ def test_dpo_finetune_cli(tmp_path, capsys, monkeypatch, tinystories):
     assert code == 0, err
     res = json.loads((tmp_path / "dpo" / "finetune.json").read_text())
     assert res["swapped"] and res["history"] and "preference_accuracy" in res["history"][-1]
-    assert "kl_estimate" in res["history"][-1]
+    assert "mean_log_ratio" in res["history"][-1]
     assert (tmp_path / "dpo" / "model" / "config.json").is_file()
     # progress through actlab's own lines (steps and the latest metrics), no trainer dicts or bars printed
     done = [ln for ln in err.splitlines() if "dpo fine-tuning: done, 3 steps" in ln]

@@ -86,6 +86,8 @@ def test_refusal_pipeline_and_ablate(tmp_path, capsys, smollm):
     for f in ("direction.safetensors", "refusal.json", "candidates.json", "candidates.csv", "generations.json",
               "scores.png", "run.json"):
         assert (out / f).is_file(), f
+    before = json.loads((out / "refusal.json").read_text())["refusal_rate_before"]
+    assert ("little refusal to remove" in stdout) == (before < 0.1), (before, stdout)  # a 0 -> 0 is explained
     cands = json.loads((out / "candidates.json").read_text())
     assert len(cands) == 2 and all(c["kl"] is not None and c["kl"] >= 0 for c in cands)
     assert sum(bool(c.get("selected")) for c in cands) == 1

@@ -76,7 +76,8 @@ def finetune_dpo(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """DPO on preference pairs; reports preference accuracy and a KL estimate over steps."""
+    """DPO on preference pairs; reports preference accuracy and the policy/reference log-ratio of the training
+    answers over steps."""
     from ..configs import build_config
     from ..finetune import DPOSettings
     from ..jobs import finetune_dpo
@@ -94,8 +95,12 @@ def finetune_dpo(
     res = finetune_dpo(m, pairs, out, cfg, swap=swap, limit=limit)
     h = res["history"]
     if h:
-        console.print(f"preference accuracy {h[-1].get('preference_accuracy', float('nan')):.3f}, KL estimate "
-                      f"{h[-1].get('kl_estimate', float('nan')):.4f} after {h[-1]['step']} steps", highlight=False)
+        last = h[-1]
+        console.print(f"preference accuracy {last.get('preference_accuracy', float('nan')):.3f} after {last['step']} "
+                      f"steps; log p(policy)/p(reference) of the training answers: chosen "
+                      f"{last.get('log_ratio_chosen', float('nan')):+.3f}, rejected "
+                      f"{last.get('log_ratio_rejected', float('nan')):+.3f} (DPO widens their gap; not a KL, so "
+                      "negative values are possible)", highlight=False)
     wrote(f"{out}/model (HF format, the checkpoint's dtype)", "finetune.json", "finetune.png")
 
 

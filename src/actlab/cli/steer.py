@@ -433,6 +433,11 @@ def refusal(
     console.print(f"selected layer {res.layer}, position {res.eoi_position}; refusal rate on harmful validation "
                   f"prompts {res.refusal_rate_before:.2f} -> {res.refusal_rate_after:.2f} with the direction "
                   f"ablated", highlight=False)
+    if res.refusal_rate_before < 0.1:
+        console.print(f"note: the model refused {res.refusal_rate_before:.0%} of the harmful validation prompts "
+                      "before ablation, so there is little refusal to remove; the direction's scores are in "
+                      "candidates.csv and the report. A chat model that refuses (with --chat) shows the effect.",
+                      highlight=False)
     wrote(f"{out}/direction.safetensors", "candidates.csv", "scores.png")
 
 

@@ -3,8 +3,9 @@
 Data: :func:`actlab.data.load_preferences` (HH-RLHF dialogues or prompt/chosen/rejected JSONL; ``swap=True``
 trains *towards* the rejected behaviour, as the study does for its dialogue tasks).
 
-Training reports preference accuracy and, as a KL estimate, the mean log-ratio between policy and
-reference on the training answers (TRL logs ``rewards/chosen`` = beta * log-ratio).
+Training reports preference accuracy and the mean log-ratio between policy and reference on the training
+answers, chosen and rejected apart (TRL logs ``rewards/chosen`` = beta * log-ratio). It is not a KL (that would
+be measured on the policy's own samples): DPO can lower both answers' probabilities, so it can be negative.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def train_dpo(model: Model, pairs: list[dict[str, str]], cfg: DPOSettings, out_d
     hist = history_from_trainer(trainer.state.log_history, keys)
     for h in hist:
         if "rewards/chosen" in h and "rewards/rejected" in h:
-            h["kl_estimate"] = (h["rewards/chosen"] + h["rewards/rejected"]) / (2 * cfg.beta)
+            h["log_ratio_chosen"] = h["rewards/chosen"] / cfg.beta
+            h["log_ratio_rejected"] = h["rewards/rejected"] / cfg.beta
+            h["mean_log_ratio"] = (h["log_ratio_chosen"] + h["log_ratio_rejected"]) / 2
         if "rewards/accuracies" in h:
             h["preference_accuracy"] = h["rewards/accuracies"]
     model.save(out / "model")
     summary = {"method": "dpo", "config": cfg.model_dump(), "swapped": swapped, "n_pairs": len(pairs),
                "history": hist, "model_dir": str(out / "model"),
-               "kl_note": "kl_estimate = mean policy/reference log-ratio on the training answers"}
+               "log_ratio_note": "log_ratio_* = mean log p_policy/p_reference of the training answers (TRL's "
+                                 "rewards / beta); not a KL: on the dataset's answers it can be negative"}
     write_json(out / "finetune.json", summary)
     return summary

@@ -40,6 +40,6 @@ def finetune_dpo(model: ModelLike, data: str | os.PathLike[str] | Sequence[dict[
     with Run(out, "finetune dpo", {"model": name_of(model), "data": name_of(data), "swap": swap, "limit": limit,
                                    **cfg.model_dump()}, seed=cfg.seed) as run:
         res = train_dpo(m, pairs, cfg, out, swapped=swap)
-        training_history(res["history"], ("preference_accuracy", "kl_estimate"), Path(out) / "finetune.png")
+        training_history(res["history"], ("preference_accuracy", "mean_log_ratio"), Path(out) / "finetune.png")
         run.results = {"last": res["history"][-1] if res["history"] else {}}
     return res

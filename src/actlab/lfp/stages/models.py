@@ -47,7 +47,7 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
                         swapped=ft.swap)
     else:
         raise InputError(f"unknown finetune method {ft.method!r}; valid: rl, dpo")
-    keys = ("reward", "kl") if ft.method == "rl" else ("preference_accuracy", "kl_estimate")
+    keys = ("reward", "kl") if ft.method == "rl" else ("preference_accuracy", "mean_log_ratio")
     training_history(res["history"], keys, out / "finetune.png")
     last = res["history"][-1] if res["history"] else {}
     ctx.log(f"  fine-tuned with {ft.method}: " + (metrics_line(last) if last else "nothing logged"))
