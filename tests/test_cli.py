@@ -38,6 +38,7 @@ def test_lens_json_and_html(tmp_path, capsys):
                          capsys)
     assert code == 0, err
     assert "resid_post" in out and "attn_out" in out
+    assert "3 most likely next tokens" in out and "r = its rank" in out  # the cells' legend
     d = json.loads(j.read_text())
     pts = d["prompts"][0]["points"]
     assert len(pts["resid_post"]) == 5 and len(pts["resid_post"][0]["top"]) == 3

@@ -72,6 +72,15 @@ def test_latent_scaling_of_a_crosscoder_sees_what_the_base_model_carries():
         base = a[:, None] * u if base_has_it else torch.zeros(200, d)
         sc = latent_scaling(cc, [torch.cat([base, tuned], 1)], [0], owner=1)
         assert abs(float(sc["nu_eps"][0]) - expect) < 1e-6, sc
+    # the mirror: the same latent made base-only (decoder and encoder moved to the base side), owner = base
+    with torch.no_grad():
+        cc.W_enc[0][:, 0], cc.W_enc[1][:, 0] = u, 0.0
+        cc.W_dec[0][0], cc.W_dec[1][0] = u, 0.0
+    base = a[:, None] * u
+    for tuned_has_it, expect in ((False, 0.0), (True, 1.0)):
+        tuned = a[:, None] * u if tuned_has_it else torch.zeros(200, d)
+        sc = latent_scaling(cc, [torch.cat([base, tuned], 1)], [0], owner=0)
+        assert abs(float(sc["nu_eps"][0]) - expect) < 1e-6, sc
 
 
 # -- a planted difference in a real model --------------------------------------------------------------------------

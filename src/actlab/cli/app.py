@@ -140,7 +140,10 @@ def lens(
                  f"{res.final_top_tokens[b]!r}")
         if res.target_token is not None:
             title += f"; target {res.target_token!r} (id {res.target_id})"
-        table = Table(title=title, show_lines=False)
+        caption = f"each cell: the {res.top_probs.shape[-1]} most likely next tokens at that point, with probabilities"
+        if res.target_probs is not None:
+            caption += "; p = the target's probability, r = its rank (1 = most likely)"
+        table = Table(title=title, caption=caption, show_lines=False)
         table.add_column("layer", justify="right")
         for k in res.kinds:
             table.add_column(k)
@@ -155,7 +158,8 @@ def lens(
                 if j is None:
                     cells.append("")
                     continue
-                cell = f"{res.top_tokens[b][j][0]!r} {float(res.top_probs[b, j, 0]):.2f}"
+                cell = ", ".join(f"{t!r} {float(res.top_probs[b, j, i]):.2f}"
+                                 for i, t in enumerate(res.top_tokens[b][j]))
                 if res.target_probs is not None and res.target_ranks is not None:
                     cell += f" | p={float(res.target_probs[b, j]):.3f} r={int(res.target_ranks[b, j])}"
                 cells.append(cell)

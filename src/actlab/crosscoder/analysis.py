@@ -93,7 +93,8 @@ def latent_scaling(cc: Crosscoder, batches: Iterable[torch.Tensor], latents: lis
                    base: int = 0, tuned: int = 1) -> dict[str, torch.Tensor]:
     """``beta`` of each latent's ``owner``-model decoder direction against each model's error (own contribution
     added back) and reconstruction, accumulated over ``batches`` (raw rows ``[tokens, sum d_i]``, normalised
-    space); returns the four betas and the ratios ``nu_eps`` and ``nu_r`` (see module docstring)."""
+    space); returns the four betas and the ratios ``nu_eps`` and ``nu_r``: the other model's beta over the
+    owner's (see module docstring; for a base-only latent, tuned over base)."""
     idx = torch.tensor(latents, dtype=torch.long)
     d = cc.W_dec[owner].detach()[idx].double()  # [L, d]
     acc = {k: torch.zeros(len(latents), dtype=torch.float64) for k in ("num_eps_b", "num_eps_t", "num_r_b",
@@ -104,9 +105,10 @@ def latent_scaling(cc: Crosscoder, batches: Iterable[torch.Tensor], latents: lis
         recon = [(f @ w + b).double() for w, b in zip(cc.W_dec, cc.b_dec, strict=True)]
         fl = f[:, idx].double()  # [t, L]
         for m, tag in ((base, "b"), (tuned, "t")):
-            own = torch.einsum("tl,ld->ltd", fl, cc.W_dec[m].detach()[idx].double())  # latent's own contribution
-            eps = (xs[m] - recon[m])[None] + own  # [L, t, d]
-            acc[f"num_eps_{tag}"] += (fl * torch.einsum("ltd,ld->tl", eps, d)).sum(0)
+            # (error + the latent's own contribution f_l w_l) . d_l, per token and latent, without [L, t, d]
+            own = (cc.W_dec[m].detach()[idx].double() * d).sum(-1)  # w_l . d_l  [L]
+            eps_dot = (xs[m] - recon[m]) @ d.T + fl * own  # [t, L]
+            acc[f"num_eps_{tag}"] += (fl * eps_dot).sum(0)
             acc[f"num_r_{tag}"] += (fl * (recon[m] @ d.T)).sum(0)
         acc["den"] += (fl * fl).sum(0)
     den = (d * d).sum(-1) * acc["den"]
@@ -117,8 +119,9 @@ def latent_scaling(cc: Crosscoder, batches: Iterable[torch.Tensor], latents: lis
 
     out = {"beta_eps_base": beta(acc["num_eps_b"]), "beta_eps_tuned": beta(acc["num_eps_t"]),
            "beta_r_base": beta(acc["num_r_b"]), "beta_r_tuned": beta(acc["num_r_t"])}
-    out["nu_eps"] = out["beta_eps_base"] / out["beta_eps_tuned"]
-    out["nu_r"] = out["beta_r_base"] / out["beta_r_tuned"]
+    mine, other = ("tuned", "base") if owner == tuned else ("base", "tuned")  # the other model over the owner
+    out["nu_eps"] = out[f"beta_eps_{other}"] / out[f"beta_eps_{mine}"]
+    out["nu_r"] = out[f"beta_r_{other}"] / out[f"beta_r_{mine}"]
     return out
 
 
