@@ -21,10 +21,14 @@ COMPAT_TESTS ?= tests/test_hooks.py tests/test_lens.py tests/test_loading.py tes
 .PHONY: demo test test-compat lint bench venv clean
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (first run only: a CPU build of torch, transformers, trl, ...; about a minute)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing $(TORCH_SPEC) unless present"
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	@echo "installing actlab (editable) and its dependencies"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "$(VENV) ready"
 	touch $(STAMP)
 
 venv: $(STAMP)

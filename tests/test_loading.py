@@ -136,3 +136,12 @@ def test_bad_prompts(stories260k):
         stories260k.tokenize("word " * 600)
     with pytest.raises(ActlabError, match="empty batch"):
         stories260k.tokenize([])
+
+
+def test_gguf_conversion_draws_no_progress_bar(capsys):
+    """transformers' GGUF reader draws a plain tqdm bar; actlab reports its own progress, so loading is quiet."""
+    import actlab
+
+    shared_path("models", "smollm2-135m-instruct-q4_1")
+    actlab.load_model("HuggingFaceTB/SmolLM2-135M-Instruct", cache_gguf=False)
+    assert "Converting and de-quantizing" not in capsys.readouterr().err

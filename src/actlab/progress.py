@@ -199,6 +199,16 @@ def third_party_quiet() -> Iterator[None]:
         restore.append(lambda: hf_logging.enable_progress_bar() if was else None)
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
+    try:  # the GGUF reader draws its own plain tqdm bar ("Converting and de-quantizing GGUF tensors...")
+        import functools
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+        restore.append(lambda: setattr(gguf_utils, "tqdm", bar))
+    except (ImportError, AttributeError):
+        pass
     try:
         import datasets
 
