@@ -109,3 +109,8 @@ def test_version_and_short_help(capsys):
     for argv in (["-h"], ["steer", "sweep", "-h"], ["sae", "-h"]):
         code, out, err = run(argv, capsys)
         assert code == 0 and out.startswith("Usage: actlab"), (argv, err)
+
+
+def test_ablate_names_which_layer_holds_the_direction_apart_from_where_it_is_removed(capsys):
+    code, out, _ = run(["steer", "ablate", "--help"], capsys)
+    assert code == 0 and "--direction-layer" in out and "see --layers" in " ".join(out.split())

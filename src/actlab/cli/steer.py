@@ -321,8 +321,9 @@ def ablate(
     model: ModelArg,
     direction: Annotated[Path, opt("--direction", metavar="FILE", help="Direction to ablate (a vector file).")],
     out: Annotated[Path, opt("--out", metavar="DIR", help="Folder for the orthogonalised model (HF format).")],
-    layer: Annotated[int | None, opt("--layer", metavar="N", help="Which layer of the vector file holds the "
-                                     "direction [default: its only / first layer].")] = None,
+    layer: Annotated[int | None, opt("--direction-layer", "--layer", metavar="N", help="Which layer of the "
+                                     "vector file holds the direction [default: its only / first layer] "
+                                     "(not where it is removed: see --layers).")] = None,
     layers: Annotated[str | None, opt("--layers", metavar="LAYERS", help="Orthogonalise only these layers' "
                                       "attention and MLP output weights [default: all layers and the "
                                       "embeddings].")] = None,
