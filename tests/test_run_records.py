@@ -70,3 +70,12 @@ def test_no_lock_file_is_left_behind(corpus):
     """A finished job removes its folder lock (a saved model folder gets uploaded as it is)."""
     root, _ = corpus
     assert not list(Path(root).rglob(".actlab.lock"))
+
+
+def test_every_run_log_says_when_it_started_and_how_it_ended(corpus):
+    root, _ = corpus
+    logs = sorted(Path(root).rglob("run.log"))
+    assert len(logs) >= 20
+    for p in logs:
+        lines = p.read_text().splitlines()
+        assert lines and "started: actlab " in lines[0] and "finished: ok" in lines[-1], (p, lines[:2], lines[-1:])

@@ -374,6 +374,8 @@ class Run:
             log.addHandler(handler)
             self._stack.callback(handler.close)
             self._stack.callback(log.removeHandler, handler)
+            self._handler = handler
+            self._note(f"started: actlab {self.command} (config and versions in run.json)")
         except BaseException:
             self._stack.close()
             raise
@@ -387,8 +389,18 @@ class Run:
                 self.finish("interrupted")
             else:
                 self.finish("failed", f"{exc_type.__name__}: {exc}")
+            self._note(f"finished: {self.status}" + (f" ({self.results['error']})" if self.results.get("error")
+                                                      else ""))
         finally:
             self._stack.close()
+
+    def _note(self, text: str) -> None:
+        """A line in ``run.log`` only (not on the console): every run's log says when it started and ended."""
+        import logging
+
+        handler = getattr(self, "_handler", None)
+        if handler is not None:
+            handler.handle(logging.LogRecord("actlab", logging.INFO, __file__, 0, text, None, None))
 
 
 # -- resume: the one format for "what is done, with which settings" ---------------------------------------
