@@ -560,3 +560,22 @@ def test_read_only_output_folder(tmp_path, capsys):
     ro.chmod(0o500)
     code, _, err = run(["lens", TINY, "-p", "hi", "--json", str(ro / "x.json")], capsys)
     assert code == 2 and "permission denied" in err
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused_before_the_model_loads(files, capsys, monkeypatch):
+    """The free-space check reads the local model's config and tokenizer, not its weights: refused before any
+    load, the sizes named; after the load (a hub id or GGUF) the same check still runs."""
+    import collections
+
+    import actlab.models.loading as loading
+    import actlab.sae.store as store
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 2000, 2000))
+    monkeypatch.setattr(loading, "_load_and_wrap", _no_model_load)
+    out = Path(files["dir"]) / "tight_cache"
+    code, _, err = run(["acts", "cache", TINY, "--data", str(files["texts"]), "--points", "blocks.1.resid_post,"
+                        "blocks.2.mlp_out", "--out", str(out)], capsys)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "GB free" in lines[0] and "x 128 values" in lines[0], err[-800:]
+    assert "a model was loaded" not in err

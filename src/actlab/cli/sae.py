@@ -75,6 +75,11 @@ def cache(
         from ..sae.store import read_manifest
 
         read_manifest(out / "manifest.json")
+    if not overwrite:
+        from ..sae.store import check_space_before_loading
+
+        check_space_before_loading(model, gguf_file, texts, pts, out, max_length=max_length, keep_bos=keep_bos,
+                                   dtype=cache_dtype)
     rank, _ = distributed(device)  # under torchrun: each process caches a block of the texts
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     man = cache_acts(m, texts, pts, out, field=field, limit=limit, dtype=cache_dtype, batch_size=batch_size,

@@ -92,6 +92,56 @@ def estimate_tokens(model: Model, texts: Sequence[str], max_length: int, keep_bo
     return round(per_text * len(texts))
 
 
+def check_space(out: Path, tokens: int, values: int, dtype: str) -> int:
+    """The bytes a cache of ``tokens`` x ``values`` needs; a :class:`CacheError` when ``out``'s disk lacks them."""
+    bytes_per = torch.tensor([], dtype=DTYPES[dtype]).element_size()
+    need = tokens * values * bytes_per
+    where = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if need > free * 0.95:
+        raise CacheError(f"the cache needs about {need / 1e9:.2f} GB ({tokens} tokens x {values} values x "
+                         f"{bytes_per} bytes) but {out} has {free / 1e9:.2f} GB free")
+    return need
+
+
+def check_space_before_loading(model: str, gguf_file: str | None, texts: Sequence[str], points: Sequence[str],
+                               out: Path, *, max_length: int, keep_bos: bool, dtype: str) -> None:
+    """:func:`check_space` for a new cache before the model loads, from a local model folder's config and
+    tokenizer (no weights read). GGUF files, hub ids and hook points whose width the config does not give are
+    checked after the load, as before."""
+    from types import SimpleNamespace
+
+    from ..hooks.points import RESIDUAL_KINDS, parse_points
+    from ..models.loading import _resolve
+
+    if out.exists() and any(out.iterdir()):
+        return  # an existing cache: its resume record decides what is left to write
+    try:
+        kind, location, _ = _resolve(model, gguf_file)
+        if kind != "folder":
+            return
+        from transformers import AutoConfig, AutoTokenizer
+
+        cfg = AutoConfig.from_pretrained(location)
+        tok = AutoTokenizer.from_pretrained(location)
+    except Exception:  # the load reports whatever is wrong with the model
+        return
+    d_model = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+    n_layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if not d_model or not n_layers:
+        return
+    try:
+        pts = parse_points(list(points), int(n_layers))
+    except ActlabError:
+        return
+    if any(p.kind not in (*RESIDUAL_KINDS, "embed", "final_norm") for p in pts):
+        return
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    shim = SimpleNamespace(tokenizer=tok, device=torch.device("cpu"))
+    check_space(out, estimate_tokens(shim, texts, max_length, keep_bos), len(pts) * int(d_model), dtype)
+
+
 def cache_activations(
     model: Model,
     texts: Sequence[str],
@@ -182,13 +232,7 @@ def _cache_locked(model: Model, texts: Sequence[str], points: str | Iterable[str
         for f in leftovers:
             f.unlink()
         est = estimate_tokens(model, texts[lo:hi], max_length, keep_bos)
-        bytes_per = torch.tensor([], dtype=DTYPES[dtype]).element_size()
-        est_bytes = est * sum(widths.values()) * bytes_per
-        free = shutil.disk_usage(out).free
-        if est_bytes > free * 0.95:
-            raise CacheError(f"the cache needs about {est_bytes / 1e9:.2f} GB ({est} tokens x "
-                             f"{sum(widths.values())} values x {bytes_per} bytes) but {out} has "
-                             f"{free / 1e9:.2f} GB free")
+        est_bytes = check_space(out, est, sum(widths.values()), dtype)
         state = {"estimated_tokens": est, "estimated_bytes": est_bytes, "shards": [], "n_tokens": 0,
                  "n_texts_done": lo}
         resume.save(state)
