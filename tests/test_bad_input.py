@@ -33,8 +33,9 @@ def files(tmp_path_factory):
          "wrong_config_model": d / "wrong_config_model", "deep_json": d / "deep.json", "deep_run": d / "deep_run",
          "bin_yaml": d / "bin.yaml", "hugevec": d / "huge.safetensors", "widevec": d / "wide.safetensors",
          "empty": d / "empty.json", "schema": d / "schema.json", "fifo": d / "fifo", "locked": d / "locked",
-         "gguf": d / "v.gguf", "lfp_base": d / "lfp_base.txt"}
+         "gguf": d / "v.gguf", "lfp_base": d / "lfp_base.txt", "explanations": d / "explanations.json"}
     f["dir"].mkdir()
+    f["explanations"].write_text(json.dumps({"3": "the token 'the'"}))
     f["file"].write_text("plain text\n")
     f["binary"].write_bytes(bytes(range(256)) * 8)
     f["ab"].write_text(json.dumps([{"question": "Pick one.\n\nChoices:\n(A) x\n(B) y", "answer_matching_behavior":
@@ -396,6 +397,9 @@ def _cases():
         ("explain-binary", ["sae", "explain", TINY, "{sae}", "--data", "{texts}", "--out", "{dir}/x", "--scorer-url",
                             "http://127.0.0.1:9/v1", "--scorer-model", "m", "--explanations", "{binary}"],
          "JSON object"),
+        ("explain-unexplained", ["sae", "explain", TINY, "{sae}", "--data", "{texts}", "--out", "{dir}/x",
+                                 "--scorer-url", "http://127.0.0.1:9/v1", "--scorer-model", "m", "--explanations",
+                                 "{explanations}", "--features", "3,7"], "--features 7"),
         ("explain-latent", ["sae", "explain", TINY, "{sae}", "--data", "{texts}", "--out", "{dir}/x",
                             "--explainer-url", "http://127.0.0.1:9/v1", "--explainer-model", "m", "--features",
                             "99999"], "99999"),

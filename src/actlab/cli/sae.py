@@ -375,6 +375,10 @@ def explain_cmd(
     if not (scorer_url and scorer_model):
         raise InputError("give --scorer-url and --scorer-model (they default to the explainer's)")
     feats = checks.integers(features, "--features") if features else None
+    unexplained = sorted(set(feats or []) - set(given or {})) if given is not None else []
+    if unexplained and not (explainer_url and explainer_model):
+        raise InputError(f"--features {unexplained[0]} has no explanation in {str(explanations)!r} and no explainer "
+                         "is given (--explainer-url, --explainer-model)")
     dictionary = load_sae(sae)
     bad = [f for f in (feats or []) + sorted(given or {}) if not 0 <= f < dictionary.cfg.d_sae]
     if bad:
