@@ -83,3 +83,35 @@ def _section(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | No
         else:
             return None
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_preset_config(path: str | Path, cls: type[C], presets: dict[str, dict[str, Any]], what: str,
+                       path_keys: tuple[str, ...]) -> C:
+    """A pipeline config from YAML: ``preset: NAME`` supplies defaults the file overrides; the values of
+    ``path_keys`` that are relative resolve against the config file's folder."""
+    p = Path(path)
+    raw = read_yaml_mapping(p)
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        if preset not in presets:
+            raise InputError(f"unknown preset {preset!r}; valid: {', '.join(presets)}")
+        raw = merged(presets[preset], raw)
+    for key in path_keys:
+        if raw.get(key) and not Path(raw[key]).is_absolute():
+            raw[key] = str((p.parent / raw[key]).resolve())
+    return build_config(cls, raw, what)
+
+
+def preset_yaml(presets: dict[str, Any], name: str, **fields: Any) -> str:
+    """A starting config naming preset ``name`` and ``fields``, as YAML (lines never folded)."""
+    if name not in presets:
+        raise InputError(f"unknown preset {name!r}; valid: {', '.join(presets)}")
+    return yaml.safe_dump({"preset": name, **fields}, sort_keys=False, width=1 << 30)

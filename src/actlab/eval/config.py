@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from ..configs import SEED_MAX, StrictConfig, build_config, read_yaml_mapping
-from ..errors import InputError
+from .. import configs
+from ..configs import SEED_MAX, StrictConfig, load_preset_config
 
 SOURCES = ("caa", "persona", "sentiment", "refusal", "file")
 
@@ -179,30 +178,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path) -> EvalConfig:
     """Read a YAML config (``preset: NAME`` supplies defaults the file overrides); relative paths resolve against
     the config file's folder."""
-    p = Path(path)
-    raw = read_yaml_mapping(p)
-    preset = raw.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-        raw = _merge(PRESETS[preset], raw)
-    for key in ("out", "data_dir"):
-        if raw.get(key) and not Path(raw[key]).is_absolute():
-            raw[key] = str((p.parent / raw[key]).resolve())
-    return build_config(EvalConfig, raw, "eval")
+    return load_preset_config(path, EvalConfig, PRESETS, "eval", ("out", "data_dir"))
 
 
 def preset_yaml(name: str, **fields: Any) -> str:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    return yaml.safe_dump({"preset": name, **fields}, sort_keys=False, width=1 << 30)
+    return configs.preset_yaml(PRESETS, name, **fields)

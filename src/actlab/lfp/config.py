@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, PositiveFloat, model_validator
 
-from ..configs import SEED_MAX, StrictConfig, build_config, read_yaml_mapping
-from ..errors import InputError
+from .. import configs
+from ..configs import SEED_MAX, StrictConfig, load_preset_config
 from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
 from ..sae.config import TrainConfig
@@ -165,30 +164,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path) -> LFPConfig:
-    """Read a YAML config; ``preset: tiny|paper`` supplies defaults the file overrides; relative paths are
-    resolved against the config file's folder."""
-    p = Path(path)
-    raw = read_yaml_mapping(p)
-    preset = raw.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-        raw = _merge(PRESETS[preset], raw)
-    for key in ("run_dir", "data"):
-        if raw.get(key) and not Path(raw[key]).is_absolute():
-            raw[key] = str((p.parent / raw[key]).resolve())
-    return build_config(LFPConfig, raw, "LFP")
+    """Read a YAML config (``preset: NAME`` supplies defaults the file overrides); relative paths resolve against
+    the config file's folder."""
+    return load_preset_config(path, LFPConfig, PRESETS, "LFP", ("run_dir", "data"))
 
 
 def preset_yaml(name: str, **fields: Any) -> str:
-    if name not in PRESETS:
-        raise InputError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    return yaml.safe_dump({"preset": name, **fields}, sort_keys=False, width=1 << 30)  # never folded
+    return configs.preset_yaml(PRESETS, name, **fields)
