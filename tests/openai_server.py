@@ -1,5 +1,7 @@
 """A small local server speaking the OpenAI chat-completions protocol, for tests of the clients that use
-it (LLM judge, feature explainer, rewriter). The reply is computed by a Python function of the messages."""
+it (LLM judge, feature explainer, rewriter). The reply is computed by a Python function of the messages: a
+string, None (no content), or ``{"content": str, "tokens": [(token, {alternative: logprob})]}``, whose tokens
+come back as ``choices[0].logprobs.content`` when the request asks for ``logprobs`` (as OpenAI and vLLM do)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-Reply = Callable[[list[dict[str, str]], str], "str | None"]
+Reply = Callable[[list[dict[str, str]], str], "str | dict | None"]
 
 
 class Status(Exception):
@@ -37,9 +39,19 @@ def openai_server(reply: Reply):
             except Status as e:
                 self.send_error(e.code)
                 return
+            choice = {"index": 0, "finish_reason": "stop"}
+            if isinstance(content, dict):
+                if body.get("logprobs"):
+                    k = int(body.get("top_logprobs") or 0)
+                    choice["logprobs"] = {"content": [
+                        {"token": t, "logprob": top.get(t, 0.0),
+                         "top_logprobs": [{"token": a, "logprob": lp} for a, lp in
+                                          sorted(top.items(), key=lambda x: -x[1])[:k]]}
+                        for t, top in content["tokens"]]}
+                content = content["content"]
+            choice["message"] = {"role": "assistant", "content": content}
             data = json.dumps({"id": f"cmpl-{len(requests)}", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": content}}]}).encode()
+                               "choices": [choice]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -281,3 +281,75 @@ def test_hf_explainer_runs_a_local_chat_model_offline(smollm, monkeypatch):
     explanation, related = ex.explain(rows, "sentiment: positive or negative feelings")
     assert replies and replies[0].strip()
     assert isinstance(explanation, str) and explanation and isinstance(related, bool)
+
+
+def test_features_from_a_crosscoder_instead_of_sae_overlap(lfp_run, tmp_path, capsys):
+    """Issue 24: `feature_source: crosscoder` - candidates are a base-vs-tuned crosscoder's tuned-only latents and
+    shared latents whose decoder moved; labelled, scored and ablated (the base model reads along) like SAE
+    features; the report says where they came from."""
+    import shutil
+
+    root, cfg, _, _ = lfp_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns("features"))
+    text = cfg.read_text().replace("run_dir: run", f"run_dir: {run_dir}")
+    cc_cfg = tmp_path / "cc.yaml"
+    with openai_server(_explainer_reply) as (url, _):
+        explainer = f"explainer: {{kind: openai, base_url: '{url}', model: explainer-1, score: true}}\n"
+        cc_cfg.write_text(text.split("explainer:")[0] + explainer + "feature_source: crosscoder\n"
+                          "crosscoder: {steps: 300, shifted_cosine: 1.0}\n")
+        code, _, err = run(["lfp", "features", str(cc_cfg)], capsys)
+    assert code == 0, err[-3000:]
+    fe = json.loads((run_dir / "features" / "features.json").read_text())
+    cc = fe["crosscoder"]
+    assert fe["source"] == "crosscoder" and cc["layer"] in (0, 1) and cc["point"] == f"blocks.{cc['layer']}.mlp_out"
+    analysis = json.loads((run_dir / "features" / "crosscoder" / "latents.json").read_text())
+    assert (run_dir / "features" / "crosscoder" / "crosscoder" / analysis["config"]["name"] / "cfg.json").is_file()
+    latents = {x["latent"]: x for x in analysis["latents"]}
+    assert 0 < fe["n_features"] <= 8
+    for f in fe["features"]:  # each candidate is what its class says, read from the crosscoder's own analysis
+        x = latents[f["feature"]]
+        assert f["class"] in ("tuned-only", "shared-shifted") and x["class"] != "dead"
+        assert (x["class"] == "tuned-only") if f["class"] == "tuned-only" else (x["class"] == "shared"
+                                                                               and x["cosine"] < 1.0)
+        assert x["frequency"] >= 1e-3
+        assert f["cos_to_other_dictionary"] == x["cosine"] and f["explanation"].startswith("fires on")
+        assert 0 <= f["firing_rate_all"] <= 1
+    kinds = [f["class"] for f in fe["features"]]
+    assert kinds == sorted(kinds, key=lambda k: k != "tuned-only")  # tuned-only first
+    assert any("detection" in f for f in fe["features"])
+    ab = fe["ablation"]
+    assert ab["n_prompts"] == 24 and "greedy" in ab["decoding"] and "reward_before" in ab
+    if fe["n_related"]:
+        assert len(ab["random_ablated"]) == len(ab["ablated"]) and "reward_after_random" in ab
+    assert run(["lfp", "report", str(cc_cfg)], capsys)[0] == 0
+    page = (run_dir / "report.html").read_text()
+    assert "decoder cos (base vs tuned)" in page and "Candidates from a crosscoder at" in page
+
+
+def test_crosscoder_ablation_generation_is_plain_greedy_without_latents_and_subtracts_their_writes(tinystories):
+    """The ablation loop with no latents is the model's own greedy generation; with latents, the tuned point's
+    activation loses exactly their decoder contributions (checked against the codes computed outside)."""
+    import torch
+
+    from actlab.crosscoder import CrosscoderConfig
+    from actlab.crosscoder.edit import ablation, generate_ablated, latent_contribution
+
+    m = tinystories
+    prompts = ["Once upon a time", "The dog ran to the"]
+    point = "blocks.1.resid_post"
+    cc = CrosscoderConfig(d_ins=(m.d_model, m.d_model), d_sae=64, architecture="batchtopk", k=4).make(
+        torch.Generator().manual_seed(0))
+    assert generate_ablated(m, m, cc, (point, point), prompts, [], max_new_tokens=8) == \
+        m.generate_text(prompts, max_new_tokens=8)
+    batch = m.tokenize(prompts, padding_side="left")
+    x = m.activations(batch, point, padding_side="left")[point]
+    codes = cc.encode(torch.cat([x, x], -1))
+    on = sorted({int(j) for j in (codes > 0).nonzero()[:, -1].tolist()})[:3]
+    assert on, "the random crosscoder must fire somewhere for this check to mean anything"
+    want = x - latent_contribution(cc, codes, on)
+    with m.edit(ablation(cc, point, x, on)), m.capture(point) as acts:
+        m(**batch)
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(acts[point][mask], want[mask], atol=1e-5)
+    assert not torch.allclose(want[mask], x[mask], atol=1e-3)  # the ablation changed something

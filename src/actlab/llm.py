@@ -13,7 +13,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ActlabError
 from .runs import write_json
@@ -45,9 +47,15 @@ class OpenAIChat:
     def url(self) -> str:
         return f"{self.base_url}/chat/completions"
 
-    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = 256) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": self.temperature,
-                           "max_tokens": max_tokens}).encode()
+    def __call__(self, messages: list[dict[str, str]], *, max_tokens: int = 256, top_logprobs: int = 0) -> str:
+        """The reply's text; with ``top_logprobs`` > 0 the reply with its tokens' log-probabilities, encoded by
+        :func:`encode_reply` (read it back with :func:`decode_reply`; a server that returns none gives a reply
+        without them)."""
+        req_body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                                    "max_tokens": max_tokens}
+        if top_logprobs:
+            req_body.update(logprobs=True, top_logprobs=top_logprobs)
+        body = json.dumps(req_body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -65,10 +73,49 @@ class OpenAIChat:
             raise EndpointError(f"endpoint {self.url} did not return JSON") from None
         try:
             content = payload["choices"][0]["message"]["content"]
-            return "" if content is None else str(content)  # a reasoning server may return no content
+            content = "" if content is None else str(content)  # a reasoning server may return no content
         except (KeyError, IndexError, TypeError):
             raise EndpointError(f"endpoint {self.url} returned no choices[0].message.content: {payload!r:.200}"
                                 ) from None
+        if not top_logprobs:
+            return content
+        try:  # OpenAI / vLLM / llama.cpp: choices[0].logprobs.content = [{token, logprob, top_logprobs: [...]}]
+            steps = payload["choices"][0]["logprobs"]["content"]
+            tokens = [(str(s["token"]), {str(t["token"]): float(t["logprob"]) for t in s.get("top_logprobs") or []}
+                       | {str(s["token"]): float(s["logprob"])}) for s in steps]
+        except (KeyError, IndexError, TypeError, ValueError):
+            tokens = None  # the server does not return log-probabilities: scores that need them are left out
+        return encode_reply(Reply(content, tokens))
+
+
+@dataclass
+class Reply:
+    """A reply's text and, when the endpoint returned them, its generated tokens, each with the
+    log-probabilities of its top alternatives (the chosen token included)."""
+
+    content: str
+    tokens: list[tuple[str, dict[str, float]]] | None = None
+
+
+_ENVELOPE = "actlab.reply.v1"
+
+
+def encode_reply(reply: Reply) -> str:
+    """A reply with log-probabilities as one string (what :class:`Asker` passes on and caches)."""
+    return json.dumps({_ENVELOPE: True, "content": reply.content,
+                       "tokens": None if reply.tokens is None else [[t, top] for t, top in reply.tokens]})
+
+
+def decode_reply(text: str) -> Reply:
+    """The :class:`Reply` in ``text``: an :func:`encode_reply` string, or plain text (no log-probabilities)."""
+    if text.startswith("{") and _ENVELOPE in text[:40]:
+        try:
+            d = json.loads(text)
+            tokens = d["tokens"]
+            return Reply(str(d["content"]), None if tokens is None else [(str(t), dict(top)) for t, top in tokens])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return Reply(text)
 
 
 class ReplyCache:
@@ -134,8 +181,32 @@ class Asker:
 
 
 def endpoint_asker(base_url: str, model: str, *, cache: ReplyCache | None = None, concurrency: int = 16,
-                   retries: int = 3, timeout: float = 60.0, max_tokens: int = 256) -> Asker:
-    """An :class:`Asker` over an OpenAI-compatible endpoint (named ``openai:MODEL@URL`` in its cache)."""
+                   retries: int = 3, timeout: float = 60.0, max_tokens: int = 256, top_logprobs: int = 0) -> Asker:
+    """An :class:`Asker` over an OpenAI-compatible endpoint (named ``openai:MODEL@URL`` in its cache, with
+    ``+logprobs:K`` when it asks for the top ``top_logprobs`` log-probabilities; its replies are then
+    :func:`encode_reply` strings)."""
     client = OpenAIChat(base_url, model, timeout=timeout)
-    return Asker(lambda m: client(m, max_tokens=max_tokens), f"openai:{model}@{client.base_url}", cache=cache,
+    name = f"openai:{model}@{client.base_url}" + (f"+logprobs:{top_logprobs}" if top_logprobs else "")
+    return Asker(lambda m: client(m, max_tokens=max_tokens, top_logprobs=top_logprobs), name, cache=cache,
                  concurrency=concurrency, retries=retries)
+
+
+def local_chat_asker(model: Any, *, cache: ReplyCache | None = None, max_new_tokens: int = 120) -> Asker:
+    """An :class:`Asker` over a local HF chat model (a loaded :class:`actlab.Model` or a name to load): the
+    messages through its chat template, a greedy reply (named ``hf:NAME`` in its cache). One request at a time."""
+    from .errors import InputError
+
+    if isinstance(model, str):
+        from .models import load_model
+
+        model = load_model(model)
+    if getattr(model.tokenizer, "chat_template", None) is None:
+        raise InputError(f"the local chat model {model.name!r} has no chat template")
+
+    def chat(msgs: list[dict[str, str]]) -> str:
+        system = "\n".join(m["content"] for m in msgs if m["role"] == "system") or None
+        user = "\n".join(m["content"] for m in msgs if m["role"] != "system")
+        prompt = model.chat_prompt(user, system=system)
+        return model.generate_text(prompt, max_new_tokens=max_new_tokens, add_special_tokens=False)[0]
+
+    return Asker(chat, f"hf:{model.name}", cache=cache, concurrency=1, retries=0)

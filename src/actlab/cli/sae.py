@@ -326,6 +326,9 @@ def explain_cmd(
     = None,
     explainer_model: Annotated[str | None, opt("--explainer-model", metavar="NAME", help="Explainer model name.")]
     = None,
+    explainer_local: Annotated[str | None, opt("--explainer-local", metavar="MODEL", help="A local HF chat model "
+                                               "as the explainer instead of an endpoint (hub id, folder or GGUF; "
+                                               "e.g. HuggingFaceTB/SmolLM2-135M-Instruct).")] = None,
     explanations: Annotated[Path | None, opt("--explanations", metavar="FILE", help="Score these instead of "
                                              "asking an explainer: JSON {latent: explanation}.")] = None,
     features: Annotated[str | None, opt("--features", metavar="LIST", help="Latents, e.g. 0,5,9 [default: the "
@@ -337,6 +340,12 @@ def explain_cmd(
     concurrency: Annotated[int, opt("--concurrency", metavar="N", help="Requests in flight.")] = 8,
     retries: Annotated[int, opt("--retries", metavar="N", help="Retries of a failed request (429, 5xx, "
                                 "unreachable).")] = 3,
+    logprobs: Annotated[int, opt("--logprobs", metavar="K", help="Ask the scorer for its top K log-probabilities "
+                                 "per token: an AUC per score and the expected-value simulator (0: off; the "
+                                 "server must support logprobs, else the AUCs are n/a).")] = 0,
+    simulate: Annotated[bool, opt("--simulate", help="Also score by simulation (Bills et al. 2023): the scorer "
+                                  "predicts each token's activation; Pearson correlation with the true ones.")]
+    = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
@@ -344,7 +353,8 @@ def explain_cmd(
     max_memory: MaxMemOpt = None,
 ) -> None:
     """Explain latents with an LLM (or score given explanations) and score each explanation by detection and
-    fuzzing: explanations.json with balanced accuracy and F1 per latent. Replies are cached in the folder."""
+    fuzzing (and simulation with --simulate): explanations.json with balanced accuracy, F1 and, with
+    --logprobs, AUC per latent. Replies are cached in the folder."""
     import json
 
     from ..errors import InputError
@@ -360,6 +370,8 @@ def explain_cmd(
         checks.positive(v, what)
     if retries < 0:
         raise InputError(f"--retries must be 0 or more, got {retries}")
+    if not 0 <= logprobs <= 20:
+        raise InputError(f"--logprobs must be 0 (off) to 20 (the OpenAI API's limit), got {logprobs}")
     given = None
     if explanations is not None:
         checks.input_path(explanations, "--explanations")
@@ -369,14 +381,17 @@ def explain_cmd(
         except (ValueError, AttributeError, UnicodeDecodeError) as e:
             raise InputError(f"--explanations {str(explanations)!r}: give a JSON object {{latent: explanation}} "
                              f"({type(e).__name__})") from None
-    elif not (explainer_url and explainer_model):
-        raise InputError("give --explainer-url and --explainer-model, or --explanations FILE")
+    elif not (explainer_url and explainer_model) and explainer_local is None:
+        raise InputError("give --explainer-url and --explainer-model (or --explainer-local MODEL), or "
+                         "--explanations FILE")
+    if explainer_local is not None and explainer_url:
+        raise InputError("give --explainer-local or --explainer-url, not both")
     scorer_url, scorer_model = scorer_url or explainer_url, scorer_model or explainer_model
     if not (scorer_url and scorer_model):
         raise InputError("give --scorer-url and --scorer-model (they default to the explainer's)")
     feats = checks.integers(features, "--features") if features else None
     unexplained = sorted(set(feats or []) - set(given or {})) if given is not None else []
-    if unexplained and not (explainer_url and explainer_model):
+    if unexplained and not (explainer_url and explainer_model) and explainer_local is None:
         raise InputError(f"--features {unexplained[0]} has no explanation in {str(explanations)!r} and no explainer "
                          "is given (--explainer-url, --explainer-model)")
     dictionary = load_sae(sae)
@@ -386,13 +401,22 @@ def explain_cmd(
     texts = FromFile(as_texts(data, limit=limit), data)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     res = explain_features(dictionary, m, texts, out, scorer_url=scorer_url, scorer_model=scorer_model,
-                           explainer_url=explainer_url, explainer_model=explainer_model, explanations=given,
+                           explainer_url=explainer_url, explainer_model=explainer_model,
+                           explainer_local=load(explainer_local, dtype, device, None) if explainer_local else None,
+                           explanations=given,
                            features=feats, top_k=top_k, limit=limit, max_length=max_length, per_request=per_request,
-                           concurrency=concurrency, retries=retries)
+                           concurrency=concurrency, retries=retries, logprobs=logprobs, simulate=simulate)
     s = res["summary"]
     console.print(f"{s['scored']} latents scored: detection {_fmt(s['detection_balanced_accuracy'])}, fuzzing "
                   f"{_fmt(s['fuzzing_balanced_accuracy'])} balanced accuracy (mean); {s['failed_replies']} replies "
                   f"unparsed (counted as wrong)", highlight=False)
+    if logprobs:
+        console.print(f"AUC (mean): detection {_fmt(s['detection_auc'])}, fuzzing {_fmt(s['fuzzing_auc'])}"
+                      + ("" if s["detection_auc"] is not None else " - the scorer returned no log-probabilities"),
+                      highlight=False)
+    if simulate:
+        console.print(f"simulation: correlation {_fmt(s['simulation_correlation'])} (mean; 1 = the explanation "
+                      "predicts the activations exactly, 0 = not at all)", highlight=False)
     wrote(out / "explanations.json", "llm_cache/")
 
 

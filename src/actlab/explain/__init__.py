@@ -3,7 +3,7 @@ from them, and its detection and fuzzing scores (:mod:`.scoring`). Works for SAE
 latents alike (anything :func:`actlab.sae.features.scan_codes` reads)."""
 
 from .examples import Example, LatentExamples, collect
-from .scoring import Score, detection, explain, fuzzing, mark, parse_list
+from .scoring import Score, detection, explain, fuzzing, mark, parse_list, simulation
 
 __all__ = ["Example", "LatentExamples", "Score", "collect", "detection", "explain", "fuzzing", "mark",
-           "parse_list"]
+           "parse_list", "simulation"]

@@ -78,6 +78,8 @@ class ExplainerSpec(StrictConfig):
     n_texts: int = Field(200, gt=0)
     score: bool = False  # score each label by detection and fuzzing through the same endpoint (actlab.explain)
     per_request: int = Field(5, gt=0)  # contexts per scoring request
+    logprobs: int = Field(0, ge=0, le=20)  # ask the scorer for top-K log-probabilities: AUCs, expected simulation
+    simulate: bool = False  # also score by simulation (Bills et al. 2023)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> ExplainerSpec:
@@ -88,6 +90,25 @@ class ExplainerSpec(StrictConfig):
         if self.kind == "hf" and not self.model:
             raise ValueError("explainer.kind 'hf' needs explainer.model (a local chat model)")
         return self
+
+
+class CrosscoderSpec(StrictConfig):
+    """The features stage's crosscoder (``feature_source: crosscoder``): one dictionary over the base and the
+    tuned model's activations at one layer (:mod:`actlab.crosscoder`), whose tuned-only latents and shared
+    latents whose decoder direction moved are the candidates, instead of per-model SAEs matched by cosine.
+    Defaults as ``actlab diff crosscoder`` (docs/diffing.md)."""
+
+    layer: int | None = Field(None, ge=0)  # default: the most divergent of the selected layers
+    point: str | None = None  # default: sae.point (the dictionaries' point kind)
+    expansion: int = Field(8, gt=0)
+    k: int = Field(32, gt=0)
+    steps: int = Field(2000, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    n_texts: int = Field(400, gt=0)
+    max_length: int = Field(128, gt=1)
+    shifted_cosine: float = Field(0.5, ge=-1, le=1)  # shared latents below this decoder cosine: "shifted"
+    min_frequency: float = Field(1e-3, ge=0, le=1)  # candidates fire on at least this fraction of held-out tokens
 
 
 class LFPConfig(StrictConfig):
@@ -110,6 +131,8 @@ class LFPConfig(StrictConfig):
     n_agreement_words: int = Field(300, gt=0)  # per group: held-out words and (up to as many) training words
     frequency_prompts: int = Field(64, ge=0)  # generations of the tuned model counted for Fig. 4
     explainer: ExplainerSpec = Field(default_factory=ExplainerSpec)
+    feature_source: Literal["sae_overlap", "crosscoder"] = "sae_overlap"  # the features stage's candidates
+    crosscoder: CrosscoderSpec = Field(default_factory=CrosscoderSpec)
     ablation_prompts: int = Field(64, ge=0)
     ablation_new_tokens: int = Field(48, gt=0)
     device: str | None = None
@@ -158,6 +181,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_agreement_words": 200,
         "frequency_prompts": 24,
         "explainer": {"kind": "none", "n_features": 8, "contexts": 5, "n_texts": 80},
+        # feature_source: crosscoder reads these (a 656K-parameter model: 512 latents, k 8, 800 steps)
+        "crosscoder": {"expansion": 4, "k": 8, "steps": 800, "batch_size": 256, "n_texts": 400, "max_length": 64},
         "ablation_prompts": 24,
         "ablation_new_tokens": 24,
     },

@@ -256,3 +256,5 @@ class Features(Output):
     n_features: int = 0
     n_related: int = 0
     features: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "sae_overlap"  # or "crosscoder" (feature_source)
+    crosscoder: dict[str, Any] = field(default_factory=dict)  # its summary, when it was the source

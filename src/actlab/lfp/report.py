@@ -78,6 +78,9 @@ def lfp_warnings(root: Path) -> list[str]:
     if fe and fe.frequency.get("self_consistency"):
         out.append("no explainer ran: the feature labels come from the probe itself (chosen on half of the "
                    "examples, measured on the other half) - a self-consistency check, not the study's Table 7")
+    if fe and fe.source == "crosscoder" and not fe.n_features:
+        out.append("the crosscoder gave no candidate feature (no tuned-only latent, no shared latent whose decoder "
+                   "moved past crosscoder.shifted_cosine): nothing below is about what fine-tuning added")
     ab = fe.ablation if fe else {}
     if {"reward_before", "reward_after", "reward_after_random"} <= set(ab):
         eff, rnd = ab["reward_after"] - ab["reward_before"], ab["reward_after_random"] - ab["reward_before"]
@@ -114,8 +117,29 @@ def _agreement_section(page: Page, root: Path, ag: Agreement) -> None:
                [[w["word"], w["lexicon"], w["predicted"]] for w in ag.words[:40]])
 
 
+def _quality(f: dict[str, Any]) -> str:
+    """Detection / fuzzing balanced accuracy, with the AUCs and the simulation correlation when scored."""
+    def num(d: Any, key: str) -> str:
+        v = d.get(key) if isinstance(d, dict) else None
+        return "-" if v is None else f"{number(v):.2f}"
+
+    out = " / ".join(num(f.get(k), "balanced_accuracy") for k in ("detection", "fuzzing"))
+    if any(isinstance(f.get(k), dict) and f[k].get("auc") is not None for k in ("detection", "fuzzing")):
+        out += " (AUC " + " / ".join(num(f.get(k), "auc") for k in ("detection", "fuzzing")) + ")"
+    if isinstance(f.get("simulation"), dict):
+        out += f"; simulation r {num(f['simulation'], 'correlation')}"
+    return out
+
+
 def _features_section(page: Page, fe: Features) -> None:
     page.text(fe.label_note, muted=True)
+    if fe.source == "crosscoder":
+        cc = fe.crosscoder
+        ev = cc.get("explained_variance") or []
+        page.text(f"Candidates from a crosscoder at {cc.get('point')} ({cc.get('folder')}): classes "
+                  f"{cc.get('classes')}; explained variance base / tuned "
+                  + " / ".join(f"{number(v):.3f}" for v in ev) + f"; candidates {cc.get('candidates')} "
+                  f"(shared latents count as shifted below decoder cosine {cc.get('shifted_cosine')}).")
     page.table(["measure", "value"], [[k, v] for k, v in fe.frequency.items()])
     ab = fe.ablation
     page.heading("Zero-ablating the related features during generation (lexicon reward)")
@@ -134,14 +158,15 @@ def _features_section(page: Page, fe: Features) -> None:
             if 0 <= h < len(toks):
                 toks[h] = f"<mark>{toks[h]}</mark>"
             snippet = "".join(toks)
-        quality = " / ".join(f"{number(f[k]['balanced_accuracy']):.2f}"
-                             if isinstance(f.get(k), dict) and f[k].get("balanced_accuracy") is not None else "-"
-                             for k in ("detection", "fuzzing"))
-        rows.append([esc(f["layer"]), esc(f["feature"]), esc(f"{f['cos_to_other_dictionary']:.3f}"),
-                     esc(f["explanation"]), esc(quality), esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"),
-                     esc(f"{f['firing_rate_all']:.3f}"), snippet])
-    page.table(["layer", "feature", "cos (other dict.)", "explanation", "label quality (detection / fuzzing)",
-                "related", "firing (strong feedback)", "firing (all)", "top context"], rows, raw_cells=True)
+        cos = f["cos_to_other_dictionary"]
+        rows.append([esc(f["layer"]), esc(f["feature"] if "class" not in f else f"{f['feature']} ({f['class']})"),
+                     esc("-" if cos is None else f"{cos:.3f}"), esc(f["explanation"]), esc(_quality(f)),
+                     esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"), esc(f"{f['firing_rate_all']:.3f}"),
+                     snippet])
+    cos_head = "decoder cos (base vs tuned)" if fe.source == "crosscoder" else "cos (other dict.)"
+    page.table(["layer", "feature" if fe.source != "crosscoder" else "latent (class)", cos_head, "explanation",
+                "label quality (detection / fuzzing)", "related", "firing (strong feedback)", "firing (all)",
+                "top context"], rows, raw_cells=True)
 
 
 def build_lfp_report(root: Path, cfg: Any) -> Path:

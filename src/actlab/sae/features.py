@@ -167,16 +167,20 @@ def scan_codes(model: Model, sae: Any, point: str, texts: Sequence[str], feats: 
 @torch.no_grad()
 def top_examples(model: Model, sae: SparseAutoencoder, point: str, texts: Sequence[str], *,
                  features: Sequence[int] | None = None, k: int = 8, batch_size: int = 8, max_length: int = 128,
-                 window: int = 12, keep_bos: bool = False) -> dict[int, list[dict[str, Any]]]:
+                 window: int = 12, keep_bos: bool = False,
+                 read: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 ) -> dict[int, list[dict[str, Any]]]:
     """For each feature, the ``k`` tokens (over ``texts``) where it is most active, with their context (token
     text as the tokenizer spaces it). The BOS token is skipped unless ``keep_bos`` (dictionaries are trained
-    without it: its activations are atypical). :func:`actlab.sae.dashboard.feature_dashboards` adds
-    per-token activations, histograms and logit effects."""
+    without it: its activations are atypical); ``read`` as in :func:`scan_codes` (a crosscoder's paired
+    activations). :func:`actlab.sae.dashboard.feature_dashboards` adds per-token activations, histograms and
+    logit effects."""
     feats = feature_columns(sae, features)
     best = _TopK(len(feats), k)
     all_ids: list[list[int]] = []
     for s, ids, codes, _valid in scan_codes(model, sae, point, texts, feats, batch_size=batch_size,
-                                            max_length=max_length, keep_bos=keep_bos, what="top examples"):
+                                            max_length=max_length, keep_bos=keep_bos, what="top examples",
+                                            read=read):
         best.update(codes, s)
         all_ids += ids
     out: dict[int, list[dict[str, Any]]] = {}

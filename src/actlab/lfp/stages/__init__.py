@@ -21,7 +21,8 @@ INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "deltas": (("dictionary", "delta_position"), ("sae", "triples")),
     "probes": (("task", "probe_test_fraction", "probe_alpha", "seed"), ("deltas",)),
     "agreement": (("n_agreement_words", "frequency_prompts", "ablation_new_tokens"), ("probes",)),
-    "features": (("explainer", "task_description", "ablation_prompts", "ablation_new_tokens"), ("probes",)),
+    "features": (("explainer", "task_description", "ablation_prompts", "ablation_new_tokens", "feature_source",
+                  "crosscoder", "delta_position"), ("probes",)),
     "report": ((), ("agreement", "features")),
 }
 

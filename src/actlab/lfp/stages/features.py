@@ -5,6 +5,7 @@ the related ones are ablated during generation, beside as many random features."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from ...progress import task as progress_task
 from ...progress import track
 from ...sae import FeatureEdit, load_sae, overlap, top_examples
 from ..explain import make_explainer
-from ..outputs import Deltas, Dictionaries, Features, Probe
+from ..outputs import Deltas, Dictionaries, Features, LayerChoice, Probe, Triples
 
 if TYPE_CHECKING:
     from ...sae.dictionary import SparseAutoencoder
@@ -52,17 +53,16 @@ def candidates(ctx: Context, info: Dictionaries, n_features: int) -> Candidates:
     return out
 
 
-def self_consistency_labels(feats: list[dict[str, Any]], cand: Candidates, x: torch.Tensor,
-                            pred: torch.Tensor) -> None:
+def self_consistency_labels(feats: list[dict[str, Any]], x: torch.Tensor, pred: torch.Tensor) -> None:
     """Without an explainer: the quarter of the features most correlated with the probe's output (on the half
-    of the examples the firing rates are not measured on) are labelled related."""
+    of the examples the firing rates are not measured on) are labelled related. ``x``: ``[examples, features]``,
+    a column per entry of ``feats``."""
     xa, pa = x.double(), pred.double()
     xa, pa = xa - xa.mean(0), pa - pa.mean()
     corr = (xa * pa[:, None]).sum(0) / (xa.norm(dim=0) * pa.norm()).clamp_min(1e-12)
-    cols = {cand.offsets[r["layer"]] + r["feature"]: r for r in feats}
-    ranked = sorted(cols, key=lambda c: -abs(float(corr[c])))
+    ranked = sorted(range(len(feats)), key=lambda c: -abs(float(corr[c])))
     for c in ranked[: max(1, len(ranked) // 4)]:
-        cols[c]["related"] = True
+        feats[c]["related"] = True
 
 
 def ablation_rewards(ctx: Context, cand: Candidates, related: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,77 +105,244 @@ def ablation_rewards(ctx: Context, cand: Candidates, related: list[dict[str, Any
     return out
 
 
-def _scores(scorer: Any, model: Any, sae: Any, texts: list[str], f: int, explanation: str, ex: Any,
-            max_length: int) -> dict[str, Any]:
-    """Detection and fuzzing scores of one label (:mod:`actlab.explain`)."""
-    from ...explain import collect, detection, fuzzing
+def _scores(scorer: Any, simulator: Any, examples: Any, explanation: str, per_request: int) -> dict[str, Any]:
+    """Detection and fuzzing (and simulation) scores of one label (:mod:`actlab.explain`)."""
+    from ...explain import detection, fuzzing, simulation
 
-    (examples,) = collect(model, sae, sae.cfg.hook_point, texts, [f], n_top=ex.contexts, n_quantile=ex.contexts,
-                          n_negative=2 * ex.contexts, max_length=max_length)
     if not examples.top:
         return {}
-    return {"detection": detection(scorer, explanation, examples, per_request=ex.per_request),
-            "fuzzing": fuzzing(scorer, explanation, examples, per_request=ex.per_request)}
+    out = {"detection": detection(scorer, explanation, examples, per_request=per_request),
+           "fuzzing": fuzzing(scorer, explanation, examples, per_request=per_request)}
+    if simulator is not None:
+        out["simulation"] = simulation(simulator, explanation, examples)
+    return out
+
+
+@dataclass
+class Source:
+    """Where the features stage's candidates come from. ``chosen``: one row per candidate (layer, feature,
+    ``cos_to_other_dictionary`` and, for a crosscoder, its class); ``values``: ``[examples, candidates]`` their
+    values on the triples' variants (the rows of the deltas' features, positive then neutral then negative);
+    ``all_fires``: ``[examples, every live latent]`` whether each latent fires, for the average firing rate."""
+
+    kind: str
+    chosen: list[dict[str, Any]]
+    values: torch.Tensor
+    all_fires: torch.Tensor
+    top: Callable[[dict[str, Any], int], list[dict[str, Any]]]
+    examples: Callable[[dict[str, Any]], Any]
+    ablate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def sae_source(ctx: Context) -> Source:
+    """The study's protocol: features both dictionary widths agree on (max decoder cosine), read from the
+    tuned model's SAEs through the deltas stage's features."""
+    from ...explain import collect
+
+    cfg, ex = ctx.cfg, ctx.cfg.explainer
+    cand = candidates(ctx, ctx.read(Dictionaries, "sae"), ex.n_features)
+    tuned, texts = ctx.model("tuned"), ctx.texts(ex.n_texts)
+    x_all = ctx.read(Deltas, "deltas").features()
+    chosen = [{"layer": layer, "feature": f, "cos_to_other_dictionary": cos} for cos, layer, f in cand.chosen]
+    cols = [cand.offsets[r["layer"]] + r["feature"] for r in chosen]
+
+    def top(r: dict[str, Any], k: int) -> list[dict[str, Any]]:
+        sae = cand.saes[r["layer"]]
+        return top_examples(tuned, sae, sae.cfg.hook_point, texts, features=[r["feature"]], k=k,
+                            max_length=cfg.sae.max_length)[r["feature"]]
+
+    def examples(r: dict[str, Any]) -> Any:
+        sae = cand.saes[r["layer"]]
+        return collect(tuned, sae, sae.cfg.hook_point, texts, [r["feature"]], n_top=ex.contexts,
+                       n_quantile=ex.contexts, n_negative=2 * ex.contexts, max_length=cfg.sae.max_length)[0]
+
+    return Source("sae_overlap", chosen, x_all[:, cols], x_all > 0, top, examples,
+                  lambda related: ablation_rewards(ctx, cand, related))
+
+
+def _crosscoder_layer(ctx: Context) -> int:
+    spec = ctx.cfg.crosscoder
+    if spec.layer is not None:
+        return spec.layer
+    lay = ctx.read(LayerChoice, "divergence")
+    if not lay.layers:
+        raise InputError("the divergence stage selected no layer; set crosscoder.layer")
+    return max(lay.layers, key=lambda i: lay.mlp_divergence[i] if i < len(lay.mlp_divergence) else 0.0)
+
+
+@torch.no_grad()
+def crosscoder_values(base: Any, tuned: Any, cc: Any, points: tuple[str, str], texts: list[str],
+                      spans: list[Any], *, batch_size: int = 16) -> torch.Tensor:
+    """``[texts, d_sae]``: per text, the crosscoder's codes averaged over its positions (the word's tokens, or
+    every token when its span is None) - the SAE features' reading (:func:`actlab.lfp.probes.sae_features`)."""
+    from ...lfp.probes import token_positions
+
+    names = [m.parse_points(p)[0].name for m, p in zip((base, tuned), points, strict=True)]
+    out = []
+    for s in range(0, len(texts), batch_size):
+        chunk = texts[s:s + batch_size]
+        pos = [token_positions(tuned, t, sp) for t, sp in zip(chunk, spans[s:s + batch_size], strict=True)]
+        batch = tuned.tokenize(chunk, padding_side="right")
+        mask = torch.zeros_like(batch["attention_mask"], dtype=torch.bool)
+        for b, q in enumerate(pos):
+            mask[b, q] = True
+        parts = [m.activations(batch, n, positions=mask)[n] for m, n in zip((base, tuned), names, strict=True)]
+        codes = cc.encode(torch.cat(parts, -1).to(cc.b_enc.device)).cpu()
+        out.append(torch.stack([c.mean(0) for c in torch.split(codes, [len(q) for q in pos])]))
+    return torch.cat(out)
+
+
+def crosscoder_source(ctx: Context) -> Source:
+    """Minder et al. (2025)'s reading: one BatchTopK crosscoder over both models at one layer; the candidates are
+    its tuned-only latents (most tuned-leaning first), then shared latents whose decoder direction moved (cosine
+    below ``crosscoder.shifted_cosine``, lowest first), among latents firing on at least
+    ``crosscoder.min_frequency`` of the held-out tokens (rarer ones have barely trained decoders)."""
+    import json
+
+    from ...crosscoder import load_crosscoder
+    from ...crosscoder.dashboards import ModelView, paired_read
+    from ...crosscoder.edit import generate_ablated
+    from ...explain import collect
+    from ...hooks.points import HookPoint
+    from ...jobs.diffing import crosscoder as train_crosscoder
+
+    cfg, ex, spec = ctx.cfg, ctx.cfg.explainer, ctx.cfg.crosscoder
+    layer = _crosscoder_layer(ctx)
+    point = HookPoint(layer, spec.point or cfg.sae.point).name
+    base, tuned = ctx.model("base"), ctx.model("tuned")
+    folder = ctx.dir("features") / "crosscoder"
+    ctx.log(f"  crosscoder at {point}: base vs tuned, {spec.steps} steps")
+    summary = train_crosscoder(base, tuned, ctx.texts(spec.n_texts), folder, point=point, limit=None,
+                               max_length=spec.max_length, expansion=spec.expansion, k=spec.k, steps=spec.steps,
+                               batch_size=spec.batch_size, lr=spec.lr, seed=cfg.seed, dashboards=0)
+    analysis = json.loads((folder / "latents.json").read_text(encoding="utf-8"))
+    cc = load_crosscoder(folder / "crosscoder" / analysis["config"]["name"])
+    latents = analysis["latents"]
+    live = [x for x in latents if x["class"] != "dead" and x["frequency"] >= spec.min_frequency]
+    tuned_only = sorted((x for x in live if x["class"] == "tuned-only"), key=lambda x: -x["delta"])
+    shifted = sorted((x for x in live if x["class"] == "shared" and x["cosine"] is not None
+                      and x["cosine"] < spec.shifted_cosine), key=lambda x: x["cosine"])
+    picks = [(x, "tuned-only") for x in tuned_only] + [(x, "shared-shifted") for x in shifted]
+    chosen = [{"layer": layer, "feature": x["latent"], "cos_to_other_dictionary": x["cosine"], "class": kind,
+               "relative_norm_difference": x["delta"]} for x, kind in picks[: ex.n_features]]
+    rows = ctx.read(Triples, "triples").rows
+    use_word = cfg.delta_position == "word"
+    values = torch.cat([crosscoder_values(base, tuned, cc, (point, point), [r[k]["text"] for r in rows],
+                                          [r[k]["span"] if use_word else None for r in rows])
+                        for k in ("positive", "neutral", "negative")])
+    alive = [x["latent"] for x in live]
+    view, read = ModelView(cc, 1), paired_read((base, tuned), (point, point))
+    texts = ctx.texts(ex.n_texts)
+
+    def top(r: dict[str, Any], k: int) -> list[dict[str, Any]]:
+        return top_examples(tuned, view, point, texts, features=[r["feature"]], k=k, max_length=cfg.sae.max_length,
+                            read=read)[r["feature"]]
+
+    def examples(r: dict[str, Any]) -> Any:
+        return collect(tuned, view, point, texts, [r["feature"]], n_top=ex.contexts, n_quantile=ex.contexts,
+                       n_negative=2 * ex.contexts, max_length=cfg.sae.max_length, read=read)[0]
+
+    def ablate(related: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = imdb_prefixes(cfg.data, cfg.ablation_prompts) if cfg.data else []
+        out: dict[str, Any] = {"n_prompts": len(prompts), "decoding": "greedy, crosscoder latents zero-ablated "
+                               "in the tuned model (the base model reads the same tokens at each step)"}
+        if not prompts:
+            return out
+
+        def reward(which: list[int], what: str) -> float:
+            ctx.log(f"  ablation generations ({what})")
+            gens = generate_ablated(base, tuned, cc, (point, point), prompts, which,
+                                    max_new_tokens=cfg.ablation_new_tokens)
+            return sum(lexicon_reward(g) for g in gens) / len(gens)
+
+        out["reward_before"] = reward([], "none ablated")
+        if not related:
+            return out
+        fs = sorted({r["feature"] for r in related})
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        pool = [j for j in alive if j not in fs]
+        rand = sorted(pool[i] for i in torch.randperm(len(pool), generator=g)[: len(fs)].tolist())
+        out["reward_after"] = reward(fs, "related latents ablated")
+        out["reward_after_random"] = reward(rand, "random latents ablated")
+        out["ablated"] = [[layer, f] for f in fs]
+        out["random_ablated"] = [[layer, f] for f in rand]
+        return out
+
+    shared_cos = [x["cosine"] for x in live if x["class"] == "shared" and x["cosine"] is not None]
+    summary = {"layer": layer, "point": point, "folder": "features/crosscoder", **summary,
+               "candidates": {"tuned-only": len(tuned_only), "shared-shifted": len(shifted)},
+               "shifted_cosine": spec.shifted_cosine, "lowest_shared_cosine": min(shared_cos, default=None)}
+    return Source("crosscoder", chosen, values[:, [r["feature"] for r in chosen]], values[:, alive] > 0, top,
+                  examples, ablate, summary)
 
 
 def stage_features(ctx: Context) -> dict[str, Any]:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
-    cand = candidates(ctx, ctx.read(Dictionaries, "sae"), ex.n_features)
-    tuned = ctx.model("tuned")
-    texts = ctx.texts(ex.n_texts)
+    src = crosscoder_source(ctx) if cfg.feature_source == "crosscoder" else sae_source(ctx)
     explainer = make_explainer(ex.kind, base_url=ex.base_url, model=ex.model)
-    scorer = None
+    scorer = simulator = None
     if ex.score and ex.base_url and ex.model:  # labels scored by detection and fuzzing (Paulo et al. 2024)
         from ...llm import ReplyCache, endpoint_asker
 
-        scorer = endpoint_asker(ex.base_url, ex.model, cache=ReplyCache(ctx.dir("features") / "llm_cache"),
-                                max_tokens=64)
-    x_all = ctx.read(Deltas, "deltas").features()
-    pred = ctx.read(Probe, "probes").predict(x_all)
+        kw = {"cache": ReplyCache(ctx.dir("features") / "llm_cache"), "top_logprobs": ex.logprobs}
+        scorer = endpoint_asker(ex.base_url, ex.model, max_tokens=64, **kw)
+        if ex.simulate:
+            simulator = endpoint_asker(ex.base_url, ex.model, max_tokens=4 * cfg.sae.max_length + 16, **kw)
+    n_ex = len(src.values)
+    pred = ctx.read(Probe, "probes").predict(ctx.read(Deltas, "deltas").features())
     # Without an explainer the labels come from the probe's own statistics, so they are chosen on one half of
     # the examples and the firing rates measured on the other (a self-consistency check, said so in the output).
-    perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(cfg.seed))
-    label_idx, measure_idx = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    perm = torch.randperm(n_ex, generator=torch.Generator().manual_seed(cfg.seed))
+    label_idx, measure_idx = perm[: n_ex // 2], perm[n_ex // 2:]
     if explainer is not None:
-        measure_idx = torch.arange(len(x_all))
-    x_m, p_m = x_all[measure_idx], pred[measure_idx]
+        measure_idx = torch.arange(n_ex)
+    p_m = pred[measure_idx]
     strong = p_m.abs() >= torch.quantile(p_m.abs(), 0.8)
-    fires = x_m > 0
+    fires = src.values[measure_idx] > 0
+    all_fires = src.all_fires[measure_idx]
     feats = []
-    for cos, layer, f in track(cand.chosen, "labelling features", unit="features"):
-        sae = cand.saes[layer]
-        rows = top_examples(tuned, sae, sae.cfg.hook_point, texts, features=[f], k=ex.contexts,
-                            max_length=cfg.sae.max_length)[f]
-        explanation, related = explainer.explain(rows, cfg.task_description) if explainer is not None else ("", None)
-        col = cand.offsets[layer] + f
-        feats.append({"layer": layer, "feature": f, "cos_to_other_dictionary": cos, "explanation": explanation,
-                      "related": related, "firing_rate_strong": float(fires[strong, col].float().mean()),
-                      "firing_rate_all": float(fires[:, col].float().mean()),
+    for i, row in enumerate(track(src.chosen, "labelling features", unit="features")):
+        rows = src.top(row, ex.contexts)
+        explanation, related = explainer.explain(rows, cfg.task_description) if explainer is not None and rows \
+            else ("", None)  # a feature silent on every label text is not shown to the explainer
+        feats.append({**row, "explanation": explanation, "related": related,
+                      "firing_rate_strong": float(fires[strong, i].float().mean()),
+                      "firing_rate_all": float(fires[:, i].float().mean()),
                       "contexts": [{"tokens": r["tokens"], "highlight": r["highlight"], "value": r["value"]}
                                    for r in rows]})
         if scorer is not None and explanation:
-            feats[-1].update(_scores(scorer, tuned, sae, texts, f, explanation, ex, cfg.sae.max_length))
+            feats[-1].update(_scores(scorer, simulator, src.examples(row), explanation, ex.per_request))
     if explainer is None:
-        self_consistency_labels(feats, cand, x_all[label_idx], pred[label_idx])
+        self_consistency_labels(feats, src.values[label_idx], pred[label_idx])
         label_note = ("no explainer configured: SELF-CONSISTENCY CHECK, not the study's Table 7. The top quarter "
                       "of the features by |correlation with the probe's output| on one half of the examples are "
                       "labelled related; the firing rates are measured on the other half")
     else:
         label_note = f"labels from {explainer.name}; firing rates measured on every example"
+    if src.kind == "crosscoder":
+        label_note += ("; candidates: the crosscoder's tuned-only latents, then shared latents whose decoder "
+                       "direction moved (not per-model SAEs matched by cosine)")
+        if not feats:
+            low = src.summary.get("lowest_shared_cosine")
+            label_note += (f". NO CANDIDATE: no tuned-only latent and no shared latent with decoder cosine below "
+                           f"{cfg.crosscoder.shifted_cosine} (lowest: {'n/a' if low is None else f'{low:.3f}'}) - "
+                           "the fine-tuning changed too little at this layer for the crosscoder to separate; raise "
+                           "crosscoder.shifted_cosine to read the most-moved shared latents")
     related = [r for r in feats if r["related"]]
     freq = {"related_firing_rate_strong": (sum(r["firing_rate_strong"] for r in related) / len(related)
                                            if related else None),
             "related_firing_rate_all": (sum(r["firing_rate_all"] for r in related) / len(related)
                                         if related else None),
-            "average_feature_firing_rate_strong": float(fires[strong].float().mean()),
-            "average_feature_firing_rate_all": float(fires.float().mean()),
+            "average_feature_firing_rate_strong": float(all_fires[strong].float().mean()),
+            "average_feature_firing_rate_all": float(all_fires.float().mean()),
             "self_consistency": explainer is None, "n_examples_measured": len(measure_idx)}
-    ablation = ablation_rewards(ctx, cand, related)
+    ablation = src.ablate(related)
     ctx.dir("features")
-    result = Features(label_note, freq, ablation, len(feats), len(related), feats)
+    result = Features(label_note, freq, ablation, len(feats), len(related), feats, src.kind, src.summary)
     result.write(ctx.root)
     ctx.log(f"  {len(related)}/{len(feats)} features labelled related; ablation reward "
             f"{ablation.get('reward_before', float('nan')):.3f} -> {ablation.get('reward_after', float('nan')):.3f} "
             f"(as many random features: {ablation.get('reward_after_random', float('nan')):.3f})")
     return {"label_note": label_note, "frequency": freq, "ablation": ablation, "n_features": len(feats),
-            "n_related": len(related)}
+            "n_related": len(related), "source": src.kind}
