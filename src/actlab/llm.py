@@ -192,14 +192,10 @@ def endpoint_asker(base_url: str, model: str, *, cache: ReplyCache | None = None
 
 
 def local_chat_asker(model: Any, *, cache: ReplyCache | None = None, max_new_tokens: int = 120) -> Asker:
-    """An :class:`Asker` over a local HF chat model (a loaded :class:`actlab.Model` or a name to load): the
-    messages through its chat template, a greedy reply (named ``hf:NAME`` in its cache). One request at a time."""
+    """An :class:`Asker` over a local HF chat model (a loaded :class:`actlab.Model`): the messages through its
+    chat template, a greedy reply (named ``hf:NAME`` in its cache). One request at a time."""
     from .errors import InputError
 
-    if isinstance(model, str):
-        from .models import load_model
-
-        model = load_model(model)
     if getattr(model.tokenizer, "chat_template", None) is None:
         raise InputError(f"the local chat model {model.name!r} has no chat template")
 

@@ -58,12 +58,22 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
     """Print a model's architecture, layer count, widths and hook points."""
     from rich.table import Table
 
+    from ..errors import HookPointError
     from ..hooks.points import BLOCK_KINDS, GLOBAL_POINTS
 
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    a = m.adapter
+    how = ("derived from its module tree and a probe forward (docs/support.md)" if a.derived
+           else f"hand-written ({a.family}, docs/adapters.md)")
+    checked = "; ".join(f"{k} (rel. error {v:.1e})" for k, v in m.validation.items()) or "not run"
+    try:
+        d_mlp: object = m.d_mlp
+    except HookPointError:
+        d_mlp = "- (no single MLP down projection: mixture of experts)"
     t = Table(show_header=False, box=None)
-    for k, v in [("model", m.name), ("architecture", type(m.hf).__name__), ("family", m.adapter.family),
-                 ("layers", m.n_layers), ("d_model", m.d_model), ("d_mlp", m.d_mlp), ("vocab", m.vocab_size),
+    for k, v in [("model", m.name), ("architecture", type(m.hf).__name__), ("family", a.family),
+                 ("adapter", how), ("validated at load", checked),
+                 ("layers", m.n_layers), ("d_model", m.d_model), ("d_mlp", d_mlp), ("vocab", m.vocab_size),
                  ("context", m.context_length), ("parallel residual", m.parallel), ("dtype", str(m.dtype)),
                  ("checkpoint dtype", m.source.get("checkpoint_dtype", "-")), ("device", str(m.device))]:
         t.add_row(f"[bold]{k}[/bold]", str(v))

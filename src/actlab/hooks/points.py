@@ -56,6 +56,7 @@ class HookKind:
     at_layer: int | None = None  # model-scope kinds read from a block's site: which block
     view: str | None = None  # "heads": the site's last dim split into [head, d_head]; "result": per-head writes
     shape: str = "[batch, seq, d]"  # what handlers and captures see (d: d_model, or d_mlp for mlp_hidden)
+    read_only: str | None = None  # why an edit of this kind is refused (None: edits are written)
 
 
 def _d_model(m: Any) -> int:
@@ -68,6 +69,10 @@ def _d_mlp(m: Any) -> int:
 
 def _d_head(m: Any) -> int:
     return int(m.d_head)
+
+
+def _n_experts(m: Any) -> int:
+    return int(m.n_experts)
 
 
 def _n_ctx(m: Any) -> int:
@@ -104,6 +109,12 @@ KINDS: dict[str, HookKind] = {k.name: k for k in (
     HookKind("resid_mid", "block", Site("mlp_norm", "in"), _d_model, True,
              "the residual stream after attention, before the MLP (parallel blocks: resid_pre + attn_out)", "stream",
              composite=("resid_pre", Site("attn", "out"))),
+    HookKind("mlp.router", "block", Site("router", "out"), _n_experts, False,
+             "the router's logits per expert (mixture-of-experts blocks; the router module's first output)",
+             "internal", shape="[batch, seq, expert]",
+             read_only="the router picks its top-k experts inside its own module, so an edit of the logits it "
+                       "returns would not change the routing; edit resid_mid (what it reads) or mlp_out (what the "
+                       "experts write) instead"),
     HookKind("mlp_hidden", "block", Site("mlp_down", "in"), _d_mlp, False,
              "the MLP's hidden activation (after the nonlinearity / gating), d_mlp wide", "internal"),
     HookKind("mlp_out", "block", Site("mlp_out", "out"), _d_model, True,
@@ -369,6 +380,8 @@ def kinds_table_markdown() -> str:
             write = f"{part.where}put of `{part.field}` (as `f({base} + a) - {base}`)"
         elif k.view == "result":
             write = "output of `attn_o` (as the sum over heads + bias)"
+        elif k.read_only:
+            write = "read-only (the routing is decided inside the router)"
         else:
             write = "the read site"
         shape = k.shape.replace("d]", "d_mlp]") if k.width is _d_mlp else k.shape

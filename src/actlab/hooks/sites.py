@@ -165,6 +165,8 @@ class WritePlan:
 
 def write_plan(target: HookTarget, p: HookPoint) -> WritePlan:
     k = kind(p.kind)
+    if k.read_only:
+        raise HookPointError(f"{p.name} can be read, not edited: {k.read_only}")
     if k.composite is None:
         return WritePlan(_need(target, k.read, p))
     base, part = k.composite

@@ -41,7 +41,7 @@ class ArchAdapter:
     attn: str
     mlp: str | None
     mlp_out: str
-    mlp_down: str
+    mlp_down: str | None  # None: no single linear map writes the MLP output (a mixture of experts)
     mlp_norm: str | None
     final_norm: str
     unembed: str | None = None  # None: the model's get_output_embeddings()
@@ -59,6 +59,13 @@ class ArchAdapter:
     # projection whose input is the per-head output z (None: attn_proj).
     attn_core: str | None = None
     attn_o: str | None = None
+    # The logits are the unembedding times this (Cohere's logit_scale, Granite's 1 / logits_scaling); derived
+    # adapters measure it. ``derived``: built by actlab.models.derive from the module tree, not written here.
+    logit_scale: float | None = None
+    derived: bool = False
+    # Mixture-of-experts: the router inside the MLP block (its first output: logits per expert), and the config
+    # attribute counting the experts. None: a dense MLP (the point blocks.i.mlp.router does not exist).
+    router: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""
@@ -161,8 +168,25 @@ def supported_families() -> dict[str, list[str]]:
     return out
 
 
+def check_config(config: Any) -> ArchAdapter | None:
+    """Before any weights load: the hand-written adapter for ``config.model_type`` (its config checked), None
+    when the adapter will be derived from the loaded model (:mod:`actlab.models.derive`), or a clear error for
+    what cannot be read (encoder-decoder, recurrent)."""
+    mt = getattr(config, "model_type", None)
+    if mt in ADAPTERS:
+        return get_adapter(config)
+    from .derive import REFUSED
+
+    if getattr(config, "is_encoder_decoder", False) or mt in REFUSED:
+        from .derive import refusal
+
+        raise UnsupportedArchitectureError(refusal(config))
+    return None
+
+
 def get_adapter(config: Any) -> ArchAdapter:
-    """The adapter for ``config.model_type``; a clear error naming the supported families otherwise."""
+    """The hand-written adapter for ``config.model_type``; a clear error naming the supported families
+    otherwise (:func:`actlab.models.derive.derive_adapter` covers other decoder-only models)."""
     mt = getattr(config, "model_type", None)
     adapter = ADAPTERS.get(mt)
     if adapter is None:

@@ -22,7 +22,7 @@ from ..errors import ActlabError, ModelNotFoundError
 from ..progress import task as progress_task
 from ..progress import third_party_quiet
 from . import gguf as gguf_mod
-from .adapters import get_adapter
+from .adapters import check_config
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _load_and_wrap(requested: str, name_or_path: str, kind: str, location: str, 
                 hf_model, tokenizer = _load_gguf(Path(location), gguf_path, dt, model_kwargs, cache_gguf, source)
             else:
                 config = _read_config(AutoConfig, location, common)
-                get_adapter(config)  # fail fast, before downloading or loading weights
+                check_config(config)  # fail fast, before downloading or loading weights
                 ck = getattr(config, "dtype" if _dtype_kwarg() == "dtype" else "torch_dtype", None)
                 if ck is not None:
                     source["checkpoint_dtype"] = str(ck).replace("torch.", "")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import HookPointError, InputError
+from ..errors import HookPointError, InputError, UnsupportedArchitectureError
 from ..hooks.capture import Activations, Capture
 from ..hooks.core import CACHE_KWARGS, StopForward
 from ..hooks.interventions import Edits, Intervention
@@ -25,7 +25,8 @@ from ..hooks.points import HookPoint, all_point_names, parse_points
 from ..hooks.positions import PositionSpec
 from ..hooks.sites import read_plan, write_plan
 from ..runs import apply_umask, write_json
-from .adapters import ArchAdapter, get_adapter
+from .adapters import ArchAdapter
+from .derive import resolve_adapter
 
 TextBatch = str | Sequence[str]
 
@@ -81,13 +82,18 @@ class Model:
         self.hf = hf_model
         self.tokenizer = tokenizer
         self.config = hf_model.config
-        self.adapter = adapter or get_adapter(self.config)
+        self.adapter = adapter or resolve_adapter(hf_model)
         self.name = name or getattr(self.config, "_name_or_path", "") or type(hf_model).__name__
         self.source = source or {}
+        self.validation: dict[str, float] = {}  # what the load-time validation checked: check -> relative error
         a = self.adapter
-        self.base: nn.Module = hf_model.get_submodule(a.base)
-        self.layers: nn.ModuleList = hf_model.get_submodule(a.layers)  # type: ignore[assignment]
-        self.final_norm_module: nn.Module = hf_model.get_submodule(a.final_norm)
+        self.base: nn.Module = self._submodule(a.base, "base")
+        self.layers: nn.ModuleList = self._submodule(a.layers, "layers")  # type: ignore[assignment]
+        self.final_norm_module: nn.Module = self._submodule(a.final_norm, "final_norm")
+        for field in ("attn", "mlp_out", "mlp_norm", "mlp_down", "attn_proj"):
+            path = getattr(a, field)
+            if path:
+                self._submodule(f"{a.layers}.0.{path}", field)
         head = hf_model.get_submodule(a.unembed) if a.unembed else hf_model.get_output_embeddings()
         if head is None:
             raise HookPointError(f"{type(hf_model).__name__} has no output embedding (unembedding) module")
@@ -105,6 +111,16 @@ class Model:
             if fallback is not None:
                 tokenizer.pad_token = fallback
 
+    def _submodule(self, path: str, field: str) -> nn.Module:
+        """A module the adapter names, or a clear error: which field, which path, what to do."""
+        try:
+            return self.hf.get_submodule(path)
+        except AttributeError:
+            raise UnsupportedArchitectureError(
+                f"adapter {self.adapter.family!r} names {field} = {path!r}, which {type(self.hf).__name__} does not "
+                "have (a renamed or rearranged module?); register an adapter for this layout: "
+                "actlab.register_adapter(actlab.ArchAdapter(...), overwrite=True) (see docs/adapters.md)") from None
+
     @classmethod
     def wrap(cls, hf_model: nn.Module, tokenizer: Any = None, *, validate: bool = True, **kw: Any) -> Model:
         """Wrap an already-loaded HF model (optionally validating the adapter on a probe input)."""
@@ -112,7 +128,7 @@ class Model:
         if validate:
             from .validate import validate_model
 
-            validate_model(m)
+            m.validation = validate_model(m)
         return m
 
     def save(self, out_dir: str | os.PathLike[str], *, dtype: str | torch.dtype | None = "checkpoint") -> Path:
@@ -144,6 +160,9 @@ class Model:
 
     @property
     def d_mlp(self) -> int:
+        if self.adapter.mlp_down is None:
+            raise HookPointError(f"{self.adapter.family}: no single linear map writes the MLP output (mixture of "
+                                 "experts?), so the MLP hidden width is not defined")
         down = self.layers[0].get_submodule(self.adapter.mlp_down)
         if isinstance(down, nn.Linear):
             return int(down.in_features)
@@ -191,8 +210,22 @@ class Model:
         return self.hf.get_input_embeddings().weight.dtype
 
     @property
+    def n_experts(self) -> int:
+        """Experts per mixture-of-experts block (the router's output width)."""
+        if self.adapter.router is None:
+            raise HookPointError(f"{self.adapter.family}: no router (a dense MLP, not a mixture of experts)")
+        for i in range(self.n_layers):
+            r = self.module("router", i)
+            if r is not None:
+                return int(r.weight.shape[0])
+        raise HookPointError(f"{self.adapter.family}: no layer has the router {self.adapter.router!r}")
+
+    @property
     def hook_points(self) -> list[str]:
-        return all_point_names(self.n_layers)
+        names = all_point_names(self.n_layers)
+        if self.adapter.router is None:
+            return [n for n in names if not n.endswith(".mlp.router")]
+        return [n for n in names if not n.endswith(".mlp.router") or self.module("router", int(n.split(".")[1]))]
 
     def parse_points(self, spec: str | HookPoint | Iterable[str | HookPoint]) -> list[HookPoint]:
         """Expand a hook-point spec (``'resid_post'``, ``'blocks.3.attn_out'``, ``'blocks.2:5.mlp_out'``...)."""
@@ -226,6 +259,11 @@ class Model:
         if field == "block":
             return blk
         path = self._mlp_norm if field == "mlp_norm" else getattr(self.adapter, field, None)
+        if field == "router" and path:  # MoE models may keep dense MLPs in some layers (DeepSeek's first ones)
+            try:
+                return blk.get_submodule(path)
+            except AttributeError:
+                return None
         return blk.get_submodule(path) if path else None
 
     def read_site(self, p: HookPoint) -> tuple[Any, str]:

@@ -23,6 +23,7 @@ class Unembed:
         self.project_out = model.project_out
         cap = getattr(model.config, model.adapter.softcap_attr, None) if model.adapter.softcap_attr else None
         self.softcap: float | None = float(cap) if cap else None
+        self.scale: float | None = model.adapter.logit_scale
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
@@ -39,6 +40,8 @@ class Unembed:
         if self.project_out is not None:
             h = self.project_out(h)
         logits = self.head(h.to(w.device)).float()
+        if self.scale is not None:
+            logits = logits * self.scale
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.to(out_device)
@@ -60,7 +63,8 @@ class Unembed:
         normed = self.norm(h) - self.norm(torch.zeros_like(h[:1]))
         if self.project_out is not None:
             normed = self.project_out(normed)
-        return (normed @ w.T).float().cpu()
+        out = (normed @ w.T).float().cpu()
+        return out * self.scale if self.scale is not None else out
 
 
 def _module_device(m: torch.nn.Module, default: torch.device) -> torch.device:

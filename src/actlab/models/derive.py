@@ -1,0 +1,357 @@
+"""A derived adapter for a decoder-only model no hand-written adapter covers: its hook sites read from its own
+module tree and from one probe forward, never from names alone.
+
+1. **Layers**: the outermost ``nn.ModuleList`` holding ``num_hidden_layers`` modules of one class; ``base`` is
+   its parent.
+2. **One probe forward** (a few token ids) records layer 0's input and output and the input and output of each
+   of its children (and of every linear map inside them).
+3. **The block's algebra decides the roles**: a sequential block has a child ``a`` whose output is what the
+   attention adds (``resid_mid = resid_pre + out(a)``, read as the input of a child ``n``) and a child ``m``
+   with ``resid_post = resid_mid + out(m)``; a parallel one has ``resid_post = resid_pre + out(a) + out(m)``.
+   Children named like attention / MLP are tried first, then norms (sandwich norms: Gemma-2's post-norms are
+   what the residual receives). Inside the MLP, ``mlp_down`` is the linear map whose output is the MLP's;
+   inside attention, ``attn_proj`` the one whose output is the attention's.
+4. **Final norm**: a norm child of ``base`` (or of the root) for which unembedding the last layer's output
+   through it reproduces the logits, up to one scalar (a logit scale, as Cohere and Granite have), recorded.
+
+Whatever cannot be matched raises :class:`UnsupportedArchitectureError` naming the part, never a guess; the
+load-time validation (:mod:`actlab.models.validate`) then checks the result like any hand-written adapter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitectureError
+from .adapters import ArchAdapter
+
+ATTN_WORDS = ("attn", "attention", "mixer", "self_attn", "temporal")
+MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "experts", "ff", "channel")
+# Recurrent / state-space families: their blocks have no attention sub-block of this shape. Hybrids are
+# tried (their attention layers may validate) but layer 0 is often a recurrent one.
+REFUSED = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma", "reformer"}
+# What marks a recurrent / state-space / linear-attention mixer inside a hybrid model's layer: a child name
+# with one of these words (between underscores), or a class name with one of these parts.
+RECURRENT_NAMES = re.compile(r"(^|_)(mamba|ssm|conv|linear_attn|rwkv|recurrent|deltanet|gated_delta)(_|$|\d)")
+RECURRENT_CLASSES = ("Mamba", "SSM", "Ssm", "ShortConv", "Conv1d", "Rwkv", "Recurrent", "DeltaNet", "GatedDelta",
+                     "LinearAttention", "Lightning")
+
+
+def refusal(config: Any) -> str:
+    """Why a model type is refused before loading (encoder-decoder or recurrent)."""
+    mt = getattr(config, "model_type", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return f"model_type={mt!r} is an encoder-decoder model; actlab reads decoder-only causal LMs"
+    return (f"model_type={mt!r} is a recurrent / state-space model: its blocks have no attention and MLP "
+            "sub-blocks of the residual form actlab reads")
+
+
+def n_layers_of(config: Any) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        v = getattr(text, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _is_norm(m: nn.Module) -> bool:
+    name = type(m).__name__.lower()
+    return "norm" in name and not any(isinstance(c, nn.Linear) for c in m.modules())
+
+
+def _linear_like(m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    return isinstance(m, nn.Linear) or (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor))
+
+
+def find_layers(hf_model: nn.Module, n: int) -> str:
+    """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class."""
+    lists = [(name, m) for name, m in hf_model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) == n and name and any(True for _ in m[0].children())]
+    found = [(name, m) for name, m in lists if len({type(x) for x in m}) == 1]
+    if not found and lists:
+        name, m = min(lists, key=lambda x: x[0].count("."))
+        raise UnsupportedArchitectureError(
+            f"{type(hf_model).__name__} is a hybrid: its decoder layers ({name}) are of different classes "
+            f"({sorted({type(x).__name__ for x in m})}); register an adapter (see docs/adapters.md)")
+    if not found:
+        raise UnsupportedArchitectureError(
+            f"{type(hf_model).__name__}: no list of {n} decoder layers (an nn.ModuleList of num_hidden_layers "
+            "blocks of one class) was found in its module tree; register an adapter: "
+            "actlab.register_adapter(actlab.ArchAdapter(...)) (see docs/adapters.md)")
+    return min(found, key=lambda x: x[0].count("."))[0]
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if hasattr(x, "last_hidden_state"):
+        return x.last_hidden_state
+    return None
+
+
+@contextmanager
+def _recording(mods: dict[str, nn.Module], rec: dict[str, dict[str, torch.Tensor]]) -> Iterator[None]:
+    """Record the first tensor input (positional, or ``hidden_states``) and output of each module (first call)."""
+    handles = []
+
+    def pre(name: str):
+        def fn(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _first_tensor(args) if args else None
+            if x is None:
+                x = kwargs.get("hidden_states", kwargs.get("x", kwargs.get("input")))
+            if isinstance(x, torch.Tensor) and "in" not in rec.setdefault(name, {}):
+                rec[name]["in"] = x.detach().double().clone()
+        return fn
+
+    def post(name: str):
+        def fn(_m: nn.Module, _args: Any, out: Any) -> None:
+            t = _first_tensor(out)
+            if isinstance(t, torch.Tensor) and "out" not in rec.setdefault(name, {}):
+                rec[name]["out"] = t.detach().double().clone()
+        return fn
+
+    try:
+        for name, m in mods.items():
+            handles.append(m.register_forward_pre_hook(pre(name), with_kwargs=True))
+            handles.append(m.register_forward_hook(post(name)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _close(a: torch.Tensor | None, b: torch.Tensor | None, tol: float = 1e-4) -> bool:
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    scale = float(b.abs().max()) + 1e-6
+    return float((a - b).abs().max()) <= tol * scale
+
+
+def _rank(names: list[str], words: tuple[str, ...]) -> list[str]:
+    """Names containing one of ``words`` first (in ``words`` order), then the rest in module order."""
+    def key(n: str) -> int:
+        low = n.lower()
+        return next((i for i, w in enumerate(words) if w in low), len(words))
+    return sorted(names, key=key)
+
+
+@torch.no_grad()
+def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
+    """An :class:`ArchAdapter` for ``hf_model`` derived from its module tree and one probe forward (see module
+    docstring); raises :class:`UnsupportedArchitectureError` naming what could not be matched."""
+    config = hf_model.config
+    mt = getattr(config, "model_type", type(hf_model).__name__)
+    if getattr(config, "is_encoder_decoder", False) or mt in REFUSED:
+        raise UnsupportedArchitectureError(refusal(config))
+    n = n_layers_of(config)
+    if n is None:
+        raise UnsupportedArchitectureError(f"model_type={mt!r}: its config names no layer count")
+    layers_path = find_layers(hf_model, n)
+    base_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
+    layers = hf_model.get_submodule(layers_path)
+    block = layers[0]
+    children = dict(block.named_children())
+    _refuse_hybrid(layers, mt)
+    inner = {f"{c}.{k}": m for c, cm in children.items() for k, m in cm.named_modules() if k and _linear_like(m)}
+    inner.update({c: m for c, m in children.items() if _linear_like(m)})
+    last = layers[n - 1]
+    base = hf_model.get_submodule(base_path) if base_path else hf_model
+    norm_cands = {f"{base_path}.{k}" if base_path else k: m for k, m in base.named_children() if _is_norm(m)}
+    if base_path:
+        norm_cands.update({k: m for k, m in hf_model.named_children() if _is_norm(m)})
+    mods = {"__block__": block, "__last__": last, **{f"c:{k}": m for k, m in children.items()},
+            **{f"i:{k}": m for k, m in inner.items()}}
+    emb = hf_model.get_input_embeddings()
+    vocab = int(emb.weight.shape[0])
+    ids = (torch.arange(7, device=emb.weight.device) * 7 + 3) % max(vocab, 1)
+    rec: dict[str, dict[str, torch.Tensor]] = {}
+    was = hf_model.training
+    hf_model.eval()
+    try:
+        with _recording(mods, rec):
+            out = hf_model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], use_cache=False)
+    except Exception as e:
+        raise UnsupportedArchitectureError(f"model_type={mt!r}: the probe forward failed ({type(e).__name__}: "
+                                           f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    finally:
+        hf_model.train(was)
+    x_in, x_out = rec.get("__block__", {}).get("in"), rec.get("__block__", {}).get("out")
+    if x_in is None or x_out is None or x_in.shape != x_out.shape:
+        raise UnsupportedArchitectureError(f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}) does not "
+                                           "map a residual stream [batch, seq, d_model] to one of the same shape")
+    kids = {k[2:]: v for k, v in rec.items() if k.startswith("c:")}
+    # a sub-block may work on [batch * seq, d] (OPT's MLP, Llama-4's MoE); hooks see it as [batch, seq, d]
+    outs = {k: v["out"].reshape(x_in.shape) for k, v in kids.items()
+            if "out" in v and v["out"].numel() == x_in.numel() and v["out"].shape[-1] == x_in.shape[-1]}
+    ins = {k: v["in"] for k, v in kids.items() if "in" in v and v["in"].shape == x_in.shape}
+    names = list(children)
+    norms = [c for c in names if _is_norm(children[c])]
+    attn_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], ATTN_WORDS) + norms
+    mlp_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], MLP_WORDS) + norms
+    roles: dict[str, Any] | None = None
+    for a in _candidates_after(attn_first, names, ATTN_WORDS, children):
+        mid = x_in + outs[a] if a in outs else None
+        if mid is None:
+            continue
+        for m in _candidates_after(mlp_first, names, MLP_WORDS, children):
+            if m == a or m not in outs:
+                continue
+            if _close(mid + outs[m], x_out, tol):  # sequential: find where resid_mid is read
+                reader = next((c for c in _rank(norms, ("post_attention", "pre_feedforward", "ln_2", "norm"))
+                               + _rank([c for c in names if c not in norms], MLP_WORDS)
+                               if c in ins and c not in (a,) and _close(ins[c], mid, tol)), None)
+                if reader is not None:
+                    roles = {"attn": a, "mlp_out": m, "mlp_norm": reader, "parallel": False}
+                    break
+        if roles:
+            break
+    if roles is None:
+        for a in _candidates_after(attn_first, names, ATTN_WORDS, children):
+            for m in _candidates_after(mlp_first, names, MLP_WORDS, children):
+                if a != m and a in outs and m in outs and _close(x_in + outs[a] + outs[m], x_out, tol):
+                    roles = {"attn": a, "mlp_out": m, "mlp_norm": None, "parallel": True}
+                    break
+            if roles:
+                break
+    if roles is None:
+        raise UnsupportedArchitectureError(
+            f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
+            "as resid_post = resid_pre + attention + MLP through any of its children (a recurrent, hybrid or "
+            "post-norm block?); register an adapter: actlab.register_adapter(actlab.ArchAdapter(...)) "
+            "(see docs/adapters.md)")
+    attn_mod = _owner(roles["attn"], names, ATTN_WORDS, children)
+    mlp_mod = _owner(roles["mlp_out"], names, MLP_WORDS, children)
+    mlp_target = outs.get(mlp_mod)
+    mlp_down = next((k for k in inner if k.startswith(f"{mlp_mod}.") and _close(rec.get(f"i:{k}", {}).get("out"),
+                                                                                  mlp_target, tol)), None)
+    attn_target = outs.get(attn_mod)
+    attn_proj = next((k for k in inner if k.startswith(f"{attn_mod}.") and _close(rec.get(f"i:{k}", {}).get("out"),
+                                                                                    attn_target, tol)), None)
+    final_norm, scale = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out, tol, mt)
+    pos = [f"{base_path}.{k}" if base_path else k for k, m in base.named_children()
+           if isinstance(m, nn.Embedding) and m is not emb and ("pos" in k or k in ("wpe",))]
+    router = _router(layers, mlp_mod, config)
+    return ArchAdapter(
+        family=f"derived:{mt}", model_types=(mt,), base=base_path, layers=layers_path, attn=roles["attn"],
+        mlp=mlp_mod, mlp_out=roles["mlp_out"], mlp_down=mlp_down, mlp_norm=roles["mlp_norm"],
+        final_norm=final_norm, parallel=roles["parallel"],
+        softcap_attr="final_logit_softcapping" if getattr(config, "final_logit_softcapping", None) else None,
+        attn_proj=attn_proj if roles["attn"] == attn_mod else None, pos_embed=pos[0] if pos else None,
+        attn_core=attn_mod if attn_proj else None, attn_o=attn_proj, logit_scale=scale, derived=True,
+        router=router,
+    )
+
+
+def n_experts_of(config: Any) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attr in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
+        v = getattr(text, attr, None)
+        if isinstance(v, int) and v > 1:
+            return v
+    return None
+
+
+def _router(layers: nn.ModuleList, mlp: str, config: Any) -> str | None:
+    """The MoE router inside the MLP block: a module named ``gate`` or ``router`` whose weight has one row per
+    expert, in the first layer that has one (MoE models may keep dense MLPs in their first layers)."""
+    n = n_experts_of(config)
+    if n is None:
+        return None
+    for layer in layers:
+        try:
+            block = layer.get_submodule(mlp)
+        except AttributeError:
+            continue
+        for name, m in block.named_modules():
+            w = getattr(m, "weight", None)
+            if name.split(".")[-1] in ("gate", "router") and isinstance(w, torch.Tensor) and w.dim() == 2 \
+                    and w.shape[0] == n:
+                return f"{mlp}.{name}"
+    return None
+
+
+def _refuse_hybrid(layers: nn.ModuleList, mt: str) -> None:
+    """A hybrid (some layers recurrent / state-space / linear attention, or layers whose sub-blocks differ in
+    name) gets a clear refusal: one derived adapter cannot name every layer's attention and MLP."""
+    names = [tuple(n for n, _ in layer.named_children()) for layer in layers]
+    for i, layer in enumerate(layers):
+        for n, c in layer.named_children():
+            if RECURRENT_NAMES.search(n.lower()) or any(w in type(c).__name__ for w in RECURRENT_CLASSES):
+                raise UnsupportedArchitectureError(
+                    f"model_type={mt!r} is a hybrid: decoder layer {i} holds a recurrent / state-space / "
+                    f"linear-attention mixer ({n}: {type(c).__name__}), not an attention + MLP residual block; "
+                    "register an adapter for its attention layers (see docs/adapters.md)")
+    if len(set(names)) > 1:
+        raise UnsupportedArchitectureError(
+            f"model_type={mt!r} is a hybrid: its decoder layers differ in their sub-blocks ({names[0]} vs "
+            f"{next(x for x in names if x != names[0])}); register an adapter (see docs/adapters.md)")
+
+
+def _owner(role: str, names: list[str], words: tuple[str, ...], children: dict[str, nn.Module]) -> str:
+    """The sub-block behind a role: the child itself, or (a sandwich post-norm) the child named like the
+    sub-block, the nearest earlier one first (module order is registration order, not call order)."""
+    if not _is_norm(children[role]):
+        return role
+    i = names.index(role)
+    for c in [*reversed(names[:i]), *names[i + 1:]]:
+        if not _is_norm(children[c]) and any(w in c.lower() for w in words):
+            return c
+    return role
+
+
+def _candidates_after(order: list[str], names: list[str], words: tuple[str, ...],
+                      children: dict[str, nn.Module]) -> list[str]:
+    """The sub-block children first, then the norms (a post-norm's output is what the residual receives);
+    the block's algebra decides which fits."""
+    return [c for c in order if not _is_norm(children[c])] + [c for c in order if _is_norm(children[c])]
+
+
+def _final_norm(hf_model: nn.Module, cands: dict[str, nn.Module], h_last: torch.Tensor | None, out: Any,
+                tol: float, mt: str) -> tuple[str, float | None]:
+    logits = getattr(out, "logits", None)
+    head = hf_model.get_output_embeddings()
+    if h_last is None or logits is None or head is None:
+        raise UnsupportedArchitectureError(f"model_type={mt!r}: no logits or no output embedding to check a final "
+                                           "norm against")
+    want = logits.detach().double()
+    ranked = _rank(list(cands), ("final", "ln_f", "norm_f", "norm"))
+    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    for name in ranked:
+        norm = cands[name]
+        w = head.weight
+        got = head(norm(h_last.to(w.dtype))).double()
+        if cap:
+            got = torch.tanh(got / cap) * cap
+        if got.shape != want.shape:
+            continue
+        if _close(got, want, tol * 10):
+            return name, None
+        c = float((got * want).sum() / (got * got).sum().clamp_min(1e-30))
+        if _close(got * c, want, tol * 10):
+            return name, c
+    raise UnsupportedArchitectureError(
+        f"model_type={mt!r}: no final norm found (candidates {ranked}): unembedding the last layer's output "
+        "through none of them gives the logits")
+
+
+def resolve_adapter(hf_model: nn.Module) -> ArchAdapter:
+    """The hand-written adapter for the model's type when one exists (the fast path and the documentation),
+    else one derived from the model itself (:func:`derive_adapter`)."""
+    from .adapters import ADAPTERS, get_adapter
+
+    if getattr(hf_model.config, "model_type", None) in ADAPTERS:
+        return get_adapter(hf_model.config)
+    return derive_adapter(hf_model)

@@ -1,0 +1,255 @@
+"""The support matrix: for every causal-LM model type the installed transformers registers, a tiny random model
+built from that type's own config class, and what actlab makes of it - ``validated`` (the adapter, hand-written
+or derived, passes the load-time validation; captured resid_post equals ``output_hidden_states``; steering
+through actlab equals a hand-written forward hook; the lens at the last layer equals the logits), ``refused``
+with its one-line reason, or ``failing``. ``python tests/support_matrix.py --write`` regenerates the table in
+docs/support.md; ``tests/test_support_matrix.py`` holds that table equal to fresh results."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "support.md"
+
+SMALL = {
+    "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_kv_heads": 2, "head_dim": 16, "intermediate_size": 128,
+    "ffn_hidden_size": 128, "n_inner": 128, "ffn_dim": 128, "max_position_embeddings": 256, "n_positions": 256,
+    "moe_intermediate_size": 64, "num_local_experts": 4, "num_experts": 4, "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "n_shared_experts": 1, "shared_expert_intermediate_size": 64,
+    "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 64, "rotary_dim": 4,
+    "attention_types": [[["global", "local"], 1]], "vocab_size_per_layer_input": 256,
+    "hidden_size_per_layer_input": 8,
+}
+# Vision / audio towers of multimodal checkpoints: small too (only the fields each sub-config takes).
+SMALL_TOWER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+               "image_size": 28, "patch_size": 14, "depth": 1, "embed_dim": 32, "num_heads": 2}
+# Encoder-only architectures transformers also registers as causal LMs (``is_decoder=True``): post-LayerNorm
+# blocks, whose residual stream is re-normalised inside each block.
+POST_LN = {"bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert",
+           "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl",
+           "xmod", "xlm", "xlnet", "openai-gpt", "ctrl", "biogpt", "cpmant", "git", "trocr", "prophetnet"}
+
+
+@dataclass
+class Result:
+    model_type: str
+    status: str  # validated | refused | failing
+    adapter: str  # the family (hand-written) or derived:TYPE, or "-"
+    detail: str
+
+
+def _accepted(cls: type) -> set[str]:
+    names = set(inspect.signature(cls.__init__).parameters) | set(getattr(cls, "attribute_map", {}))
+    return names - {"self", "kwargs"}
+
+
+def tiny_config(model_type: str):
+    """The model type's own config class with small widths (only the fields it takes)."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    kw = _small(cls)
+    for key, sub in (getattr(cls, "sub_configs", None) or {}).items():
+        if key in _accepted(cls) and isinstance(sub, type) and sub.__name__ != "AutoConfig":
+            kw[key] = _small(sub) if key == "text_config" else {k: v for k, v in SMALL_TOWER.items()
+                                                              if k in _accepted(sub)}
+    cfg = cls(**kw)
+    for key in (getattr(cls, "sub_configs", None) or {}):  # sub-configs built from defaults (AutoConfig)
+        sub = getattr(cfg, key, None)
+        if sub is not None and hasattr(sub, "to_dict") and key not in kw:
+            small = SMALL if key == "text_config" else SMALL_TOWER
+            for k, v in small.items():
+                if hasattr(sub, k) and not isinstance(getattr(sub, k), (list, dict)):
+                    setattr(sub, k, v)
+    return cfg
+
+
+def _small(cls: type) -> dict:
+    ok = _accepted(cls)
+    kw = {k: v for k, v in SMALL.items() if k in ok}
+    if "qk_rope_head_dim" in ok and "head_dim" in ok:  # multi-head latent attention: rotary width = head_dim
+        kw["head_dim"] = kw["qk_rope_head_dim"]
+    if "kv_lora_rank" in ok and "num_key_value_heads" in ok:  # its keys have one head per query head
+        kw["num_key_value_heads"] = kw["num_attention_heads"]
+    return kw
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Weights scaled up so layers differ visibly (as tests/tiny_models.py does)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.is_floating_point():
+                continue
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            elif "norm" in name or "ln" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "weight" in name else 0.0))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+MAX_PARAMS = 20_000_000
+
+
+def _build(tf, cfg):
+    try:
+        return tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    except (ValueError, TypeError):
+        return tf.AutoModelForCausalLM.from_config(cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    s = " ".join(str(e).split())
+    return f"{type(e).__name__}: {s[:200]}"
+
+
+def check(model_type: str) -> Result:
+    """Build, wrap and check one model type (see module docstring)."""
+    import transformers as tf
+
+    from actlab.errors import UnsupportedArchitectureError
+    from actlab.models import Model
+    from actlab.models.derive import REFUSED
+
+    if model_type in POST_LN:
+        return Result(model_type, "refused", "-", "post-LayerNorm encoder architecture used as a decoder: the "
+                      "residual stream is re-normalised inside each block")
+    try:
+        cfg = tiny_config(model_type)
+    except Exception as e:
+        return Result(model_type, "failing", "-", f"config: {_first_line(e)}")
+    if getattr(cfg, "is_encoder_decoder", False):
+        return Result(model_type, "refused", "-", "encoder-decoder")
+    if model_type in REFUSED:
+        return Result(model_type, "refused", "-", "recurrent / state-space: no attention + MLP residual blocks")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):  # size it first: a config that does not shrink is not built
+                n = sum(p.numel() for p in _build(tf, cfg).parameters())
+            if n > MAX_PARAMS:
+                return Result(model_type, "failing", "-", f"build: the tiny config still has {n / 1e6:.0f}M "
+                              "parameters (its sub-configs do not take the small widths)")
+            hf = _build(tf, cfg)
+    except Exception as e:
+        return Result(model_type, "failing", "-", f"build: {_first_line(e)}")
+    _randomise(hf)
+    hf.eval()
+    try:
+        m = Model.wrap(hf, None, validate=True, name=model_type)
+    except UnsupportedArchitectureError as e:
+        hybrid = " is a hybrid:" in str(e)
+        return Result(model_type, "refused" if hybrid else "failing", "-",
+                      "hybrid: " + str(e).split(" is a hybrid: ")[-1].split(";")[0] if hybrid else _first_line(e))
+    except Exception as e:
+        return Result(model_type, "failing", "-", f"wrap: {_first_line(e)}")
+    fam = m.adapter.family
+    try:
+        _equalities(m)
+    except Exception as e:
+        return Result(model_type, "failing", fam, _first_line(e))
+    how = "parallel" if m.parallel else "sequential"
+    return Result(model_type, "validated", fam, f"{how}; {m.n_layers} layers")
+
+
+@torch.no_grad()
+def _equalities(m) -> None:
+    """resid_post == hidden_states; actlab steering == a hand hook; lens(last resid_post) == logits."""
+    from actlab.hooks.additions import Add
+
+    ids = torch.tensor([[5, 17, 33, 9, 61, 2 + 40, 77]]) % m.vocab_size
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    pts = [f"blocks.{i}.resid_post" for i in range(m.n_layers)]
+    with m.capture(pts, dtype=torch.float64) as acts:
+        out = m.hf(**batch, output_hidden_states=True, use_cache=False)
+    hs = out.hidden_states
+    for i in range(m.n_layers - 1):  # the last entry is after the final norm in most families
+        if not torch.allclose(acts[pts[i]], hs[i + 1].double(), atol=1e-5, rtol=1e-4):
+            raise AssertionError(f"resid_post of layer {i} != hidden_states[{i + 1}]")
+    lens = m.unembed(acts[pts[-1]].to(m.dtype))
+    if not torch.allclose(lens.double(), out.logits.double(), atol=1e-4 * (1 + float(out.logits.abs().max()))):
+        raise AssertionError("lens(last resid_post) != logits")
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(1))
+    with m.edit(Add({"blocks.0.resid_post": v}, 2.0, positions="all")):
+        steered = m.hf(**batch, use_cache=False).logits
+
+    def hook(_mod, _args, output):
+        if isinstance(output, tuple):
+            return (output[0] + 2.0 * v.to(output[0].dtype), *output[1:])
+        return output + 2.0 * v.to(output.dtype)
+
+    h = m.layers[0].register_forward_hook(hook)
+    try:
+        by_hand = m.hf(**batch, use_cache=False).logits
+    finally:
+        h.remove()
+    if not torch.allclose(steered, by_hand, atol=1e-5, rtol=1e-4):
+        raise AssertionError("steering resid_post 0 != a hand-written hook on layer 0")
+
+
+def causal_lm_types() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+BEGIN, END = "<!-- support matrix: begin (generated) -->", "<!-- support matrix: end -->"
+
+
+def run_all(types: list[str] | None = None, *, verbose: bool = False) -> list[Result]:
+    import time
+
+    out = []
+    for mt in types or causal_lm_types():
+        t0 = time.time()
+        r = check(mt)
+        out.append(r)
+        if verbose:
+            print(f"{mt:28s} {r.status:10s} {time.time() - t0:5.1f}s {r.adapter:24s} {r.detail[:140]}", flush=True)
+    return out
+
+
+def table(results: list[Result]) -> str:
+    """The generated part of docs/support.md."""
+    import transformers
+
+    counts = {s: sum(r.status == s for r in results) for s in ("validated", "refused", "failing")}
+    lines = [BEGIN, "", f"transformers {transformers.__version__}: {len(results)} causal-LM model types; "
+             f"{counts['validated']} validated, {counts['refused']} refused, {counts['failing']} failing.", "",
+             "| model type | status | adapter | detail |", "|---|---|---|---|"]
+    for r in results:
+        detail = r.detail.replace("|", "/")
+        lines.append(f"| `{r.model_type}` | {r.status} | {r.adapter} | {detail[:220]} |")
+    return "\n".join([*lines, "", END])
+
+
+def parse_table(text: str) -> tuple[str | None, dict[str, str]]:
+    """(transformers version, {model type: status}) from docs/support.md."""
+    import re
+
+    m = re.search(r"^transformers (\S+): ", text, re.M)
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (\w+) \|", text, re.M))
+    return (m.group(1) if m else None), rows
+
+
+if __name__ == "__main__":
+    from collections import Counter
+
+    types = [a for a in sys.argv[1:] if not a.startswith("--")]
+    res = run_all(types or None, verbose=True)
+    print(dict(Counter(r.status for r in res)))
+    if "--write" in sys.argv and not types:
+        text = DOC.read_text(encoding="utf-8")
+        head, tail = text.split(BEGIN)[0], text.split(END)[1]
+        DOC.write_text(head + table(res) + tail, encoding="utf-8")
+        print(f"wrote {DOC}")
