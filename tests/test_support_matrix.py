@@ -112,30 +112,78 @@ def test_refusals_name_the_reason():
         assert r.status == "refused" and words in r.detail, (mt, r)
 
 
-def test_info_says_which_adapter_and_what_was_validated(tmp_path, capsys):
-    """`actlab info` on a model type with no hand-written adapter (OLMo-2, saved as a local folder with a real
-    tokenizer) and on one with (stories260k)."""
+def _saved_tiny(model_type: str, folder):
+    """A tiny random model of ``model_type`` saved as a local folder with stories260k's real tokenizer."""
     from support_matrix import _randomise, tiny_config
-    from test_cli import run
 
     shared_path("models", "stories260k")
-    cfg = tiny_config("olmo2")
+    cfg = tiny_config(model_type)
+    cfg.vocab_size = 512  # the tokenizer's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = tf.AutoModelForCausalLM.from_config(cfg)
     _randomise(hf)
-    folder = tmp_path / "tiny-olmo2"
     hf.save_pretrained(folder)
-    src = shared_path("models", "stories260k")
-    for f in src.iterdir():
+    for f in shared_path("models", "stories260k").iterdir():
         if "token" in f.name:
             shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_info_says_which_adapter_and_what_was_validated(tmp_path, capsys):
+    """`actlab info` on a model type with no hand-written adapter (OLMo-2, saved as a local folder with a real
+    tokenizer) and on one with (stories260k)."""
+    from test_cli import run
+
+    folder = _saved_tiny("olmo2", tmp_path / "tiny-olmo2")
     code, out, err = run(["info", str(folder)], capsys)
     assert code == 0, err[-2000:]
     assert "derived:olmo2" in out and "derived from its module tree" in out
     assert "lens(last resid_post) == logits" in out and "rel. error" in out
     code, out, _ = run(["info", "stories260k"], capsys)
     assert code == 0 and "hand-written (llama" in out
+
+
+def test_the_toolkit_works_through_a_derived_adapter(tmp_path):
+    """A StarCoder2 model loaded from disk (no hand-written adapter): steered generation from text, a tuned lens
+    trained (the untrained lens is exact at the output), an SAE activation cache written and read back, and
+    refusal-direction ablation baked into the weights equal to hook ablation."""
+    import actlab
+    from actlab.hooks.additions import Add
+    from actlab.sae import cache_activations
+    from actlab.sae.store import CacheReader
+    from actlab.steering import ablate, orthogonalize
+    from actlab.tuned_lens import TunedLens, train_tuned_lens
+
+    m = actlab.load_model(str(_saved_tiny("starcoder2", tmp_path / "tiny-starcoder2")))
+    assert m.adapter.derived and m.adapter.family == "derived:starcoder2"
+    texts = ["Once upon a time there was a dog.", "The cat sat on the mat and slept.", "She ran to the park."] * 4
+    plain = m.generate_text(texts[:2], max_new_tokens=6)
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0)) * 8
+    with m.edit(Add({"blocks.0.resid_post": v}, 1.0)):
+        steered = m.generate_text(texts[:2], max_new_tokens=6)
+    assert steered != plain
+    lens, history = train_tuned_lens(m, texts, steps=6, batch_size=4, max_length=16)
+    assert len(history) == 6 and isinstance(lens, TunedLens)
+    batch = m.tokenize(texts[:2])
+    out = actlab.logit_lens(m, batch, points=f"blocks.{m.n_layers - 1}.resid_post", top_k=3,
+                            lens=TunedLens.for_model(m))
+    with torch.no_grad():
+        logits = m.hf(**batch).logits
+    last = batch["attention_mask"].sum(1) - 1
+    want = torch.softmax(logits[torch.arange(2), last].float(), -1).topk(3).values
+    assert torch.allclose(out.top_probs[:, 0], want, atol=1e-5)
+    cache = cache_activations(m, texts, "blocks.1.resid_post", tmp_path / "cache", max_length=16)
+    reader = CacheReader(tmp_path / "cache", "blocks.1.resid_post")
+    assert reader.n_tokens > 0 and reader.d == m.d_model, cache
+    first = next(reader.batches(8, shuffle=False))
+    assert first.shape == (8, m.d_model) and torch.isfinite(first).all()
+    r = torch.randn(m.d_model, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), ablate(m, r):
+        hooked = m.hf(**batch).logits
+    baked = orthogonalize(m, r).hf(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(baked[real], hooked[real], atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("model_type", ["mixtral", "olmoe", "qwen2_moe", "gpt_oss"])
@@ -193,3 +241,55 @@ def test_dense_models_have_no_router_point():
     assert not any(p.endswith("mlp.router") for p in m.hook_points)
     with pytest.raises(HookPointError, match="router"), m.capture("blocks.0.mlp.router"):
         pass
+
+
+def test_derived_adapter_on_a_real_checkpoint_reads_what_the_hand_written_one_reads():
+    """tinystories-656k (a real Llama checkpoint): the adapter derived from its module tree picks the same
+    modules as the hand-written one, so every block kind of every layer is bit-equal on real text."""
+    import actlab
+    from actlab.models.derive import derive_adapter
+
+    shared_path("models", "tinystories-656k")
+    hand = actlab.load_model("tinystories-656k")
+    derived = actlab.wrap(hand.hf, hand.tokenizer, adapter=derive_adapter(hand.hf))
+    for field in ("layers", "attn", "mlp_out", "mlp_down", "mlp_norm", "final_norm", "attn_proj"):
+        assert getattr(derived.adapter, field) == getattr(hand.adapter, field), field
+    batch = hand.tokenize(["Once upon a time there was a little dog.", "The sun was hot."])
+    points = [f"blocks.{i}.{k}" for i in range(hand.n_layers)
+              for k in ("resid_pre", "attn_out", "resid_mid", "mlp_hidden", "mlp_out", "resid_post")]
+    a = hand.activations(batch, points)
+    b = derived.activations(batch, points)
+    for p in points:
+        assert torch.equal(a[p], b[p]), p
+
+
+def test_a_scaled_residual_branch_is_measured_and_hooks_see_what_the_stream_receives():
+    """Granite as IBM ships it (residual_multiplier 0.22): the derived adapter measures the branch scale, the
+    captured attn_out and mlp_out are what the residual stream receives (they sum with resid_pre to resid_post
+    at every layer), and adding v at attn_out moves resid_mid by exactly v."""
+    import actlab
+    from actlab.hooks.additions import Add
+    from support_matrix import _randomise, tiny_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = tf.AutoModelForCausalLM.from_config(tiny_config("granite"))
+    _randomise(hf)
+    m = actlab.wrap(hf.eval(), None)
+    assert m.adapter.attn_scale == pytest.approx(0.22) and m.adapter.mlp_scale == pytest.approx(0.22)
+    kinds = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+    points = [f"blocks.{i}.{k}" for i in range(m.n_layers) for k in kinds]
+    a = _captures(m, points)
+    for i in range(m.n_layers):
+        p = f"blocks.{i}."
+        torch.testing.assert_close(a[p + "resid_pre"] + a[p + "attn_out"], a[p + "resid_mid"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a[p + "resid_mid"] + a[p + "mlp_out"], a[p + "resid_post"], atol=1e-5, rtol=1e-5)
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]])
+    with torch.no_grad(), m.capture("blocks.1.resid_mid", dtype=torch.float64) as clean:
+        m(input_ids=ids, use_cache=False)
+    with torch.no_grad(), m.edit(Add({"blocks.1.attn_out": v.float()}, 1.0, positions="all")), \
+            m.capture("blocks.1.resid_mid", dtype=torch.float64) as moved:
+        m(input_ids=ids, use_cache=False)
+    torch.testing.assert_close(moved["blocks.1.resid_mid"] - clean["blocks.1.resid_mid"],
+                               v.expand_as(clean["blocks.1.resid_mid"]), atol=1e-4, rtol=1e-4)

@@ -183,8 +183,10 @@ class Routing:
 _ROUTES: weakref.WeakKeyDictionary[nn.Module, Routing] = weakref.WeakKeyDictionary()
 
 
-def _routed(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+def _routed(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any = None,
             **kw: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if mask is None and "attention_mask" in kw:  # some models pass the mask by keyword
+        mask = kw.pop("attention_mask")
     route = _ROUTES.get(module)
     if route is None:  # a module left with a routed config but no route: a bug, say so
         raise RuntimeError(f"{type(module).__name__} is routed through actlab but has no hooks attached")

@@ -62,6 +62,7 @@ class Resolved:
     where: str
     view: str | None = None
     heads: int = 0
+    scale: float = 1.0  # the residual receives scale x the module's output (a scaled residual branch)
 
 
 def resolve(target: HookTarget, site: Site, p: HookPoint) -> Resolved | None:
@@ -74,11 +75,22 @@ def resolve(target: HookTarget, site: Site, p: HookPoint) -> Resolved | None:
     if mod is None:
         return None
     heads = int(target.n_heads) if k.view else 0
-    return Resolved(mod, site.where, k.view if site is k.read else None, heads)
+    branch = getattr(target, "branch_scale", None)
+    scale = float(branch(site.field)) if branch is not None and site.where == "out" else 1.0
+    return Resolved(mod, site.where, k.view if site is k.read else None, heads, scale)
 
 
 def attach(session: HookSession, r: Resolved, fn: Handler, *, write: bool, order: Order) -> None:
     """Add ``fn`` at a resolved site, seen through the site's view (the one place views are applied)."""
+    if r.view is None and r.scale != 1.0:  # handlers see what the residual receives: scale x the output
+        c = r.scale
+
+        def scaled(x: torch.Tensor, state: ForwardState | None) -> torch.Tensor | None:
+            out = fn(x * c, state)
+            return None if out is None else out / c
+
+        session.add(r.module, r.where, scaled, write=write, order=order)
+        return
     if r.view is None:
         session.add(r.module, r.where, fn, write=write, order=order)
         return

@@ -66,6 +66,11 @@ class ArchAdapter:
     # Mixture-of-experts: the router inside the MLP block (its first output: logits per expert), and the config
     # attribute counting the experts. None: a dense MLP (the point blocks.i.mlp.router does not exist).
     router: str | None = None
+    # Scaled residual branches: the residual receives attn_scale x the attention output and mlp_scale x the
+    # MLP output (Granite's residual_multiplier, MiniCPM's scale_depth / sqrt(layers)); hooks see the scaled
+    # values, so attn_out and mlp_out still sum into the stream. Derived adapters measure them.
+    attn_scale: float | None = None
+    mlp_scale: float | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""

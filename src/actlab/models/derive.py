@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedArchitectureError
+from ..hooks.attention import _uses_interface
 from .adapters import ArchAdapter
 
 ATTN_WORDS = ("attn", "attention", "mixer", "self_attn", "temporal")
@@ -201,31 +202,15 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     norms = [c for c in names if _is_norm(children[c])]
     attn_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], ATTN_WORDS) + norms
     mlp_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], MLP_WORDS) + norms
-    roles: dict[str, Any] | None = None
-    for a in _candidates_after(attn_first, names, ATTN_WORDS, children):
-        mid = x_in + outs[a] if a in outs else None
-        if mid is None:
-            continue
-        for m in _candidates_after(mlp_first, names, MLP_WORDS, children):
-            if m == a or m not in outs:
-                continue
-            if _close(mid + outs[m], x_out, tol):  # sequential: find where resid_mid is read
-                reader = next((c for c in _rank(norms, ("post_attention", "pre_feedforward", "ln_2", "norm"))
-                               + _rank([c for c in names if c not in norms], MLP_WORDS)
-                               if c in ins and c not in (a,) and _close(ins[c], mid, tol)), None)
-                if reader is not None:
-                    roles = {"attn": a, "mlp_out": m, "mlp_norm": reader, "parallel": False}
-                    break
+    attn_c = _candidates_after(attn_first, names, ATTN_WORDS, children)
+    mlp_c = _candidates_after(mlp_first, names, MLP_WORDS, children)
+    readers = _rank(norms, ("post_attention", "pre_feedforward", "ln_2", "norm")) + \
+        _rank([c for c in names if c not in norms], MLP_WORDS)
+    roles = None
+    for free in (False, True):  # plain sums first; then one scale per branch (scaled residual branches)
+        roles = _solve(x_in, x_out, ins, outs, attn_c, mlp_c, readers, tol, free)
         if roles:
             break
-    if roles is None:
-        for a in _candidates_after(attn_first, names, ATTN_WORDS, children):
-            for m in _candidates_after(mlp_first, names, MLP_WORDS, children):
-                if a != m and a in outs and m in outs and _close(x_in + outs[a] + outs[m], x_out, tol):
-                    roles = {"attn": a, "mlp_out": m, "mlp_norm": None, "parallel": True}
-                    break
-            if roles:
-                break
     if roles is None:
         raise UnsupportedArchitectureError(
             f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
@@ -244,15 +229,77 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     pos = [f"{base_path}.{k}" if base_path else k for k, m in base.named_children()
            if isinstance(m, nn.Embedding) and m is not emb and ("pos" in k or k in ("wpe",))]
     router = _router(layers, mlp_mod, config)
+    mlp_down = mlp_down if _in_every(layers, mlp_down) else None  # MoE layers after dense ones have none
+    attn_proj = attn_proj if _in_every(layers, attn_proj) else None
     return ArchAdapter(
         family=f"derived:{mt}", model_types=(mt,), base=base_path, layers=layers_path, attn=roles["attn"],
         mlp=mlp_mod, mlp_out=roles["mlp_out"], mlp_down=mlp_down, mlp_norm=roles["mlp_norm"],
         final_norm=final_norm, parallel=roles["parallel"],
         softcap_attr="final_logit_softcapping" if getattr(config, "final_logit_softcapping", None) else None,
         attn_proj=attn_proj if roles["attn"] == attn_mod else None, pos_embed=pos[0] if pos else None,
-        attn_core=attn_mod if attn_proj else None, attn_o=attn_proj, logit_scale=scale, derived=True,
-        router=router,
+        attn_core=attn_mod if _uses_interface(children[attn_mod]) else None, attn_o=attn_proj,
+        logit_scale=scale, derived=True, router=router, attn_scale=roles["attn_scale"],
+        mlp_scale=roles["mlp_scale"],
     )
+
+
+def _in_every(layers: nn.ModuleList, path: str | None) -> bool:
+    if path is None:
+        return False
+    try:
+        for layer in layers:
+            layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _coef(part: torch.Tensor, target: torch.Tensor, free: bool) -> float | None:
+    """The scale c with target = c x part (1 when not ``free``; None when part is zero)."""
+    if not free:
+        return 1.0
+    den = float((part * part).sum())
+    if den <= 1e-24:
+        return None
+    c = float((part * target).sum()) / den
+    return 1.0 if abs(c - 1.0) < 1e-6 else c
+
+
+def _solve(x_in: torch.Tensor, x_out: torch.Tensor, ins: dict[str, torch.Tensor], outs: dict[str, torch.Tensor],
+           attn_c: list[str], mlp_c: list[str], readers: list[str], tol: float, free: bool) -> dict[str, Any] | None:
+    """The roles that make layer 0's algebra hold (see module docstring), or None."""
+    def scale(c: float) -> float | None:
+        return None if c == 1.0 else c
+
+    for a in attn_c:  # sequential: resid_mid = resid_pre + c_a out(a), read as the input of a reader
+        if a not in outs:
+            continue
+        for n in readers:
+            if n == a or n not in ins:
+                continue
+            c_a = _coef(outs[a], ins[n] - x_in, free)
+            if c_a is None or not _close(x_in + c_a * outs[a], ins[n], tol):
+                continue
+            for m in mlp_c:
+                if m == a or m not in outs:
+                    continue
+                c_m = _coef(outs[m], x_out - ins[n], free)
+                if c_m is not None and _close(ins[n] + c_m * outs[m], x_out, tol):
+                    return {"attn": a, "mlp_out": m, "mlp_norm": n, "parallel": False,
+                            "attn_scale": scale(c_a), "mlp_scale": scale(c_m)}
+    for a in attn_c:  # parallel: resid_post = resid_pre + c_a out(a) + c_m out(m)
+        for m in mlp_c:
+            if a == m or a not in outs or m not in outs:
+                continue
+            c_a = c_m = 1.0
+            if free:
+                basis = torch.stack([outs[a].reshape(-1), outs[m].reshape(-1)], 1)
+                sol = torch.linalg.lstsq(basis, (x_out - x_in).reshape(-1, 1)).solution.reshape(-1)
+                c_a, c_m = (1.0 if abs(float(v) - 1) < 1e-6 else float(v) for v in sol)
+            if _close(x_in + c_a * outs[a] + c_m * outs[m], x_out, tol):
+                return {"attn": a, "mlp_out": m, "mlp_norm": None, "parallel": True,
+                        "attn_scale": scale(c_a), "mlp_scale": scale(c_m)}
+    return None
 
 
 def n_experts_of(config: Any) -> int | None:

@@ -171,7 +171,7 @@ class Model:
     @property
     def n_heads(self) -> int:
         """Attention (query) heads per layer."""
-        c = self.config
+        c = self.text_config
         for attr in ("num_attention_heads", "n_head", "num_heads"):
             if getattr(c, attr, None):
                 return int(getattr(c, attr))
@@ -180,13 +180,19 @@ class Model:
     @property
     def n_kv_heads(self) -> int:
         """Key/value heads per layer (fewer than :attr:`n_heads` with grouped-query attention)."""
-        return int(getattr(self.config, "num_key_value_heads", None) or self.n_heads)
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.n_heads)
 
     @property
     def d_head(self) -> int:
         """Width of one attention head."""
-        hd = getattr(self.config, "head_dim", None)
+        hd = getattr(self.text_config, "head_dim", None)
         return int(hd) if hd else self.d_model // self.n_heads
+
+    @property
+    def text_config(self) -> Any:
+        """The language model's config (a multimodal checkpoint's text tower; the config itself otherwise)."""
+        get = getattr(self.config, "get_text_config", None)
+        return get() if callable(get) else self.config
 
     @property
     def vocab_size(self) -> int:
@@ -208,6 +214,12 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.hf.get_input_embeddings().weight.dtype
+
+    def branch_scale(self, field: str) -> float:
+        """What the residual receives per unit of ``field``'s output (1 unless the adapter scales a branch)."""
+        a = self.adapter
+        s = a.attn_scale if field == "attn" else a.mlp_scale if field == "mlp_out" else None
+        return 1.0 if s is None else float(s)
 
     @property
     def n_experts(self) -> int:
@@ -259,12 +271,12 @@ class Model:
         if field == "block":
             return blk
         path = self._mlp_norm if field == "mlp_norm" else getattr(self.adapter, field, None)
-        if field == "router" and path:  # MoE models may keep dense MLPs in some layers (DeepSeek's first ones)
-            try:
-                return blk.get_submodule(path)
-            except AttributeError:
-                return None
-        return blk.get_submodule(path) if path else None
+        if not path:
+            return None
+        try:  # MoE models may keep dense MLPs in some layers (DeepSeek's first ones): no router there
+            return blk.get_submodule(path)
+        except AttributeError:
+            return None
 
     def read_site(self, p: HookPoint) -> tuple[Any, str]:
         """``(module, 'in'|'out')`` where a point is read, or ``('derived', '')`` for a composite kind without a

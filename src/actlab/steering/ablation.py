@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -97,12 +97,17 @@ def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = T
 
     a = model.adapter
     if a.attn_proj is None:
-        raise InputError(f"weight orthogonalisation is not exact for the {a.family!r} family (its attention and "
-                         "MLP outputs pass through a norm before the residual); use hook ablation (ablate)")
+        raise InputError(f"weight orthogonalisation is not exact for the {a.family!r} family (its attention output "
+                         "is not written by one linear map: a norm after it, as in Gemma-2/3, or no single output "
+                         "projection); use hook ablation (ablate)")
+    if a.mlp_down is None:
+        raise InputError(f"weight orthogonalisation needs one linear map writing each MLP output; the "
+                         f"{a.family!r} MLP is a mixture of experts (no single one): use hook ablation (ablate)")
     r = unit(direction)  # float64: the edit is exact in the model's own dtype, fp64 included
     if r.dim() != 1:
         raise InputError("orthogonalisation bakes one direction into the weights; give a [d] vector")
     subset = parse_layers(layers, model.n_layers)
+    want = _hooked_probe(model, r, subset) if a.derived else None
     hf = copy.deepcopy(model.hf) if copy_model else model.hf
     _untie(hf)
     target = ModelCls(hf, model.tokenizer, name=model.name + "+orth", adapter=a, source=dict(model.source))
@@ -121,4 +126,28 @@ def orthogonalize(model: Model, direction: torch.Tensor, *, copy_model: bool = T
             _orth_out(layer.get_submodule(a.attn_proj), r)
             _orth_out(layer.get_submodule(a.mlp_down), r)
     target.source["orthogonalized"] = "all layers" if subset is None else subset
+    if want is not None:  # a derived adapter: the bake is checked against hook ablation, never assumed
+        batch, logits = want
+        with torch.no_grad():
+            got = target(**batch, use_cache=False).logits.double()
+        err = float((got - logits).abs().max() / (logits.abs().max() + 1e-6))
+        if err > 1e-3:
+            raise InputError(f"weight orthogonalisation is not exact for {model.name!r} (derived adapter "
+                             f"{a.family!r}: relative error {err:.1e} against hook ablation on a probe; something "
+                             "other than the embeddings and output projections writes to the residual stream)"
+                             + ("; the model in memory was edited in place: reload it" if not copy_model else "")
+                             + "; use hook ablation (ablate)")
     return target
+
+
+@torch.no_grad()
+def _hooked_probe(model: Model, r: torch.Tensor, subset: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A probe batch and the logits under the hook ablation the bake must equal."""
+    from ..hooks.directions import ProjectOut
+    from ..hooks.points import WRITE_KINDS
+    from ..models.validate import probe_batch
+
+    batch = probe_batch(model)
+    edit = ablate(model, r) if subset is None else model.edit(ProjectOut(r, layers=sorted(subset), kinds=WRITE_KINDS))
+    with edit:
+        return batch, model(**batch, use_cache=False).logits.double()
