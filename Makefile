@@ -16,7 +16,7 @@ COMPAT_VENV ?= .venv-compat
 COMPAT_TRANSFORMERS ?= transformers==4.57.6
 COMPAT_TESTS ?= tests/test_hooks.py tests/test_lens.py tests/test_loading.py tests/test_stats.py tests/test_steering_core.py \
 	tests/test_interventions.py tests/test_architecture.py tests/test_edges.py tests/test_attention.py tests/test_patching.py tests/test_tuned_lens.py \
-	tests/test_scale.py::test_cells_sharing_a_prefix_equal_steering_each_cell
+	tests/test_scale.py::test_cells_sharing_a_prefix_equal_steering_each_cell tests/test_support_matrix.py
 
 .PHONY: demo test test-compat lint bench venv clean
 

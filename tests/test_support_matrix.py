@@ -196,6 +196,8 @@ def test_moe_router_point_reads_the_routers_logits_and_refuses_edits(model_type)
     from actlab.hooks.interventions import Replace
     from support_matrix import _randomise, tiny_config
 
+    if model_type == "gpt_oss" and int(tf.__version__.split(".")[0]) < 5:
+        pytest.skip("gpt-oss on transformers 4.x: the router's first output is its top-k scores, not its logits")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = tf.AutoModelForCausalLM.from_config(tiny_config(model_type))
