@@ -27,7 +27,7 @@ SMALL = {
     "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 64, "rotary_dim": 4,
     "attention_types": [[["global", "local"], 1]], "vocab_size_per_layer_input": 256,
-    "hidden_size_per_layer_input": 8,
+    "hidden_size_per_layer_input": 8, "n_group": 1, "topk_group": 1,
 }
 # Per type: values real checkpoints ship where the tiny default would hide a behaviour (IBM Granite 3.x scales
 # each residual branch by 0.22; the default 1.0 would not exercise the scaled-branch derivation).
@@ -173,7 +173,7 @@ def check(model_type: str) -> Result:
     fam = m.adapter.family
     try:
         _equalities(m)
-        extra = [_orthogonalisation(m), _attention_internals(m)]
+        extra = [_kv_cache(m), _orthogonalisation(m), _attention_internals(m)]
     except Exception as e:
         return Result(model_type, "failing", fam, _first_line(e))
     how = "parallel" if m.parallel else "sequential"
@@ -214,6 +214,25 @@ def _equalities(m) -> None:
         h.remove()
     if not torch.allclose(steered, by_hand, atol=1e-5, rtol=1e-4):
         raise AssertionError("steering resid_post 0 != a hand-written hook on layer 0")
+
+
+@torch.no_grad()
+def _kv_cache(m) -> str:
+    """Steered greedy generation with the KV cache (prefix reused) equals the same steering recomputed on the
+    whole sequence at every step."""
+    from actlab.hooks.additions import Add
+
+    ids = torch.tensor([[5, 17, 33, 9, 61]]) % m.vocab_size
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(4))
+    with m.edit(Add({"blocks.0.resid_post": v}, 3.0, positions="all")):
+        cached = m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
+        seq = ids
+        for _ in range(4):
+            nxt = m.hf(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    if not torch.equal(cached, seq[0, ids.shape[1]:]):
+        raise AssertionError("steered generation with the KV cache != recomputed without it")
+    return "steered generation with KV cache exact"
 
 
 @torch.no_grad()

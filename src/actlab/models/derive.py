@@ -41,7 +41,7 @@ REFUSED = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma"
 # with one of these words (between underscores), or a class name with one of these parts.
 RECURRENT_NAMES = re.compile(r"(^|_)(mamba|ssm|conv|linear_attn|rwkv|recurrent|deltanet|gated_delta)(_|$|\d)")
 RECURRENT_CLASSES = ("Mamba", "SSM", "Ssm", "ShortConv", "Conv1d", "Rwkv", "Recurrent", "DeltaNet", "GatedDelta",
-                     "LinearAttention", "Lightning")
+                     "DeltaAttention", "LinearAttention", "Lightning")
 
 
 def refusal(config: Any) -> str:
