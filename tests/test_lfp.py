@@ -353,3 +353,43 @@ def test_crosscoder_ablation_generation_is_plain_greedy_without_latents_and_subt
     mask = batch["attention_mask"].bool()
     assert torch.allclose(acts[point][mask], want[mask], atol=1e-5)
     assert not torch.allclose(want[mask], x[mask], atol=1e-3)  # the ablation changed something
+
+
+def test_layer_override_and_the_papers_strong_inputs(lfp_run, tmp_path, capsys):
+    """Issue 25 (Table 12 / Table 7 of the study): `layers:` replaces the most divergent layers (the rule says so)
+    and `strong_inputs: paper` counts |prediction| > 3 on the valence scale; the report warns when the strong
+    inputs or the generated words behind Fig. 4 are too few."""
+    import shutil
+
+    root, cfg, _, _ = lfp_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns(
+        "divergence", "sae", "deltas", "probes", "agreement", "features", "report*"))
+    for stage in ("divergence", "sae", "deltas", "probes", "agreement", "features", "report"):
+        (run_dir / ".resume" / f"lfp-{stage}.json").unlink(missing_ok=True)
+    text = cfg.read_text().replace("run_dir: run", f"run_dir: {run_dir}").split("explainer:")[0]
+    c = tmp_path / "c.yaml"
+    c.write_text(text + "explainer: {kind: none, n_features: 4}\nlayers: [1]\nstrong_inputs: paper\n"
+                 "frequency_prompts: 2\n")
+    code, _, err = run(["lfp", "run", str(c)], capsys)
+    assert code == 0, err[-3000:]
+    lay = json.loads((run_dir / "divergence" / "layers.json").read_text())
+    assert lay["layers"] == [1] and lay["rule"].startswith("given by the config")
+    assert list(json.loads((run_dir / "sae" / "dictionaries.json").read_text())["dictionaries"]) == ["1"]
+    fe = json.loads((run_dir / "features" / "features.json").read_text())
+    fr = fe["frequency"]
+    assert "study's definition" in fr["strong_inputs"] and isinstance(fr["n_strong"], int)
+    probes = json.loads((run_dir / "probes" / "probes.json").read_text())
+    assert probes["n_train_triples"] > 0
+    from actlab.lfp.report import lfp_warnings
+
+    warnings = lfp_warnings(run_dir)
+    ag = json.loads((run_dir / "agreement" / "agreement.json").read_text())
+    if ag["frequency"].get("words_generated", 99) < 10:
+        assert any("Fig. 4" in w for w in warnings)
+    if fr["n_strong"] < 20:
+        assert any("strong-feedback inputs rest on" in w for w in warnings)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "explainer: {kind: none}\nlayers: [7]\n")
+    code, _, err = run(["lfp", "divergence", str(bad)], capsys)
+    assert code != 0 and "layers [7]" in err and "0..1" in err

@@ -121,6 +121,8 @@ class LFPConfig(StrictConfig):
     task_description: str = "sentiment: positive or negative feelings, praise or criticism"
     data: Path | None = None  # texts (IMDb CSV) for dictionaries, triples, contexts and ablation prompts
     top_k_layers: int = Field(5, gt=0)
+    layers: list[int] | None = None  # override the most divergent layers (the study's Table 12: e.g. the lowest)
+    strong_inputs: Literal["top_fraction", "paper"] = "top_fraction"  # top 20% |prediction|, or the study's > 3
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
     dictionary: str = "1x"  # which width feeds the probes (the smaller one by default)

@@ -78,6 +78,15 @@ def lfp_warnings(root: Path) -> list[str]:
     if fe and fe.frequency.get("self_consistency"):
         out.append("no explainer ran: the feature labels come from the probe itself (chosen on half of the "
                    "examples, measured on the other half) - a self-consistency check, not the study's Table 7")
+    n_strong = fe.frequency.get("n_strong") if fe else None
+    if n_strong is not None and n_strong < 20:
+        out.append(f"the firing rates on strong-feedback inputs rest on {n_strong} input(s) "
+                   f"({fe.frequency.get('strong_inputs')}): too few to compare rates")
+    ag = Agreement.read(root)
+    gen = (ag.frequency or {}).get("words_generated") if ag else None
+    if gen is not None and gen < 10:
+        out.append(f"the probe-error vs generation-frequency figure (Fig. 4) rests on {gen} generated lexicon "
+                   "word(s): too few to read a trend (raise frequency_prompts)")
     if fe and fe.source == "crosscoder" and not fe.n_features:
         out.append("the crosscoder gave no candidate feature (no tuned-only latent, no shared latent whose decoder "
                    "moved past crosscoder.shifted_cosine): nothing below is about what fine-tuning added")
@@ -158,11 +167,11 @@ def _features_section(page: Page, fe: Features) -> None:
             if 0 <= h < len(toks):
                 toks[h] = f"<mark>{toks[h]}</mark>"
             snippet = "".join(toks)
-        cos = f["cos_to_other_dictionary"]
+        cos, strong = f["cos_to_other_dictionary"], f["firing_rate_strong"]
         rows.append([esc(f["layer"]), esc(f["feature"] if "class" not in f else f"{f['feature']} ({f['class']})"),
                      esc("-" if cos is None else f"{cos:.3f}"), esc(f["explanation"]), esc(_quality(f)),
-                     esc(f["related"]), esc(f"{f['firing_rate_strong']:.3f}"), esc(f"{f['firing_rate_all']:.3f}"),
-                     snippet])
+                     esc(f["related"]), esc("-" if strong is None else f"{strong:.3f}"),
+                     esc(f"{f['firing_rate_all']:.3f}"), snippet])
     cos_head = "decoder cos (base vs tuned)" if fe.source == "crosscoder" else "cos (other dict.)"
     page.table(["layer", "feature" if fe.source != "crosscoder" else "latent (class)", cos_head, "explanation",
                 "label quality (detection / fuzzing)", "related", "firing (strong feedback)", "firing (all)",

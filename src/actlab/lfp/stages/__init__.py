@@ -15,14 +15,14 @@ STAGES = ("finetune", "divergence", "sae", "triples", "deltas", "probes", "agree
 # stage -> (config fields it reads, stages whose outputs it reads)
 INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "finetune": (("base_model", "tuned_model", "finetune", "data", "dtype", "seed"), ()),
-    "divergence": (("top_k_layers",), ("finetune",)),
+    "divergence": (("top_k_layers", "layers"), ("finetune",)),
     "sae": (("sae", "data"), ("divergence",)),
     "triples": (("task", "triples", "data"), ()),
     "deltas": (("dictionary", "delta_position"), ("sae", "triples")),
     "probes": (("task", "probe_test_fraction", "probe_alpha", "seed"), ("deltas",)),
     "agreement": (("n_agreement_words", "frequency_prompts", "ablation_new_tokens"), ("probes",)),
     "features": (("explainer", "task_description", "ablation_prompts", "ablation_new_tokens", "feature_source",
-                  "crosscoder", "delta_position"), ("probes",)),
+                  "crosscoder", "delta_position", "strong_inputs"), ("probes",)),
     "report": ((), ("agreement", "features")),
 }
 

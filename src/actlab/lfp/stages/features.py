@@ -298,7 +298,12 @@ def stage_features(ctx: Context) -> dict[str, Any]:
     if explainer is not None:
         measure_idx = torch.arange(n_ex)
     p_m = pred[measure_idx]
-    strong = p_m.abs() >= torch.quantile(p_m.abs(), 0.8)
+    if cfg.strong_inputs == "paper":  # the study: predicted delta > 3 on the valence scale (the probe's is /5)
+        strong = p_m.abs() > 3.0 / 5.0
+        strong_rule = "|prediction| > 3 on the lexicon's valence scale (the study's definition)"
+    else:
+        strong = p_m.abs() >= torch.quantile(p_m.abs(), 0.8)
+        strong_rule = "the top 20% of |prediction|"
     fires = src.values[measure_idx] > 0
     all_fires = src.all_fires[measure_idx]
     feats = []
@@ -307,7 +312,7 @@ def stage_features(ctx: Context) -> dict[str, Any]:
         explanation, related = explainer.explain(rows, cfg.task_description) if explainer is not None and rows \
             else ("", None)  # a feature silent on every label text is not shown to the explainer
         feats.append({**row, "explanation": explanation, "related": related,
-                      "firing_rate_strong": float(fires[strong, i].float().mean()),
+                      "firing_rate_strong": float(fires[strong, i].float().mean()) if strong.any() else None,
                       "firing_rate_all": float(fires[:, i].float().mean()),
                       "contexts": [{"tokens": r["tokens"], "highlight": r["highlight"], "value": r["value"]}
                                    for r in rows]})
@@ -331,12 +336,13 @@ def stage_features(ctx: Context) -> dict[str, Any]:
                            "crosscoder.shifted_cosine to read the most-moved shared latents")
     related = [r for r in feats if r["related"]]
     freq = {"related_firing_rate_strong": (sum(r["firing_rate_strong"] for r in related) / len(related)
-                                           if related else None),
+                                           if related and strong.any() else None),
             "related_firing_rate_all": (sum(r["firing_rate_all"] for r in related) / len(related)
                                         if related else None),
-            "average_feature_firing_rate_strong": float(all_fires[strong].float().mean()),
+            "average_feature_firing_rate_strong": float(all_fires[strong].float().mean()) if strong.any() else None,
             "average_feature_firing_rate_all": float(all_fires.float().mean()),
-            "self_consistency": explainer is None, "n_examples_measured": len(measure_idx)}
+            "self_consistency": explainer is None, "n_examples_measured": len(measure_idx),
+            "strong_inputs": strong_rule, "n_strong": int(strong.sum())}
     ablation = src.ablate(related)
     ctx.dir("features")
     result = Features(label_note, freq, ablation, len(feats), len(related), feats, src.kind, src.summary)

@@ -66,8 +66,16 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
     if not layers:
         raise InputError("the fine-tuned model's MLP parameters equal the base model's: nothing was learned to "
                          "audit (check tuned_model / the finetune stage)")
-    LayerChoice(layers, res["rule"], res["per_module"].get("mlp", res["per_layer"])).write(ctx.root)
-    ctx.log(f"  most divergent MLP layers: {layers}")
+    rule = res["rule"]
+    if ctx.cfg.layers is not None:  # the study's Table 12: other layers than the most divergent ones
+        bad = [i for i in ctx.cfg.layers if not 0 <= i < base.n_layers]
+        if bad or not ctx.cfg.layers:
+            raise InputError(f"layers {ctx.cfg.layers}: the model has layers 0..{base.n_layers - 1}")
+        rule = (f"given by the config (layers: {sorted(set(ctx.cfg.layers))}), not the {k} most divergent "
+                f"({layers})")
+        layers = sorted(set(ctx.cfg.layers))
+    LayerChoice(layers, rule, res["per_module"].get("mlp", res["per_layer"])).write(ctx.root)
+    ctx.log(f"  layers: {layers} ({rule})")
     return {"layers": layers}
 
 
