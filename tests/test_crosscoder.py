@@ -163,7 +163,8 @@ def test_a_planted_difference_is_a_tuned_only_latent_and_the_same_model_twice_ha
     assert found["delta"] == max(live) and found["delta"] >= 0.75  # ... and it is the most tuned-leaning of all
     # (under the paper's 0.9 cut it is tuned-only in some runs, not all: the class's base residual leaks into its
     # base decoder, docs/diffing.md)
-    assert found["scaling"]["nu_eps"] is not None
+    # latent scaling (Minder et al.): the base model's error carries almost none of it - a genuinely tuned latent
+    assert found["scaling"]["nu_eps"] is not None and abs(found["scaling"]["nu_eps"]) < 0.3
     assert (tmp_path / "planted" / "tuned_leaning_latents.html").is_file()
     # control: the base model against itself
     ctrl = _run(base, base, texts, tmp_path / "control", k=8, expansion=2)
