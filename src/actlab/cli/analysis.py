@@ -264,7 +264,7 @@ def compare_curvature(
     layer: Annotated[int | None, opt("--layer", metavar="N", help="Layer of the vector to use [default: its "
                                                                    "first].")] = None,
     multipliers: Annotated[str, typer.Option(metavar="LIST", help="Comma-separated multipliers.")] = "-4,-2,0,2,4",
-    data: Annotated[Path | None, opt("--data", metavar="FILE", help="Texts: curvature of the next-token loss.")]
+    data: Annotated[Path | None, opt("--data", metavar="PATH", help="Texts: curvature of the next-token loss.")]
     = None,
     ab: Annotated[Path | None, opt("--ab", metavar="FILE", help="Or A/B items: curvature of log p(matching "
                                                                "answer).")] = None,

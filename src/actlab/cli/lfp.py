@@ -20,7 +20,7 @@ OutDir = Annotated[Path, opt("--out", metavar="DIR", help="Run folder (model/, f
 @finetune_app.command("rl")
 def finetune_rl(
     model: ModelArg,
-    data: Annotated[Path, opt("--data", metavar="FILE", help="IMDb CSV (review prefixes are the prompts).")],
+    data: Annotated[Path, opt("--data", metavar="PATH", help="IMDb CSV (review prefixes are the prompts).")],
     out: OutDir,
     preset: Annotated[str, opt("--preset", metavar="NAME", help="tiny (minutes on a CPU) or study (batch 64, KL "
                                                                  "0.5, lr 1e-6, clip 1; a GPU).")] = "study",
@@ -61,7 +61,7 @@ def finetune_rl(
 @finetune_app.command("dpo")
 def finetune_dpo(
     model: ModelArg,
-    data: Annotated[Path, opt("--data", metavar="FILE", help="HH-RLHF JSONL(.gz) or prompt/chosen/rejected "
+    data: Annotated[Path, opt("--data", metavar="PATH", help="HH-RLHF JSONL(.gz) or prompt/chosen/rejected "
                                                               "JSONL.")],
     out: OutDir,
     swap: Annotated[bool, opt("--swap", help="Swap preferred and dispreferred answers.")] = False,
@@ -131,7 +131,7 @@ def lfp_preset(
                                              "GPU).", metavar="NAME", show_default=False)],
     run_dir: Annotated[str, opt("--run-dir", metavar="DIR", help="Run folder to write into the config.")]
     = "runs/lfp",
-    data: Annotated[str | None, opt("--data", metavar="FILE", help="Text dataset (IMDb CSV).")] = None,
+    data: Annotated[str | None, opt("--data", metavar="PATH", help="Text dataset (IMDb CSV).")] = None,
     base_model: Annotated[str | None, opt("--base-model", metavar="MODEL", help="Base model.")] = None,
 ) -> None:
     """Print a starting config for a preset (redirect it to a file and edit); written raw, never wrapped, with

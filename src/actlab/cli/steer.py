@@ -75,7 +75,7 @@ def _vector(path: Path, multiplier: float, what: str = "--vector"):
 @app.command()
 def extract(
     model: ModelArg,
-    data: Annotated[Path, opt("--data", metavar="FILE", help="Dataset (A/B JSON/JSONL, pairs JSONL, or an "
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Dataset (A/B JSON/JSONL, pairs JSONL, or an "
                                                               "instruction list).")],
     out: Annotated[Path, opt("--out", metavar="FILE", help="Where to write the vector (.safetensors).")],
     format: Annotated[str, opt("--format", metavar="FORMAT", help="ab, pairs or instructions.")] = "ab",
@@ -193,7 +193,7 @@ def generate(
 def sweep(
     model: ModelArg,
     vector: VectorOpt,
-    data: Annotated[Path, opt("--data", metavar="FILE", help="Held-out A/B questions (CAA JSON / Anthropic "
+    data: Annotated[Path, opt("--data", metavar="PATH", help="Held-out A/B questions (CAA JSON / Anthropic "
                                                               "JSONL).")],
     out: Annotated[Path, opt("--out", metavar="DIR", help="Run folder (sweep.json, sweep.csv, PNGs, run.json).")],
     layers: LayersOpt = None,
