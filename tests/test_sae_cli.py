@@ -116,3 +116,15 @@ def test_online_mode_and_bad_input(tmp_path, capsys, sae_run):
     bad.write_text("point: blocks.0.mlp_out\nout: x\ncache: y\ntrain: {steps: -3}\n")
     code, _, err = run(["sae", "train", "--config", str(bad)], capsys)
     assert code == 2 and "train.steps" in err
+
+
+def test_surprising_metrics_are_explained_in_the_terminal():
+    """Issue 27: a mostly dense dictionary, loss_recovered above 1 and a mostly dead dictionary each get a line
+    saying what the number means; ordinary numbers get none."""
+    from actlab.cli.sae import metric_notes
+
+    assert metric_notes({"ok": {"dense_fraction": 0.01, "loss_recovered": 0.93, "dead_fraction": 0.1}}) == []
+    notes = metric_notes({"a": {"dense_fraction": 1.0, "loss_recovered": 1.18, "dead_fraction": 0.0},
+                          "b": {"dense_fraction": 0.0, "loss_recovered": 0.5, "dead_fraction": 0.9}})
+    assert len(notes) == 3
+    assert "a are mostly dense" in notes[0] and "above 1 for a" in notes[1] and "of b never fired" in notes[2]

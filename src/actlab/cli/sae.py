@@ -197,6 +197,28 @@ def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     for name, m in metrics.items():
         t.add_row(name, *[f"{m[c]:.4g}" if isinstance(m.get(c), float) else "-" for c in cols])
     console.print(t)
+    for line in metric_notes(metrics):
+        console.print(line, highlight=False)
+
+
+def metric_notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """What a surprising number in the table means (said in the terminal, not only in the docs)."""
+    notes = []
+    dense = [n for n, m in metrics.items() if isinstance(m.get("dense_fraction"), float) and m["dense_fraction"] > 0.5]
+    if dense:
+        notes.append(f"note: dense_fraction is the share of features active on more than 10% of tokens; "
+                     f"{', '.join(dense)} are mostly dense - the sparsity penalty is too weak for this data "
+                     "(raise --l1 / lower --k, or train longer)")
+    above = [n for n, m in metrics.items() if isinstance(m.get("loss_recovered"), float) and m["loss_recovered"] > 1]
+    if above:
+        notes.append(f"note: loss_recovered = (L_zero - L_spliced) / (L_zero - L_clean); above 1 for "
+                     f"{', '.join(above)} means the reconstruction gave a lower next-token loss than the model's own "
+                     "activation - possible on few or out-of-domain texts (see the components in sae_metrics.json)")
+    dead = [n for n, m in metrics.items() if isinstance(m.get("dead_fraction"), float) and m["dead_fraction"] > 0.5]
+    if dead:
+        notes.append(f"note: more than half of the features of {', '.join(dead)} never fired on the evaluation "
+                     "tokens (dead): a smaller dictionary or more training data")
+    return notes
 
 
 @sae_app.command("eval")
