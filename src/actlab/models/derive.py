@@ -211,6 +211,15 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         roles = _solve(x_in, x_out, ins, outs, attn_c, mlp_c, readers, tol, free)
         if roles:
             break
+    if roles is None:  # a sub-block that adds the residual itself (BLOOM's attention, MPT's MLP): its output
+        # projection's output is what the stream receives
+        lin = {k: v["out"].reshape(x_in.shape) for k, v in ((k[2:], v) for k, v in rec.items() if k.startswith("i:"))
+               if "out" in v and v["out"].numel() == x_in.numel() and v["out"].shape[-1] == x_in.shape[-1]}
+        outs_all = {**outs, **lin}
+        roles = _solve(x_in, x_out, ins, outs_all, attn_c + _rank(list(lin), ATTN_WORDS),
+                       mlp_c + _rank(list(lin), MLP_WORDS), readers, tol, False)
+        if roles:
+            outs = outs_all
     if roles is None:
         raise UnsupportedArchitectureError(
             f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
@@ -219,13 +228,13 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
             "(see docs/adapters.md)")
     attn_mod = _owner(roles["attn"], names, ATTN_WORDS, children)
     mlp_mod = _owner(roles["mlp_out"], names, MLP_WORDS, children)
-    mlp_target = outs.get(mlp_mod)
+    mlp_target = outs.get(roles["mlp_out"] if "." in roles["mlp_out"] else mlp_mod)
     mlp_down = next((k for k in inner if k.startswith(f"{mlp_mod}.") and _close(rec.get(f"i:{k}", {}).get("out"),
                                                                                   mlp_target, tol)), None)
-    attn_target = outs.get(attn_mod)
+    attn_target = outs.get(roles["attn"] if "." in roles["attn"] else attn_mod)
     attn_proj = next((k for k in inner if k.startswith(f"{attn_mod}.") and _close(rec.get(f"i:{k}", {}).get("out"),
                                                                                     attn_target, tol)), None)
-    final_norm, scale = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out, tol, mt)
+    final_norm, scale, project_out = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out, tol, mt)
     pos = [f"{base_path}.{k}" if base_path else k for k, m in base.named_children()
            if isinstance(m, nn.Embedding) and m is not emb and ("pos" in k or k in ("wpe",))]
     router = _router(layers, mlp_mod, config)
@@ -236,9 +245,9 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         mlp=mlp_mod, mlp_out=roles["mlp_out"], mlp_down=mlp_down, mlp_norm=roles["mlp_norm"],
         final_norm=final_norm, parallel=roles["parallel"],
         softcap_attr="final_logit_softcapping" if getattr(config, "final_logit_softcapping", None) else None,
-        attn_proj=attn_proj if roles["attn"] == attn_mod else None, pos_embed=pos[0] if pos else None,
+        attn_proj=attn_proj if roles["attn"] in (attn_mod, attn_proj) else None, pos_embed=pos[0] if pos else None,
         attn_core=attn_mod if _uses_interface(children[attn_mod]) else None, attn_o=attn_proj,
-        logit_scale=scale, derived=True, router=router, attn_scale=roles["attn_scale"],
+        logit_scale=scale, derived=True, router=router, project_out=project_out, attn_scale=roles["attn_scale"],
         mlp_scale=roles["mlp_scale"],
     )
 
@@ -348,8 +357,11 @@ def _refuse_hybrid(layers: nn.ModuleList, mt: str) -> None:
 
 
 def _owner(role: str, names: list[str], words: tuple[str, ...], children: dict[str, nn.Module]) -> str:
-    """The sub-block behind a role: the child itself, or (a sandwich post-norm) the child named like the
-    sub-block, the nearest earlier one first (module order is registration order, not call order)."""
+    """The sub-block behind a role: the child itself (or the child holding a linear map that plays it), or (a
+    sandwich post-norm) the child named like the sub-block, the nearest earlier one first (module order is
+    registration order, not call order)."""
+    if "." in role:
+        return role.split(".")[0]
     if not _is_norm(children[role]):
         return role
     i = names.index(role)
@@ -367,7 +379,10 @@ def _candidates_after(order: list[str], names: list[str], words: tuple[str, ...]
 
 
 def _final_norm(hf_model: nn.Module, cands: dict[str, nn.Module], h_last: torch.Tensor | None, out: Any,
-                tol: float, mt: str) -> tuple[str, float | None]:
+                tol: float, mt: str) -> tuple[str, float | None, str | None]:
+    """(final norm path, logit scale or None, projection between norm and unembedding or None): the first
+    that reproduces the logits. A projection (ModernBERT-decoder's prediction head, OPT's project_out) is a
+    root-level module other than the base and the output embedding, tried after the plain norm."""
     logits = getattr(out, "logits", None)
     head = hf_model.get_output_embeddings()
     if h_last is None or logits is None or head is None:
@@ -376,19 +391,27 @@ def _final_norm(hf_model: nn.Module, cands: dict[str, nn.Module], h_last: torch.
     want = logits.detach().double()
     ranked = _rank(list(cands), ("final", "ln_f", "norm_f", "norm"))
     cap = getattr(hf_model.config, "final_logit_softcapping", None)
-    for name in ranked:
-        norm = cands[name]
-        w = head.weight
-        got = head(norm(h_last.to(w.dtype))).double()
-        if cap:
-            got = torch.tanh(got / cap) * cap
-        if got.shape != want.shape:
-            continue
-        if _close(got, want, tol * 10):
-            return name, None
-        c = float((got * want).sum() / (got * got).sum().clamp_min(1e-30))
-        if _close(got * c, want, tol * 10):
-            return name, c
+    projections: list[tuple[str | None, nn.Module | None]] = [(None, None)]
+    projections += [(k, m) for k, m in hf_model.named_children() if m is not head and not _is_norm(m)
+                    and not isinstance(m, (nn.ModuleList, nn.Embedding)) and any(_linear_like(x) for x in m.modules())
+                    and not any(isinstance(x, nn.ModuleList) for x in m.modules())]
+    w = head.weight
+    for proj_name, proj in projections:
+        for name in ranked:
+            try:
+                h = cands[name](h_last.to(w.dtype))
+                got = head(proj(h) if proj is not None else h).double()
+            except Exception:  # a module that does not take this input is not the projection
+                continue
+            if cap:
+                got = torch.tanh(got / cap) * cap
+            if got.shape != want.shape:
+                continue
+            if _close(got, want, tol * 10):
+                return name, None, proj_name
+            c = float((got * want).sum() / (got * got).sum().clamp_min(1e-30))
+            if _close(got * c, want, tol * 10):
+                return name, c, proj_name
     raise UnsupportedArchitectureError(
         f"model_type={mt!r}: no final norm found (candidates {ranked}): unembedding the last layer's output "
         "through none of them gives the logits")
