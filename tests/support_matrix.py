@@ -32,7 +32,11 @@ SMALL = {
 # Per type: values real checkpoints ship where the tiny default would hide a behaviour (IBM Granite 3.x scales
 # each residual branch by 0.22; the default 1.0 would not exercise the scaled-branch derivation).
 REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_multiplier": 0.22},
-             "granitemoeshared": {"residual_multiplier": 0.22}}
+             "granitemoeshared": {"residual_multiplier": 0.22},
+             # DBRX names its widths its own way and nests attention / MoE settings (DBRX-Instruct's clip_qkv: 8)
+             "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 256,
+                      "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+                      "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}}}
 # Vision / audio towers of multimodal checkpoints: small too (only the fields each sub-config takes).
 SMALL_TOWER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                "image_size": 28, "patch_size": 14, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -76,7 +80,7 @@ def tiny_config(model_type: str):
 def _with_towers(cls: type, kw: dict):
     kw = dict(kw)
     for key, sub in (getattr(cls, "sub_configs", None) or {}).items():
-        if key in _accepted(cls) and isinstance(sub, type) and sub.__name__ != "AutoConfig":
+        if key in _accepted(cls) and key not in kw and isinstance(sub, type) and sub.__name__ != "AutoConfig":
             kw[key] = _small(sub) if key == "text_config" else {k: v for k, v in SMALL_TOWER.items()
                                                               if k in _accepted(sub)}
     cfg = cls(**kw)
