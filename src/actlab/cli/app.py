@@ -94,7 +94,9 @@ def lens(
     top_k: Annotated[int, opt("--top-k", metavar="K", help="Tokens per layer.")] = 5,
     target: Annotated[str | None, opt("--target", metavar="TOKEN", help="Target token (one token, e.g. ' Paris') "
                                                                           "or its id.")] = None,
-    chat: Annotated[bool, opt("--chat/--no-chat", help="Wrap each prompt in the chat template.")] = False,
+    chat: Annotated[bool, opt("--chat/--no-chat", help="Wrap each prompt in the chat template (off by default, "
+                              "unlike the other commands: the lens reads a completion prompt as written, e.g. "
+                              "'The capital of France is').")] = False,
     json_out: Annotated[Path | None, opt("--json", metavar="FILE", help="Write the full result as JSON.")] = None,
     html_out: Annotated[Path | None, opt("--html", metavar="FILE", help="Write an offline HTML page.")] = None,
     lens_spec: Annotated[str, opt("--lens", metavar="LENS", help="'logit', or 'tuned:DIR' for a tuned lens (trained "
