@@ -177,7 +177,7 @@ def check(model_type: str) -> Result:
     fam = m.adapter.family
     try:
         _equalities(m)
-        extra = [_kv_cache(m), _orthogonalisation(m), _attention_internals(m)]
+        extra = [_kv_cache(m), _patching(m), _orthogonalisation(m), _attention_internals(m)]
     except Exception as e:
         return Result(model_type, "failing", fam, _first_line(e))
     how = "parallel" if m.parallel else "sequential"
@@ -218,6 +218,25 @@ def _equalities(m) -> None:
         h.remove()
     if not torch.allclose(steered, by_hand, atol=1e-5, rtol=1e-4):
         raise AssertionError("steering resid_post 0 != a hand-written hook on layer 0")
+
+
+@torch.no_grad()
+def _patching(m) -> str:
+    """Patching: another prompt's resid_mid and mlp_out of layer 0 (every position) written into this run give
+    exactly that prompt's logits (the write paths of a composite and a plain kind)."""
+    from actlab.hooks.interventions import Replace
+
+    a = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
+    b = torch.tensor([[8, 3, 21, 11, 50, 6, 90]]) % m.vocab_size
+    pts = ["blocks.0.resid_mid", "blocks.0.mlp_out"]
+    with m.capture(pts, dtype=None) as src:
+        want = m.hf(input_ids=a, use_cache=False).logits
+    edits = [Replace(p, lambda x, v=src[p]: v.to(x.dtype)) for p in pts]
+    with m.edit(*edits):
+        got = m.hf(input_ids=b, use_cache=False).logits
+    if not torch.allclose(got, want, atol=1e-4 * (1 + float(want.abs().max())), rtol=1e-4):
+        raise AssertionError("patching resid_mid and mlp_out of layer 0 != the source prompt's logits")
+    return "patching exact"
 
 
 @torch.no_grad()

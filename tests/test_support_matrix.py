@@ -295,3 +295,14 @@ def test_a_scaled_residual_branch_is_measured_and_hooks_see_what_the_stream_rece
         m(input_ids=ids, use_cache=False)
     torch.testing.assert_close(moved["blocks.1.resid_mid"] - clean["blocks.1.resid_mid"],
                                v.expand_as(clean["blocks.1.resid_mid"]), atol=1e-4, rtol=1e-4)
+    # the composite write path (resid_mid is written through the scaled attention output): patching another
+    # prompt's resid_mid gives exactly its resid_post (the support matrix found this path unscaled once)
+    from actlab.hooks.interventions import Replace
+
+    other = torch.tensor([[8, 3, 21, 11, 50, 6, 90]])
+    with torch.no_grad(), m.capture(["blocks.1.resid_mid", "blocks.1.resid_post"], dtype=None) as src:
+        m(input_ids=other, use_cache=False)
+    with torch.no_grad(), m.edit(Replace("blocks.1.resid_mid", lambda x: src["blocks.1.resid_mid"].to(x.dtype))), \
+            m.capture("blocks.1.resid_post", dtype=None) as patched:
+        m(input_ids=ids, use_cache=False)
+    torch.testing.assert_close(patched["blocks.1.resid_post"], src["blocks.1.resid_post"], atol=1e-5, rtol=1e-5)

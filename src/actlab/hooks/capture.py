@@ -178,8 +178,8 @@ class Capture:
                 assert base is not None
                 session.add(base.module, base.where, self._reader(p.name, (p.name, f"{p.name}\0base")),
                             write=False, order=p.order)
-                session.add(plan.part.module, plan.part.where, self._reader(p.name, (p.name, f"{p.name}\0part")),
-                            write=False, order=p.order)
+                attach(session, plan.part, self._reader(p.name, (p.name, f"{p.name}\0part")), write=False,
+                       order=p.order)  # through attach: a scaled branch is seen as the stream receives it
         except BaseException:
             session.close()
             raise

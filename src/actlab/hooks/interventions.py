@@ -83,7 +83,7 @@ def install_edit(session: HookSession, target: HookTarget, edit: Edit) -> None:
         return (new.to(wide) - base.to(wide)).to(x.dtype)
 
     session.add(plan.base_site.module, plan.base_site.where, keep_base, write=False, order=order)
-    session.add(site.module, site.where, through_part, write=True, order=order)
+    attach(session, site, through_part, write=True, order=order)  # a scaled branch: seen as the stream gets it
 
 
 class Intervention:
