@@ -177,7 +177,7 @@ def check(model_type: str) -> Result:
     fam = m.adapter.family
     try:
         _equalities(m)
-        extra = [_kv_cache(m), _patching(m), _orthogonalisation(m), _attention_internals(m)]
+        extra = [_kv_cache(m), _patching(m), _tuned_lens(m), _orthogonalisation(m), _attention_internals(m)]
     except Exception as e:
         return Result(model_type, "failing", fam, _first_line(e))
     how = "parallel" if m.parallel else "sequential"
@@ -218,6 +218,22 @@ def _equalities(m) -> None:
         h.remove()
     if not torch.allclose(steered, by_hand, atol=1e-5, rtol=1e-4):
         raise AssertionError("steering resid_post 0 != a hand-written hook on layer 0")
+
+
+@torch.no_grad()
+def _tuned_lens(m) -> str:
+    """An untrained tuned lens is the logit lens at every layer (identity translators through the same final
+    norm and unembedding)."""
+    import actlab
+    from actlab.tuned_lens import TunedLens
+
+    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    plain = actlab.logit_lens(m, batch, points="resid_post", top_k=3)
+    tuned = actlab.logit_lens(m, batch, points="resid_post", top_k=3, lens=TunedLens.for_model(m))
+    if not (torch.equal(plain.top_ids, tuned.top_ids) and torch.allclose(plain.top_probs, tuned.top_probs)):
+        raise AssertionError("an untrained tuned lens != the logit lens")
+    return "tuned lens = logit lens untrained"
 
 
 @torch.no_grad()
