@@ -393,3 +393,13 @@ def test_layer_override_and_the_papers_strong_inputs(lfp_run, tmp_path, capsys):
     bad.write_text(text + "explainer: {kind: none}\nlayers: [7]\n")
     code, _, err = run(["lfp", "divergence", str(bad)], capsys)
     assert code != 0 and "layers [7]" in err and "0..1" in err
+
+
+def test_scoring_refinements_without_scoring_are_refused_at_load():
+    from pydantic import ValidationError
+
+    from actlab.lfp.config import ExplainerSpec
+
+    with pytest.raises(ValidationError, match=r"explainer\.score: true"):
+        ExplainerSpec(kind="openai", base_url="http://x/v1", model="m", simulate=True)
+    assert ExplainerSpec(kind="openai", base_url="http://x/v1", model="m", score=True, logprobs=5).logprobs == 5

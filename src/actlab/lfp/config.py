@@ -87,6 +87,8 @@ class ExplainerSpec(StrictConfig):
             raise ValueError("explainer.kind 'openai' needs explainer.base_url and explainer.model (or kind: none)")
         if self.score and self.kind != "openai":
             raise ValueError("explainer.score needs explainer.kind 'openai' (the scorer is the same endpoint)")
+        if (self.logprobs or self.simulate) and not self.score:
+            raise ValueError("explainer.logprobs and explainer.simulate refine the scores: set explainer.score: true")
         if self.kind == "hf" and not self.model:
             raise ValueError("explainer.kind 'hf' needs explainer.model (a local chat model)")
         return self
