@@ -185,12 +185,25 @@ def check(model_type: str) -> Result:
     return Result(model_type, "validated", fam, f"{how}{moe}; " + "; ".join(extra))
 
 
+PROBE, OTHER = (5, 17, 33, 9, 61, 42, 77), (8, 3, 21, 11, 50, 6, 90)  # token ids of the checks' prompts
+
+
+def _ids(m, tokens: tuple[int, ...] = PROBE) -> torch.Tensor:
+    """A one-row prompt of ``tokens`` within the model's vocabulary."""
+    return torch.tensor([tokens]) % m.vocab_size
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, atol: float) -> bool:
+    """Logits equal up to ``atol`` relative to their largest magnitude (rtol 1e-4)."""
+    return torch.allclose(got, want, atol=atol * (1 + float(want.abs().max())), rtol=1e-4)
+
+
 @torch.no_grad()
 def _equalities(m) -> None:
     """resid_post == hidden_states; actlab steering == a hand hook; lens(last resid_post) == logits."""
     from actlab.hooks.additions import Add
 
-    ids = torch.tensor([[5, 17, 33, 9, 61, 2 + 40, 77]]) % m.vocab_size
+    ids = _ids(m)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     pts = [f"blocks.{i}.resid_post" for i in range(m.n_layers)]
     with m.capture(pts, dtype=torch.float64) as acts:
@@ -227,7 +240,7 @@ def _tuned_lens(m) -> str:
     import actlab
     from actlab.tuned_lens import TunedLens
 
-    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
+    ids = _ids(m)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     plain = actlab.logit_lens(m, batch, points="resid_post", top_k=3)
     tuned = actlab.logit_lens(m, batch, points="resid_post", top_k=3, lens=TunedLens.for_model(m))
@@ -242,15 +255,14 @@ def _patching(m) -> str:
     exactly that prompt's logits (the write paths of a composite and a plain kind)."""
     from actlab.hooks.interventions import Replace
 
-    a = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
-    b = torch.tensor([[8, 3, 21, 11, 50, 6, 90]]) % m.vocab_size
+    a, b = _ids(m), _ids(m, OTHER)
     pts = ["blocks.0.resid_mid", "blocks.0.mlp_out"]
     with m.capture(pts, dtype=None) as src:
         want = m.hf(input_ids=a, use_cache=False).logits
     edits = [Replace(p, lambda x, v=src[p]: v.to(x.dtype)) for p in pts]
     with m.edit(*edits):
         got = m.hf(input_ids=b, use_cache=False).logits
-    if not torch.allclose(got, want, atol=1e-4 * (1 + float(want.abs().max())), rtol=1e-4):
+    if not _close(got, want, 1e-4):
         raise AssertionError("patching resid_mid and mlp_out of layer 0 != the source prompt's logits")
     return "patching exact"
 
@@ -261,7 +273,7 @@ def _kv_cache(m) -> str:
     whole sequence at every step."""
     from actlab.hooks.additions import Add
 
-    ids = torch.tensor([[5, 17, 33, 9, 61]]) % m.vocab_size
+    ids = _ids(m)[:, :5]
     v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(4))
     with m.edit(Add({"blocks.0.resid_post": v}, 3.0, positions="all")):
         cached = m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
@@ -280,7 +292,7 @@ def _orthogonalisation(m) -> str:
     from actlab.errors import InputError
     from actlab.steering import ablate, orthogonalize
 
-    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
+    ids = _ids(m)
     r = torch.randn(m.d_model, generator=torch.Generator().manual_seed(2))
     try:
         baked = orthogonalize(m, r)
@@ -291,7 +303,7 @@ def _orthogonalisation(m) -> str:
     with ablate(m, r):
         hooked = m.hf(input_ids=ids, use_cache=False).logits
     got = baked.hf(input_ids=ids, use_cache=False).logits
-    if not torch.allclose(got, hooked, atol=2e-4 * (1 + float(hooked.abs().max())), rtol=1e-4):
+    if not _close(got, hooked, 2e-4):
         raise AssertionError("weight orthogonalisation != hook ablation")
     return "orthogonalisation = hook ablation"
 
@@ -302,7 +314,7 @@ def _attention_internals(m) -> str:
     results plus bias sum to the output projection's output."""
     if m.adapter.attn_core is None:
         return "q/k/v/pattern n/a (its attention does not call transformers' attention interface)"
-    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]]) % m.vocab_size
+    ids = _ids(m)
     ref = m.hf(input_ids=ids, use_cache=False).logits
     seen = {}
     o = m.module("attn_o", 0) or m.module("attn_proj", 0)

@@ -53,13 +53,24 @@ def refusal(config: Any) -> str:
             "sub-blocks of the residual form actlab reads")
 
 
-def n_layers_of(config: Any) -> int | None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for attr in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+def text_config_of(config: Any) -> Any:
+    """The language model's config (a multimodal checkpoint's text tower; the config itself otherwise)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _config_int(config: Any, names: tuple[str, ...], above: int) -> int | None:
+    """The first of ``names`` on the text config that is an int greater than ``above``."""
+    text = text_config_of(config)
+    for attr in names:
         v = getattr(text, attr, None)
-        if isinstance(v, int) and v > 0:
+        if isinstance(v, int) and v > above:
             return v
     return None
+
+
+def n_layers_of(config: Any) -> int | None:
+    return _config_int(config, ("num_hidden_layers", "n_layer", "num_layers", "n_layers"), 0)
 
 
 def _is_norm(m: nn.Module) -> bool:
@@ -200,10 +211,9 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     ins = {k: v["in"] for k, v in kids.items() if "in" in v and v["in"].shape == x_in.shape}
     names = list(children)
     norms = [c for c in names if _is_norm(children[c])]
-    attn_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], ATTN_WORDS) + norms
-    mlp_first = _rank([c for c in names if c in outs and not _is_norm(children[c])], MLP_WORDS) + norms
-    attn_c = _candidates_after(attn_first, names, ATTN_WORDS, children)
-    mlp_c = _candidates_after(mlp_first, names, MLP_WORDS, children)
+    # sub-blocks first, then norms (a post-norm's output is what the residual receives): the algebra decides
+    attn_c = _rank([c for c in names if c in outs and not _is_norm(children[c])], ATTN_WORDS) + norms
+    mlp_c = _rank([c for c in names if c in outs and not _is_norm(children[c])], MLP_WORDS) + norms
     readers = _rank(norms, ("post_attention", "pre_feedforward", "ln_2", "norm")) + \
         _rank([c for c in names if c not in norms], MLP_WORDS)
     roles = None
@@ -312,12 +322,7 @@ def _solve(x_in: torch.Tensor, x_out: torch.Tensor, ins: dict[str, torch.Tensor]
 
 
 def n_experts_of(config: Any) -> int | None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for attr in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"):
-        v = getattr(text, attr, None)
-        if isinstance(v, int) and v > 1:
-            return v
-    return None
+    return _config_int(config, ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"), 1)
 
 
 def _router(layers: nn.ModuleList, mlp: str, config: Any) -> str | None:
@@ -369,13 +374,6 @@ def _owner(role: str, names: list[str], words: tuple[str, ...], children: dict[s
         if not _is_norm(children[c]) and any(w in c.lower() for w in words):
             return c
     return role
-
-
-def _candidates_after(order: list[str], names: list[str], words: tuple[str, ...],
-                      children: dict[str, nn.Module]) -> list[str]:
-    """The sub-block children first, then the norms (a post-norm's output is what the residual receives);
-    the block's algebra decides which fits."""
-    return [c for c in order if not _is_norm(children[c])] + [c for c in order if _is_norm(children[c])]
 
 
 def _final_norm(hf_model: nn.Module, cands: dict[str, nn.Module], h_last: torch.Tensor | None, out: Any,

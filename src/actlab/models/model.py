@@ -26,7 +26,7 @@ from ..hooks.positions import PositionSpec
 from ..hooks.sites import read_plan, write_plan
 from ..runs import apply_umask, write_json
 from .adapters import ArchAdapter
-from .derive import resolve_adapter
+from .derive import resolve_adapter, text_config_of
 
 TextBatch = str | Sequence[str]
 
@@ -191,8 +191,7 @@ class Model:
     @property
     def text_config(self) -> Any:
         """The language model's config (a multimodal checkpoint's text tower; the config itself otherwise)."""
-        get = getattr(self.config, "get_text_config", None)
-        return get() if callable(get) else self.config
+        return text_config_of(self.config)
 
     @property
     def vocab_size(self) -> int:

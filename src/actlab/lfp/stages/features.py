@@ -135,7 +135,7 @@ class Source:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def sae_source(ctx: Context) -> Source:
+def sae_source(ctx: Context, x_all: torch.Tensor) -> Source:
     """The study's protocol: features both dictionary widths agree on (max decoder cosine), read from the
     tuned model's SAEs through the deltas stage's features."""
     from ...explain import collect
@@ -143,7 +143,6 @@ def sae_source(ctx: Context) -> Source:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
     cand = candidates(ctx, ctx.read(Dictionaries, "sae"), ex.n_features)
     tuned, texts = ctx.model("tuned"), ctx.texts(ex.n_texts)
-    x_all = ctx.read(Deltas, "deltas").features()
     chosen = [{"layer": layer, "feature": f, "cos_to_other_dictionary": cos} for cos, layer, f in cand.chosen]
     cols = [cand.offsets[r["layer"]] + r["feature"] for r in chosen]
 
@@ -176,7 +175,7 @@ def crosscoder_values(base: Any, tuned: Any, cc: Any, points: tuple[str, str], t
                       spans: list[Any], *, batch_size: int = 16) -> torch.Tensor:
     """``[texts, d_sae]``: per text, the crosscoder's codes averaged over its positions (the word's tokens, or
     every token when its span is None) - the SAE features' reading (:func:`actlab.lfp.probes.sae_features`)."""
-    from ...lfp.probes import token_positions
+    from ..probes import token_positions
 
     names = [m.parse_points(p)[0].name for m, p in zip((base, tuned), points, strict=True)]
     out = []
@@ -279,7 +278,8 @@ def crosscoder_source(ctx: Context) -> Source:
 
 def stage_features(ctx: Context) -> dict[str, Any]:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
-    src = crosscoder_source(ctx) if cfg.feature_source == "crosscoder" else sae_source(ctx)
+    x_all = ctx.read(Deltas, "deltas").features()  # the probe's inputs; the SAE candidates' values too
+    src = crosscoder_source(ctx) if cfg.feature_source == "crosscoder" else sae_source(ctx, x_all)
     explainer = make_explainer(ex.kind, base_url=ex.base_url, model=ex.model)
     scorer = simulator = None
     if ex.score and ex.base_url and ex.model:  # labels scored by detection and fuzzing (Paulo et al. 2024)
@@ -290,7 +290,7 @@ def stage_features(ctx: Context) -> dict[str, Any]:
         if ex.simulate:
             simulator = endpoint_asker(ex.base_url, ex.model, max_tokens=4 * cfg.sae.max_length + 16, **kw)
     n_ex = len(src.values)
-    pred = ctx.read(Probe, "probes").predict(ctx.read(Deltas, "deltas").features())
+    pred = ctx.read(Probe, "probes").predict(x_all)
     # Without an explainer the labels come from the probe's own statistics, so they are chosen on one half of
     # the examples and the firing rates measured on the other (a self-consistency check, said so in the output).
     perm = torch.randperm(n_ex, generator=torch.Generator().manual_seed(cfg.seed))
