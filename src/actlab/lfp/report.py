@@ -145,9 +145,12 @@ def _features_section(page: Page, fe: Features) -> None:
     if fe.source == "crosscoder":
         cc = fe.crosscoder
         ev = cc.get("explained_variance") or []
-        page.text(f"Candidates from a crosscoder at {cc.get('point')} ({cc.get('folder')}): classes "
-                  f"{cc.get('classes')}; explained variance base / tuned "
-                  + " / ".join(f"{number(v):.3f}" for v in ev) + f"; candidates {cc.get('candidates')} "
+        def counts(d: dict[str, Any] | None) -> str:
+            return ", ".join(f"{v} {k}" for k, v in (d or {}).items())
+
+        page.text(f"Candidates from a crosscoder at {cc.get('point')} ({cc.get('folder')}): latents "
+                  f"{counts(cc.get('classes'))}; explained variance base / tuned "
+                  + " / ".join(f"{number(v):.3f}" for v in ev) + f"; candidates {counts(cc.get('candidates'))} "
                   f"(shared latents count as shifted below decoder cosine {cc.get('shifted_cosine')}).")
     page.table(["measure", "value"], [[k, v] for k, v in fe.frequency.items()])
     ab = fe.ablation
@@ -170,7 +173,7 @@ def _features_section(page: Page, fe: Features) -> None:
         cos, strong = f["cos_to_other_dictionary"], f["firing_rate_strong"]
         rows.append([esc(f["layer"]), esc(f["feature"] if "class" not in f else f"{f['feature']} ({f['class']})"),
                      esc("-" if cos is None else f"{cos:.3f}"), esc(f["explanation"]), esc(_quality(f)),
-                     esc(f["related"]), esc("-" if strong is None else f"{strong:.3f}"),
+                     esc("yes" if f["related"] else "no"), esc("-" if strong is None else f"{strong:.3f}"),
                      esc(f"{f['firing_rate_all']:.3f}"), snippet])
     cos_head = "decoder cos (base vs tuned)" if fe.source == "crosscoder" else "cos (other dict.)"
     page.table(["layer", "feature" if fe.source != "crosscoder" else "latent (class)", cos_head, "explanation",
