@@ -18,7 +18,7 @@ COMPAT_TESTS ?= tests/test_hooks.py tests/test_lens.py tests/test_loading.py tes
 	tests/test_interventions.py tests/test_architecture.py tests/test_edges.py tests/test_attention.py tests/test_patching.py tests/test_tuned_lens.py \
 	tests/test_scale.py::test_cells_sharing_a_prefix_equal_steering_each_cell tests/test_support_matrix.py
 
-.PHONY: demo test test-compat lint bench venv clean
+.PHONY: demo test test-compat test-docs lint bench venv clean
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (first run only: a CPU build of torch, transformers, trl, ...; about a minute)"
@@ -38,6 +38,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Every README and docs code block, run in order in a temporary folder, with the claims beside it checked
+# (tests/doc_walk.py; about 20 minutes on 2 CPU cores). ACTLAB_SHARED_DIR: the shared models and data.
+test-docs: $(STAMP)
+	ACTLAB_SHARED_DIR=$(SHARED) $(BIN)/python -m pytest -q -m docwalk tests/test_doc_walk.py -s $(PYTEST_ARGS)
 
 $(COMPAT_VENV)/.actlab-installed: pyproject.toml
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)

@@ -118,6 +118,43 @@ def test_generation_matches_steering_by_hand(server):
     assert sum(1 for e in ev if e.get("side") == "default") >= 8
 
 
+def _firing_and_silent(pg, prompt: str) -> tuple[int, int]:
+    """A feature of the playground's dictionary that fires on the prompt's tokens and one that never does."""
+    point = pg.sae.cfg.hook_point
+    with torch.no_grad(), pg.model.capture(point, positions="tokens") as acts:
+        pg.model(**pg.model.tokenize(prompt))
+    codes = pg.sae.encode(acts[point])
+    fires = (codes > 0).sum(0)
+    return int(codes.max(0).values.argmax()), int((fires == 0).nonzero()[0, 0])
+
+
+def test_ablating_features_reports_how_much_they_can_matter(server):
+    """Issue 27: ablating SAE features in the page gave no hint of the effect size. The first event says on how
+    many prompt tokens each feature fires and the next-token KL of the edit alone, computed independently here."""
+    from actlab import FeatureEdit
+
+    base, pg = server
+    prompt = "Once upon a time"
+    on, off = _firing_and_silent(pg, prompt)
+    code, body = _post(base + "/api/generate", {"prompt": prompt, "max_new_tokens": 2, "ablate": [on, off]})
+    assert code == 200
+    effect = _events(body)[0]["effect"]
+    batch = pg.model.tokenize(prompt)
+    with torch.no_grad():
+        p = pg.model(**batch).logits[0, -1].log_softmax(-1)
+        with pg.model.edit(FeatureEdit(pg.sae, ablate=[on, off])):
+            q = pg.model(**batch).logits[0, -1].log_softmax(-1)
+    kl = float((p.exp() * (p - q)).sum())
+    assert effect["kl_next_token"] == pytest.approx(kl, rel=1e-4, abs=1e-7) and kl > 0
+    by = {f["feature"]: f for f in effect["features"]}
+    assert by[on]["fires_on"] >= 1 and by[on]["max"] > 0 and by[off]["fires_on"] == 0
+    assert effect["tokens"] == batch["input_ids"].shape[1]
+    code, body = _post(base + "/api/generate", {"prompt": prompt, "max_new_tokens": 2, "ablate": [off]})
+    assert _events(body)[0]["effect"]["kl_next_token"] == 0.0  # a silent feature changes nothing here
+    code, body = _post(base + "/api/generate", {"prompt": prompt, "max_new_tokens": 2})
+    assert not any("effect" in e for e in _events(body))  # no edit, no effect line
+
+
 @pytest.mark.parametrize("body,message", [
     ({"prompt": ""}, "the prompt is empty"),
     ({"prompt": "hi", "steer": [{"vector": "sad", "multiplier": 1}]}, "unknown vector 'sad'; loaded: happy"),
@@ -320,6 +357,11 @@ def test_playground_in_chromium(server, tmp_path):
             page.fill("#layers-0", spec)
             d, s = generate()
             assert d == d0 and s != d0 and page.inner_text("#error") == "", spec
+        on, _ = _firing_and_silent(server[1], "Once upon a time")
+        page.fill("#ablate", str(on))
+        generate()
+        assert f"feature {on} fires on" in page.inner_text("#effect") and "nats" in page.inner_text("#effect")
+        page.fill("#ablate", "")
         page.fill("#layers-0", "1-x")
         page.click("#generate")
         expect(page.locator("#error")).to_contain_text("1-x")

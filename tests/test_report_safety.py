@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -168,3 +169,39 @@ def test_sae_output_through_a_symbolic_link_is_refused(corpus, tmp_path, capsys)
     code, _, err = run(["sae", "train", "--cache", str(root / "cache"), "--point", "blocks.2.resid_post",
                         "--expansion", "1", "--steps", "2", "--batch-size", "64", "--out", str(out)], capsys)
     assert code == 2 and "symbolic link" in err and list((tmp_path / "outside").iterdir()) == []
+
+
+def test_a_folder_of_many_runs_reads_as_runs_not_as_their_internals(tmp_path):
+    """Issue 27: `actlab report runs/` over the README walk was 183k px tall, its contents every folder name
+    (reply-cache shards, activation caches, checkpoints). Runs and their result folders are sections, named by
+    their command in the contents table and folded beyond six; artifact folders are listed with their size."""
+    from actlab.report.run_report import OPEN_SECTIONS, build_report
+
+    root = tmp_path / "runs"
+    commands = ["steer sweep", "sae train", "lfp run", "eval run", "diff crosscoder", "patch", "layers"]
+    for i, cmd in enumerate(commands):
+        run = root / f"r{i}"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"command": cmd, "status": "ok", "duration_s": 12.0 + i}))
+        (run / "result.json").write_text(json.dumps({"value": i}))
+    sae = root / "r1" / "saes" / "relu-2x"
+    sae.mkdir(parents=True)
+    (sae / "cfg.json").write_text("{}")
+    (sae / "sae_weights.safetensors").write_bytes(b"0" * 2048)
+    for shard in ("0a", "0b"):
+        (root / "r4" / "llm_cache" / shard).mkdir(parents=True)
+        (root / "r4" / "llm_cache" / shard / "reply.json").write_text("{}")
+    (root / "r4" / "cache" / "base").mkdir(parents=True)
+    (root / "r4" / "cache" / "base" / "manifest.json").write_text("{}")
+    (root / "r4" / "cache" / "base" / "shard_00000.safetensors").write_bytes(b"0" * 10)
+    (root / "r2" / "deltas").mkdir()
+    (root / "r2" / "deltas" / "deltas.json").write_text(json.dumps({"layer": 1}))  # a stage's results: a section
+    html = build_report(root).read_text()
+    titles = re.findall(r"<h2[^>]*>(.*?)</h2>", html)
+    assert titles == ["Contents", *[f"r{i}" for i in range(len(commands))][:3], "r2/deltas",
+                      *[f"r{i}" for i in range(3, len(commands))]], titles
+    assert "llm_cache" in html.split("<h2", 2)[-1]  # listed as an artifact of r4, not a section
+    assert "saes/relu-2x/ (2 files)" in html and "llm_cache/0a/ (1 file)" in html
+    contents = html.split("</table>", 1)[0]
+    assert all(f"actlab {c}" in contents for c in commands) and "(results of the run above)" in contents
+    assert len(commands) + 1 > OPEN_SECTIONS and html.count("<details><summary>show this section") == 8

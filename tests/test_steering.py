@@ -228,6 +228,9 @@ def test_sweep_responds_to_a_letter_direction(smollm, tmp_path):
     res = ab_sweep(smollm, vec, items, layers=[last], multipliers=[-20, 0, 20], style=style, out_dir=tmp_path)
     g = res.grid()[0]
     assert g[0] < g[1] < g[2]
+    assert res.unmoved() is None  # moved beyond two standard errors: no "did not move" hint
+    # the rate the CLI prints counts questions, as its progress line does (3 cells: 3 evaluations each)
+    assert res.evaluations_per_second == pytest.approx(3 * res.questions_per_second)
     base = ab_probabilities(smollm, items, style)
     assert abs(float(base.mean()) - float(g[1])) < 1e-6
     # ab_sweep writes the data; the job (what `actlab steer sweep` runs) adds figures and run.json, reusing
@@ -268,6 +271,21 @@ def test_llm_judge_over_openai_protocol():
     assert requests[0]["model"] == "judge-model" and "happiness" in requests[0]["messages"][0]["content"]
     with pytest.raises(JudgeError, match=r"http://127\.0\.0\.1:9/v1/chat/completions"):
         LLMJudge("http://127.0.0.1:9/v1", "m", timeout=2)(["p"], ["t"])
+
+
+def test_a_sweep_that_moves_nothing_says_so():
+    """Issue 27: the README sweep showed p ~ 0.49 in every cell with nothing saying why."""
+    from actlab.steering.evaluate import SweepResult
+
+    def cell(p, sem=0.04):
+        return {"p_matching": p, "p_matching_sem": sem}
+
+    flat = SweepResult({"0:0": cell(0.494), "10:-4": cell(0.492), "10:4": cell(0.487), "14:4": cell(0.52)},
+                       [10, 14], [-4, 0, 4])
+    assert flat.unmoved() == ("14:4", pytest.approx(0.026))
+    moved = SweepResult({"0:0": cell(0.49, 0.01), "10:4": cell(0.6, 0.01)}, [10], [0, 4])
+    assert moved.unmoved() is None
+    assert SweepResult({"10:4": cell(0.6)}, [10], [4]).unmoved() is None  # no unsteered cell to compare with
 
 
 def test_sweep_bad_grids(smollm):

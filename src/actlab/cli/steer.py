@@ -217,6 +217,7 @@ def sweep(
 
     from ..errors import InputError
     from ..jobs import sweep as run_sweep
+    from ..steering.evaluate import cell_key
 
     checks.input_file(vector, "--vector file")
     checks.input_file(data, "--data file")
@@ -255,7 +256,18 @@ def sweep(
     if collapsed:
         console.print(f"collapsed cells (the same answer to every question, so p(matching) there only reflects the "
                       f"answer balance): {', '.join(collapsed)}", highlight=False)
-    qps = f"{res.questions_per_second:.1f} questions/s" if res.questions_per_second else "all cells cached"
+    unmoved = res.unmoved()
+    if unmoved is not None:
+        key, shift = unmoved
+        base = res.cells[cell_key(0, 0)]
+        console.print(f"no steered cell differs from the unsteered one (p {base['p_matching']:.3f}) by more than two "
+                      f"standard errors (largest shift {shift:+.3f}, at {key}): the vector does not move this "
+                      f"model's A/B answers at these layers and multipliers. Small models often answer A/B near "
+                      f"chance (here the first letter, {base['first_label']}, gets p {base['p_first']:.2f} on "
+                      f"average); try larger multipliers, other layers, or `steer generate` on open-ended prompts.",
+                      highlight=False)
+    qps = (f"{res.questions_per_second:.2g} questions/s through {len(res.cells)} cells, "
+           f"{res.evaluations_per_second:.2g} evaluations/s" if res.questions_per_second else "all cells cached")
     wrote(f"{out}/sweep.json", "sweep.csv", "sweep_heatmap.png", f"sweep_curves.png ({qps})")
 
 

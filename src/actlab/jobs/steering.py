@@ -147,7 +147,8 @@ def sweep(model: ModelLike, vector: VectorLike, data: str | os.PathLike[str] | S
                        out_dir=out, overwrite=overwrite, batch_size=batch_size, progress=progress)
         sweep_figures(res, out, title=f"{m.name}: {vec.point}, positions={pos}")
         run.results = {"cells": len(res.cells), "questions": len(items),
-                       "questions_per_second": res.questions_per_second, "collapsed_cells": res.collapsed_cells()}
+                       "questions_per_second": res.questions_per_second,
+                       "evaluations_per_second": res.evaluations_per_second, "collapsed_cells": res.collapsed_cells()}
     return res
 
 

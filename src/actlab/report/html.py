@@ -19,7 +19,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
 color:#1b1b1b;padding:0 1rem;line-height:1.45}
 h1{font-size:1.6rem;border-bottom:2px solid #ddd;padding-bottom:.3rem}h2{font-size:1.25rem;margin-top:2rem}
-h3{font-size:1.05rem}table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
+h3{font-size:1.05rem}table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem;display:block;max-width:100%;
+overflow-x:auto}
 th,td{border:1px solid #d5d5d5;padding:.2rem .45rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,.tok{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f6f6f6;
@@ -87,6 +88,7 @@ class Page:
         self.title = title
         self.parts: list[str] = []
         self.toc: list[tuple[str, str]] = []
+        self.nav_list = True  # the contents list from the section titles (off when the caller writes its own)
         if subtitle:
             self.parts.append(f'<p class="muted">{esc(subtitle)}</p>')
 
@@ -146,7 +148,7 @@ class Page:
 
     def render(self) -> str:
         nav = ""
-        if len(self.toc) > 1:
+        if self.nav_list and len(self.toc) > 1:
             items = "".join(f'<li><a href="#{esc(a)}">{esc(t)}</a></li>' for a, t in self.toc)
             nav = f"<nav><h2>Contents</h2><ul>{items}</ul></nav>"
         return (

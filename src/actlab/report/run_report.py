@@ -1,8 +1,12 @@
 """``actlab report RUN_DIR``: one self-contained offline HTML page for everything a run directory holds.
 
-Every folder becomes a section (listed in the index). In it: the run record (``run.json``), each JSON
-result rendered as tables (with the PNGs whose names start like the JSON file beside it), the other PNGs,
-CSV files as tables, and a list of the remaining artifacts (vectors, checkpoints) with their sizes.
+Every run folder (one with a ``run.json``) and every folder of results inside one (an LFP stage, say) becomes a
+section; folders that only hold artifacts - saved models, dictionaries, activation caches, checkpoints, reply
+caches - are listed with their size in the section above them, not rendered. The contents table names each
+section's command, status and duration; with more than :data:`OPEN_SECTIONS` sections each section's body is
+folded (one click opens it). In a section: the run record (``run.json``), each JSON result rendered as tables
+(with the PNGs whose names start like the JSON file beside it), the other PNGs, CSV files as tables, and a list
+of the remaining artifacts (vectors, checkpoints) with their sizes.
 Images are embedded as data URIs and every string from the run is escaped, so the page makes no request
 and no token text can inject markup.
 """
@@ -23,7 +27,14 @@ from .sections import Context, details
 
 MAX_ROWS = 60
 MAX_JSON_BYTES = 32 * 2**20  # larger results are listed, not parsed
+OPEN_SECTIONS = 6  # a report with more sections folds each section's body
 _SKIP_SUFFIXES = (".tmp",)
+# folders that only ever hold internals (reply caches, checkpoints, TRL's output)...
+_INTERNAL_DIRS = {"llm_cache", "judge_cache", "checkpoints", "trl"}
+# ...and the JSON files an artifact folder holds beside its weights (model, tokenizer, dictionary, cache shards)
+_ARTIFACT_JSON = {"cfg.json", "config.json", "manifest.json", "state.json", "generation_config.json",
+                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
+                  "added_tokens.json", "vocab.json", "model.safetensors.index.json"}
 
 
 def _scalar(x: Any) -> bool:
@@ -232,6 +243,51 @@ def _relative_href(target: Path, page: Path) -> str:
     return "/".join(quote(part) for part in Path(rel).parts)
 
 
+def _is_artifact_folder(folder: Path, here: list[Path], root: Path) -> bool:
+    """A folder not worth a section: under a reply-cache / checkpoint / TRL folder, or weights with only their
+    config JSONs beside them (a saved model, an SAE, a tuned lens, an activation cache)."""
+    if folder == root or (folder / "run.json") in here:
+        return False
+    if any(part in _INTERNAL_DIRS for part in folder.relative_to(root).parts):
+        return True
+    if any(p.suffix in (".png", ".csv", ".html") for p in here):
+        return False
+    results = [p for p in here if p.suffix in (".json", ".jsonl") and p.name not in _ARTIFACT_JSON]
+    return not results
+
+
+def _run_record(folder: Path) -> dict[str, Any]:
+    try:
+        rec = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _duration(rec: dict[str, Any]) -> str:
+    d = rec.get("duration_s")
+    if isinstance(d, bool) or not isinstance(d, (int, float)):
+        return ""
+    return f"{d:.0f} s" if d < 120 else f"{d / 60:.1f} min"
+
+
+def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str]], out_path: Path) -> None:
+    """The contents table: each section's folder (linked), the command that wrote it, its status and duration."""
+    rows = []
+    for folder, rel, anchor in sections:
+        rec = _run_record(folder)
+        depth = 0 if folder == root else len(folder.relative_to(root).parts) - 1
+        name = f'{"&nbsp;" * 4 * depth}<a href="#{esc(anchor)}">{esc(rel if depth == 0 else folder.name)}</a>'
+        command = rec.get("command") if isinstance(rec.get("command"), str) else ""
+        status = rec.get("status") if isinstance(rec.get("status"), str) else ""
+        what = f"actlab {command}" if command else "" if rec else (
+            "(files at the top of the folder)" if folder == root else "(results of the run above)")
+        rows.append([name, esc(what),
+                     esc(status), esc(_duration(rec))])
+    page.html("<h2>Contents</h2>")
+    page.table(["folder", "command", "status", "duration"], rows, raw_cells=True)
+
+
 def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) and return its path."""
     root = Path(run_dir)
@@ -246,11 +302,40 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         page.text(f"Not included: {len(skipped)} symbolic link(s) ({', '.join(skipped[:5])}"
                   f"{', ...' if len(skipped) > 5 else ''}); a report shows only what the run folder holds.",
                   muted=True)
-    folders = sorted({p.parent for p in files}, key=lambda d: (d != root, str(d)))
-    for folder in folders:
-        here = [p for p in files if p.parent == folder]
-        rel = "." if folder == root else str(folder.relative_to(root))
-        page.section(f"{rel}", "d" + hashlib.sha1(rel.encode()).hexdigest()[:10])
+    by_folder: dict[Path, list[Path]] = {}
+    for p in files:
+        by_folder.setdefault(p.parent, []).append(p)
+    folders = sorted(by_folder, key=lambda d: (d != root, str(d)))
+    shown = [d for d in folders if not _is_artifact_folder(d, by_folder[d], root)]
+    if len(shown) > 1 and root in shown and all(p.name == "report.html" for p in by_folder[root]):
+        shown.remove(root)  # nothing at the top but an earlier page
+    home: dict[Path, Path] = {}  # an artifact folder -> the section that lists it
+    for d in folders:
+        if d not in shown:
+            anc = next((a for a in d.parents if a in shown), None)
+            home[d] = anc if anc is not None else (shown[0] if shown else root)
+    if not shown:
+        shown = [folders[0]]
+    anchors = [(d, "." if d == root else str(d.relative_to(root)),
+                "d" + hashlib.sha1(("." if d == root else str(d.relative_to(root))).encode()).hexdigest()[:10])
+               for d in shown]
+    fold = len(shown) > OPEN_SECTIONS
+    if len(shown) > 1:
+        page.nav_list = False
+        _contents(page, root, anchors, out_path)
+        if fold:
+            page.text(f"{len(shown)} sections, each folded: open one from its heading (or the contents above).",
+                      muted=True)
+    for folder, rel, anchor in anchors:
+        here = by_folder[folder]
+        page.section(f"{rel}", anchor)
+        rec = _run_record(folder)
+        if rec:
+            page.text(" · ".join(x for x in (f"actlab {rec['command']}" if isinstance(rec.get("command"), str)
+                                             else "", str(rec.get("status") or ""), _duration(rec)) if x),
+                      muted=True)
+        if fold:
+            page.html("<details><summary>show this section</summary>")
         claimed: set[Path] = set()
         model_files: set[Path] = set()
         if (folder / "config.json") in here and any(p.suffix == ".safetensors" for p in here):
@@ -286,8 +371,14 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
             page.heading("run")
             _render_json(page, run, Context(run, pngs, claimed, names))
             claimed.add(run)
-        rest = [p for p in here if p not in claimed]
+        rest = [[p.name, _size(p.stat().st_size)] for p in here if p not in claimed]
+        for d in sorted(a for a, h in home.items() if h == folder):
+            inner = by_folder[d]
+            rest.append([f"{d.relative_to(folder)}/ ({len(inner)} file{'s' if len(inner) != 1 else ''})",
+                         _size(sum(p.stat().st_size for p in inner))])
         if rest:
             page.heading("Other artifacts")
-            page.table(["file", "size"], [[p.name, _size(p.stat().st_size)] for p in rest])
+            page.table(["file", "size"], rest)
+        if fold:
+            page.html("</details>")
     return page.write(out_path)

@@ -35,8 +35,8 @@ def page_html(info: dict[str, Any]) -> str:
     lenses = "".join(f'<option value="{esc(k)}">{esc(k)} lens</option>' for k in info["lenses"])
     sae = info.get("sae")
     features_tab = '<button data-view="v-features">features</button>' if sae else ""
-    ablate = ('<div class="row"><label>ablate features (e.g. 3,17)</label><input id="ablate" size="20"></div>'
-              if sae else "")
+    ablate = ('<div class="row"><label>ablate features (e.g. 3,17)</label><input id="ablate" size="20">'
+              '<span id="effect" class="muted"></span></div>' if sae else "")
     features_view = (f'''<section class="view" id="v-features"><p class="muted">Dictionary {esc(sae["name"])} at
       {esc(sae["point"])} ({sae["d_sae"]} features). The most active features at each token; click one for its
       page (contexts from {sae["texts"]} texts).</p><div class="row"><button class="act" id="run-features">show

@@ -249,6 +249,29 @@ class Playground:
             out.append(FeatureEdit(self.sae, self.sae.cfg.hook_point, ablate=req.ablate, scale=req.scale))
         return out
 
+    def feature_effect(self, req: GenerateRequest, batch: Any) -> dict[str, Any]:
+        """How much a feature edit can matter on this prompt, before any text is generated: on how many prompt
+        tokens each edited feature fires (and how strongly), and the KL divergence (nats) of the next-token
+        distribution after the prompt with the edit alone against none. A feature that never fires on the
+        prompt changes nothing there (it may still fire in the generated text)."""
+        from ..sae.features import FeatureEdit
+
+        assert self.sae is not None
+        point = self.sae.cfg.hook_point
+        with torch.no_grad():
+            with self.model.capture(point, positions="tokens") as acts:
+                base = self.model(**batch).logits[0, -1].float()
+            x = acts[point]
+            codes = self.sae.encode(x.reshape(x.shape[0], -1).to(self.sae.W_enc.device, torch.float32))
+            with self.model.edit(FeatureEdit(self.sae, point, ablate=req.ablate, scale=req.scale)):
+                edited = self.model(**batch).logits[0, -1].float()
+        kl = torch.nn.functional.kl_div(edited.log_softmax(-1), base.log_softmax(-1), log_target=True,
+                                        reduction="sum")
+        features = [{"feature": f, "fires_on": int((codes[:, f] > 0).sum()), "max": float(codes[:, f].max())}
+                    for f in sorted({*req.ablate, *req.scale})]
+        return {"point": point, "tokens": int(codes.shape[0]), "features": features,
+                "kl_next_token": max(float(kl), 0.0)}
+
     def start_generation(self, req: GenerateRequest) -> tuple[queue.Queue[Any], threading.Event]:
         """Start default then steered generation in a worker thread that holds :attr:`lock` for the whole
         request (queued behind any other request). Returns the event queue - ``{"side", "text"}`` per new piece
@@ -301,6 +324,8 @@ class Playground:
 
         text = self.model.chat_prompt(req.prompt) if req.chat else req.prompt
         batch = self.model.tokenize(text, add_special_tokens=not req.chat)
+        if req.ablate or req.scale:
+            emit({"effect": self.feature_effect(req, batch)})
         rows = []
         for side in ("default", "steered"):
             edits = [] if side == "default" else self.interventions(req)

@@ -145,7 +145,27 @@ class SweepResult:
     cells: dict[str, dict[str, Any]]
     layers: list[int]
     multipliers: list[float]
-    questions_per_second: float | None = None
+    questions_per_second: float | None = None  # questions through every cell, as the progress line counts
+    evaluations_per_second: float | None = None  # question x cell evaluations
+
+    def unmoved(self, z: float = 2.0) -> tuple[str, float] | None:
+        """None when some steered cell's p(matching) differs from the unsteered one by more than ``z`` standard
+        errors (of the difference); else the cell that moved most and its shift: the vector did not change the
+        A/B answers measurably."""
+        base = self.cells.get(cell_key(0, 0))
+        if base is None:
+            return None
+        best: tuple[str, float] | None = None
+        for key, c in self.cells.items():
+            if key == cell_key(0, 0) or c.get("p_matching") is None:
+                continue
+            shift = float(c["p_matching"]) - float(base["p_matching"])
+            se = (float(c.get("p_matching_sem", 0.0)) ** 2 + float(base.get("p_matching_sem", 0.0)) ** 2) ** 0.5
+            if abs(shift) > z * se:
+                return None
+            if best is None or abs(shift) > abs(best[1]):
+                best = (key, shift)
+        return best
 
     def grid(self, key: str = "p_matching") -> torch.Tensor:
         g = torch.full((len(self.layers), len(self.multipliers)), float("nan"))
@@ -241,7 +261,8 @@ def ab_sweep(
         first = len(partial)
         p_all[:first] = torch.tensor(partial, dtype=torch.float32)
         progress_info(f"sweep: {first} of {len(items)} questions done earlier in these cells, reused")
-    n_done, t_spent = 0, 0.0
+    n_done, n_questions, t_spent = 0, 0, 0.0
+
     def checkpoint(rows_done: int) -> None:
         if resume is not None:
             resume.save({"cells": cells, "rows_done": {"cells": keys, "per_question": p_all[:rows_done].tolist()}})
@@ -271,6 +292,7 @@ def ab_sweep(
                                           source={"positions": positions, **vector.provenance()}):
                 p_all[sl] = p
                 n_done += p.shape[0] * p.shape[1]
+                n_questions += p.shape[0]
                 if world == 1 and sl.stop < len(items):  # checkpoint: the questions done so far in every cell
                     checkpoint(sl.stop)
                 task.advance(p.shape[0], cells=len(keys))
@@ -280,6 +302,7 @@ def ab_sweep(
             for lo, hi, p in shares:
                 p_all[lo:hi] = p
             n_done *= world
+            n_questions *= world
         if baseline is None:
             baseline = p_all[:, keys.index(cell_key(0, 0))]
         for layer, m in todo:
@@ -293,7 +316,8 @@ def ab_sweep(
         resume.save({"cells": cells})
         assert results_path is not None
         write_json(results_path, {"config": config, "cells": cells})
-    res = SweepResult(cells, list(layers), list(multipliers), n_done / t_spent if t_spent > 0 else None)
+    res = SweepResult(cells, list(layers), list(multipliers), n_questions / t_spent if t_spent > 0 else None,
+                      n_done / t_spent if t_spent > 0 else None)
     if out is not None and rank == 0:
         write_text(out / "sweep.csv", sweep_csv(res))
     return res

@@ -70,6 +70,7 @@ $('#generate').onclick = async () => {
     if($('#ablate')){ const a = $('#ablate').value.trim(); if(a) body.ablate = a.split(',').map(x => +x.trim()); }
   } catch(e){ err(e.message); return; }
   $('#out-default').textContent = ''; $('#out-steered').textContent = '';
+  if($('#effect')) $('#effect').textContent = '';
   $('#generate').disabled = true; $('#status').textContent = 'generating...';
   controller = new AbortController(); let cancelled = false;
   try {
@@ -87,6 +88,7 @@ $('#generate').onclick = async () => {
         const ev = JSON.parse(line.slice(6));
         if(ev.error) throw new Error(ev.error);
         if(ev.side) $('#out-' + ev.side).textContent += ev.text;
+        if(ev.effect) showEffect(ev.effect);
         if(ev.cancelled) cancelled = true;
         if(ev.done){ lastExport.generation = ev.export;
                      $('#status').textContent = cancelled ? 'stopped: the text was cut' : 'done'; }
@@ -98,6 +100,14 @@ $('#generate').onclick = async () => {
   }
   finally { $('#generate').disabled = false; controller = null; }
 };
+function showEffect(e){
+  // how much the feature edit can matter on this prompt (computed before generating)
+  const parts = e.features.map(f => f.fires_on ? 'feature ' + f.feature + ' fires on ' + f.fires_on + ' of ' +
+    e.tokens + ' prompt tokens (max ' + f.max.toFixed(2) + ')' : 'feature ' + f.feature +
+    ' does not fire on the prompt (it changes nothing there; it may fire in the generated text)');
+  $('#effect').textContent = parts.join('; ') + '. Next-token KL after the prompt, edit vs none: ' +
+    e.kl_next_token.toPrecision(2) + ' nats' + (e.kl_next_token < 1e-3 ? ' (no visible effect expected)' : '') + '.';
+}
 $('#stop').onclick = async () => { await fetch('/api/cancel', {method:'POST', headers:{'Content-Type':'application/json'}, body:'{}'}); };
 $('#export-gen').onclick = () => lastExport.generation ? download('generation.json', lastExport.generation)
                                                        : err('generate first');
