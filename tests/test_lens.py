@@ -79,3 +79,52 @@ def test_lens_bad_input(stories260k):
         actlab.logit_lens(stories260k, "Once upon", top_k=0)
     with pytest.raises(InputError, match="empty"):
         actlab.logit_lens(stories260k, "")
+
+
+def test_lens_of_a_steered_or_ablated_run_from_the_cli(stories260k, tmp_path, capsys):
+    """Issue 25: the logit lens of an edited run from the CLI. `lens --vector` reads the run `steer generate`
+    steers (equal to the lens taken by hand under the same Steer, and at the last layer to the steered model's
+    own next-token distribution); multiplier 0 is the plain lens; `--ablate` equals a hand ProjectOut."""
+    from actlab import ProjectOut, Steer
+    from actlab.steering import SteeringVector
+    from test_cli import run
+
+    m = stories260k
+    torch.manual_seed(0)
+    vec = SteeringVector({i: torch.randn(m.d_model) for i in range(m.n_layers)}, meta={"method": "random"})
+    vpath = tmp_path / "v.safetensors"
+    vec.save(vpath)
+    prompt, target = "Once upon a time there was", " a"
+    base = ["lens", "stories260k", "-p", prompt, "--target", target, "--points", "resid_post"]
+
+    def lens_json(*extra: str) -> dict:
+        """The JSON the command writes, with the target's probability per layer as ``target_probs`` [1, layer]."""
+        out = tmp_path / f"l{len(list(tmp_path.iterdir()))}.json"
+        code, _, err = run([*base, *extra, "--json", str(out)], capsys)
+        assert code == 0, err
+        d = json.loads(out.read_text())
+        d["target_probs"] = [[e["target_prob"] for e in d["prompts"][0]["points"]["resid_post"]]]
+        return d
+
+    plain = lens_json()
+    zero = lens_json("--vector", str(vpath), "-m", "0")
+    assert zero["target_probs"] == plain["target_probs"]
+    steered = lens_json("--vector", str(vpath), "--layers", "1", "-m", "6")
+    last = m.n_layers - 1
+    with m.edit(Steer(vec, 6.0, layers=[1])):
+        by_hand = actlab.logit_lens(m, prompt, points="resid_post", target=target)
+        logits = m(**m.tokenize(prompt)).logits[0, -1]
+    got = torch.tensor(steered["target_probs"])
+    assert torch.allclose(got, by_hand.target_probs, atol=1e-6)
+    tid = m.tokenizer(target, add_special_tokens=False)["input_ids"][0]
+    assert float(got[0, last]) == pytest.approx(float(logits.softmax(-1)[tid]), abs=1e-5)
+    assert not torch.allclose(got, torch.tensor(plain["target_probs"]), atol=1e-4)
+    rec = steered["interventions"][0]
+    assert rec["kind"] == "steer" and rec["layers"] == [1] and rec["vector"]["source"]["file"] == str(vpath)
+    ablated = lens_json("--ablate", str(vpath))
+    with m.edit(ProjectOut(vec[vec.layers[0]])):
+        by_hand = actlab.logit_lens(m, prompt, points="resid_post", target=target)
+    assert torch.allclose(torch.tensor(ablated["target_probs"]), by_hand.target_probs, atol=1e-6)
+    assert ablated["interventions"][0]["kind"] == "project_out"
+    code, _, err = run([*base, "--layers", "1"], capsys)
+    assert code == 2 and "--vector" in err

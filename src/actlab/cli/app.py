@@ -104,13 +104,26 @@ def lens(
     grid_out: Annotated[Path | None, opt("--grid", metavar="FILE", help="Also write every layer x position of the "
                                          "first prompt, at the first kind of --points (the playground's lens grid "
                                          "JSON).")] = None,
+    vector: Annotated[Path | None, opt("--vector", metavar="FILE", help="Read a steered run: add this steering "
+                                       "vector (as `steer generate` does) while the lens reads.")] = None,
+    layers: Annotated[str | None, opt("--layers", metavar="LAYERS", help="With --vector: the layers to steer "
+                                      "at (all, 4, 4,8, 4-12, 4-12:2) [default: every layer the vector holds].")]
+    = None,
+    multiplier: Annotated[float, opt("--multiplier", "-m", metavar="X", help="With --vector: its scale.")] = 4.0,
+    positions: Annotated[str, opt("--positions", metavar="POLICY", help="With --vector: the steered tokens (auto, "
+                                  "all, from_eoi).")] = "auto",
+    ablate: Annotated[Path | None, opt("--ablate", metavar="FILE", help="Read an ablated run: project this "
+                                       "direction (e.g. runs/refusal/direction.safetensors; a multi-layer vector: "
+                                       "its first layer) out of every block's input and attention/MLP output.")]
+    = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """Logit lens: decode hook points through the final norm and unembedding, layer by layer."""
+    """Logit lens: decode hook points through the final norm and unembedding, layer by layer (of a steered or
+    ablated run with --vector / --ablate)."""
     from rich.table import Table
 
     from ..jobs.lenses import DEFAULT_POINTS
@@ -132,12 +145,34 @@ def lens(
         from ..errors import InputError
 
         raise InputError("a --prompt is empty; give some text")
+    if layers is not None and vector is None:
+        from ..errors import InputError
+
+        raise InputError("--layers chooses where --vector steers; give --vector too")
+    from .steer import _steer_positions, _vector
+
+    vec = _vector(vector, multiplier) if vector is not None else None
+    if vec is not None:
+        checks.layer_syntax(layers or "all")
+        _steer_positions(positions)
+    direction = _vector(ablate, 1.0, "--ablate") if ablate is not None else None
     from ..tuned_lens import parse_lens
 
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
+    edits = []
+    if vec is not None:
+        from ..steering.apply import Steer
+
+        vec.check_fits(m)
+        edits.append(Steer(vec, multiplier, layers=layers, positions=positions))
+    if direction is not None:
+        from ..hooks.directions import ProjectOut
+
+        direction.check_fits(m)
+        edits.append(ProjectOut(direction[direction.layers[0]], source=direction.provenance()))
     tuned = parse_lens(lens_spec, m)  # read once, for the lens and the grid
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
-                   json_out=json_out, html_out=html_out, lens=tuned)
+                   json_out=json_out, html_out=html_out, lens=tuned, edits=edits)
     if grid_out is not None:
         from ..hooks.points import parse_points
         from ..lens import lens_grid
@@ -146,10 +181,12 @@ def lens(
         first = pts[0].split(",")[0].strip()
         kind = parse_points(first, m.n_layers)[0].kind if first.startswith("blocks.") else first
         text = m.chat_prompt(prompt[0]) if chat else prompt[0]
-        write_json(grid_out, lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat, lens=tuned))
+        with m.edit(*edits):
+            grid = lens_grid(m, text, kind, top_k=top_k, add_special_tokens=not chat, lens=tuned)
+        write_json(grid_out, grid)
     for b, p in enumerate(res.prompts):
-        title = (f"{res.lens} lens: {p!r} at position {position} ({res.position_tokens[b]!r}); model predicts "
-                 f"{res.final_top_tokens[b]!r}")
+        title = (f"{res.lens} lens{' of the edited run' if edits else ''}: {p!r} at position {position} "
+                 f"({res.position_tokens[b]!r}); model predicts {res.final_top_tokens[b]!r}")
         if res.target_token is not None:
             title += f"; target {res.target_token!r} (id {res.target_id})"
         caption = f"each cell: the {res.top_probs.shape[-1]} most likely next tokens at that point, with probabilities"

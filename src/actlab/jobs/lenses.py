@@ -24,21 +24,27 @@ DEFAULT_POINTS = "resid_post,attn_out,mlp_out"
 def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str] = DEFAULT_POINTS,
          position: int = -1, top_k: int = 5, target: str | int | None = None, chat: bool = False,
          json_out: str | os.PathLike[str] | None = None, html_out: str | os.PathLike[str] | None = None,
-         lens: Lens | str | None = None) -> LensResult:
+         lens: Lens | str | None = None, edits: Sequence[Any] = ()) -> LensResult:
     """Logit lens on ``prompts`` (wrapped in the chat template with ``chat``); a target given as digits is a
-    token id; ``lens`` (any :class:`~actlab.lens.Lens`, or ``logit`` / ``tuned:PATH``) decodes through it."""
+    token id; ``lens`` (any :class:`~actlab.lens.Lens`, or ``logit`` / ``tuned:PATH``) decodes through it.
+    ``edits`` (interventions: ``Steer``, ``ProjectOut``, ``Mix``...) are applied during the forward, so the lens
+    reads the edited run; the JSON then records them under ``interventions``."""
     from ..tuned_lens import parse_lens
 
     m = as_model(model)
     texts = [m.chat_prompt(p) for p in prompts] if chat else list(prompts)
     if isinstance(target, str) and target.isdigit():
         target = int(target)
-    res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target,
-                     lens=parse_lens(lens, m) if lens is None or isinstance(lens, str) else lens)
+    with m.edit(*edits) as applied:
+        res = logit_lens(m, texts, points=points, position=position, top_k=top_k, target=target,
+                         lens=parse_lens(lens, m) if lens is None or isinstance(lens, str) else lens)
+    records = applied.records() if edits else []
     if json_out:
-        write_json(json_out, res.to_dict())
+        write_json(json_out, {**res.to_dict(), **({"interventions": records} if records else {})})
     if html_out:
-        page = Page(f"{res.lens.capitalize()} lens: {m.name}")
+        page = Page(f"{res.lens.capitalize()} lens: {m.name}" + (" (edited run)" if records else ""))
+        if records:
+            page.text("Read while editing the run: " + "; ".join(_describe(r) for r in records), muted=True)
         if res.target_probs is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 png = target_heatmap(res, Path(tmp) / "lens.png")
@@ -46,6 +52,19 @@ def lens(model: ModelLike, prompts: Sequence[str], *, points: str | Sequence[str
         lens_tables(page, res, top_k=top_k)
         page.write(html_out)
     return res
+
+
+def _describe(record: dict[str, Any]) -> str:
+    """One line for an intervention record (kind, layers, multiplier, source file)."""
+    src = (record.get("vector") or {}).get("source") or record.get("source") or {}
+    parts = [str(record.get("kind", "edit"))]
+    if record.get("layers") is not None:
+        parts.append(f"layers {record['layers']}")
+    if record.get("multiplier") is not None:
+        parts.append(f"x{record['multiplier']:g}")
+    if isinstance(src, dict) and src.get("file"):
+        parts.append(f"from {src['file']}")
+    return " ".join(parts)
 
 
 def tuned_lens(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, held_out: int = 32,
