@@ -388,6 +388,10 @@ def test_playground_in_chromium(server, tmp_path):
         page.wait_for_selector("table.lens td.lens-cell")
         page.hover("table.lens tr:nth-child(2) td.lens-cell >> nth=1")
         assert page.is_visible("#lens-tip") and "layer" in page.inner_text("#lens-tip")
+        plain_grid = page.inner_text("#lens-out")
+        page.check("#lens-steered")  # the steer view's two vectors (x8, x6) while the lens reads
+        page.click("#run-lens")
+        expect(page.locator("#lens-out")).not_to_have_text(plain_grid)
         page.screenshot(path=str(tmp_path / "lens.png"))
         # features: per token, then one feature's page
         page.click("nav button[data-view='v-features']")
@@ -401,6 +405,30 @@ def test_playground_in_chromium(server, tmp_path):
     # the two bad requests we sent on purpose (layers "1-x", empty prompt) are logged by Chromium as failed resources
     assert [e for e in errors if "status of 400" not in e[1]] == [] and len(errors) == 2, errors
     assert requests and all(u.startswith(base) or u.startswith(("data:", "blob:")) for u in requests), requests
+
+
+def test_the_lens_view_reads_the_steered_run(server):
+    """Issue 25: the playground's lens honours the loaded vectors when asked ("steered run"): equal to the lens
+    grid taken by hand under the same Steer; a zero multiplier is the plain lens."""
+    from actlab import Steer
+    from actlab.lens import lens_grid
+
+    base, pg = server
+    body = {"prompt": "Once upon a time", "kind": "resid_post", "top_k": 3,
+            "steer": [{"vector": "happy", "layers": "2", "multiplier": 8}]}
+    code, text = _post(base + "/api/lens", body)
+    assert code == 200, text
+    res = json.loads(text)
+    with pg.model.edit(Steer(pg.vectors["happy"], 8.0, layers=[2])):
+        want = lens_grid(pg.model, "Once upon a time", "resid_post", top_k=3)
+    plain = lens_grid(pg.model, "Once upon a time", "resid_post", top_k=3)
+    assert {k: v for k, v in res.items() if k != "interventions"} == json.loads(json.dumps(want))
+    assert want != plain and res["interventions"][0]["kind"] == "steer"
+    body["steer"][0]["multiplier"] = 0
+    code, text = _post(base + "/api/lens", body)
+    assert json.loads(text) == json.loads(json.dumps(plain))
+    code, text = _post(base + "/api/lens", {**body, "positions": "generated"})
+    assert code == 400 and "generated" in text
 
 
 def test_lens_export_is_what_the_cli_writes(server, tmp_path, capsys):

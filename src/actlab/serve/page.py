@@ -74,6 +74,8 @@ d_model {info["d_model"]}). Runs on this machine only; one request at a time.</p
 <section class="view" id="v-lens">
   <div class="row"><label>lens <select id="lens-which">{lenses}</select></label>
   <label>point <select id="lens-kind">{kinds}</select></label>
+  <label title="add the steer view's vectors (layers, multipliers, positions) while the lens reads"><input
+    type="checkbox" id="lens-steered"> steered run</label>
     <button class="act" id="run-lens">run the lens</button><button id="export-lens">export JSON</button></div>
   <p class="muted">Each cell: the top token when that layer's activation at that position is decoded through the
   final norm and unembedding - with the tuned lens, after that layer's learned translator (shade = its

@@ -69,7 +69,7 @@ GENERATE_KEYS = ("prompt", "steer", "positions", "max_new_tokens", "chat", "samp
                  "scale")
 STEER_KEYS = ("vector", "multiplier", "layers")
 EXTRACT_KEYS = ("pairs", "point", "name")
-LENS_KEYS = ("prompt", "kind", "top_k", "lens")
+LENS_KEYS = ("prompt", "kind", "top_k", "lens", "steer", "positions")
 FEATURES_KEYS = ("prompt", "top_k")
 
 
@@ -173,21 +173,10 @@ class Playground:
                 "method": v.meta.get("method", "")}
 
     # -- requests ----------------------------------------------------------------------------------------
-    def parse_generate(self, body: Any) -> GenerateRequest:
-        """Validate a generation request (the same checks as the CLI's, one clear message per problem)."""
-        body = _only(body, GENERATE_KEYS, "request body")
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        positions = body.get("positions", "auto")
-        if positions not in STEER_POSITIONS:
-            raise InputError(f"unknown positions {positions!r}; valid: {', '.join(STEER_POSITIONS)}")
-        chat = bool(body.get("chat", False))
-        if chat and getattr(self.model.tokenizer, "chat_template", None) is None:
-            raise InputError(f"{self.model.name!r} has no chat template; untick 'chat'")
-        steer = []
+    def _parse_steer(self, body: Mapping[str, Any]) -> list[SteerSpec]:
+        """The ``steer`` list of a request: loaded vector names, their layers (numbers or the CLI's layer
+        grammar) and multipliers."""
+        steer: list[SteerSpec] = []
         for i, s in enumerate(body.get("steer") or []):
             if not isinstance(s, Mapping):
                 raise InputError(f"steer[{i}] must be an object with vector, multiplier and layers")
@@ -211,6 +200,23 @@ class Playground:
             if missing:
                 raise InputError(f"vector {name!r} has no layer {missing[0]}; it has {vec.layers}")
             steer.append(SteerSpec(name, _number(s, "multiplier", 0.0, -1e4, 1e4), sorted(set(layers))))
+        return steer
+
+    def parse_generate(self, body: Any) -> GenerateRequest:
+        """Validate a generation request (the same checks as the CLI's, one clear message per problem)."""
+        body = _only(body, GENERATE_KEYS, "request body")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        positions = body.get("positions", "auto")
+        if positions not in STEER_POSITIONS:
+            raise InputError(f"unknown positions {positions!r}; valid: {', '.join(STEER_POSITIONS)}")
+        chat = bool(body.get("chat", False))
+        if chat and getattr(self.model.tokenizer, "chat_template", None) is None:
+            raise InputError(f"{self.model.name!r} has no chat template; untick 'chat'")
+        steer = self._parse_steer(body)
         ablate, scale = [], {}
         if body.get("ablate") or body.get("scale"):
             if self.sae is None:
@@ -394,9 +400,15 @@ class Playground:
         if which not in self.lenses:
             raise InputError(f"unknown lens {which!r}; available: {', '.join(self.lenses)} (start the server with "
                              "--lens tuned:DIR for the tuned lens)")
-        with self.lock:
-            return lens_grid(self.model, body["prompt"], kind, top_k=top_k,
-                             lens=self._lenses[which])
+        positions = body.get("positions", "auto")
+        if positions not in STEER_POSITIONS or positions == "generated":
+            raise InputError(f"unknown positions {positions!r} for the lens; valid: "
+                             f"{', '.join(p for p in STEER_POSITIONS if p != 'generated')}")
+        req = GenerateRequest(body["prompt"], steer=self._parse_steer(body), positions=positions)
+        edits = self.interventions(req)  # the steer view's vectors: the lens reads the steered run
+        with self.lock, self.model.edit(*edits) as applied:
+            grid = lens_grid(self.model, body["prompt"], kind, top_k=top_k, lens=self._lenses[which])
+        return {**grid, "interventions": applied.records()} if edits else grid
 
     @torch.no_grad()
     def token_features(self, body: Any) -> dict[str, Any]:

@@ -115,8 +115,9 @@ $('#export-gen').onclick = () => lastExport.generation ? download('generation.js
 $('#run-lens').onclick = async () => {
   err(''); $('#run-lens').disabled = true;
   try {
-    const res = await post('/api/lens', {prompt: $('#prompt').value, kind: $('#lens-kind').value, top_k: 5,
-                                         lens: $('#lens-which').value});
+    const req = {prompt: $('#prompt').value, kind: $('#lens-kind').value, top_k: 5, lens: $('#lens-which').value};
+    if($('#lens-steered').checked){ req.steer = steerSpec(); req.positions = $('#positions').value; }
+    const res = await post('/api/lens', req);
     lastExport.lens = res; drawLens(res);
   } catch(e){ err(e.message); } finally { $('#run-lens').disabled = false; }
 };
