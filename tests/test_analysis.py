@@ -19,6 +19,7 @@ from actlab.analysis import (
     parameter_divergence,
     pca_2d,
 )
+from actlab.analysis.layers import study_order
 from actlab.errors import InputError
 from actlab.steering import SteeringVector, VectorMismatchError
 from conftest import shared_path
@@ -115,6 +116,27 @@ def test_layer_metrics_match_direct_means(tinystories):
             assert abs(m.cos_means[s][i] - float(want)) < 1e-6
             assert m.var_max[s]["positive"][i] == pytest.approx(float(ap.var(0, unbiased=False).max()), rel=1e-5)
     assert m.recommended and "1 - cos" in m.rule
+    vmean = [max(a, b) for a, b in zip(m.var_mean["resid_mid"]["positive"], m.var_mean["resid_mid"]["negative"],
+                                       strict=True)]
+    vmax = [max(a, b) for a, b in zip(m.var_max["resid_mid"]["positive"], m.var_max["resid_mid"]["negative"],
+                                      strict=True)]
+    assert m.study_ranking == study_order(vmean, vmax, m.cos_means["resid_mid"])[:5] and "study" in m.study_rule
+
+
+def test_the_study_order_filters_variance_then_ranks_by_cosine():
+    """Issue 25: the control-vectors study's layer order (low mean variance, then low max variance, then low
+    cosine), on planted metrics whose answer is known: layer 4 has the lowest cosine but a large mean variance,
+    layer 1 passes the mean filter but spikes in max variance; of the rest, layer 2 separates most."""
+    var_mean = [1.0, 1.0, 1.0, 1.0, 9.0, 9.0, 1.0]
+    var_max = [2.0, 50.0, 2.0, 3.0, 2.0, 2.0, 2.5]
+    cos = [0.9, 0.1, 0.3, 0.5, 0.05, 0.8, 0.4]
+    order = study_order(var_mean, var_max, cos)
+    # mean filter keeps 0,1,2,3,6; max filter (median 2.5) keeps 0,2,6; by cosine: 2 (0.3), 6 (0.4), 0 (0.9)
+    assert order[:3] == [2, 6, 0]
+    assert order[3:] == [4, 1, 3, 5]  # the dropped layers, by cosine
+    assert sorted(order) == list(range(7))
+    with pytest.raises(InputError, match="different lengths"):
+        study_order([1.0], [1.0, 2.0], [0.5])
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,11 @@ Recommendation rule (stated in outputs): rank layers by the separation ``1 - cos
 the chosen stream, highest first, after excluding layers whose max per-feature variance (either set)
 exceeds ``outlier_factor`` x the median over layers (massive-activation layers, where a single feature
 dominates the mean) and the first layer (token embeddings carry no contrast beyond the words).
+
+The control-vectors study orders the same three metrics the other way round (:func:`study_order`, reported
+beside): first low mean variance (the layers in the lower half), then among those low max variance (the lower
+half again), then low cosine between the class means, lowest first; the layers the filters drop follow in
+order of cosine. Both rankings are written; the recommendation above stays the default.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ if TYPE_CHECKING:
 
 RULE = ("rank layers by 1 - cos(mean_positive, mean_negative) on {stream}, highest first; exclude layer 0 and "
         "layers whose max per-feature variance exceeds {factor:g}x the median over layers")
+STUDY_RULE = ("the control-vectors study's order on {stream}: keep the layers with mean variance at or below the "
+              "median, of those the ones with max variance at or below their median, then rank by cosine between "
+              "the class means, lowest first (the other layers follow by cosine)")
 
 
 @dataclass
@@ -39,9 +47,27 @@ class LayerMetrics:
     recommended: list[int] = field(default_factory=list)
     rule: str = ""
     positions: str = "last"
+    study_ranking: list[int] = field(default_factory=list)
+    study_rule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def study_order(var_mean: Sequence[float], var_max: Sequence[float], cos: Sequence[float]) -> list[int]:
+    """Layers in the control-vectors study's order: low mean variance first (keep the lower half), then low max
+    variance (the lower half of those), then low cosine between the class means; the dropped layers follow,
+    each group by cosine. Pure: per-layer lists in, layer indices out."""
+    n = len(cos)
+    if not n == len(var_mean) == len(var_max):
+        raise InputError(f"per-layer metrics of different lengths: {len(var_mean)}, {len(var_max)}, {n}")
+    layers = list(range(n))
+    med = float(torch.tensor(var_mean, dtype=torch.float64).median()) if n else 0.0
+    low_mean = [i for i in layers if var_mean[i] <= med]
+    med_max = float(torch.tensor([var_max[i] for i in low_mean], dtype=torch.float64).median()) if low_mean else 0.0
+    chosen = [i for i in low_mean if var_max[i] <= med_max]
+    by_cos = sorted(chosen, key=lambda i: cos[i])
+    return by_cos + sorted((i for i in layers if i not in chosen), key=lambda i: cos[i])
 
 
 def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str], *,
@@ -77,4 +103,8 @@ def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str]
     ok = [i for i in layers if i > 0 and float(vmax[i]) <= limit] or layers
     out.recommended = sorted(ok, key=lambda i: -sep[i])[:top]
     out.rule = RULE.format(stream=rank_stream, factor=outlier_factor)
+    both = [max(a, b) for a, b in zip(out.var_mean[rank_stream]["positive"], out.var_mean[rank_stream]["negative"],
+                                      strict=True)]
+    out.study_ranking = study_order(both, vmax.tolist(), out.cos_means[rank_stream])[:top]
+    out.study_rule = STUDY_RULE.format(stream=rank_stream)
     return out

@@ -117,6 +117,7 @@ def layers_cmd(
     res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
                           top_k=top_k, add_special_tokens=special)
     console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})", highlight=False)
+    console.print(f"the control-vectors study's order: {res['study_ranking']} ({res['study_rule']})", highlight=False)
     wrote(out / "layer_metrics.json", "layer_metrics.png")
 
 

@@ -168,9 +168,12 @@ def layer_metrics(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     ctx.figure(page, "layer_metrics.png")
     how(page, "Per layer: cosine between the mean activation of the two prompt sets (lower = the sets separate "
               "more), and the mean / maximum per-feature variance (a spike marks a layer dominated by a few "
-              "outlier dimensions). The recommended layers follow the rule below.")
-    page.table(["recommended layers", "rule"], [[", ".join(map(str, obj.get("recommended", []))),
-                                                 obj.get("rule", "")]])
+              "outlier dimensions). The recommended layers follow the first rule below; the control-vectors "
+              "study's order of the same metrics is the second.")
+    rows = [["recommended", ", ".join(map(str, obj.get("recommended", []))), obj.get("rule", "")]]
+    if obj.get("study_ranking"):
+        rows.append(["study's order", ", ".join(map(str, obj["study_ranking"])), obj.get("study_rule", "")])
+    page.table(["ranking", "layers", "rule"], rows)
     details(page, obj, ctx.path.name)
 
 
