@@ -123,6 +123,26 @@ def test_layer_metrics_match_direct_means(tinystories):
     assert m.study_ranking == study_order(vmean, vmax, m.cos_means["resid_mid"])[:5] and "study" in m.study_rule
 
 
+def test_direction_dots_give_the_joint_per_token_table(tinystories):
+    """Issue 25: beside each generated token's dot product, the logit lens's top token at the same layer and
+    point - equal to `logit_lens` run on the prompt + generation up to that token."""
+    from actlab.analysis.vocab import direction_dots
+
+    m = tinystories
+    torch.manual_seed(1)
+    u = torch.randn(m.d_model)
+    (row,) = direction_dots(m, u, ["Once upon a time"], layer=0, max_new_tokens=6)
+    assert len(row["tokens"]) == len(row["dots"]) == len(row["lens_top"]) == len(row["lens_top_prob"]) == 6
+    batch = m.tokenize("Once upon a time")
+    n = batch["input_ids"].shape[1]
+    gen = m.generate(**batch, max_new_tokens=6, do_sample=False)[0]
+    for j in (0, 3, 5):  # the lens on the text up to generated token j, read at its last position
+        text = m.tokenizer.decode(gen[:n + j + 1].tolist(), skip_special_tokens=True)
+        res = actlab.logit_lens(m, text, points="blocks.0.resid_post", top_k=1)
+        assert res.top_tokens[0][0][0] == row["lens_top"][j], (j, text)
+        assert float(res.top_probs[0, 0, 0]) == pytest.approx(row["lens_top_prob"][j], abs=1e-4)
+
+
 def test_the_study_order_filters_variance_then_ranks_by_cosine():
     """Issue 25: the control-vectors study's layer order (low mean variance, then low max variance, then low
     cosine), on planted metrics whose answer is known: layer 4 has the lowest cosine but a large mean variance,

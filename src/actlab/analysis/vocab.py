@@ -50,7 +50,11 @@ def direction_dots(model: Model, direction: torch.Tensor, prompts: Sequence[str]
                    point: str = "resid_post", max_new_tokens: int = 24, chat: bool = False) -> list[dict[str, Any]]:
     """Generate from each prompt, then the dot product of the unit direction with ``blocks.{layer}.{point}``
     at every generated token (one forward over prompt + generation, so each token's activation is the one
-    the model had when reading it). Wrap the call in ``steer(...)`` to see a steered run."""
+    the model had when reading it), and beside it the logit lens's top token at that point (what the layer
+    already predicts next): the joint per-token table of the CAA discussion. Wrap the call in ``steer(...)``
+    to see a steered run."""
+    from ..lens import LogitLens
+
     u = direction.double().reshape(-1)
     if u.numel() != model.d_model:
         raise InputError(f"direction has {u.numel()} entries; the model's d_model is {model.d_model}")
@@ -64,8 +68,14 @@ def direction_dots(model: Model, direction: torch.Tensor, prompts: Sequence[str]
         n_prompt = batch["input_ids"].shape[1]
         with model.capture(name, positions="all", dtype=torch.float64) as acts:
             model(input_ids=gen, attention_mask=torch.ones_like(gen), use_cache=False)
-        dots = (acts[name][0] @ u)[n_prompt:]
+        h = acts[name][0]
+        dots = (h @ u)[n_prompt:]
         ids = gen[0, n_prompt:].tolist()
+        hp = HookPoint.parse(name, model.n_layers)
+        lens_probs = LogitLens().logits(model, hp, h[n_prompt:].to(model.dtype)).float().softmax(-1)
+        top_p, top_id = lens_probs.max(-1)
         out.append({"prompt": p, "tokens": [model.tokenizer.decode([i]) for i in ids],
-                    "dots": [float(x) for x in dots], "layer": layer, "point": point})
+                    "dots": [float(x) for x in dots], "layer": layer, "point": point,
+                    "lens_top": [model.tokenizer.decode([int(i)]) for i in top_id],
+                    "lens_top_prob": [round(float(x), 6) for x in top_p]})
     return out

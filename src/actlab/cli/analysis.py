@@ -166,6 +166,14 @@ def project_vocab(
     for row in res["layers"]:
         t.add_row(str(row["layer"]), row["positive"], row["negative"])
     console.print(t)
+    for row in res.get("dots", []):  # the joint per-token table: the direction's reading beside the lens's
+        pt = Table(title=f"{row['prompt']!r}, generated: the unit direction's dot product with "
+                         f"blocks.{row['layer']}.{row['point']} at each token, and the logit lens's top token there")
+        for col, justify in (("token", "left"), ("dot", "right"), ("lens top (p)", "left")):
+            pt.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for tok, d, lt, lp in zip(row["tokens"], row["dots"], row["lens_top"], row["lens_top_prob"], strict=True):
+            pt.add_row(repr(tok), f"{d:+.3f}", f"{lt!r} ({lp:.2f})")
+        console.print(pt)
     wrote(out / "vocab_projection.json", *(["direction_dots.json"] if prompt else []))
 
 

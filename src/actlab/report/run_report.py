@@ -113,7 +113,14 @@ def _render_dots(page: Page, obj: dict[str, Any]) -> None:
             color = f"rgba(39,174,96,{a:.2f})" if d >= 0 else f"rgba(192,57,43,{a:.2f})"
             spans.append(f'<span title="{d:.3f}" style="background:{color}">{esc(t)}</span>')
         page.html(f"<p><b>{esc(row.get('prompt', ''))}</b> {''.join(spans)}</p>")
-    page.text("Green: positive dot product with the unit direction; red: negative; opacity: magnitude.", muted=True)
+        if row.get("lens_top"):  # the joint per-token table
+            page.table(["token", "dot", "logit lens top (p)"], [
+                [repr(t), f"{d:+.3f}", f"{lt!r} ({number(lp, 'probability'):.2f})"]
+                for t, d, lt, lp in zip(row.get("tokens", []), dots, row["lens_top"], row.get("lens_top_prob", []),
+                                        strict=False)])
+    page.text("Green: positive dot product with the unit direction; red: negative; opacity: magnitude. The "
+              "table gives each generated token's dot product beside the logit lens's top token at the same "
+              "layer and point (what that layer already predicts next).", muted=True)
 
 
 def _render_lens(page: Page, obj: dict[str, Any]) -> None:
