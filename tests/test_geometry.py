@@ -170,3 +170,77 @@ def test_geometry_commands_write_json_and_figures(smollm, tmp_path, capsys):
     he = json.loads((tmp_path / "he" / "hessian.json").read_text())
     assert len(he["eigenvalues"]) == 2 and len(he["abs_cos_to_vector"]) == 2
     assert (tmp_path / "he" / "hessian.png").is_file()
+
+
+def test_parameter_hessian_eigenpairs_match_a_dense_hessian():
+    """Issue 25: the Hessian the CAA discussion means is over the parameters. On a tiny model (float64), the
+    leading eigenpairs from Hessian-vector products over a name glob equal a dense Hessian's; the per-batch
+    Hessians average to the concatenated one (token-weighted)."""
+    from actlab.analysis.curvature import ParamHessian
+
+    m = tiny_model("llama")
+    m.hf.double()
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for n in (5, 8):
+        ids = torch.randint(3, V, (2, n), generator=g)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    hess = ParamHessian(m, batches, params="model.layers.0.*layernorm.weight")  # a glob: both norms' gains
+    assert hess.names == ["model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"]
+    assert hess.d == 2 * m.d_model
+    flat = torch.cat([p.detach().reshape(-1) for p in hess.params]).double()
+    assert float(hess.loss(flat).detach()) == pytest.approx(float(hess.loss().detach()), rel=1e-12)
+    dense = torch.autograd.functional.hessian(hess.loss, flat)
+    # (transformers' RMSNorm computes in float32 even in a float64 model: agreement to float32 round-off)
+    torch.testing.assert_close(dense, dense.T, atol=1e-6, rtol=1e-5)
+    v = torch.randn(hess.d, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(hess.hvp(v), dense @ v, rtol=1e-5, atol=1e-6)
+    evals, evecs = torch.linalg.eigh(dense)
+    order = evals.abs().argsort(descending=True)
+    for method, k in (("lanczos", 2), ("power", 1)):
+        vals, vecs = top_eigen(hess, k, method=method, iters=200, tol=1e-9)
+        torch.testing.assert_close(vals, evals[order[:k]], rtol=1e-4, atol=1e-6)
+        for i in range(k):
+            assert float((vecs[i] @ evecs[:, order[i]]).abs()) > 0.999
+    w = [hess.restricted(i).weights[0] for i in range(2)]
+    per = [hess.restricted(i).hvp(v) for i in range(2)]
+    torch.testing.assert_close((w[0] * per[0] + w[1] * per[1]) / sum(w), hess.hvp(v), rtol=1e-9, atol=1e-10)
+    with pytest.raises(InputError, match="no parameter name matches"):
+        ParamHessian(m, batches, params="nothing.*")
+    flags = [p.requires_grad for p in m.hf.parameters()]
+    m.hf.requires_grad_(False)
+    hess.hvp(v)
+    assert not any(p.requires_grad for p in m.hf.parameters())  # switched on for the products only
+    m.hf.requires_grad_(True)
+    assert flags
+
+
+def test_parameter_hessian_command_with_per_batch_estimate(tmp_path, capsys):
+    """`compare hessian --wrt params --params GLOB --per-batch` on stories260k: the eigenvalues of all batches at
+    once, each batch's own and their mean, figures; a vector or a missing layer is refused."""
+    from conftest import shared_path
+    from test_cli import run
+
+    shared_path("models", "stories260k")
+    texts = tmp_path / "t.json"
+    texts.write_text(json.dumps(["Once upon a time there was a girl.", "The dog ran to the park and played.",
+                                 "Tom was sad because his toy broke.", "The sun was bright and warm today."]))
+    args = ["compare", "hessian", "stories260k", "--data", str(texts), "--out", str(tmp_path / "h"), "--wrt",
+            "params", "--params", "model.layers.4.*norm.weight", "--top-k", "2", "--batch-size", "2"]
+    code, out, err = run([*args, "--per-batch"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "h" / "hessian.json").read_text())
+    assert rep["wrt"] == "params" and rep["params"]["names"] == ["model.layers.4.input_layernorm.weight",
+                                                                 "model.layers.4.post_attention_layernorm.weight"]
+    assert len(rep["eigenvalues"]) == 2 and len(rep["per_batch"]["eigenvalues"]) == 2
+    assert rep["per_batch"]["mean"] == pytest.approx([sum(c) / 2 for c in zip(*rep["per_batch"]["eigenvalues"])])
+    assert (tmp_path / "h" / "hessian.png").is_file() and "mean of the per-batch" in out
+    code, _, err = run(["compare", "hessian", "stories260k", "--data", str(texts), "--out", str(tmp_path / "h2")],
+                       capsys)
+    assert code == 2 and "--layer" in err  # the default is w.r.t. activations, which needs a layer
+    vec = tmp_path / "v.safetensors"
+    from actlab.steering import SteeringVector
+
+    SteeringVector({1: torch.ones(64)}).save(vec)
+    code, _, err = run([*args, "--vector", str(vec)], capsys)
+    assert code == 2 and "--vector" in err

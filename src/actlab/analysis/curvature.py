@@ -10,11 +10,18 @@ the top eigenpairs of the Hessian of the next-token loss with respect to a layer
   a ``LinearOperator``) or power iteration calls Hessian-vector products, each one forward and a double
   backward per batch. With a steering vector, the cosine of each eigenvector to it is reported beside the
   ``1/sqrt(d)`` a random direction would give.
+- **Over the parameters** (:class:`ParamHessian`, the loss landscape the CAA/sweeps discussion means): the same
+  loss as a function of the model's weights - all of them, or those whose name matches a glob - with the same
+  Hessian-vector products (one forward and a double backward per batch, never the matrix). Over several
+  batches the products are token-weighted, i.e. the Hessian of the loss on all texts at once (one large
+  concatenated batch); ``per_batch`` also finds each batch's own leading eigenvalues, whose mean is the other
+  estimate the discussion compares (it exceeds the concatenated one's in magnitude: noise adds curvature).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -139,8 +146,85 @@ class LossHessian:
         return out
 
 
-def top_eigen(hess: LossHessian, k: int = 5, *, which: str = "LM", method: str = "lanczos", iters: int = 100,
-              tol: float = 1e-6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+class ParamHessian:
+    """Hessian-vector products of the mean next-token loss w.r.t. the model's parameters whose names match
+    ``params`` (a glob over ``model.hf.named_parameters()``; ``*`` = every parameter), flattened in that order."""
+
+    def __init__(self, model: Model, batches: Sequence[dict[str, torch.Tensor]], params: str = "*"):
+        self.model, self.batches = model, list(batches)
+        named = [(n, p) for n, p in model.hf.named_parameters() if fnmatch.fnmatchcase(n, params)]
+        if not named:
+            some = [n for n, _ in model.hf.named_parameters()][:4]
+            raise InputError(f"no parameter name matches {params!r}; names look like {', '.join(some)}, ...")
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.d = sum(p.numel() for p in self.params)
+        self.weights = [int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in self.batches]
+        if sum(self.weights) == 0:
+            raise InputError("no next-token pairs to score: give texts of at least two tokens")
+        self.n_products = 0
+
+    @contextlib.contextmanager
+    def _grad_on(self):
+        flags = [p.requires_grad for p in self.params]
+        try:
+            for p in self.params:
+                p.requires_grad_(True)
+            with torch.enable_grad(), second_order_attention():
+                yield
+        finally:
+            for p, f in zip(self.params, flags, strict=True):
+                p.requires_grad_(f)
+
+    def loss(self, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """The token-weighted mean loss (``flat``: parameter values to evaluate at, for dense checks; the model's
+        own values otherwise)."""
+        if flat is None:
+            return lm_loss_metric(self.model, self.batches)()
+        from torch.func import functional_call
+
+        values, k = {}, 0
+        for n, p in zip(self.names, self.params, strict=True):
+            values[n] = flat[k:k + p.numel()].reshape(p.shape).to(p.dtype)
+            k += p.numel()
+        total = torch.zeros((), dtype=torch.float64)
+        for b in self.batches:
+            logits = functional_call(self.model.hf, values, args=(), kwargs={**b, "use_cache": False}).logits
+            lp = torch.log_softmax(logits.double()[:, :-1], -1)
+            nll = -lp.gather(-1, b["input_ids"][:, 1:, None])[..., 0]
+            mask = (b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).to(nll.dtype)
+            total = total + (nll * mask).sum()
+        return total / sum(self.weights)
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` at the model's parameters (float64, ``[d]``), token-weighted over the batches."""
+        self.n_products += 1
+        v = v.detach().double().reshape(-1)
+        chunks, k = [], 0
+        for p in self.params:
+            chunks.append(v[k:k + p.numel()].reshape(p.shape).to(p.device, p.dtype))
+            k += p.numel()
+        n = sum(self.weights)
+        out = torch.zeros(self.d, dtype=torch.float64)
+        with self._grad_on():
+            for w, b in zip(self.weights, self.batches, strict=True):
+                loss = lm_loss_metric(self.model, [b])()
+                grads = torch.autograd.grad(loss, self.params, create_graph=True)
+                dot = sum((g * c).sum() for g, c in zip(grads, chunks, strict=True))
+                hv = torch.autograd.grad(dot, self.params)
+                out += (w / n) * torch.cat([h.detach().double().reshape(-1).cpu() for h in hv])
+        return out
+
+    def restricted(self, batch: int) -> ParamHessian:
+        """The same Hessian on one batch only (for the per-batch estimate)."""
+        sub = ParamHessian.__new__(ParamHessian)
+        sub.__dict__.update(self.__dict__)
+        sub.batches, sub.weights, sub.n_products = [self.batches[batch]], [self.weights[batch]], 0
+        return sub
+
+
+def top_eigen(hess: LossHessian | ParamHessian, k: int = 5, *, which: str = "LM", method: str = "lanczos",
+              iters: int = 100, tol: float = 1e-6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` leading eigenvalues (``[k]``) and unit eigenvectors (``[k, d]``) of the Hessian, largest first:
     by magnitude (``which='LM'``) or algebraically (``'LA'``). ``method='lanczos'`` (scipy ARPACK) or ``'power'``
     (power iteration with deflation, for a quick top few)."""

@@ -324,10 +324,18 @@ def compare_curvature(
 @compare_app.command("hessian")
 def compare_hessian(
     model: ModelArg,
-    layer: Annotated[int, opt("--layer", metavar="N", help="Layer whose activations the loss is differentiated "
-                                                            "against.")],
     data: Annotated[Path, typer.Option(metavar="FILE", help="Texts the next-token loss is averaged over.")],
     out: OutDir,
+    layer: Annotated[int | None, opt("--layer", metavar="N", help="Layer whose activations the loss is "
+                                     "differentiated against (with --wrt activations).")] = None,
+    wrt: Annotated[str, opt("--wrt", metavar="WRT", help="activations (a vector added at every position of "
+                            "--layer) or params (the model's weights: the loss landscape).")] = "activations",
+    params: Annotated[str, opt("--params", metavar="GLOB", help="With --wrt params: the parameters, a glob over "
+                               "their names, e.g. 'model.layers.3.*' [default: every parameter].")] = "*",
+    per_batch: Annotated[bool, opt("--per-batch", help="With --wrt params: also each batch's own leading "
+                                   "eigenvalues and their mean, beside the Hessian of all batches at once.")]
+    = False,
+    batch_size: Annotated[int, opt("--batch-size", metavar="N", help="Texts per batch.")] = 8,
     kind: Annotated[str, typer.Option(metavar="KIND", help="Residual-stream kind.")] = "resid_post",
     vector: Annotated[Path | None, opt("--vector", metavar="FILE", help="A steering vector to compare the "
                                                                         "eigenvectors with.")] = None,
@@ -343,16 +351,25 @@ def compare_hessian(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position."""
+    """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position of a
+    layer, or w.r.t. the parameters (--wrt params)."""
     from ..analysis.curvature import EIGEN_METHODS, WHICH
     from ..data import read_texts
+    from ..errors import InputError
     from ..hooks.points import RESIDUAL_KINDS
     from ..jobs import hessian
 
     checks.input_path(data, "--data")
     checks.input_file(vector, "--vector file")
     checks.output_dir(out, "--out folder")
-    checks.non_negative(layer, "--layer")
+    checks.choice(wrt, "--wrt", ("activations", "params"))
+    if wrt == "activations" and layer is None:
+        raise InputError("--wrt activations needs --layer N (the layer whose activations are varied)")
+    if wrt == "params" and vector is not None:
+        raise InputError("--vector compares activation-space eigenvectors; it does not apply to --wrt params")
+    if layer is not None:
+        checks.non_negative(layer, "--layer")
+    checks.positive(batch_size, "--batch-size")
     checks.choice(kind, "--kind", RESIDUAL_KINDS)
     checks.positive(top_k, "--top-k")
     checks.choice(method, "--method", EIGEN_METHODS)
@@ -365,7 +382,13 @@ def compare_hessian(
     texts = read_texts(data, limit=limit)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     rep = hessian(m, texts, out, layer=layer, kind=kind, vector=vec, top_k=top_k, method=method, which=which,
-                  max_length=max_length)
+                  max_length=max_length, batch_size=batch_size, wrt=wrt, params=params, per_batch=per_batch)
+    if wrt == "params":
+        console.print(f"over {rep['params']['count']:,} parameters in {len(rep['params']['names'])} tensors "
+                      f"matching {params!r}", highlight=False)
+    if rep.get("per_batch"):
+        console.print("mean of the per-batch eigenvalues: " + ", ".join(f"{v:.4g}" for v in rep["per_batch"]["mean"])
+                      + f" ({len(rep['per_batch']['eigenvalues'])} batches)", highlight=False)
     console.print("eigenvalues: " + ", ".join(f"{v:.4g}" for v in rep["eigenvalues"])
                   + (" | |cos| to the vector: " + ", ".join(f"{c:.3f}" for c in rep["abs_cos_to_vector"])
                      + f" (random ~{rep['random_direction_abs_cos']:.3f})" if "abs_cos_to_vector" in rep else ""))

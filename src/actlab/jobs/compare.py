@@ -286,39 +286,66 @@ def curvature(model: ModelLike, vector: VectorLike, out: str | os.PathLike[str],
     return result
 
 
-def hessian(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, layer: int,
+MAX_SAVED_EIGENVECTOR_VALUES = 50_000_000  # k x d floats; larger parameter eigenvectors are not written
+
+
+def hessian(model: ModelLike, texts: Sequence[str], out: str | os.PathLike[str], *, layer: int | None = None,
             kind: str = "resid_post", vector: VectorLike | None = None, top_k: int = 5, method: str = "lanczos",
-            which: str = "LM", max_length: int = 64, batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
+            which: str = "LM", max_length: int = 64, batch_size: int = 8, seed: int = 0, wrt: str = "activations",
+            params: str = "*", per_batch: bool = False) -> dict[str, Any]:
     """Leading eigenpairs of the Hessian of the next-token loss w.r.t. a vector added at every position of a
-    layer, and (with a vector) their cosines to it (``analysis.curvature``)."""
-    from ..analysis.curvature import LossHessian, eigen_report, top_eigen
+    layer, and (with a vector) their cosines to it; or, with ``wrt='params'``, w.r.t. the parameters whose names
+    match ``params`` (``per_batch``: also each batch's own leading eigenvalues and their mean, beside the
+    Hessian of all batches at once) (``analysis.curvature``)."""
+    from ..analysis.curvature import LossHessian, ParamHessian, eigen_report, top_eigen
     from ..hooks.points import point as make_point
     from ..report.figures import hessian_plot
     from ..runs import write_bytes
     from ..sae.store import _token_batch
 
+    if wrt not in ("activations", "params"):
+        raise InputError(f"unknown wrt {wrt!r}; valid: activations, params")
     m = as_model(model)
-    p = HookPoint.parse(make_point(layer, kind).name, m.n_layers)
+    if wrt == "activations" and layer is None:
+        raise InputError("the Hessian w.r.t. activations needs a layer (--layer N)")
+    if wrt == "params" and vector is not None:
+        raise InputError("a steering vector lives in activation space; it cannot be compared with parameter "
+                         "eigenvectors (drop --vector, or use --wrt activations)")
+    p = HookPoint.parse(make_point(layer, kind).name, m.n_layers) if wrt == "activations" else None
     vec = as_vector(vector) if vector is not None else None
     if not texts:
         raise InputError("no texts to compute the loss on")
     batches = [_token_batch(m, list(texts[s:s + batch_size]), max_length) for s in range(0, len(texts), batch_size)]
-    config = {"model": name_of(model), "point": p.name, "n_texts": len(texts), "top_k": top_k, "method": method,
-              "which": which, "vector": name_of(vector) if vector is not None else None, "seed": seed}
+    config = {"model": name_of(model), "wrt": wrt, "point": p.name if p else None,
+              "params": params if wrt == "params" else None, "per_batch": per_batch, "n_texts": len(texts),
+              "batch_size": batch_size, "top_k": top_k, "method": method, "which": which,
+              "vector": name_of(vector) if vector is not None else None, "seed": seed}
     with Run(out, "compare hessian", config, seed=seed) as run:
-        hess = LossHessian(m, p, batches)
+        hess = LossHessian(m, p, batches) if p is not None else ParamHessian(m, batches, params)
         vals, vecs = top_eigen(hess, top_k, which=which, method=method, seed=seed)
         v = None
         if vec is not None:
             vec.check_fits(m)
             v = vec[layer] if layer in vec.layers else vec[vec.layers[0]]
-        report = {"kind": "hessian", "model": m.name, "point": p.name, "method": method, "which": which,
+        where = p.name if p is not None else f"parameters {params}"
+        report = {"kind": "hessian", "model": m.name, "wrt": wrt, "point": p.name if p else None,
+                  "method": method, "which": which, "dimension": hess.d,
                   "hessian_vector_products": hess.n_products, **eigen_report(vals, vecs, v)}
+        if isinstance(hess, ParamHessian):
+            report["params"] = {"glob": params, "names": hess.names, "count": hess.d}
+            if per_batch and len(batches) > 1:
+                each = [top_eigen(hess.restricted(i), top_k, which=which, method=method, seed=seed)[0].tolist()
+                        for i in range(len(batches))]
+                report["per_batch"] = {
+                    "eigenvalues": each, "mean": [sum(col) / len(col) for col in zip(*each, strict=True)],
+                    "note": "the mean of each batch's own leading eigenvalues, beside `eigenvalues` (the Hessian "
+                            "of the token-weighted loss over all batches, i.e. one concatenated batch)"}
         write_json(Path(out) / "hessian.json", report)
         from safetensors.torch import save as save_tensors
 
-        write_bytes(Path(out) / "hessian_eigenvectors.safetensors",
-                    save_tensors({"eigenvalues": vals.float(), "eigenvectors": vecs.float().contiguous()}))
-        hessian_plot(report, Path(out) / "hessian.png", title=f"{m.name}: {p.name}")
+        if vecs.numel() <= MAX_SAVED_EIGENVECTOR_VALUES:
+            write_bytes(Path(out) / "hessian_eigenvectors.safetensors",
+                        save_tensors({"eigenvalues": vals.float(), "eigenvectors": vecs.float().contiguous()}))
+        hessian_plot(report, Path(out) / "hessian.png", title=f"{m.name}: {where}")
         run.results = {"eigenvalues": report["eigenvalues"]}
     return report

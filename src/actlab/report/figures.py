@@ -258,12 +258,21 @@ def hessian_plot(report: Mapping, path: str | os.PathLike[str], *, title: str = 
     has_cos = "abs_cos_to_vector" in report
     fig, axes = plt.subplots(1, 2 if has_cos else 1, figsize=(10 if has_cos else 5.5, 3.6), squeeze=False)
     idx = list(range(1, len(vals) + 1))
-    axes[0][0].bar(idx, vals, color=["#2c7fb8" if v >= 0 else "#f03b20" for v in vals])
+    per_batch = (report.get("per_batch") or {}).get("mean")
+    width = 0.4 if per_batch else 0.8
+    axes[0][0].bar([i - width / 2 if per_batch else i for i in idx], vals, width=width,
+                   color=["#2c7fb8" if v >= 0 else "#f03b20" for v in vals],
+                   label="all batches at once" if per_batch else None)
+    if per_batch:
+        axes[0][0].bar([i + width / 2 for i in idx], per_batch, width=width, color="#9ecae1",
+                       label="mean of per-batch eigenvalues")
+        axes[0][0].legend(fontsize=7)
     axes[0][0].axhline(0, color="grey", lw=0.8)
     axes[0][0].set_xticks(idx)
     axes[0][0].set_xlabel("eigenvector (leading first)")
     axes[0][0].set_ylabel("eigenvalue")
-    axes[0][0].set_title("Hessian of the next-token loss w.r.t. a vector added at every position", fontsize=8)
+    what = ("the parameters" if report.get("wrt") == "params" else "a vector added at every position")
+    axes[0][0].set_title(f"Hessian of the next-token loss w.r.t. {what}", fontsize=8)
     if has_cos:
         ax = axes[0][1]
         ax.bar(idx, report["abs_cos_to_vector"], color="#756bb1", label="|cos(eigenvector, steering vector)|")
