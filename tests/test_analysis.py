@@ -353,3 +353,35 @@ def test_layers_with_the_chat_template_read_the_templated_last_token(smollm, tmp
                                         dtype=torch.float64)["blocks.12.resid_mid"]
     want = torch.nn.functional.cosine_similarity(acts["p"].mean(0), acts["n"].mean(0), dim=0)
     assert lm["cos_means"]["resid_mid"][12] == pytest.approx(float(want), abs=1e-6)
+
+
+def test_dataset_pca_separates_planted_classes_and_is_drawn(tinystories, tmp_path):
+    """Issue 25: the dataset seen layer by layer (PCA of the items' activations, coloured by class). On planted
+    activations the separation is large for shifted classes and about 0 for the same distribution; through
+    `layers --pca` the coordinates are the PCA of the captured activations, and the report draws the section."""
+    from actlab.analysis.pca import class_pca
+    from actlab.report.run_report import build_report
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    shift = torch.zeros(16)
+    shift[3] = 6.0
+    far, same = class_pca(a + shift, b), class_pca(a, b)
+    assert far["separation"] > 2.5 and same["separation"] < 1 and far["explained"][0] > 0.3
+    assert len(far["positive"]) == len(far["negative"]) == 40
+    pos = ["Lily was very happy today.", "The sun was bright and warm.", "They laughed and played."]
+    neg = ["Lily was very sad today.", "The rain was cold and dark.", "They cried and fought."]
+    out = tmp_path / "lay"
+    res = actlab.jobs.layer_selection(tinystories, pos, neg, out, positions="last", pca_layers="0,1")
+    assert [r["layer"] for r in res["pca"]["layers"]] == [0, 1]
+    name = "blocks.1.resid_mid"
+    x = torch.cat([tinystories.activations(t, name, "last", dtype=torch.float64)[name] for t in (pos, neg)])
+    x = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    want = (x @ vh[:2].T).abs()
+    got = torch.tensor(res["pca"]["layers"][1]["positive"] + res["pca"]["layers"][1]["negative"]).abs()
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)  # up to each component's sign
+    assert (out / "dataset_pca.png").is_file()
+    html = build_report(out).read_text()
+    part = html.split(">dataset_pca.json</h3>", 1)[1]
+    assert "How to read this" in part.split("<h3", 1)[0] and "PC1 / PC2 variance" in part

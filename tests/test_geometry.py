@@ -233,7 +233,8 @@ def test_parameter_hessian_command_with_per_batch_estimate(tmp_path, capsys):
     assert rep["wrt"] == "params" and rep["params"]["names"] == ["model.layers.4.input_layernorm.weight",
                                                                  "model.layers.4.post_attention_layernorm.weight"]
     assert len(rep["eigenvalues"]) == 2 and len(rep["per_batch"]["eigenvalues"]) == 2
-    assert rep["per_batch"]["mean"] == pytest.approx([sum(c) / 2 for c in zip(*rep["per_batch"]["eigenvalues"])])
+    each = rep["per_batch"]["eigenvalues"]
+    assert rep["per_batch"]["mean"] == pytest.approx([(a + b) / 2 for a, b in zip(*each, strict=True)])
     assert (tmp_path / "h" / "hessian.png").is_file() and "mean of the per-batch" in out
     code, _, err = run(["compare", "hessian", "stories260k", "--data", str(texts), "--out", str(tmp_path / "h2")],
                        capsys)

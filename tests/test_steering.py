@@ -277,15 +277,16 @@ def test_a_sweep_that_moves_nothing_says_so():
     """Issue 27: the README sweep showed p ~ 0.49 in every cell with nothing saying why."""
     from actlab.steering.evaluate import SweepResult
 
-    def cell(p, sem=0.04):
-        return {"p_matching": p, "p_matching_sem": sem}
+    def cell(m, p, sem=0.04):  # as ab_sweep writes them: every layer has its own x0 cell, the same run
+        return {"multiplier": m, "p_matching": p, "p_matching_sem": sem}
 
-    flat = SweepResult({"0:0": cell(0.494), "10:-4": cell(0.492), "10:4": cell(0.487), "14:4": cell(0.52)},
-                       [10, 14], [-4, 0, 4])
+    flat = SweepResult({"10:-4": cell(-4, 0.492), "10:0": cell(0, 0.494), "10:4": cell(4, 0.487),
+                        "14:0": cell(0, 0.494), "14:4": cell(4, 0.52)}, [10, 14], [-4, 0, 4])
+    assert flat.baseline()["p_matching"] == 0.494
     assert flat.unmoved() == ("14:4", pytest.approx(0.026))
-    moved = SweepResult({"0:0": cell(0.49, 0.01), "10:4": cell(0.6, 0.01)}, [10], [0, 4])
+    moved = SweepResult({"10:0": cell(0, 0.49, 0.01), "10:4": cell(4, 0.6, 0.01)}, [10], [0, 4])
     assert moved.unmoved() is None
-    assert SweepResult({"10:4": cell(0.6)}, [10], [4]).unmoved() is None  # no unsteered cell to compare with
+    assert SweepResult({"10:4": cell(4, 0.6)}, [10], [4]).unmoved() is None  # no unsteered cell to compare with
 
 
 def test_sweep_bad_grids(smollm):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,3 +49,16 @@ def pca_2d(vectors: Sequence[torch.Tensor], labels: Sequence[str], layers: Seque
     """Project unit-normalised vectors on their first two principal components."""
     coords, explained = principal_components(torch.stack([v.reshape(-1) for v in vectors]), 2, unit=True)
     return Projection(coords.float(), list(labels), list(layers), explained)
+
+
+def class_pca(positive: torch.Tensor, negative: torch.Tensor) -> dict[str, Any]:
+    """PCA of two classes of activations (``[n, d]`` and ``[m, d]``, e.g. a dataset's items with the matching
+    and the non-matching answer) on the pooled rows, centred, not scaled: their 2-D coordinates, the variance
+    the two components explain, and the separation of the classes in that plane - the distance between the class
+    centroids over the pooled within-class spread, ``|c_P - c_N| / sqrt((s_P^2 + s_N^2) / 2)`` with ``s^2`` the
+    mean squared distance of a class's points to its centroid (0 = the classes overlap on average)."""
+    coords, explained = principal_components(torch.cat([positive, negative]).double(), 2)
+    cp, cn = coords[:len(positive)], coords[len(positive):]
+    spread = (float(((cp - cp.mean(0)) ** 2).sum(1).mean()) + float(((cn - cn.mean(0)) ** 2).sum(1).mean())) / 2
+    sep = float((cp.mean(0) - cn.mean(0)).norm()) / max(spread, 1e-30) ** 0.5
+    return {"positive": cp.tolist(), "negative": cn.tolist(), "explained": explained, "separation": sep}

@@ -85,6 +85,9 @@ def layers_cmd(
     = "last",
     limit: LimitOpt = None,
     top_k: Annotated[int, opt("--top-k", metavar="K", help="How many layers to recommend.")] = 5,
+    pca: Annotated[str | None, opt("--pca", metavar="LAYERS", help="Also draw the dataset: the PCA of the two "
+                                   "sets' activations at these layers (all, 4, 4,8, 4-12:2), coloured by set.")]
+    = None,
     chat: ChatOpt = None,
     batch_size: BatchOpt = 16,
     dtype: DtypeOpt = None,
@@ -111,14 +114,19 @@ def layers_cmd(
     checks.positive(limit, "--limit")
     checks.positive(top_k, "--top-k")
     checks.positive(batch_size, "--batch-size")
+    checks.layer_syntax(pca)
     sets = read_prompt_sets(positive=positive, negative=negative, pairs=pairs, ab=ab, limit=limit)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     pos, neg, special = contrast_prompts(m, chat=chat, sets=sets)
     res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
-                          top_k=top_k, add_special_tokens=special)
+                          top_k=top_k, add_special_tokens=special, pca_layers=pca)
     console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})", highlight=False)
     console.print(f"the control-vectors study's order: {res['study_ranking']} ({res['study_rule']})", highlight=False)
-    wrote(out / "layer_metrics.json", "layer_metrics.png")
+    if res.get("pca"):
+        console.print("dataset PCA, separation of the two sets per layer: " + ", ".join(
+            f"{r['layer']}: {r['separation']:.2f}" for r in res["pca"]["layers"]), highlight=False)
+    wrote(out / "layer_metrics.json", "layer_metrics.png", *(["dataset_pca.json", "dataset_pca.png"]
+                                                               if res.get("pca") else []))
 
 
 def project_vocab(

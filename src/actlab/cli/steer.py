@@ -217,7 +217,6 @@ def sweep(
 
     from ..errors import InputError
     from ..jobs import sweep as run_sweep
-    from ..steering.evaluate import cell_key
 
     checks.input_file(vector, "--vector file")
     checks.input_file(data, "--data file")
@@ -259,7 +258,7 @@ def sweep(
     unmoved = res.unmoved()
     if unmoved is not None:
         key, shift = unmoved
-        base = res.cells[cell_key(0, 0)]
+        base = res.baseline() or {}
         console.print(f"no steered cell differs from the unsteered one (p {base['p_matching']:.3f}) by more than two "
                       f"standard errors (largest shift {shift:+.3f}, at {key}): the vector does not move this "
                       f"model's A/B answers at these layers and multipliers. Small models often answer A/B near "

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..analysis import (
     check_comparable,
     cross_model_cosine,
@@ -139,12 +141,16 @@ def contrast_prompts(model: ModelLike, *, positive: str | os.PathLike[str] | Non
 def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
                     *, streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
                     batch_size: int = 16, top_k: int = 5, progress: Callable[[int], None] | None = None,
-                    add_special_tokens: bool = True) -> dict[str, Any]:
+                    add_special_tokens: bool = True, pca_layers: str | Iterable[int] | None = None
+                    ) -> dict[str, Any]:
     """Layer-selection metrics from two contrastive prompt sets and the recommended layers
-    (``add_special_tokens=False`` for prompts that already hold them, e.g. chat-templated ones)."""
+    (``add_special_tokens=False`` for prompts that already hold them, e.g. chat-templated ones). With
+    ``pca_layers``, also the PCA of the two sets' activations at those layers (``dataset_pca.json`` + figure):
+    the dataset seen layer by layer, coloured by class."""
     m = as_model(model)
     config = {"model": name_of(model), "n_positive": len(positive), "n_negative": len(negative),
-              "streams": list(streams), "positions": positions, "top_k": top_k}
+              "streams": list(streams), "positions": positions, "top_k": top_k,
+              "pca_layers": parse_layers(pca_layers, m.n_layers) if pca_layers is not None else None}
     with Run(out, "layers", config) as run:
         lm = layer_metrics(m, positive, negative, streams=streams, positions=positions, batch_size=batch_size,
                            top=top_k, progress=progress, add_special_tokens=add_special_tokens)
@@ -153,6 +159,40 @@ def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequenc
         layer_metrics_plot(lm, Path(out) / "layer_metrics.png")
         write_json(Path(out) / "layer_metrics.json", result)
         run.results = {"recommended": lm.recommended}
+        if config["pca_layers"]:
+            result["pca"] = dataset_pca(m, positive, negative, out, layers=config["pca_layers"],
+                                        stream=lm.streams[-1], positions=positions, batch_size=batch_size,
+                                        add_special_tokens=add_special_tokens)
+    return result
+
+
+def dataset_pca(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
+                *, layers: Sequence[int], stream: str = "resid_mid", positions: str = "last", batch_size: int = 16,
+                add_special_tokens: bool = True) -> dict[str, Any]:
+    """PCA per layer of the two sets' activations (``analysis.pca.class_pca``), written as ``dataset_pca.json``
+    and ``dataset_pca.png``."""
+    from ..analysis.pca import class_pca
+    from ..report.figures import dataset_pca_plot
+
+    m = as_model(model)
+    names = [HookPoint(i, stream).name for i in layers]
+    pos = "last" if positions == "last" else "all"
+
+    def read(texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One row per item: the last token's activation, or (positions='tokens') the mean over its tokens."""
+        batch = m.tokenize(list(texts), add_special_tokens=add_special_tokens)
+        acts = m.activations(batch, names, pos, batch_size=batch_size, dtype=torch.float32)
+        n_tok = batch["attention_mask"].sum(1, keepdim=True).float()  # "all" is zero-padded: a true mean
+        return {n: acts[n] if pos == "last" else acts[n].sum(1) / n_tok for n in names}
+
+    ap, an = read(positive), read(negative)
+    per_layer = [{"layer": i, "point": n, **class_pca(ap[n], an[n])} for i, n in zip(layers, names, strict=True)]
+    result = {"kind": "dataset_pca", "model": m.name, "stream": stream, "positions": positions,
+              "n_positive": len(positive), "n_negative": len(negative), "layers": per_layer,
+              "normalisation": "centred on the pooled items, not scaled",
+              "separation": "|c_P - c_N| / sqrt((s_P^2 + s_N^2) / 2) in the plane of the first two components"}
+    dataset_pca_plot(result, Path(out) / "dataset_pca.png")
+    write_json(Path(out) / "dataset_pca.json", result)
     return result
 
 

@@ -251,6 +251,31 @@ def curvature_plot(rows: Sequence[Mapping], path: str | os.PathLike[str], *, met
     return save_figure(fig, path)
 
 
+def dataset_pca_plot(result: Mapping, path: str | os.PathLike[str]) -> Path:
+    """One scatter per layer: the two classes' items on their first two principal components."""
+    plt = pyplot()
+    rows = result["layers"]
+    cols = min(4, len(rows))
+    nrows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, r in zip(axes.flat, rows, strict=False):
+        for key, color, label in (("positive", "#1a9850", "matching / positive"),
+                                  ("negative", "#d73027", "not matching / negative")):
+            pts = r[key]
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=9, alpha=0.6, color=color, label=label)
+        ax.set_title(f"layer {r['layer']}: separation {r['separation']:.2f}", fontsize=8)
+        ax.set_xlabel(f"PC1 ({100 * r['explained'][0]:.0f}%)", fontsize=7)
+        ax.set_ylabel(f"PC2 ({100 * r['explained'][1]:.0f}%)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"{result['model']}: the dataset's items at {result['stream']} ({result['positions']} token), "
+                 "PCA per layer", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def hessian_plot(report: Mapping, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Leading Hessian eigenvalues and, with a steering vector, each eigenvector's |cosine| to it."""
     plt = pyplot()

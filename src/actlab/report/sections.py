@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .html import Page, esc, tok, visible
+from .html import Page, count, esc, number, tok, visible
 
 MAX_DETAILS = 20_000  # characters of raw JSON folded into a section
 
@@ -174,6 +174,18 @@ def layer_metrics(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     if obj.get("study_ranking"):
         rows.append(["study's order", ", ".join(map(str, obj["study_ranking"])), obj.get("study_rule", "")])
     page.table(["ranking", "layers", "rule"], rows)
+    details(page, obj, ctx.path.name)
+
+
+def dataset_pca(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "dataset_pca.png")
+    how(page, "Each point is one item of the dataset (its activation at the layer), placed on the first two "
+              "principal components of all items at that layer, coloured by class (the answer matching the "
+              "behaviour or not). Separation: the distance between the class centroids over the within-class "
+              "spread in that plane; where it grows, the layer has started to tell the classes apart.")
+    page.table(["layer", "separation", "PC1 / PC2 variance"],
+               [[count(r["layer"]), _f(r["separation"]), f"{100 * number(r['explained'][0]):.0f}% / "
+                 f"{100 * number(r['explained'][1]):.0f}%"] for r in obj["layers"]])
     details(page, obj, ctx.path.name)
 
 
@@ -444,6 +456,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: p.name == "sweep.json" and isinstance(o, Mapping) and {"config", "cells"} <= set(o), sweep),
     (lambda p, o: _kind(o) == "vector_comparison", vector_comparison),
     (lambda p, o: _kind(o) == "layer_metrics", layer_metrics),
+    (lambda p, o: _kind(o) == "dataset_pca", dataset_pca),
     (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
     (lambda p, o: _kind(o) == "divergence", divergence),
     (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),

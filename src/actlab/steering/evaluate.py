@@ -148,16 +148,20 @@ class SweepResult:
     questions_per_second: float | None = None  # questions through every cell, as the progress line counts
     evaluations_per_second: float | None = None  # question x cell evaluations
 
+    def baseline(self) -> dict[str, Any] | None:
+        """The unsteered cell (multiplier 0; every layer's x0 cell is the same run)."""
+        return next((c for c in self.cells.values() if c.get("multiplier") == 0), None)
+
     def unmoved(self, z: float = 2.0) -> tuple[str, float] | None:
         """None when some steered cell's p(matching) differs from the unsteered one by more than ``z`` standard
         errors (of the difference); else the cell that moved most and its shift: the vector did not change the
         A/B answers measurably."""
-        base = self.cells.get(cell_key(0, 0))
+        base = self.baseline()
         if base is None:
             return None
         best: tuple[str, float] | None = None
         for key, c in self.cells.items():
-            if key == cell_key(0, 0) or c.get("p_matching") is None:
+            if c.get("multiplier") == 0 or c.get("p_matching") is None:
                 continue
             shift = float(c["p_matching"]) - float(base["p_matching"])
             se = (float(c.get("p_matching_sem", 0.0)) ** 2 + float(base.get("p_matching_sem", 0.0)) ** 2) ** 0.5
