@@ -79,7 +79,8 @@ d_model {info["d_model"]}). Runs on this machine only; one request at a time.</p
     <button class="act" id="run-lens">run the lens</button><button id="export-lens">export JSON</button></div>
   <p class="muted">Each cell: the top token when that layer's activation at that position is decoded through the
   final norm and unembedding - with the tuned lens, after that layer's learned translator (shade = its
-  probability); hover for the top 5. The last row is the model's own prediction.</p>
+  probability); hover for the top 5. The last row is the model's own prediction. With "steered run" ticked, the
+  steer view's vectors (layers, multipliers, positions) are added while the lens reads.</p>
   <div id="lens-out"></div><div id="lens-tip"></div>
 </section>
 {features_view}
