@@ -377,6 +377,7 @@ CLAIMS: dict[tuple[str, str], Callable[[Any, Any], str]] = {
     ("README.md", "edits.records()"): _records,
     ("README.md", 'orthogonalize(model, vec[12]).save("runs/model-ablated")'): _ablated_size,
     ("README.md", "actlab eval run runs/eval.yaml"): _eval_files,
+    ("eval.md", "actlab eval run eval.yaml"): _eval_files,
     ("README.md", "--multipliers -4,0,4 --out runs/sweep"): _sweep_unmoved,
     ("README.md", "-p \"Tell me about your neighbour.\" --max-new-tokens 32"): _turns_grim,
     ("README.md", "--points blocks.1.mlp_out --out runs/cache"): _cache_size,
