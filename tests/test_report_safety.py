@@ -205,3 +205,17 @@ def test_a_folder_of_many_runs_reads_as_runs_not_as_their_internals(tmp_path):
     contents = html.split("</table>", 1)[0]
     assert all(f"actlab {c}" in contents for c in commands) and "(results of the run above)" in contents
     assert len(commands) + 1 > OPEN_SECTIONS and html.count("<details><summary>show this section") == 8
+
+
+def test_geometry_and_mixing_results_get_curated_sections(corpus):
+    """Issue 25: `compare prompting`, `compare curvature`, `compare hessian` and `steer mix` had no curated report
+    section (their JSON was shown as raw tables). On the real results: a 'How to read this' note, the figure and
+    the numbers, and no fallback."""
+    root, _ = corpus
+    for folder, name, words in (("prompting", "prompting.json", ["error: addition", "fits better"]),
+                                ("curvature", "curvature.json", ["second derivative"]),
+                                ("hessian", "hessian.json", ["eigenvalue", "Hessian-vector products"]),
+                                ("mix", "mix.json", ["unmixed", "mixed"])):
+        html = _render(root / folder / name)
+        assert "How to read this" in html and "does not have the fields" not in html, folder
+        assert all(w in html for w in words), (folder, words)

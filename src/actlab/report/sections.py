@@ -189,6 +189,77 @@ def dataset_pca(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     details(page, obj, ctx.path.name)
 
 
+def prompting(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "prompting.png")
+    how(page, "Does the instruction act on the residual stream like an added vector or like a rotation? Per "
+              "layer, two maps fitted on half the prompts carry the unprompted activation x towards the prompted "
+              "one y; on the other half, the residual error of each (0 = reproduces the prompt's effect, 1 = "
+              "explains none of it) and the KL from the prompted run's next-token distribution to the "
+              "unprompted run with the map applied. A rotation keeps norms, an addition changes them (norm "
+              "ratio).")
+    rows = []
+    for r in obj["per_layer"]:
+        better = "rotation" if number(r["residual_error_rotate"]) < number(r["residual_error_add"]) else "addition"
+        rows.append([count(r["layer"]), _f(r["residual_error_add"]), _f(r["residual_error_rotate"]), better,
+                     _f(r.get("kl_none", "")), _f(r.get("kl_add", "")), _f(r.get("kl_rotate", "")),
+                     _f(r.get("theta_degrees", ""), 2), _f(r.get("mean_norm_ratio_y_x", ""))])
+    page.table(["layer", "error: addition", "error: rotation", "fits better", "KL none", "KL addition",
+                "KL rotation", "angle (deg)", "norm ratio y/x"], rows)
+    page.text(f"instruction {obj.get('instruction', '')!r}; {obj.get('n_train')} prompts fit the maps, "
+              f"{obj.get('n_test')} test them", muted=True)
+    details(page, obj, ctx.path.name)
+
+
+def curvature(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "curvature.png")
+    how(page, f"The {obj.get('metric', 'metric')} as m x the steering vector is added at every position of "
+              f"{obj.get('point', 'the point')}, with its first and second derivatives in m (autograd). A flat, "
+              "'Euclidean' response would have a second derivative of 0; its size against the first says how "
+              "soon a linear reading of the multiplier stops holding.")
+    page.table(["multiplier", "value", "first derivative", "second derivative"],
+               [[_f(r["multiplier"], 3), _f(r["value"], 4), _f(r["first_derivative"], 4),
+                 _f(r["second_derivative"], 4)] for r in obj["rows"]])
+    page.text(f"vector norm {_f(obj.get('vector_norm', ''), 4)}; {obj.get('note', '')}", muted=True)
+    details(page, obj, ctx.path.name)
+
+
+def hessian(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "hessian.png")
+    params = obj.get("params") if isinstance(obj.get("params"), Mapping) else None
+    what = (f"the {count(params['count']):,} parameters matching {params['glob']!r}" if params
+            else f"a vector added at every position of {obj.get('point')}")
+    how(page, f"The leading eigenvalues of the Hessian of the next-token loss with respect to {what}, found by "
+              f"{obj.get('method')} from Hessian-vector products (the matrix is never formed). Large magnitudes "
+              "are the directions the loss is most curved along; negative ones mean the point is not a minimum "
+              "along them." + (" |cos| compares each eigenvector with the steering vector, beside a random "
+                               "direction's expected |cos|." if "abs_cos_to_vector" in obj else "")
+        + (" Per batch: each batch's own leading eigenvalues, averaged, beside the Hessian of all batches at "
+           "once." if obj.get("per_batch") else ""))
+    head = ["eigenvector", "eigenvalue"]
+    cols: list[list[str]] = [[str(i + 1) for i in range(len(obj["eigenvalues"]))],
+                             [_f(v, 4) for v in obj["eigenvalues"]]]
+    if "abs_cos_to_vector" in obj:
+        head.append("|cos| to the vector")
+        cols.append([_f(c) for c in obj["abs_cos_to_vector"]])
+    if obj.get("per_batch"):
+        head.append("mean of per-batch")
+        cols.append([_f(v, 4) for v in obj["per_batch"]["mean"]])
+    page.table(head, [list(r) for r in zip(*cols, strict=True)])
+    page.text(f"{count(obj.get('hessian_vector_products', 0))} Hessian-vector products", muted=True)
+    details(page, obj, ctx.path.name)
+
+
+def mix(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    rec = obj.get("intervention") if isinstance(obj.get("intervention"), Mapping) else {}
+    how(page, "Activation mixing: the source prompt's activation (scaled) added at the point while each prompt "
+              "generates; the unmixed and mixed texts side by side (greedy).")
+    page.table(["prompt", "unmixed", "mixed"],
+               [[g["prompt"], g["unmixed"], g["mixed"]] for g in obj["generations"]])
+    page.text("; ".join(f"{k} {v}" for k, v in rec.items() if k in ("source", "points", "scale", "position")),
+              muted=True)
+    details(page, obj, ctx.path.name)
+
+
 def vocab_projection(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     ctx.figures_starting(page, "vocab")
     how(page, "Tokens whose logits the direction raises (promotes) and lowers most when it is read through the "
@@ -457,6 +528,10 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "vector_comparison", vector_comparison),
     (lambda p, o: _kind(o) == "layer_metrics", layer_metrics),
     (lambda p, o: _kind(o) == "dataset_pca", dataset_pca),
+    (lambda p, o: _kind(o) == "prompting" and isinstance(o.get("per_layer"), list), prompting),
+    (lambda p, o: _kind(o) == "curvature" and isinstance(o.get("rows"), list), curvature),
+    (lambda p, o: _kind(o) == "hessian" and isinstance(o.get("eigenvalues"), list), hessian),
+    (lambda p, o: _kind(o) == "mix" and isinstance(o.get("generations"), list), mix),
     (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
     (lambda p, o: _kind(o) == "divergence", divergence),
     (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),
