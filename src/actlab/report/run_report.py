@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..runs import CHECKPOINTS
 from . import sections
 from .html import Page, esc, num, number, tok
 from .sections import Context, details
@@ -30,7 +31,7 @@ MAX_JSON_BYTES = 32 * 2**20  # larger results are listed, not parsed
 OPEN_SECTIONS = 6  # a report with more sections folds each section's body
 _SKIP_SUFFIXES = (".tmp",)
 # folders that only ever hold internals (reply caches, checkpoints, TRL's output)...
-_INTERNAL_DIRS = {"llm_cache", "judge_cache", "checkpoints", "trl"}
+_INTERNAL_DIRS = {"llm_cache", "judge_cache", CHECKPOINTS, "trl"}
 # ...and the JSON files an artifact folder holds beside its weights (model, tokenizer, dictionary, cache shards)
 _ARTIFACT_JSON = {"cfg.json", "config.json", "manifest.json", "state.json", "generation_config.json",
                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
