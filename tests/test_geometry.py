@@ -153,6 +153,7 @@ def test_geometry_commands_write_json_and_figures(smollm, tmp_path, capsys):
     assert code == 0, err
     pr = json.loads((tmp_path / "pr" / "prompting.json").read_text())
     assert [r["layer"] for r in pr["per_layer"]] == [4, 14, 24] and pr["n_test"] == 3
+    assert pr["kind"] == "prompting" and pr["point_kind"] == "resid_post"  # was the hook kind: no curated section
     for r in pr["per_layer"]:
         assert r["kl_none"] > 0 and r["residual_error_add"] >= 0 and r["residual_error_rotate"] >= 0
     assert (tmp_path / "pr" / "prompting.png").is_file()

@@ -272,7 +272,8 @@ def prompting(model: ModelLike, instruction: str, prompts: Sequence[str], out: s
         res = addition_vs_rotation(m, instruction, prompts, layers=lay, kind=kind, chat=chat,
                                    train_fraction=train_fraction, seed=seed, batch_size=batch_size, kl=kl,
                                    progress=progress)
-        result = {"kind": "prompting", "model": m.name, **res.to_dict()}
+        fields = res.to_dict()  # its own `kind` is the hook-point kind: kept as point_kind, not the result kind
+        result = {"kind": "prompting", "model": m.name, "point_kind": fields.pop("kind"), **fields}
         write_json(Path(out) / "prompting.json", result)
         prompting_plot(res.per_layer, Path(out) / "prompting.png",
                        title=f"{m.name}: '{instruction[:60]}' - addition vs rotation ({kind})")
