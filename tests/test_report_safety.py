@@ -205,6 +205,13 @@ def test_a_folder_of_many_runs_reads_as_runs_not_as_their_internals(tmp_path):
     contents = html.split("</table>", 1)[0]
     assert all(f"actlab {c}" in contents for c in commands) and "(results of the run above)" in contents
     assert len(commands) + 1 > OPEN_SECTIONS and html.count("<details><summary>show this section") == 8
+    only = tmp_path / "models"  # nothing but artifact folders: the first is the section listing the others
+    for name in ("a", "b"):
+        (only / name).mkdir(parents=True)
+        (only / name / "config.json").write_text("{}")
+        (only / name / "model.safetensors").write_bytes(b"0" * 8)
+    html = build_report(only).read_text()
+    assert re.findall(r"<h2[^>]*>(.*?)</h2>", html) == ["a"] and "b/ (2 files)" in html
 
 
 def test_geometry_and_mixing_results_get_curated_sections(corpus):

@@ -279,7 +279,7 @@ def _duration(rec: dict[str, Any]) -> str:
     return f"{d:.0f} s" if d < 120 else f"{d / 60:.1f} min"
 
 
-def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str]], out_path: Path) -> None:
+def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str]]) -> None:
     """The contents table: each section's folder (linked), the command that wrote it, its status and duration."""
     rows = []
     for folder, rel, anchor in sections:
@@ -290,8 +290,7 @@ def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str]], out
         status = rec.get("status") if isinstance(rec.get("status"), str) else ""
         what = f"actlab {command}" if command else "" if rec else (
             "(files at the top of the folder)" if folder == root else "(results of the run above)")
-        rows.append([name, esc(what),
-                     esc(status), esc(_duration(rec))])
+        rows.append([name, esc(what), esc(status), esc(_duration(rec))])
     page.html("<h2>Contents</h2>")
     page.table(["folder", "command", "status", "duration"], rows, raw_cells=True)
 
@@ -317,20 +316,19 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     shown = [d for d in folders if not _is_artifact_folder(d, by_folder[d], root)]
     if len(shown) > 1 and root in shown and all(p.name == "report.html" for p in by_folder[root]):
         shown.remove(root)  # nothing at the top but an earlier page
+    if not shown:  # only artifacts: the first folder is the section that lists the others
+        shown = [folders[0]]
     home: dict[Path, Path] = {}  # an artifact folder -> the section that lists it
     for d in folders:
         if d not in shown:
-            anc = next((a for a in d.parents if a in shown), None)
-            home[d] = anc if anc is not None else (shown[0] if shown else root)
-    if not shown:
-        shown = [folders[0]]
+            home[d] = next((a for a in d.parents if a in shown), shown[0])
     anchors = [(d, "." if d == root else str(d.relative_to(root)),
                 "d" + hashlib.sha1(("." if d == root else str(d.relative_to(root))).encode()).hexdigest()[:10])
                for d in shown]
     fold = len(shown) > OPEN_SECTIONS
     if len(shown) > 1:
         page.nav_list = False
-        _contents(page, root, anchors, out_path)
+        _contents(page, root, anchors)
         if fold:
             page.text(f"{len(shown)} sections, each folded: open one from its heading (or the contents above).",
                       muted=True)
@@ -382,7 +380,8 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         rest = [[p.name, _size(p.stat().st_size)] for p in here if p not in claimed]
         for d in sorted(a for a, h in home.items() if h == folder):
             inner = by_folder[d]
-            rest.append([f"{d.relative_to(folder)}/ ({len(inner)} file{'s' if len(inner) != 1 else ''})",
+            where = d.relative_to(folder) if folder in d.parents else d.relative_to(root)
+            rest.append([f"{where}/ ({len(inner)} file{'s' if len(inner) != 1 else ''})",
                          _size(sum(p.stat().st_size for p in inner))])
         if rest:
             page.heading("Other artifacts")
