@@ -133,7 +133,7 @@ def test_report_survives_crafted_results_and_skips_links(tmp_path):
     (run / "bad.json").write_bytes(b"\xff\xfe not json")
     (run / "table.csv").write_bytes(b"a,b\n\xff\xfe,2\n")
     (run / "sub" / "run.json").write_text(json.dumps({"command": "<i>x</i>", "config": None}))
-    model_dir = run / "model"  # a saved model (steer ablate, finetune): config shown, tokenizer files listed
+    model_dir = run / "model"  # a saved model inside a run (finetune): listed with its size, never rendered
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
     (model_dir / "model.safetensors").write_bytes(b"\0" * 16)
@@ -146,7 +146,7 @@ def test_report_survives_crafted_results_and_skips_links(tmp_path):
     assert "<script>alert" not in page and "<img src=x" not in page and "<i>x</i>" not in page
     assert "&lt;script&gt;" in page and "shown as plain tables" in page
     assert "could not read bad.json" in page and "could not read table.csv" in page
-    assert "hidden_size" in page and "tok4999" not in page and "tokenizer.json" in page
+    assert "model/ (3 files" in page and "hidden_size" not in page and "tok4999" not in page
     assert build_report(run).read_text() == page  # deterministic: same folder, same bytes
 
 
