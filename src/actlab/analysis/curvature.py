@@ -50,20 +50,34 @@ def second_order_attention() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def _pairs(b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Which positions have a real token and a real next token (``[batch, seq - 1]``)."""
+    return b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]
+
+
+def token_weights(batches: Sequence[dict[str, torch.Tensor]]) -> list[int]:
+    """Next-token pairs per batch (what each batch weighs in the mean loss); refuses batches with none at all."""
+    weights = [int(_pairs(b).sum()) for b in batches]
+    if sum(weights) == 0:
+        raise InputError("no next-token pairs to score: give texts of at least two tokens")
+    return weights
+
+
+def _nll_sum(logits: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token negative log-likelihood over a batch's real pairs (float64)."""
+    lp = torch.log_softmax(logits.double()[:, :-1], -1)
+    nll = -lp.gather(-1, b["input_ids"][:, 1:, None])[..., 0]
+    return (nll * _pairs(b).to(nll.dtype)).sum()
+
+
 def lm_loss_metric(model: Model, batches: Sequence[dict[str, torch.Tensor]]) -> Metric:
     """Mean next-token negative log-likelihood over the real tokens of ``batches`` (a differentiable scalar)."""
-    n_total = sum(int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in batches)
-    if n_total == 0:
-        raise InputError("no next-token pairs to score: give texts of at least two tokens")
+    n_total = sum(token_weights(batches))
 
     def metric() -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64)
         for b in batches:
-            logits = model(**b, use_cache=False).logits.double()
-            lp = torch.log_softmax(logits[:, :-1], -1)
-            nll = -lp.gather(-1, b["input_ids"][:, 1:, None])[..., 0]
-            m = (b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).to(nll.dtype)
-            total = total + (nll * m).sum().cpu()
+            total = total + _nll_sum(model(**b, use_cache=False).logits, b).cpu()
         return total / n_total
 
     return metric
@@ -116,9 +130,7 @@ class LossHessian:
     def __init__(self, model: Model, point: HookPoint, batches: Sequence[dict[str, torch.Tensor]]):
         self.model, self.point, self.batches = model, point, list(batches)
         self.d = point.width(model)
-        self.weights = [int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in self.batches]
-        if sum(self.weights) == 0:
-            raise InputError("no next-token pairs to score: give texts of at least two tokens")
+        self.weights = token_weights(self.batches)
         self.n_products = 0
 
     def _loss(self, b: dict[str, torch.Tensor], delta: torch.Tensor) -> torch.Tensor:
@@ -151,7 +163,7 @@ class ParamHessian:
     ``params`` (a glob over ``model.hf.named_parameters()``; ``*`` = every parameter), flattened in that order."""
 
     def __init__(self, model: Model, batches: Sequence[dict[str, torch.Tensor]], params: str = "*"):
-        self.model, self.batches = model, list(batches)
+        self.model, self.batches, self.glob = model, list(batches), params
         named = [(n, p) for n, p in model.hf.named_parameters() if fnmatch.fnmatchcase(n, params)]
         if not named:
             some = [n for n, _ in model.hf.named_parameters()][:4]
@@ -159,9 +171,7 @@ class ParamHessian:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.d = sum(p.numel() for p in self.params)
-        self.weights = [int((b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).sum()) for b in self.batches]
-        if sum(self.weights) == 0:
-            raise InputError("no next-token pairs to score: give texts of at least two tokens")
+        self.weights = token_weights(self.batches)
         self.n_products = 0
 
     @contextlib.contextmanager
@@ -190,10 +200,7 @@ class ParamHessian:
         total = torch.zeros((), dtype=torch.float64)
         for b in self.batches:
             logits = functional_call(self.model.hf, values, args=(), kwargs={**b, "use_cache": False}).logits
-            lp = torch.log_softmax(logits.double()[:, :-1], -1)
-            nll = -lp.gather(-1, b["input_ids"][:, 1:, None])[..., 0]
-            mask = (b["attention_mask"][:, 1:] * b["attention_mask"][:, :-1]).to(nll.dtype)
-            total = total + (nll * mask).sum()
+            total = total + _nll_sum(logits, b)
         return total / sum(self.weights)
 
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
@@ -217,10 +224,7 @@ class ParamHessian:
 
     def restricted(self, batch: int) -> ParamHessian:
         """The same Hessian on one batch only (for the per-batch estimate)."""
-        sub = ParamHessian.__new__(ParamHessian)
-        sub.__dict__.update(self.__dict__)
-        sub.batches, sub.weights, sub.n_products = [self.batches[batch]], [self.weights[batch]], 0
-        return sub
+        return ParamHessian(self.model, [self.batches[batch]], self.glob)
 
 
 def top_eigen(hess: LossHessian | ParamHessian, k: int = 5, *, which: str = "LM", method: str = "lanczos",
