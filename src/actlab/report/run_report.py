@@ -279,18 +279,23 @@ def _duration(rec: dict[str, Any]) -> str:
     return f"{d:.0f} s" if d < 120 else f"{d / 60:.1f} min"
 
 
-def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str]]) -> None:
+def _summary(rec: dict[str, Any]) -> tuple[str, str, str]:
+    """(``actlab COMMAND``, status, duration) of a run record; empty strings for what it lacks."""
+    command = rec.get("command") if isinstance(rec.get("command"), str) else ""
+    status = rec.get("status") if isinstance(rec.get("status"), str) else ""
+    return (f"actlab {command}" if command else "", status, _duration(rec))
+
+
+def _contents(page: Page, root: Path, sections: list[tuple[Path, str, str, dict[str, Any]]]) -> None:
     """The contents table: each section's folder (linked), the command that wrote it, its status and duration."""
     rows = []
-    for folder, rel, anchor in sections:
-        rec = _run_record(folder)
+    for folder, rel, anchor, rec in sections:
         depth = 0 if folder == root else len(folder.relative_to(root).parts) - 1
         name = f'{"&nbsp;" * 4 * depth}<a href="#{esc(anchor)}">{esc(rel if depth == 0 else folder.name)}</a>'
-        command = rec.get("command") if isinstance(rec.get("command"), str) else ""
-        status = rec.get("status") if isinstance(rec.get("status"), str) else ""
-        what = f"actlab {command}" if command else "" if rec else (
+        command, status, duration = _summary(rec)
+        what = command if command or rec else (
             "(files at the top of the folder)" if folder == root else "(results of the run above)")
-        rows.append([name, esc(what), esc(status), esc(_duration(rec))])
+        rows.append([name, esc(what), esc(status), esc(duration)])
     page.html("<h2>Contents</h2>")
     page.table(["folder", "command", "status", "duration"], rows, raw_cells=True)
 
@@ -322,9 +327,9 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
     for d in folders:
         if d not in shown:
             home[d] = next((a for a in d.parents if a in shown), shown[0])
-    anchors = [(d, "." if d == root else str(d.relative_to(root)),
-                "d" + hashlib.sha1(("." if d == root else str(d.relative_to(root))).encode()).hexdigest()[:10])
-               for d in shown]
+    rels = ["." if d == root else str(d.relative_to(root)) for d in shown]
+    anchors = [(d, rel, "d" + hashlib.sha1(rel.encode()).hexdigest()[:10], _run_record(d))
+               for d, rel in zip(shown, rels, strict=True)]
     fold = len(shown) > OPEN_SECTIONS
     if len(shown) > 1:
         page.nav_list = False
@@ -332,14 +337,11 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         if fold:
             page.text(f"{len(shown)} sections, each folded: open one from its heading (or the contents above).",
                       muted=True)
-    for folder, rel, anchor in anchors:
+    for folder, rel, anchor, rec in anchors:
         here = by_folder[folder]
         page.section(f"{rel}", anchor)
-        rec = _run_record(folder)
         if rec:
-            page.text(" · ".join(x for x in (f"actlab {rec['command']}" if isinstance(rec.get("command"), str)
-                                             else "", str(rec.get("status") or ""), _duration(rec)) if x),
-                      muted=True)
+            page.text(" · ".join(x for x in _summary(rec) if x), muted=True)
         if fold:
             page.html("<details><summary>show this section</summary>")
         claimed: set[Path] = set()
