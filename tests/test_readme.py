@@ -10,30 +10,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from doc_walk import DOCS, RUN_LANGS, blocks, shell_commands
 
 
 def _shell_lines(path: Path) -> list[tuple[int, str]]:
-    """`actlab ...` command lines from ```bash / ```sh / ```console blocks, continuations joined."""
-    out: list[tuple[int, str]] = []
-    in_block, buf, start = False, "", 0
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.startswith("```"):
-            in_block = line.strip("` ").lower() in ("bash", "sh", "shell", "console") if not in_block else False
-            continue
-        if not in_block:
-            continue
-        text = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
-        text = re.sub(r"^\$ ", "", text.strip())
-        if buf:
-            buf += " " + text.rstrip("\\").strip()
-        elif text.startswith("actlab ") or re.match(r"^\w+=\S+ actlab ", text):
-            buf, start = text.rstrip("\\").strip(), i
-        if buf and not text.endswith("\\"):
-            out.append((start, buf))
-            buf = ""
-    return out
+    """`actlab ...` command lines of the shell blocks (skipped ones too: they must still name real options),
+    read by the docs walk's parser (continuations joined, comments dropped)."""
+    return [(b.line + 1 + off, cmd) for b in blocks(path) if b.lang in RUN_LANGS - {"python"}
+            for off, cmd, _ in shell_commands(b.code)
+            if cmd.startswith("actlab ") or re.match(r"^\w+=\S+ actlab ", cmd)]
 
 
 def _inline(path: Path) -> list[tuple[int, str]]:
