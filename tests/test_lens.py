@@ -128,3 +128,5 @@ def test_lens_of_a_steered_or_ablated_run_from_the_cli(stories260k, tmp_path, ca
     assert ablated["interventions"][0]["kind"] == "project_out"
     code, _, err = run([*base, "--layers", "1"], capsys)
     assert code == 2 and "--vector" in err
+    code, _, err = run([*base, "--vector", str(vpath), "--positions", "generated"], capsys)
+    assert code == 2 and "generated steers nothing" in err

@@ -154,7 +154,11 @@ def lens(
     vec = _vector(vector, multiplier) if vector is not None else None
     if vec is not None:
         checks.layer_syntax(layers or "all")
-        _steer_positions(positions)
+        if _steer_positions(positions) == "generated":
+            from ..errors import InputError
+
+            raise InputError("--positions generated steers nothing in the lens's one forward over the prompt; use "
+                             "auto, all or from_eoi")
     direction = _vector(ablate, 1.0, "--ablate") if ablate is not None else None
     from ..tuned_lens import parse_lens
 
