@@ -242,13 +242,13 @@ def device(name: str | None) -> str | None:
     return name
 
 
-def layer_syntax(spec: str | None) -> str | None:
+def layer_syntax(spec: str | None, what: str = "layers") -> str | None:
     """The layer grammar's syntax, checked before the model (and its layer count) is known."""
     if spec is None:
         return None
     from .hooks.points import parse_layers
 
-    parse_layers(spec, 1 << 20)  # ranges are checked again against the model
+    parse_layers(spec, 1 << 20, what=what)  # ranges are checked again against the model
     return spec
 
 

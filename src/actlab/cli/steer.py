@@ -404,13 +404,24 @@ def refusal(
     batch_size: BatchOpt = 16,
     overwrite: Annotated[bool, opt("--overwrite", help="Recompute the candidate directions a run in this folder "
                                    "saved.")] = False,
+    newline: Annotated[bool, opt("--newline", help="Prompt each instruction followed by just a newline (no chat "
+                                 "template); the newline is the end-of-instruction token.")] = False,
+    subsets: Annotated[str | None, opt("--ablation-subsets", metavar="SPECS", help="Semicolon-separated layer "
+                                       "subsets (e.g. '0-5;6-11;all'): the refusal rate with the selected direction "
+                                       "ablated only there, per subset.")] = None,
+    rounds: Annotated[int, opt("--rounds", metavar="K", help="Iterative directions: ablate the directions found so "
+                               "far, extract again at the selected layer and position, K rounds in all.")] = 1,
+    harmfulness: Annotated[bool, opt("--harmfulness", help="Also read a harmfulness direction at the "
+                                     "instruction's last token (refused harmful minus answered harmless) and "
+                                     "compare it with the refusal direction.")] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """Find, score, select and save the refusal direction (Arditi et al. 2024)."""
+    """Find, score, select and save the refusal direction (Arditi et al. 2024); optionally study it further
+    (ablation per layer subset, iterative rounds, harmfulness vs refusal)."""
     from ..jobs import refusal as run_refusal
     from ..steering.refusal import RefusalConfig
 
@@ -420,10 +431,13 @@ def refusal(
     checks.output_dir(out, "--out folder")
     for v, what in ((n_train, "--n-train"), (n_val, "--n-val"), (top_k, "--top-k"),
                     (max_new_tokens, "--max-new-tokens"), (batch_size, "--batch-size"),
-                    (kl_threshold, "--kl-threshold")):
+                    (kl_threshold, "--kl-threshold"), (rounds, "--rounds")):
         checks.positive(v, what)
     checks.layer_syntax(layers)
     _refusal_positions(positions)
+    subset_specs = [p.strip() for p in subsets.split(";")] if subsets is not None else []
+    for spec in subset_specs:
+        checks.layer_syntax(spec, "--ablation-subsets")
     from ..data import load_instructions
     from ..jobs.common import FromFile
 
@@ -439,7 +453,12 @@ def refusal(
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, positions=positions, chat=chat,
                         layers=parse_layers(layers, m.n_layers), batch_size=batch_size, kl_threshold=kl_threshold,
-                        top_k=top_k, max_new_tokens=max_new_tokens)
+                        top_k=top_k, max_new_tokens=max_new_tokens, newline=newline, subsets=subset_specs,
+                        rounds=rounds, harmfulness=harmfulness)
+    from ..hooks.points import parse_layers as parse_subset
+
+    for spec in subset_specs:
+        parse_subset(spec, m.n_layers, what="--ablation-subsets")
     res = run_refusal(m, lists["harmful"], lists["harmless"], out, harmful_val=lists["harmful_val"],
                       harmless_val=lists["harmless_val"], config=cfg, overwrite=overwrite)
     console.print(f"selected layer {res.layer}, position {res.eoi_position}; refusal rate on harmful validation "
@@ -450,7 +469,11 @@ def refusal(
                       "before ablation, so there is little refusal to remove; the direction's scores are in "
                       "candidates.csv and the report. A chat model that refuses (with --chat) shows the effect.",
                       highlight=False)
-    wrote(f"{out}/direction.safetensors", "candidates.csv", "scores.png")
+    after = res.classes_after
+    console.print(f"after ablation: {after.get('refusal', 0)} refusals, {after.get('refuse_then_comply', 0)} "
+                  f"refuse-then-comply, {after.get('comply', 0)} answers", highlight=False)
+    wrote(f"{out}/direction.safetensors", "candidates.csv", "scores.png",
+          *(["refusal_study.json"] if res.study else []))
 
 
 def _refusal_positions(spec: str) -> None:

@@ -336,6 +336,10 @@ def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
               "passes the filters with the best bypass.")
     page.table(["selected layer", "eoi position", "refusal rate before", "after ablation"],
                [[obj["layer"], obj["eoi_position"], obj["refusal_rate_before"], obj["refusal_rate_after"]]])
+    if isinstance(obj.get("classes_before"), Mapping) and isinstance(obj.get("classes_after"), Mapping):
+        page.table(["generations", "refusal", "refuse then comply", "comply"],
+                   [[when, *(obj[f"classes_{when}"].get(c, 0) for c in ("refusal", "refuse_then_comply", "comply"))]
+                    for when in ("before", "after")])
     if obj["refusal_rate_before"] == 0:
         warn(page, "the model refused none of the validation prompts before ablation, so the generation check "
                    "cannot show an effect; use more or harder prompts, or check the chat template")
@@ -344,6 +348,42 @@ def refusal(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
         with contextlib.suppress(KeyError, TypeError):
             page.table(["prompt", "before", "after ablation"],
                        [[r["prompt"], r["before"], r["after"]] for r in rows[:4]])
+    details(page, obj, ctx.path.name)
+
+
+def _classes(c: Any) -> str:
+    return "/".join(str(c.get(k, 0)) for k in ("refusal", "refuse_then_comply", "comply")) if isinstance(
+        c, Mapping) else ""
+
+
+def refusal_study(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    how(page, f"Follow-ups on the selected direction (layer {obj.get('layer')}): the refusal rate on the harmful "
+              "validation prompts with it ablated only at some layers, directions extracted again after "
+              "ablating the earlier ones (a large second-round norm that still lowers refusal means refusal is "
+              "not one direction), and a harmfulness direction read at the instruction's last token (Zhao et "
+              "al. 2025). Classes are refusal / refuse-then-comply / comply counts.")
+    if isinstance(obj.get("subsets"), list):
+        page.table(["ablated at layers", "refusal rate", "classes", "KL on harmless"],
+                   [[r["subset"], _f(r["refusal_rate"]), _classes(r.get("classes")), _f(r["kl_harmless"])]
+                    for r in obj["subsets"]])
+    if isinstance(obj.get("rounds"), list):
+        page.table(["round", "norm", "of round 1", "max |cos| with earlier", "refusal rate, this round ablated",
+                    "rounds so far ablated"],
+                   [[r["round"], _f(r["norm"]), _f(r["relative_norm"]),
+                     _f(max((abs(c) for c in r["cos_with_earlier"]), default=0.0)), _f(r["refusal_rate_alone"]),
+                     _f(r["refusal_rate_cumulative"])] for r in obj["rounds"]])
+    harm = obj.get("harmfulness")
+    if isinstance(harm, Mapping):
+        page.table(["direction ablated", "refusal rate", "classes", "first-token refusal score"],
+                   [["none", "", "", _f(harm["clean_refusal_score"])],
+                    *([name, _f(e["refusal_rate"]), _classes(e["classes"]), _f(e["refusal_score"])]
+                      for name, e in harm["ablated"].items())])
+        page.html(f"<p>harmfulness vs refusal direction: cosine {_f(harm['cos_with_refusal'])}; read from "
+                  f"{harm['n_harmful']} harmful and {harm['n_harmless']} harmless training prompts "
+                  f"({esc(str(harm['grouping']))}).</p>")
+        if harm["grouping"] == "all":
+            warn(page, "the model refused none of the harmful training prompts (or answered none of the harmless "
+                       "ones), so the harmfulness direction uses every prompt rather than refused vs answered ones")
     details(page, obj, ctx.path.name)
 
 
@@ -537,6 +577,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),
     (lambda p, o: _kind(o) == "tuned_lens_eval" and {"kl", "cross_entropy"} <= set(o), tuned_lens_eval),
     (lambda p, o: p.name == "refusal.json" and isinstance(o, Mapping) and "refusal_rate_after" in o, refusal),
+    (lambda p, o: p.name == "refusal_study.json" and isinstance(o, Mapping) and "layer" in o, refusal_study),
     (lambda p, o: _kind(o) == "sae_metrics", sae_metrics),
     (lambda p, o: _kind(o) == "sae_overlap", sae_overlap),
     (lambda p, o: p.name == "finetune.json" and isinstance(o, Mapping) and "history" in o, finetune),

@@ -33,6 +33,7 @@ class PromptStyle:
     system: str | None = None
     plain_answer_prefix: str = "\n\nAnswer: "
     history: tuple[tuple[str, str], ...] = ()  # earlier (user, assistant) turns: few-shot examples
+    suffix: str = ""  # plain text only: what follows the user message (the refusal study's "\n" template)
 
     def add_special_tokens(self) -> bool:
         """Templated text already holds its special tokens; plain text gets the tokenizer's (e.g. BOS)."""
@@ -59,7 +60,7 @@ def format_prompt(model: Model, user: str, style: PromptStyle) -> str:
         return model.chat_prompt(user, system=style.system, history=turns)
     # plain text: an instruction and the examples go before the prompt, as a model without a template reads them
     shots = [f"{q}{style.plain_answer_prefix}{a}" for q, a in style.history]
-    return "\n\n".join([*([style.system] if style.system else []), *shots, user])
+    return "\n\n".join([*([style.system] if style.system else []), *shots, user]) + style.suffix
 
 
 def with_answer(model: Model, question: str, answer: str, style: PromptStyle) -> str:
@@ -69,9 +70,10 @@ def with_answer(model: Model, question: str, answer: str, style: PromptStyle) ->
 
 
 def eoi_suffix(model: Model, style: PromptStyle) -> str:
-    """The text the chat template puts after the user message (empty in plain mode)."""
+    """The text the chat template puts after the user message (in plain mode: the style's ``suffix``, usually
+    empty)."""
     if not style.chat:
-        return ""
+        return style.suffix
     full = model.chat_prompt(_PLACEHOLDER, system=style.system)
     return full[full.index(_PLACEHOLDER) + len(_PLACEHOLDER):]
 

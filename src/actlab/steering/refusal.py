@@ -40,7 +40,7 @@ from ..runs import Resume, write_json, write_text
 from ..version import __version__
 from .ablation import ablate
 from .extraction import collect
-from .prompts import PromptStyle, format_prompt, read_positions
+from .prompts import PromptStyle, eoi_suffix, format_prompt, read_positions
 from .vector import SteeringVector
 
 if TYPE_CHECKING:
@@ -69,6 +69,10 @@ class RefusalConfig:
     max_new_tokens: int = 32
     refusal_phrases: tuple[str, ...] = REFUSAL_PHRASES
     seed: int = 0
+    newline: bool = False  # the "just a newline" template: plain instruction + "\n" (eoi = the newline token)
+    subsets: list[str] = field(default_factory=list)  # layer specs: refusal rate with the direction ablated there
+    rounds: int = 1  # iterative directions: extract, ablate, extract again
+    harmfulness: bool = False  # a harmfulness direction at the instruction's last token, compared with refusal
 
 
 @dataclass
@@ -82,6 +86,9 @@ class RefusalResult:
     generations: list[dict[str, str]] = field(default_factory=list)
     base_harmful: float = float("nan")  # clean refusal scores (log-odds) of the validation prompts
     base_harmless: float = float("nan")
+    classes_before: dict[str, int] = field(default_factory=dict)  # refusal / refuse_then_comply / comply
+    classes_after: dict[str, int] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)  # refusal_study.py's experiments, when asked for
 
 
 def is_refusal(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> bool:
@@ -143,6 +150,13 @@ def induce_scores(model: Model, texts: Sequence[str], style: PromptStyle,
     return torch.cat(parts).mean(0).tolist()
 
 
+def refusal_class(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> str:
+    """``refusal``, ``refuse_then_comply`` or ``comply`` (:func:`actlab.steering.refusal_study.refusal_class`)."""
+    from .refusal_study import refusal_class as classify
+
+    return classify(text, phrases)
+
+
 def refusal_rate(texts: Sequence[str], phrases: Sequence[str]) -> float:
     return sum(is_refusal(t, phrases) for t in texts) / max(len(texts), 1)
 
@@ -164,8 +178,13 @@ def refusal_pipeline(
     cfg = config or RefusalConfig()
     from .prompts import resolve_style
 
-    style = resolve_style(model, cfg.chat)
-    if not style.chat and not cfg.positions.startswith("last"):
+    if cfg.newline:
+        if cfg.chat:
+            raise InputError("the newline template replaces the chat template; do not ask for both (drop --chat)")
+        style = PromptStyle(chat=False, suffix="\n")
+    else:
+        style = resolve_style(model, cfg.chat)
+    if not eoi_suffix(model, style) and not cfg.positions.startswith("last"):
         raise InputError(f"{model.name!r} is prompted without a chat template, so there are no end-of-instruction "
                          f"tokens for positions={cfg.positions!r}; give positions 'last' or 'last:K' (the last K "
                          "prompt tokens)")
@@ -188,7 +207,7 @@ def refusal_pipeline(
     # 1. candidate directions (checkpointed in the run folder's resume record) --------------------------
     fp = fingerprint([*harmful_train, "\0", *harmless_train])
     identity = {"model": model.name, "fingerprint": fp, "layers": layers, "positions": cfg.positions,
-                "chat": style.chat}
+                "chat": style.chat, **({"newline": True} if cfg.newline else {})}
     resume = Resume(out, "steer refusal", identity, overwrite=overwrite) if out is not None else None
     saved = resume.load() if resume is not None and resume.done("candidates") else None
     cands: torch.Tensor | None = saved[1].get("directions") if saved is not None else None
@@ -278,13 +297,22 @@ def refusal_pipeline(
         "actlab_version": __version__, "purpose": "refusal", "scores": {k: best[k] for k in
                                                                          ("kl", "bypass", "induce")},
     })
+    from .refusal_study import class_counts, refusal_study
+
+    gens = [{"prompt": p, "before": b, "after": a, "class_before": refusal_class(b, phrases),
+             "class_after": refusal_class(a, phrases)}
+            for p, b, a in zip(harmful_val, before, best_texts, strict=True)]
     result = RefusalResult(best["layer"], best["eoi_position"], vec, rows, rate_before,
-                           best["refusal_rate_ablated"],
-                           [{"prompt": p, "before": b, "after": a} for p, b, a in zip(harmful_val, before, best_texts,
-                                                                                       strict=True)],
-                           base_harmful, base_harmless)
+                           best["refusal_rate_ablated"], gens, base_harmful, base_harmless,
+                           class_counts(before, phrases), class_counts(best_texts, phrases))
     log(f"  selected layer {best['layer']}, eoi position {best['eoi_position']}: refusal rate "
         f"{rate_before:.2f} -> {best['refusal_rate_ablated']:.2f} (KL {best['kl']:.3f})")
+    if cfg.subsets or cfg.rounds > 1 or cfg.harmfulness:
+        result.study = refusal_study(
+            model, d, best["layer"], best["eoi_position"], train=(texts_h, texts_n), val=(vh, vn), style=style,
+            positions=cfg.positions, phrases=phrases, subsets=cfg.subsets, rounds=cfg.rounds,
+            harmfulness=cfg.harmfulness, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+            rate_after=best["refusal_rate_ablated"], log=log)
     if out is not None:
         write_refusal_outputs(result, out, cfg, base_harmful, base_harmless)
     return result
@@ -295,8 +323,24 @@ def write_refusal_outputs(res: RefusalResult, out: Path, cfg: RefusalConfig, bas
     res.direction.save(out / "direction.safetensors")
     summary = {"layer": res.layer, "eoi_position": res.eoi_position, "refusal_rate_before": res.refusal_rate_before,
                "refusal_rate_after": res.refusal_rate_after, "clean_refusal_score_harmful": base_harmful,
-               "clean_refusal_score_harmless": base_harmless, "config": asdict(cfg)}
+               "clean_refusal_score_harmless": base_harmless, "classes_before": res.classes_before,
+               "classes_after": res.classes_after, "config": asdict(cfg)}
     write_json(out / "refusal.json", summary)
+    if res.study:
+        study = {k: v for k, v in res.study.items() if k not in ("harmfulness_direction", "round_directions")}
+        if "harmfulness_direction" in res.study:
+            SteeringVector({res.layer: res.study["harmfulness_direction"].float()}, "resid_pre", {
+                **res.direction.meta, "purpose": "harmfulness", "positions": "instruction end",
+                "grouping": res.study["harmfulness"]["grouping"]}).save(out / "harmfulness_direction.safetensors")
+        if "round_directions" in res.study:
+            from safetensors.torch import save
+
+            from ..runs import write_bytes
+
+            write_bytes(out / "round_directions.safetensors", save(
+                {f"round_{i + 1}": d.float().contiguous() for i, d in enumerate(res.study["round_directions"])},
+                metadata={"layer": str(res.layer), "point": "resid_pre"}))
+        write_json(out / "refusal_study.json", study)
     write_json(out / "candidates.json", res.candidates)
     buf = io.StringIO()
     keys = ["eoi_position", "layer", "kl", "bypass", "induce", "norm", "passes_filters", "refusal_rate_ablated",
