@@ -11,7 +11,8 @@ dominates the mean) and the first layer (token embeddings carry no contrast beyo
 The control-vectors study orders the same three metrics the other way round (:func:`study_order`, reported
 beside): first low mean variance (the layers in the lower half), then among those low max variance (the lower
 half again), then low cosine between the class means, lowest first; the layers the filters drop follow in
-order of cosine. Both rankings are written; the recommendation above stays the default.
+order of cosine. Both rankings are written; the recommendation above stays the default. The mean variance's
+growth with depth is fitted as ``exp(a + b * layer)`` per stream (:func:`actlab.analysis.untangling.exponential_fit`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LayerMetrics:
     positions: str = "last"
     study_ranking: list[int] = field(default_factory=list)
     study_rule: str = ""
+    variance_growth: dict[str, Any] = field(default_factory=dict)  # stream -> exponential fit of the mean variance
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,4 +109,11 @@ def layer_metrics(model: Model, positive: Sequence[str], negative: Sequence[str]
                                       strict=True)]
     out.study_ranking = study_order(both, vmax.tolist(), out.cos_means[rank_stream])[:top]
     out.study_rule = STUDY_RULE.format(stream=rank_stream)
+    from .untangling import exponential_fit, fit_layers
+
+    use = fit_layers(layers)
+    for s in streams:  # the study's near-exponential growth of the mean variance with depth, both sets averaged
+        mean_var = [(a + b) / 2 for a, b in zip(out.var_mean[s]["positive"], out.var_mean[s]["negative"],
+                                                strict=True)]
+        out.variance_growth[s] = exponential_fit(use, [mean_var[i] for i in use])
     return out

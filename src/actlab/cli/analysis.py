@@ -1,5 +1,5 @@
-"""Comparison commands: ``layers``, ``compare vectors|prompting|curvature|hessian``, ``project-vocab``,
-``diverge``."""
+"""Comparison commands: ``layers``, ``compare vectors|behaviours|prompting|curvature|hessian``,
+``project-vocab``, ``diverge``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,60 @@ def compare_vectors(
     wrote(out / "vector_comparison.json", "PNGs")
 
 
+@compare_app.command("behaviours")
+def compare_behaviours(
+    model_a: Annotated[str, typer.Argument(help="First model (e.g. the base model): hub id, folder or .gguf.",
+                                           metavar="MODEL_A", show_default=False)],
+    model_b: Annotated[str, typer.Argument(help="Second model (e.g. its chat fine-tune).", metavar="MODEL_B",
+                                           show_default=False)],
+    out: OutDir,
+    data: Annotated[list[Path], opt("--data", metavar="FILE", help="A/B dataset of one behaviour (repeat: one per "
+                                    "behaviour).")],
+    labels: Annotated[list[str] | None, opt("--label", metavar="NAME", help="Behaviour names, one per --data "
+                                            "[default: the CAA folder name or the file stem].")] = None,
+    layers: LayersOpt = None,
+    positions: Annotated[str | None, opt("--positions", metavar="POLICY", help="Read positions [default: answer, "
+                                         "the answer letter].")] = None,
+    limit: LimitOpt = None,
+    chat: ChatOpt = None,
+    batch_size: BatchOpt = 16,
+    force: Annotated[bool, opt("--force", help="Compare even when hook point / positions / family differ.")] = False,
+    overwrite: Annotated[bool, opt("--overwrite", help="Extract again the vectors a run in this folder kept.")]
+    = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemOpt = None,
+) -> None:
+    """Several behaviours on two models in one run: a vector per behaviour and model, the per-layer cosine
+    between the two models' vectors of each behaviour, and the cosines between behaviours within each model."""
+    from ..errors import InputError
+    from ..jobs.compare import behaviour_comparison
+    from ..steering.prompts import check_read_policy
+
+    for f in data:
+        checks.input_file(f, "--data file")
+    checks.output_dir(out, "--out folder")
+    if labels and len(labels) != len(data):
+        raise InputError(f"{len(labels)} --label names for {len(data)} --data files; give one per file (or none)")
+    for name in labels or []:
+        checks.plain_name(name, "--label")
+    checks.layer_syntax(layers)
+    if positions is not None:
+        check_read_policy(positions)
+    checks.positive(limit, "--limit")
+    checks.positive(batch_size, "--batch-size")
+    res = behaviour_comparison(model_a, model_b, data, out, labels=labels or (), layers=layers, limit=limit,
+                               positions=positions, chat=chat, batch_size=batch_size, force=force,
+                               overwrite=overwrite,
+                               load=lambda name: load(name, dtype, device, device_map=device_map,
+                                                      max_memory=max_memory))
+    for label, per_layer in res["cross_model"].items():
+        console.print(f"{label}, {res['models'][0]} vs {res['models'][1]}: " + ", ".join(
+            f"L{k} {c:.3f}" for k, c in per_layer.items()), highlight=False)
+    wrote(out / "behaviours.json", "vector_comparison.json", "vectors/", "PNGs")
+
+
 def layers_cmd(
     model: ModelArg,
     out: OutDir,
@@ -88,6 +142,8 @@ def layers_cmd(
     pca: Annotated[str | None, opt("--pca", metavar="LAYERS", help="Also draw the dataset: the PCA of the two "
                                    "sets' activations at these layers (all, 4, 4,8, 4-12:2), coloured by set.")]
     = None,
+    untangle: Annotated[bool, opt("--untangle", help="Also per layer: a linear probe's held-out accuracy, pairwise "
+                                  "distances and their growth with depth (untangling.json).")] = False,
     chat: ChatOpt = None,
     batch_size: BatchOpt = 16,
     dtype: DtypeOpt = None,
@@ -119,14 +175,24 @@ def layers_cmd(
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     pos, neg, special = contrast_prompts(m, chat=chat, sets=sets)
     res = layer_selection(m, pos, neg, out, streams=stream_list, positions=positions, batch_size=batch_size,
-                          top_k=top_k, add_special_tokens=special, pca_layers=pca)
+                          top_k=top_k, add_special_tokens=special, pca_layers=pca, untangle=untangle)
     console.print(f"recommended layers: {res['recommended']} (rule: {res['rule']})", highlight=False)
     console.print(f"the control-vectors study's order: {res['study_ranking']} ({res['study_rule']})", highlight=False)
     if res.get("pca"):
         console.print("dataset PCA, separation of the two sets per layer: " + ", ".join(
             f"{r['layer']}: {r['separation']:.2f}" for r in res["pca"]["layers"]), highlight=False)
-    wrote(out / "layer_metrics.json", "layer_metrics.png", *(["dataset_pca.json", "dataset_pca.png"]
-                                                               if res.get("pca") else []))
+    growth = res["variance_growth"].get(res["streams"][-1])
+    if growth:
+        console.print(f"mean variance grows x{growth['growth']:.3f} per layer (log-linear fit, R2 {growth['r2']:.2f}, "
+                      f"layers {growth['layers'][0]}-{growth['layers'][-1]})", highlight=False)
+    if res.get("untangling"):
+        u = res["untangling"]
+        console.print("held-out linear separability per layer: " + ", ".join(
+            f"{r['layer']}: {r['test_accuracy']:.2f}" if r["test_accuracy"] is not None else f"{r['layer']}: -"
+            for r in u["layers"]), highlight=False)
+    wrote(out / "layer_metrics.json", "layer_metrics.png",
+          *(["dataset_pca.json", "dataset_pca.png"] if res.get("pca") else []),
+          *(["untangling.json", "untangling.png"] if res.get("untangling") else []))
 
 
 def project_vocab(

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,7 +28,11 @@ from ..errors import InputError
 from ..hooks.points import HookPoint, parse_layers
 from ..report.figures import cross_model_plot, divergence_plot, layer_cosine_heatmap, layer_metrics_plot, pca_plot
 from ..runs import Run, write_json
+from ..steering.vector import SteeringVector
 from .common import ModelLike, VectorLike, as_model, as_vector, name_of
+
+if TYPE_CHECKING:
+    from ..models.model import Model
 
 
 def _slug(s: str) -> str:
@@ -50,40 +54,124 @@ def vector_comparison(out: str | os.PathLike[str], vectors: Sequence[VectorLike]
                               for k, v in enumerate(vectors)]
     versus_labels = list(versus_labels) or [Path(str(v)).stem if not hasattr(v, "vectors") else f"versus{k}"
                                             for k, v in enumerate(versus)]
-    everything, names = [*vs, *other], [*labels, *versus_labels]
-    config = {"vectors": [name_of(v) for v in vectors], "versus": [name_of(v) for v in versus], "labels": names,
-              "force": force}
+    config = {"vectors": [name_of(v) for v in vectors], "versus": [name_of(v) for v in versus],
+              "labels": [*labels, *versus_labels], "force": force}
     with Run(out, "compare vectors", config) as run:
-        differences = check_comparable(everything, names, force=force,
-                                       keys=("point", "d", "n_layers", "model_family", "positions"))
-        result: dict[str, Any] = {"kind": "vector_comparison", "vectors": names, "forced_differences": differences,
-                                  "layer_cosine": {}, "cross_model": {}}
-        for v, name in zip(everything, names, strict=True):
-            mat = layer_cosine_matrix(v)
-            result["layer_cosine"][name] = {"layers": v.layers,
-                                            "matrix": [[round(float(x), 6) for x in r] for r in mat]}
-            layer_cosine_heatmap(mat.numpy(), v.layers, f"{name}: cosine between layers",
-                                 out / f"vector_comparison_layers_{_slug(name)}.png")
-        if other:
-            for a, b, la, lb in zip(vs, other, labels, versus_labels, strict=True):
-                result["cross_model"][f"{la} vs {lb}"] = cross_model_cosine(a, b, force=force)
-            cross_model_plot(result["cross_model"], out / "vector_comparison_cross_model.png")
-        model_of = [str(v.meta.get("model", name)) for v, name in zip(everything, names, strict=True)]
-        tensors, groups, layers = [], [], []
-        for v, name, model in zip(everything, names, model_of, strict=True):
-            for k in v.layers:
-                tensors.append(v[k])
-                groups.append(f"{model} ({name})" if len(set(model_of)) > 1 else name)
-                layers.append(k)
-        if len(tensors) >= 2:
-            proj = pca_2d(tensors, groups, layers)
-            result["pca"] = {"normalisation": proj.normalisation, "explained": proj.explained,
-                             "points": [{"group": g, "layer": k, "x": float(x), "y": float(y)}
-                                        for g, k, (x, y) in zip(groups, layers, proj.coords.tolist(), strict=True)]}
-            pca_plot(proj, out / "vector_comparison_pca.png")
-        write_json(out / "vector_comparison.json", result)
+        result = _compare_vectors(out, vs, labels, other, versus_labels, force=force)
         run.results = {"cross_model": result["cross_model"]}
     return result
+
+
+def _compare_vectors(out: Path, vs: Sequence[SteeringVector], labels: Sequence[str], other: Sequence[SteeringVector],
+                     versus_labels: Sequence[str], *, force: bool = False) -> dict[str, Any]:
+    """:func:`vector_comparison`'s computation and files, inside the caller's run."""
+    everything, names = [*vs, *other], [*labels, *versus_labels]
+    differences = check_comparable(everything, names, force=force,
+                                   keys=("point", "d", "n_layers", "model_family", "positions"))
+    result: dict[str, Any] = {"kind": "vector_comparison", "vectors": names, "forced_differences": differences,
+                              "layer_cosine": {}, "cross_model": {}}
+    for v, name in zip(everything, names, strict=True):
+        mat = layer_cosine_matrix(v)
+        result["layer_cosine"][name] = {"layers": v.layers,
+                                        "matrix": [[round(float(x), 6) for x in r] for r in mat]}
+        layer_cosine_heatmap(mat.numpy(), v.layers, f"{name}: cosine between layers",
+                             out / f"vector_comparison_layers_{_slug(name)}.png")
+    if other:
+        for a, b, la, lb in zip(vs, other, labels, versus_labels, strict=True):
+            result["cross_model"][f"{la} vs {lb}"] = cross_model_cosine(a, b, force=force)
+        cross_model_plot(result["cross_model"], out / "vector_comparison_cross_model.png")
+    model_of = [str(v.meta.get("model", name)) for v, name in zip(everything, names, strict=True)]
+    tensors, groups, layers = [], [], []
+    for v, name, model in zip(everything, names, model_of, strict=True):
+        for k in v.layers:
+            tensors.append(v[k])
+            groups.append(f"{model} ({name})" if len(set(model_of)) > 1 else name)
+            layers.append(k)
+    if len(tensors) >= 2:
+        proj = pca_2d(tensors, groups, layers)
+        result["pca"] = {"normalisation": proj.normalisation, "explained": proj.explained,
+                         "points": [{"group": g, "layer": k, "x": float(x), "y": float(y)}
+                                    for g, k, (x, y) in zip(groups, layers, proj.coords.tolist(), strict=True)]}
+        pca_plot(proj, out / "vector_comparison_pca.png")
+    write_json(out / "vector_comparison.json", result)
+    return result
+
+
+def behaviour_label(path: str | os.PathLike[str]) -> str:
+    """A behaviour's name from its dataset file: the folder for CAA's generic file names
+    (``caa/generate/sycophancy/generate_dataset.json`` -> ``sycophancy``), else the file's stem."""
+    p = Path(path)
+    generic = p.stem.startswith(("generate_dataset", "test_dataset", "dataset"))
+    return p.parent.name if generic and p.parent.name else p.stem
+
+
+def behaviour_comparison(model_a: ModelLike, model_b: ModelLike, datasets: Sequence[str | os.PathLike[str]],
+                         out: str | os.PathLike[str], *, labels: Sequence[str] = (),
+                         layers: str | Iterable[int] | None = None, limit: int | None = None,
+                         positions: str | None = None, point: str = "resid_post", chat: bool | None = None,
+                         batch_size: int = 16, force: bool = False, overwrite: bool = False,
+                         load: Callable[[ModelLike], Model] = as_model) -> dict[str, Any]:
+    """Several behaviours on two models in one run (the base-vs-chat note): a mean-difference vector per
+    behaviour (A/B datasets) and model in ``vectors/``, then :func:`vector_comparison`'s files (per-layer
+    cross-model cosine per behaviour, layer heatmaps, normalised PCA) and ``behaviours.json``: per model and
+    layer, the cosines between behaviours. One model is loaded at a time (``load``); each finished vector is
+    kept and a re-run skips it (the folder's resume record)."""
+    from ..analysis.similarity import cosine
+    from .steering import extract_vector, read_contrast
+
+    out = Path(out)
+    if not datasets:
+        raise InputError("no behaviour datasets to compare")
+    labels = list(labels) or [behaviour_label(d) for d in datasets]
+    if len(labels) != len(datasets):
+        raise InputError(f"{len(labels)} labels for {len(datasets)} datasets; give one per dataset (or none)")
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise InputError(f"two datasets are both called {dup[0]!r}; name them with --label")
+    contrast = [read_contrast(d, format="ab", limit=limit) for d in datasets]  # before any model loads
+    names = {"A": name_of(model_a), "B": name_of(model_b)}
+    config = {"model_a": names["A"], "model_b": names["B"], "datasets": [str(d) for d in datasets],
+              "labels": labels, "layers": layers if isinstance(layers, (str, type(None))) else list(layers),
+              "limit": limit, "positions": positions, "point": point, "chat": chat, "force": force}
+    vec_dir = out / "vectors"
+    with Run(out, "compare behaviours", config) as run:
+        from ..runs import Resume
+
+        resume = Resume(out, "compare behaviours", {k: v for k, v in config.items() if k != "force"},
+                        overwrite=overwrite)
+        vecs: dict[str, list[SteeringVector]] = {"A": [], "B": []}
+        for tag, spec in (("A", model_a), ("B", model_b)):
+            m = None
+            for label, cd in zip(labels, contrast, strict=True):
+                path = vec_dir / f"{tag}_{_slug(label)}.safetensors"
+                if resume.done(f"{tag} {label}") and path.is_file():
+                    vecs[tag].append(SteeringVector.load(path))
+                    continue
+                m = m or load(spec)
+                vec_dir.mkdir(parents=True, exist_ok=True)
+                vecs[tag].append(extract_vector(m, cd, path, layers=layers, positions=positions, point=point,
+                                                chat=chat, batch_size=batch_size))
+                resume.mark(f"{tag} {label}")
+            del m
+        short_b = names["B"].rstrip("/").split("/")[-1]
+        result = _compare_vectors(out, vecs["A"], labels, vecs["B"], [f"{x} ({short_b})" for x in labels],
+                                  force=force)
+        within: dict[str, Any] = {}
+        for tag in ("A", "B"):
+            common = sorted(set.intersection(*(set(v.layers) for v in vecs[tag])))
+            within[names[tag]] = {str(k): [[round(cosine(a[k], b[k]), 6) for b in vecs[tag]] for a in vecs[tag]]
+                                  for k in common}
+        summary = {"kind": "behaviour_comparison", "models": [names["A"], names["B"]], "behaviours": labels,
+                   "datasets": [str(d) for d in datasets], "n_items": [len(cd.items) for cd in contrast],
+                   "cross_model": {label: result["cross_model"][f"{label} vs {label} ({short_b})"]
+                                   for label in labels},
+                   "between_behaviours": within,
+                   "vectors": {tag: [str(vec_dir / f"{tag}_{_slug(x)}.safetensors") for x in labels]
+                               for tag in ("A", "B")}}
+        write_json(out / "behaviours.json", summary)
+        run.results = {"cross_model_mean": {label: sum(c.values()) / len(c) for label, c in
+                                            summary["cross_model"].items() if c}}
+    return summary
 
 
 @dataclass
@@ -141,16 +229,18 @@ def contrast_prompts(model: ModelLike, *, positive: str | os.PathLike[str] | Non
 def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
                     *, streams: Sequence[str] = ("resid_pre", "resid_mid"), positions: str = "last",
                     batch_size: int = 16, top_k: int = 5, progress: Callable[[int], None] | None = None,
-                    add_special_tokens: bool = True, pca_layers: str | Iterable[int] | None = None
-                    ) -> dict[str, Any]:
+                    add_special_tokens: bool = True, pca_layers: str | Iterable[int] | None = None,
+                    untangle: bool = False) -> dict[str, Any]:
     """Layer-selection metrics from two contrastive prompt sets and the recommended layers
     (``add_special_tokens=False`` for prompts that already hold them, e.g. chat-templated ones). With
     ``pca_layers``, also the PCA of the two sets' activations at those layers (``dataset_pca.json`` + figure):
-    the dataset seen layer by layer, coloured by class."""
+    the dataset seen layer by layer, coloured by class. With ``untangle``, per layer the held-out accuracy of a
+    linear probe, pairwise distances and their growth with depth (``untangling.json`` + figure)."""
     m = as_model(model)
     config = {"model": name_of(model), "n_positive": len(positive), "n_negative": len(negative),
               "streams": list(streams), "positions": positions, "top_k": top_k,
-              "pca_layers": parse_layers(pca_layers, m.n_layers) if pca_layers is not None else None}
+              "pca_layers": parse_layers(pca_layers, m.n_layers) if pca_layers is not None else None,
+              "untangle": untangle}
     with Run(out, "layers", config) as run:
         lm = layer_metrics(m, positive, negative, streams=streams, positions=positions, batch_size=batch_size,
                            top=top_k, progress=progress, add_special_tokens=add_special_tokens)
@@ -163,6 +253,43 @@ def layer_selection(model: ModelLike, positive: Sequence[str], negative: Sequenc
             result["pca"] = dataset_pca(m, positive, negative, out, layers=config["pca_layers"],
                                         stream=lm.streams[-1], positions=positions, batch_size=batch_size,
                                         add_special_tokens=add_special_tokens)
+        if untangle:
+            result["untangling"] = untangling_job(m, positive, negative, out, stream=lm.streams[-1],
+                                                  positions=positions, batch_size=batch_size,
+                                                  add_special_tokens=add_special_tokens)
+    return result
+
+
+def _item_acts(m: Model, texts: Sequence[str], names: Sequence[str], positions: str, batch_size: int,
+               add_special_tokens: bool) -> dict[str, torch.Tensor]:
+    """One row per item at each point: the last token's activation, or (positions='tokens') the mean over its
+    tokens."""
+    pos = "last" if positions == "last" else "all"
+    batch = m.tokenize(list(texts), add_special_tokens=add_special_tokens)
+    acts = m.activations(batch, list(names), pos, batch_size=batch_size, dtype=torch.float32)
+    n_tok = batch["attention_mask"].sum(1, keepdim=True).float()  # "all" is zero-padded: a true mean
+    return {n: acts[n] if pos == "last" else acts[n].sum(1) / n_tok for n in names}
+
+
+def untangling_job(model: ModelLike, positive: Sequence[str], negative: Sequence[str], out: str | os.PathLike[str],
+                   *, stream: str = "resid_mid", positions: str = "last", batch_size: int = 16,
+                   add_special_tokens: bool = True, test_fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
+    """Every layer's probe accuracy, distances and growth fits (``analysis.untangling``), written as
+    ``untangling.json`` and ``untangling.png``."""
+    from ..analysis.untangling import untangling
+    from ..report.figures import untangling_plot
+
+    m = as_model(model)
+    layers = list(range(m.n_layers))
+    names = [HookPoint(i, stream).name for i in layers]
+    ap = _item_acts(m, positive, names, positions, batch_size, add_special_tokens)
+    an = _item_acts(m, negative, names, positions, batch_size, add_special_tokens)
+    res = untangling(layers, [ap[n] for n in names], [an[n] for n in names], test_fraction=test_fraction,
+                     seed=seed)
+    result = {"kind": "untangling", "model": m.name, "stream": stream, "positions": positions,
+              "n_positive": len(positive), "n_negative": len(negative), **res}
+    untangling_plot(result, Path(out) / "untangling.png")
+    write_json(Path(out) / "untangling.json", result)
     return result
 
 
@@ -176,16 +303,8 @@ def dataset_pca(model: ModelLike, positive: Sequence[str], negative: Sequence[st
 
     m = as_model(model)
     names = [HookPoint(i, stream).name for i in layers]
-    pos = "last" if positions == "last" else "all"
-
-    def read(texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """One row per item: the last token's activation, or (positions='tokens') the mean over its tokens."""
-        batch = m.tokenize(list(texts), add_special_tokens=add_special_tokens)
-        acts = m.activations(batch, names, pos, batch_size=batch_size, dtype=torch.float32)
-        n_tok = batch["attention_mask"].sum(1, keepdim=True).float()  # "all" is zero-padded: a true mean
-        return {n: acts[n] if pos == "last" else acts[n].sum(1) / n_tok for n in names}
-
-    ap, an = read(positive), read(negative)
+    ap = _item_acts(m, positive, names, positions, batch_size, add_special_tokens)
+    an = _item_acts(m, negative, names, positions, batch_size, add_special_tokens)
     per_layer = [{"layer": i, "point": n, **class_pca(ap[n], an[n])} for i, n in zip(layers, names, strict=True)]
     result = {"kind": "dataset_pca", "model": m.name, "stream": stream, "positions": positions,
               "n_positive": len(positive), "n_negative": len(negative), "layers": per_layer,

@@ -3,6 +3,7 @@ candidates, fine-tuning histories."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -248,6 +249,39 @@ def curvature_plot(rows: Sequence[Mapping], path: str | os.PathLike[str], *, met
         a.set_xlabel("multiplier m")
     if title:
         fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def untangling_plot(result: Mapping, path: str | os.PathLike[str]) -> Path:
+    """Two panels over depth: the held-out probe accuracy (with chance), and the mean pairwise distance and
+    mean variance on a log scale with their exponential fits."""
+    plt = pyplot()
+    rows = result["layers"]
+    layers = [r["layer"] for r in rows]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True)
+    a1.plot(layers, [r["test_accuracy"] if r["test_accuracy"] is not None else float("nan") for r in rows],
+            marker=".", label="held-out accuracy")
+    a1.plot(layers, [r["train_accuracy"] if r["train_accuracy"] is not None else float("nan") for r in rows],
+            marker=".", ls="--", alpha=0.6, label="train accuracy")
+    chance = [r["chance"] for r in rows if r["chance"] is not None]
+    if chance:
+        a1.axhline(chance[0], color="grey", lw=0.8, ls=":", label="chance")
+    a1.set_ylabel("linear probe accuracy")
+    a1.legend(fontsize=7)
+    for key, label, fit_key in (("distance", "mean pairwise distance", "distance_growth"),
+                                ("mean_variance", "mean feature variance", "variance_growth")):
+        ys = [r["distance"]["all"] if key == "distance" else r["mean_variance"] for r in rows]
+        line = a2.plot(layers, ys, marker=".", label=label)[0]
+        fit = result.get(fit_key)
+        if fit:
+            xs = fit["layers"]
+            a2.plot(xs, [math.exp(fit["intercept"] + fit["log_slope"] * x) for x in xs], ls=":",
+                    color=line.get_color(), label=f"fit: x{fit['growth']:.2f} per layer, R2 {fit['r2']:.2f}")
+    a2.set_yscale("log")
+    a2.set_xlabel("layer")
+    a2.legend(fontsize=7)
+    _integer_ticks(a2.xaxis)
+    fig.suptitle(f"how the layers untangle the two sets ({result.get('stream', '')})", fontsize=9)
     return save_figure(fig, path)
 
 

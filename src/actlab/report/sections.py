@@ -174,6 +174,59 @@ def layer_metrics(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     if obj.get("study_ranking"):
         rows.append(["study's order", ", ".join(map(str, obj["study_ranking"])), obj.get("study_rule", "")])
     page.table(["ranking", "layers", "rule"], rows)
+    growth = obj.get("variance_growth")
+    if isinstance(growth, Mapping) and any(isinstance(g, Mapping) for g in growth.values()):
+        page.table(["stream", "mean variance grows per layer", "R2 of log-linear fit", "layers fitted"],
+                   [[s, f"x{g['growth']:.3f}", _f(g["r2"]), f"{g['layers'][0]}-{g['layers'][-1]}"]
+                    for s, g in growth.items() if isinstance(g, Mapping)])
+    details(page, obj, ctx.path.name)
+
+
+def behaviour_comparison(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "vector_comparison_cross_model.png")
+    a, b = obj["models"]
+    how(page, f"One mean-difference vector per behaviour on each model ({a} and {b}). First table: per "
+              "behaviour, the cosine between the two models' vectors at each layer (1 = the fine-tune kept the "
+              "direction). Second: within each model, the mean cosine between different behaviours' vectors per "
+              "layer (high = the behaviours share a direction there). Layer heatmaps and the PCA are in "
+              "vector_comparison.json's section.")
+    rows = []
+    for label, per in obj["cross_model"].items():
+        vals = {int(k): float(v) for k, v in per.items()}
+        lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
+        rows.append([label, _f(sum(vals.values()) / len(vals)), f"{_f(vals[lo])} (L{lo})", f"{_f(vals[hi])} (L{hi})"])
+    page.table(["behaviour", "mean cosine across models", "lowest", "highest"], rows)
+    within = obj.get("between_behaviours", {})
+    if len(obj["behaviours"]) > 1 and all(isinstance(within.get(x), Mapping) for x in (a, b)):
+        def mean_off(mat: Sequence[Sequence[float]]) -> float:
+            n = len(mat)
+            return sum(mat[i][j] for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        layers = sorted(set(within[a]) & set(within[b]), key=int)
+        page.table(["layer", f"between behaviours, {a}", f"between behaviours, {b}"],
+                   [[k, _f(mean_off(within[a][k])), _f(mean_off(within[b][k]))] for k in layers])
+    details(page, obj, ctx.path.name)
+
+
+def untangling(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "untangling.png")
+    how(page, "Does depth untangle the two sets? Per layer, a linear probe's accuracy on held-out items "
+              f"({obj.get('test_fraction', 0.25):.0%} of each set, trained on the rest), the mean distance between "
+              "items (all pairs, within a set, across sets) and the mean feature variance. The growth rows fit "
+              "log(value) = a + b * layer: exp(b) is the factor per layer; an R2 near 1 is the near-exponential "
+              "growth the control-vectors study reports.")
+    fits = [[name, f"x{g['growth']:.3f}", _f(g["r2"])] for name, g in (
+        ("mean pairwise distance", obj.get("distance_growth")), ("mean variance", obj.get("variance_growth")))
+            if isinstance(g, Mapping)]
+    if fits:
+        page.table(["quantity", "growth per layer", "R2"], fits)
+    page.table(["layer", "held-out accuracy", "train accuracy", "chance", "distance (all)", "within", "between",
+                "between / within"],
+               [[count(r["layer"]), _f(r["test_accuracy"]), _f(r["train_accuracy"]), _f(r["chance"]),
+                 _f(r["distance"]["all"]), _f(r["distance"]["within"]), _f(r["distance"]["between"]),
+                 _f(r["distance"]["between_over_within"])] for r in obj["layers"]])
+    small = min(obj.get("n_positive", 0), obj.get("n_negative", 0))
+    if small < 20:
+        warn(page, f"only {small} items in the smaller set: the held-out accuracy rests on a handful of test items")
     details(page, obj, ctx.path.name)
 
 
@@ -566,8 +619,11 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: p.stem == "lens" and isinstance(o, Mapping) and "prompts" in o, lens),
     (lambda p, o: p.name == "sweep.json" and isinstance(o, Mapping) and {"config", "cells"} <= set(o), sweep),
     (lambda p, o: _kind(o) == "vector_comparison", vector_comparison),
+    (lambda p, o: _kind(o) == "behaviour_comparison" and isinstance(o.get("cross_model"), Mapping),
+     behaviour_comparison),
     (lambda p, o: _kind(o) == "layer_metrics", layer_metrics),
     (lambda p, o: _kind(o) == "dataset_pca", dataset_pca),
+    (lambda p, o: _kind(o) == "untangling" and isinstance(o.get("layers"), list), untangling),
     (lambda p, o: _kind(o) == "prompting" and isinstance(o.get("per_layer"), list), prompting),
     (lambda p, o: _kind(o) == "curvature" and isinstance(o.get("rows"), list), curvature),
     (lambda p, o: _kind(o) == "hessian" and isinstance(o.get("eigenvalues"), list), hessian),
