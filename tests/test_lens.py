@@ -130,3 +130,43 @@ def test_lens_of_a_steered_or_ablated_run_from_the_cli(stories260k, tmp_path, ca
     assert code == 2 and "--vector" in err
     code, _, err = run([*base, "--vector", str(vpath), "--positions", "generated"], capsys)
     assert code == 2 and "generated steers nothing" in err
+
+
+def test_lens_of_a_mixed_run_from_the_cli(stories260k, tmp_path, capsys):
+    """Issue 25: `lens --mix-source` reads the run `steer mix` makes: the source prompt's last-token activation at
+    the point, scaled, added at every prompt token - checked against a raw transformers forward hook that adds the
+    source's hidden state by hand."""
+    from test_cli import run
+
+    m = stories260k
+    prompt, source, target = "Once upon a time there was", "The little dog ran to the park", " a"
+    out = tmp_path / "mixed.json"
+    code, _, err = run(["lens", "stories260k", "-p", prompt, "--target", target, "--points", "resid_post",
+                        "--mix-source", source, "--mix-point", "blocks.2.resid_post", "--mix-scale", "3",
+                        "--json", str(out)], capsys)
+    assert code == 0, err
+    d = json.loads(out.read_text())
+    got = torch.tensor([e["target_prob"] for e in d["prompts"][0]["points"]["resid_post"]])
+    assert d["interventions"][0]["kind"] == "mix"
+    with torch.no_grad():
+        src = m.hf(**m.tokenize(source), output_hidden_states=True).hidden_states[3][0, -1]
+
+        def add(_mod, _inp, output):
+            if isinstance(output, tuple):
+                return (output[0] + 3 * src, *output[1:])
+            return output + 3 * src
+
+        h = m.hf.model.layers[2].register_forward_hook(add)
+        try:
+            hs = m.hf(**m.tokenize(prompt), output_hidden_states=True).hidden_states
+        finally:
+            h.remove()
+    tid = m.tokenizer(target, add_special_tokens=False)["input_ids"][0]
+    for layer in range(m.n_layers - 1):  # the last hidden state is after the final norm
+        # transformers records a layer's output before user forward hooks run: add the mix at its own layer
+        h_last = hs[layer + 1][0, -1] + (3 * src if layer == 2 else 0)
+        ref = m.unembed(h_last[None])[0].float().softmax(-1)[tid]
+        assert float(got[layer]) == pytest.approx(float(ref), abs=1e-5), layer
+    assert float(got[1]) != pytest.approx(float(got[2]), abs=1e-3)
+    code, _, err = run(["lens", "stories260k", "-p", prompt, "--mix-point", "blocks.2.resid_post"], capsys)
+    assert code == 2 and "--mix-source" in err

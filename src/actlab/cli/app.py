@@ -5,7 +5,7 @@ diverge, acts, sae, finetune, lfp, report), and the foundation commands ``info``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperArgument
@@ -83,6 +83,35 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
     console.print(f"({len(m.hook_points)} in all)")
 
 
+def _lens_mix(source: str | None, point: str | None, scale: float, position: str, positions: str, chat: bool
+              ) -> Any:
+    """The lens's --mix-* options as a Mix intervention (or None), checked before the model loads."""
+    from ..errors import InputError
+
+    if source is None:
+        if point is not None:
+            raise InputError("--mix-point says where --mix-source is added; give --mix-source too")
+        return None
+    if not source.strip():
+        raise InputError("--mix-source is empty; give the prompt to mix in")
+    if point is None:
+        raise InputError("--mix-source needs --mix-point (e.g. blocks.1.resid_post)")
+    checks.point_syntax(point)
+    checks.finite(scale, "--mix-scale")
+    if positions == "generated":
+        raise InputError("--positions generated mixes nothing in the lens's one forward over the prompt; use auto, "
+                         "all or from_eoi")
+    pos: int | str = position
+    if position != "mean":
+        try:
+            pos = int(position)
+        except ValueError:
+            raise InputError(f"--mix-position must be a token index (e.g. -1) or 'mean', not {position!r}") from None
+    from ..steering.apply import Mix
+
+    return Mix(source, point, scale, position=pos, positions=positions, chat=chat)
+
+
 @app.command()
 def lens(
     model: ModelArg,
@@ -116,14 +145,22 @@ def lens(
                                        "direction (e.g. runs/refusal/direction.safetensors; a multi-layer vector: "
                                        "its first layer) out of every block's input and attention/MLP output.")]
     = None,
+    mix_source: Annotated[str | None, opt("--mix-source", metavar="TEXT", help="Read a mixed run: add this "
+                                          "prompt's activation at --mix-point (as `steer mix` does).")] = None,
+    mix_point: Annotated[str | None, opt("--mix-point", metavar="POINT", help="With --mix-source: the hook point "
+                                         "(e.g. blocks.1.resid_post).")] = None,
+    mix_scale: Annotated[float, opt("--mix-scale", metavar="X", help="With --mix-source: the multiple added.")]
+    = 1.0,
+    mix_position: Annotated[str, opt("--mix-position", metavar="INDEX", help="With --mix-source: the source "
+                                     "token read (-1 = the last) or 'mean'.")] = "-1",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """Logit lens: decode hook points through the final norm and unembedding, layer by layer (of a steered or
-    ablated run with --vector / --ablate)."""
+    """Logit lens: decode hook points through the final norm and unembedding, layer by layer (of a steered,
+    ablated or mixed run with --vector / --ablate / --mix-source)."""
     from rich.table import Table
 
     from ..jobs.lenses import DEFAULT_POINTS
@@ -160,6 +197,7 @@ def lens(
             raise InputError("--positions generated steers nothing in the lens's one forward over the prompt; use "
                              "auto, all or from_eoi")
     direction = _vector(ablate, 1.0, "--ablate") if ablate is not None else None
+    mixing = _lens_mix(mix_source, mix_point, mix_scale, mix_position, positions, chat)
     from ..tuned_lens import parse_lens
 
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
@@ -174,6 +212,8 @@ def lens(
 
         direction.check_fits(m)
         edits.append(ProjectOut(direction[direction.layers[0]], source=direction.provenance()))
+    if mixing is not None:
+        edits.append(mixing)
     tuned = parse_lens(lens_spec, m)  # read once, for the lens and the grid
     res = run_lens(m, prompt, points=pts, position=position, top_k=top_k, target=target, chat=chat,
                    json_out=json_out, html_out=html_out, lens=tuned, edits=edits)

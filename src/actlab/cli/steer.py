@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -284,14 +284,25 @@ def mix(
     positions: Annotated[str, opt("--positions", metavar="POLICY", help=STEER_HELP)] = "auto",
     max_new_tokens: MaxNewOpt = 40,
     chat: ChatOpt = None,
-    out: Annotated[Path | None, opt("--out", metavar="DIR", help="Also write a run folder with mix.json.")] = None,
+    out: Annotated[Path | None, opt("--out", metavar="DIR", help="Also write a run folder with mix.json "
+                                    "(mix_sweep.json with --sweep-layers).")] = None,
+    sweep_layers: Annotated[str | None, opt("--sweep-layers", metavar="LAYERS", help="Mix at each of these layers "
+                                            "in turn (--point is then a kind, e.g. resid_post) and recommend the "
+                                            "first where the source's concept decodes under the logit lens.")]
+    = None,
+    concept: Annotated[str | None, opt("--concept", metavar="TOKEN", help="With --sweep-layers: the concept token "
+                                       "(one token, e.g. ' Paris') [default: the source's own next-token "
+                                       "prediction].")] = None,
+    top_k: Annotated[int, opt("--top-k", metavar="K", help="With --sweep-layers: the concept 'decodes' once it is "
+                              "in the lens's top K.")] = 5,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     gguf_file: GgufOpt = None,
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """Activation mixing: add another prompt's activation at a hook point and compare generations."""
+    """Activation mixing: add another prompt's activation at a hook point and compare generations (at one
+    point, or at every layer of --sweep-layers with the logit lens's layer recommendation)."""
     from rich.table import Table
 
     from ..errors import InputError
@@ -299,7 +310,18 @@ def mix(
 
     if not source.strip():
         raise InputError("--source is empty; give the prompt to mix in")
-    checks.point_syntax(point)
+    if sweep_layers is not None:
+        from ..hooks.points import block_kind
+
+        if point.startswith("blocks."):
+            raise InputError(f"with --sweep-layers, --point is a kind (e.g. resid_post), not {point!r}")
+        block_kind(point)
+        checks.layer_syntax(sweep_layers, "--sweep-layers")
+        checks.positive(top_k, "--top-k")
+    else:
+        if concept is not None:
+            raise InputError("--concept names what --sweep-layers looks for; give --sweep-layers too")
+        checks.point_syntax(point)
     checks.finite(scale, "--scale")
     pos: int | str = position
     if position != "mean":
@@ -313,6 +335,10 @@ def mix(
     _prompts(prompt)
     m = load(model, dtype, device, gguf_file, device_map=device_map, max_memory=max_memory)
     checks.generation_length(m, max_new_tokens)
+    if sweep_layers is not None:
+        _mix_sweep(m, source, point, prompt, sweep_layers, scale, pos, positions, chat, concept, top_k,
+                   max_new_tokens, out)
+        return
     res = mix_generate(m, source, point, prompt, scale=scale, position=pos, positions=positions, chat=chat,
                        max_new_tokens=max_new_tokens, out=out)
     table = Table(title=f"mixing {source!r} at {point} (token {position}) x{scale:g}, positions={positions}",
@@ -325,6 +351,36 @@ def mix(
     console.print(table)
     if out:
         wrote(out / "mix.json")
+
+
+def _mix_sweep(m: Any, source: str, kind: str, prompts: list[str], layers: str, scale: float, position: int | str,
+               positions: str, chat: bool | None, concept: str | None, top_k: int, max_new_tokens: int,
+               out: Path | None) -> None:
+    from rich.table import Table
+
+    from ..hooks.points import parse_layers as parse
+    from ..jobs.steering import mix_sweep
+
+    target: str | int | None = concept
+    if concept is not None and concept.lstrip("-").isdigit():
+        target = int(concept)
+    res = mix_sweep(m, source, kind, prompts, layers=parse(layers, m.n_layers, what="--sweep-layers"), scale=scale,
+                    position=position, positions=positions, chat=chat, concept=target, top_k=top_k,
+                    max_new_tokens=max_new_tokens, out=out)
+    table = Table(title=f"mixing {source!r} at {kind} x{scale:g}, layer by layer; concept "
+                        f"{res['concept']['token']!r}", show_lines=False)
+    for col in ("layer", "lens rank", "p(concept) mixed", "unmixed", "first mixed generation"):
+        table.add_column(col)
+    for r in res["layers"]:
+        table.add_row(str(r["layer"]), str(r["lens_rank"]), f"{r['concept_prob_mixed']:.3f}",
+                      f"{r['concept_prob_unmixed']:.3f}", r["generations"][0])
+    console.print(table)
+    rec = res["recommended_layer"]
+    console.print(f"recommended mixing layer: {rec} ({res['rule']})" if rec is not None else
+                  f"no layer recommended: {res['concept']['token']!r} never reaches the lens's top {top_k}",
+                  highlight=False)
+    if out:
+        wrote(out / "mix_sweep.json", "mix_sweep.png")
 
 
 @app.command()

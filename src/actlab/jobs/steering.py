@@ -237,3 +237,84 @@ def mix_generate(model: ModelLike, source: str, point: str, prompts: Sequence[st
         res = run_all()
         write_json(Path(out) / "mix.json", res)
     return res
+
+
+def mix_sweep(model: ModelLike, source: str, kind: str, prompts: Sequence[str], *,
+              layers: str | Iterable[int] | None = None, scale: float = 1.0, position: int | str = -1,
+              positions: str = "auto", chat: bool | None = None, concept: str | int | None = None, top_k: int = 5,
+              max_new_tokens: int = 24, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Activation mixing at every layer of ``layers`` in turn (hook-point ``kind``, e.g. ``resid_post``), with
+    the logit lens's layer recommendation: mix where the source's concept first decodes.
+
+    The concept is a token (``concept``; default: the source prompt's own next-token prediction). Per layer:
+    the logit lens of the activation that is mixed in (its rank and probability for the concept: where the
+    source "says" it), the concept's next-token probability on each prompt with and without the mix, the share
+    of mixed generations that contain it, and the generations. The recommended layer is the first whose
+    mixed-in activation has the concept in its lens top ``top_k``."""
+    import torch
+
+    from ..hooks.points import HookPoint, block_kind
+    from ..lens import LogitLens, resolve_target
+    from ..steering.apply import Mix, record_activation
+
+    m = as_model(model)
+    block_kind(kind)
+    lay = parse_layers(layers, m.n_layers) or list(range(m.n_layers))
+    style = resolve_style(m, chat)
+    texts = [format_prompt(m, p, style) for p in prompts]
+    special = style.add_special_tokens()
+    src_text = format_prompt(m, source, style)
+    if concept is None:
+        batch = m.tokenize(src_text, add_special_tokens=special)
+        cid = int(m.last_logits(**batch)[0].argmax())
+        ctok = m.tokenizer.decode([cid])
+    else:
+        cid, ctok = resolve_target(m, concept)
+    batch = m.tokenize(texts, padding_side="left", add_special_tokens=special)
+
+    def concept_prob() -> list[float]:
+        with torch.no_grad():
+            return torch.softmax(m.last_logits(**batch).float(), -1)[:, cid].tolist()
+
+    def run_all() -> dict[str, Any]:
+        base_p = concept_prob()
+        unmixed = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=special)
+        rows = []
+        for layer in lay:
+            pt = HookPoint(layer, kind)
+            LogitLens().check(pt)
+            act = record_activation(m, source, pt, reduce=position, chat=style.chat)
+            lens_logits = LogitLens().logits(m, pt, act[None].to(m.device))[0].float()
+            lens_p = torch.softmax(lens_logits, -1)
+            rank = int((lens_logits > lens_logits[cid]).sum()) + 1
+            with m.edit(Mix(source, pt, scale, position=position, positions=positions, chat=style.chat)):
+                mixed_p = concept_prob()
+                gens = m.generate_text(texts, max_new_tokens=max_new_tokens, add_special_tokens=special)
+            word = ctok.strip().lower()
+            rows.append({"layer": layer, "point": pt.name, "lens_rank": rank, "lens_prob": float(lens_p[cid]),
+                         "lens_top": m.tokenizer.decode([int(lens_logits.argmax())]),
+                         "concept_prob_unmixed": sum(base_p) / len(base_p),
+                         "concept_prob_mixed": sum(mixed_p) / len(mixed_p),
+                         "concept_in_generation": (sum(word in g.lower() for g in gens) / len(gens)) if word else None,
+                         "generations": gens})
+        first = next((r["layer"] for r in rows if r["lens_rank"] <= top_k), None)
+        return {"kind": "mix_sweep", "model": m.name, "source": source, "point_kind": kind, "scale": scale,
+                "position": position, "positions": positions, "chat": style.chat, "prompts": list(prompts),
+                "concept": {"token": ctok, "id": cid, "given": concept is not None}, "top_k": top_k,
+                "recommended_layer": first,
+                "rule": f"the first layer whose mixed-in activation has the concept in its logit-lens top {top_k}",
+                "unmixed": unmixed, "layers": rows}
+
+    if out is None:
+        return run_all()
+    config = {"model": name_of(model), "source": source, "kind": kind, "layers": lay, "scale": scale,
+              "position": position, "positions": positions, "chat": style.chat, "concept": concept,
+              "top_k": top_k, "prompts": list(prompts), "max_new_tokens": max_new_tokens}
+    with Run(out, "steer mix", config) as run:
+        res = run_all()
+        from ..report.figures import mix_sweep_plot
+
+        mix_sweep_plot(res, Path(out) / "mix_sweep.png")
+        write_json(Path(out) / "mix_sweep.json", res)
+        run.results = {"recommended_layer": res["recommended_layer"], "concept": res["concept"]["token"]}
+    return res

@@ -285,6 +285,32 @@ def untangling_plot(result: Mapping, path: str | os.PathLike[str]) -> Path:
     return save_figure(fig, path)
 
 
+def mix_sweep_plot(result: Mapping, path: str | os.PathLike[str]) -> Path:
+    """Per mixing layer: where the mixed-in activation ranks the concept under the logit lens (top), and the
+    concept's next-token probability on the prompts with and without the mix (bottom)."""
+    plt = pyplot()
+    rows = result["layers"]
+    layers = [r["layer"] for r in rows]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True)
+    a1.plot(layers, [r["lens_rank"] for r in rows], marker=".")
+    a1.set_yscale("log")
+    a1.invert_yaxis()
+    a1.axhline(result["top_k"], color="grey", lw=0.8, ls=":", label=f"top {result['top_k']}")
+    a1.set_ylabel(f"lens rank of {result['concept']['token']!r}")
+    a2.plot(layers, [r["concept_prob_mixed"] for r in rows], marker=".", label="mixed")
+    a2.plot(layers, [r["concept_prob_unmixed"] for r in rows], ls="--", label="unmixed")
+    a2.set_ylabel("p(concept) next token")
+    a2.set_xlabel("mixing layer")
+    if result.get("recommended_layer") is not None:
+        for ax in (a1, a2):
+            ax.axvline(result["recommended_layer"], color="green", lw=0.8, ls=":", label="recommended")
+    for ax in (a1, a2):
+        ax.legend(fontsize=7)
+    _integer_ticks(a2.xaxis)
+    fig.suptitle(f"mixing {result['source']!r} at {result['point_kind']} x{result['scale']:g}", fontsize=9)
+    return save_figure(fig, path)
+
+
 def dataset_pca_plot(result: Mapping, path: str | os.PathLike[str]) -> Path:
     """One scatter per layer: the two classes' items on their first two principal components."""
     plt = pyplot()

@@ -207,6 +207,26 @@ def behaviour_comparison(page: Page, obj: Mapping[str, Any], ctx: Context) -> No
     details(page, obj, ctx.path.name)
 
 
+def mix_sweep(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
+    ctx.figure(page, "mix_sweep.png")
+    concept = obj["concept"]["token"]
+    how(page, f"The source prompt's activation mixed in at one layer at a time. 'lens rank' is where the mixed-in "
+              f"activation, decoded by the logit lens, ranks the concept {concept!r} (1 = its top token): the "
+              "recommendation is the first layer where the concept decodes (rank within the top "
+              f"{obj.get('top_k')}). The probabilities are the concept's as the prompts' next token, mixed and "
+              "unmixed; 'in generation' is the share of mixed generations containing it.")
+    rec = obj.get("recommended_layer")
+    page.table(["layer", "lens rank", "lens p", "lens top", "p mixed", "p unmixed", "in generation",
+                "first generation"],
+               [[f"{r['layer']}{' (recommended)' if r['layer'] == rec else ''}", r["lens_rank"], _f(r["lens_prob"]),
+                 r["lens_top"], _f(r["concept_prob_mixed"]), _f(r["concept_prob_unmixed"]),
+                 _f(r["concept_in_generation"]), (r["generations"] or [""])[0]] for r in obj["layers"]])
+    if rec is None:
+        warn(page, f"the concept {concept!r} never reaches the lens's top {obj.get('top_k')} at the swept layers: "
+                   "no layer is recommended (sweep later layers, or name the concept with --concept)")
+    details(page, obj, ctx.path.name)
+
+
 def untangling(page: Page, obj: Mapping[str, Any], ctx: Context) -> None:
     ctx.figure(page, "untangling.png")
     how(page, "Does depth untangle the two sets? Per layer, a linear probe's accuracy on held-out items "
@@ -628,6 +648,7 @@ SECTIONS: Sequence[tuple[Callable[[Path, Any], bool], Renderer]] = [
     (lambda p, o: _kind(o) == "curvature" and isinstance(o.get("rows"), list), curvature),
     (lambda p, o: _kind(o) == "hessian" and isinstance(o.get("eigenvalues"), list), hessian),
     (lambda p, o: _kind(o) == "mix" and isinstance(o.get("generations"), list), mix),
+    (lambda p, o: _kind(o) == "mix_sweep" and isinstance(o.get("layers"), list), mix_sweep),
     (lambda p, o: _kind(o) == "vocab_projection", vocab_projection),
     (lambda p, o: _kind(o) == "divergence", divergence),
     (lambda p, o: _kind(o) == "patching" and "methods" in o, patching),
