@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -234,7 +235,6 @@ def test_rloo_method_runs(tmp_path, tinystories):
 
 def test_dialogue_task_with_rewriter_triples_and_logistic_probe(lfp_run, tmp_path, capsys):
     """A dialogue task on the tiny run's dictionaries: LLM-rewritten triples, whole-input deltas, logistic probe."""
-    import shutil
 
     root, _, _, _ = lfp_run
     run_dir = tmp_path / "dialogue"
@@ -287,7 +287,6 @@ def test_features_from_a_crosscoder_instead_of_sae_overlap(lfp_run, tmp_path, ca
     """Issue 24: `feature_source: crosscoder` - candidates are a base-vs-tuned crosscoder's tuned-only latents and
     shared latents whose decoder moved; labelled, scored and ablated (the base model reads along) like SAE
     features; the report says where they came from."""
-    import shutil
 
     root, cfg, _, _ = lfp_run
     run_dir = tmp_path / "run"
@@ -359,7 +358,6 @@ def test_layer_override_and_the_papers_strong_inputs(lfp_run, tmp_path, capsys):
     """Issue 25 (Table 12 / Table 7 of the study): `layers:` replaces the most divergent layers (the rule says so)
     and `strong_inputs: paper` counts |prediction| > 3 on the valence scale; the report warns when the strong
     inputs or the generated words behind Fig. 4 are too few."""
-    import shutil
 
     root, cfg, _, _ = lfp_run
     run_dir = tmp_path / "run"
@@ -403,3 +401,44 @@ def test_scoring_refinements_without_scoring_are_refused_at_load():
     with pytest.raises(ValidationError, match=r"explainer\.score: true"):
         ExplainerSpec(kind="openai", base_url="http://x/v1", model="m", simulate=True)
     assert ExplainerSpec(kind="openai", base_url="http://x/v1", model="m", score=True, logprobs=5).logprobs == 5
+
+
+def test_paper_settings_through_the_stages(lfp_run, tmp_path, capsys):
+    """deltas/probes/agreement/features re-run on the tiny run's dictionaries and triples with the study's
+    per-token deltas, IMDb agreement contexts and sampled 30-token completions."""
+    root, cfg, _, _ = lfp_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns(
+        "deltas", "probes", "agreement", "features", "report*"))
+    for stage in ("deltas", "probes", "agreement", "features", "report"):
+        (run_dir / ".resume" / f"lfp-{stage}.json").unlink(missing_ok=True)
+    text = cfg.read_text().replace("run_dir: run", f"run_dir: {run_dir}").split("explainer:")[0]
+    c = tmp_path / "c.yaml"
+    c.write_text(text + "explainer: {kind: none, n_features: 4}\ndelta_reduce: per_token\n"
+                 "agreement_contexts: imdb\nagreement_n_contexts: 2\nagreement_texts: 1500\n"
+                 "completions: {prefix_tokens: 30, sample: true}\nfrequency_prompts: 8\nablation_prompts: 8\n")
+    code, _, err = run(["lfp", "run", str(c)], capsys)
+    assert code == 0, err[-3000:]
+    d = json.loads((run_dir / "deltas" / "deltas.json").read_text())
+    assert d["reduce"] == "per_token"
+    ag = json.loads((run_dir / "agreement" / "agreement.json").read_text())
+    assert ag["contexts"]["kind"] == "imdb" and ag["templates"] == [] and ag["n_heldout"] > 10
+    assert 1 <= ag["contexts"]["per_word_used"]["heldout"] <= 2
+    from actlab.data import read_texts
+
+    texts = [t.replace("<br />", " ") for t in read_texts(shared_path("data", "imdb", "imdb_train_sample.csv"),
+                                                             limit=1500)]
+    triples = [json.loads(line) for line in (run_dir / "triples" / "triples.jsonl").read_text().splitlines()]
+    sources = {t["source_text"] for t in triples}
+    for w in ag["words"][:10]:  # each scored held-out word occurs in a review the triples were not cut from
+        assert any(i not in sources and re.search(rf"(?<![A-Za-z']){w['word']}(?![A-Za-z'])", t, re.I)
+                   for i, t in enumerate(texts)), w["word"]
+    assert "sampled" in ag["frequency"]["completions"] and "30-token" in ag["frequency"]["completions"]
+    fe = json.loads((run_dir / "features" / "features.json").read_text())
+    assert "sampled" in fe["ablation"]["decoding"] and fe["ablation"]["n_prompts"] == 8
+    page = (run_dir / "report.html").read_text()
+    assert "real IMDb passages" in page
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "explainer: {kind: none}\ndelta_reduce: per_token\ndelta_position: input\n")
+    code, _, err = run(["lfp", "run", str(bad)], capsys)
+    assert code == 2 and "delta_position" in err

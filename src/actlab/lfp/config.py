@@ -18,6 +18,7 @@ from ..finetune.dpo import DPOSettings
 from ..finetune.rl import RLConfig
 from ..sae.config import TrainConfig
 from ..sae.spec import DictionarySpec, SAETrainSpec
+from .completions import CompletionSpec
 
 
 class FinetuneSpec(StrictConfig):
@@ -130,10 +131,15 @@ class LFPConfig(StrictConfig):
     dictionary: str = "1x"  # which width feeds the probes (the smaller one by default)
     triples: TriplesSpec = Field(default_factory=TriplesSpec)
     delta_position: Literal["word", "input"] = "word"  # the substituted word's tokens, or all tokens
+    delta_reduce: Literal["mean_then_norm", "per_token"] = "mean_then_norm"  # the study: per-token deltas averaged
     probe_test_fraction: float = Field(0.2, gt=0, lt=1)
     probe_alpha: float = Field(1.0, gt=0)
     n_agreement_words: int = Field(300, gt=0)  # per group: held-out words and (up to as many) training words
+    agreement_contexts: Literal["templates", "imdb"] = "templates"  # 3 neutral templates, or real IMDb passages
+    agreement_n_contexts: int = Field(3, gt=0)  # with imdb: passages per word (fewer when the data has fewer)
+    agreement_texts: int = Field(5000, gt=0)  # with imdb: reviews searched (those the triples came from excluded)
     frequency_prompts: int = Field(64, ge=0)  # generations of the tuned model counted for Fig. 4
+    completions: CompletionSpec = Field(default_factory=CompletionSpec)  # how Fig. 4's and the ablations' are made
     explainer: ExplainerSpec = Field(default_factory=ExplainerSpec)
     feature_source: Literal["sae_overlap", "crosscoder"] = "sae_overlap"  # the features stage's candidates
     crosscoder: CrosscoderSpec = Field(default_factory=CrosscoderSpec)
@@ -157,6 +163,9 @@ class LFPConfig(StrictConfig):
         if self.tuned_model is None and self.finetune.method == "rl" and self.finetune.data is None \
                 and self.data is None:
             raise ValueError("finetune.method rl needs finetune.data or data (IMDb CSV for review prefixes)")
+        if self.delta_reduce == "per_token" and self.delta_position != "word":
+            raise ValueError("delta_reduce 'per_token' pairs the substituted words' tokens; it needs delta_position "
+                             "'word' (the variants' other tokens do not line up)")
         if self.triples.source != "file" and self.data is None:
             raise ValueError("the config needs data: (a text dataset such as the IMDb CSV) for the triples")
         from ..models.placement import placement
@@ -169,7 +178,9 @@ class LFPConfig(StrictConfig):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
+    # the study's Table 6: 1000 sampled completions of 30-token IMDb prefixes, for Fig. 4 and the ablations
+    "paper": {"completions": {"prefix_tokens": 30, "sample": True}, "frequency_prompts": 1000,
+              "ablation_prompts": 1000, "delta_reduce": "per_token", "agreement_contexts": "imdb"},
     "tiny": {
         "base_model": "tinystories-656k",
         "finetune": {"method": "rl", "rl": {"batch_size": 16, "num_generations": 4, "beta": 0.1, "lr": 1e-3,

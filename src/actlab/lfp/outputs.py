@@ -130,6 +130,7 @@ class DeltaSummary(Output):
     mean_delta_neg: float = 0.0
     scale: float = 0.0
     layers: list[int] = field(default_factory=list)
+    reduce: str = "mean_then_norm"  # codes averaged over the word's tokens, then the norm; or per_token
 
 
 class TensorFile(StageFile):
@@ -232,6 +233,7 @@ class Agreement(Output):
     error_definition: str = ""
     frequency: dict[str, Any] = field(default_factory=dict)
     templates: list[str] = field(default_factory=list)
+    contexts: dict[str, Any] = field(default_factory=dict)  # where each word was read: templates or IMDb passages
     words: list[dict[str, Any]] = field(default_factory=list)
     train_words: list[dict[str, Any]] = field(default_factory=list)
     kendall_tau: float = float("nan")

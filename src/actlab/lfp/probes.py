@@ -4,7 +4,8 @@
   substituted word's tokens (or all tokens), concatenated across layers.
 - Deltas: ``||F(pos) - F(neu)||`` for the positive variant and ``-||F(neg) - F(neu)||`` for the negative one
   (neutral: 0), scaled into the per-word reward range ``[-0.8, 0.8]`` (a lexicon valence in [-4, 4] / 5) by
-  the largest absolute delta.
+  the largest absolute delta. ``per_token``: the norm at each token (pair) first, then the mean
+  (:func:`per_token_deltas`).
 - Probes: ridge-regularised linear regression from features to scaled deltas (sentiment), or logistic
   regression positive-vs-negative (dialogue tasks); held out by triple; an untrained Xavier-initialised
   linear probe is the baseline.
@@ -44,13 +45,14 @@ def token_positions(model: Model, text: str, span: Sequence[int] | None) -> list
 
 
 @torch.no_grad()
-def sae_features(model: Model, saes: dict[int, SparseAutoencoder], texts: Sequence[str],
-                 spans: Sequence[Sequence[int] | None], *, point: str = "mlp_out", batch_size: int = 16
-                 ) -> torch.Tensor:
-    """``[n, sum of d_sae]``: per text, dictionary codes averaged over its positions, concatenated by layer."""
+def sae_token_codes(model: Model, saes: dict[int, SparseAutoencoder], texts: Sequence[str],
+                    spans: Sequence[Sequence[int] | None], *, point: str = "mlp_out", batch_size: int = 16
+                    ) -> list[torch.Tensor]:
+    """Per text ``[its positions, sum of d_sae]``: dictionary codes at each token of its span (all tokens when
+    the span is None), concatenated by layer."""
     layers = sorted(saes)
     names = [HookPoint(i, point).name for i in layers]
-    out = []
+    out: list[torch.Tensor] = []
     for s in range(0, len(texts), batch_size):
         chunk = list(texts[s:s + batch_size])
         pos = [token_positions(model, t, sp) for t, sp in zip(chunk, spans[s:s + batch_size], strict=True)]
@@ -60,23 +62,46 @@ def sae_features(model: Model, saes: dict[int, SparseAutoencoder], texts: Sequen
             mask[b, p] = True
         acts = model.activations(batch, names, positions=mask)
         counts = [len(p) for p in pos]
-        feats = []
-        for i, name in zip(layers, names, strict=True):
-            codes = saes[i].encode(acts[name].to(saes[i].W_enc.device)).cpu()
-            feats.append(torch.stack([c.mean(0) for c in torch.split(codes, counts)]))
-        out.append(torch.cat(feats, dim=1))
-    return torch.cat(out)
+        codes = torch.cat([saes[i].encode(acts[name].to(saes[i].W_enc.device)).cpu()
+                           for i, name in zip(layers, names, strict=True)], dim=1)
+        out += list(torch.split(codes, counts))
+    return out
 
 
-def deltas(f_pos: torch.Tensor, f_neu: torch.Tensor, f_neg: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Raw and scaled deltas per triple (see module docstring)."""
-    d_pos = (f_pos.double() - f_neu.double()).norm(dim=1)
-    d_neg = -(f_neg.double() - f_neu.double()).norm(dim=1)
+def sae_features(model: Model, saes: dict[int, SparseAutoencoder], texts: Sequence[str],
+                 spans: Sequence[Sequence[int] | None], *, point: str = "mlp_out", batch_size: int = 16
+                 ) -> torch.Tensor:
+    """``[n, sum of d_sae]``: per text, dictionary codes averaged over its positions, concatenated by layer."""
+    codes = sae_token_codes(model, saes, texts, spans, point=point, batch_size=batch_size)
+    return torch.stack([c.mean(0) for c in codes])
+
+
+def scaled_deltas(d_pos: torch.Tensor, d_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Raw deltas (positive, and negative ones as negative numbers) and the same scaled into the per-word reward
+    range by the largest absolute delta."""
+    d_pos, d_neg = d_pos.double(), d_neg.double()
     scale = float(torch.cat([d_pos, d_neg.abs()]).max())
     if scale <= 0:
         raise InputError("all activation deltas are zero: the dictionaries do not see the substitutions")
     k = WORD_REWARD_MAX / scale
     return {"pos": d_pos, "neg": d_neg, "pos_scaled": d_pos * k, "neg_scaled": d_neg * k, "scale": torch.tensor(k)}
+
+
+def deltas(f_pos: torch.Tensor, f_neu: torch.Tensor, f_neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Deltas of the averaged codes per triple: ``||F(pos) - F(neu)||`` (see module docstring)."""
+    return scaled_deltas((f_pos.double() - f_neu.double()).norm(dim=1),
+                         -(f_neg.double() - f_neu.double()).norm(dim=1))
+
+
+def per_token_deltas(t_pos: Sequence[torch.Tensor], t_neu: Sequence[torch.Tensor], t_neg: Sequence[torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """Per-token deltas averaged per triple: the mean over token pairs (one of the variant's word, one of the
+    neutral word's) of ``||F_t(variant) - F_s(neu)||``. Single-token words give the same number as
+    :func:`deltas`; words split into several tokens take the norm before averaging instead of after."""
+    def mean_pair(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.cdist(x.double(), y.double()).mean() for x, y in zip(a, b, strict=True)])
+
+    return scaled_deltas(mean_pair(t_pos, t_neu), -mean_pair(t_neg, t_neu))
 
 
 def split_triples(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

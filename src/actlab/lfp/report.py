@@ -104,6 +104,15 @@ def _agreement_section(page: Page, root: Path, ag: Agreement) -> None:
               "tau on negative words only (Table 10) and sign accuracy (Table 5). Held-out words appear in no "
               "text the probe was trained on; the untrained (Xavier) probe on the same held-out words is the "
               "baseline.", muted=True)
+    c = ag.contexts or {"kind": "templates"}
+    if c.get("kind") == "imdb":
+        page.text(f"Each word read inside up to {c.get('per_word')} real IMDb passages ({c.get('window_words')} words "
+                  f"around it, from {c.get('n_texts')} reviews, the {c.get('excluded_triple_sources')} the triples "
+                  f"came from excluded; {c.get('words_without_context')} candidate words occur in none and were "
+                  "not scored), as the study does, and the probe's outputs averaged.", muted=True)
+    else:
+        page.text("Each word read inside three neutral templates (" + "; ".join(ag.templates) + ") and the probe's "
+                  "outputs averaged; agreement_contexts: imdb reads real passages as the study does.", muted=True)
     labels = {"heldout": "held-out words (trained probe)", "train": "training words (in-sample)",
               "untrained_baseline": "held-out words, untrained probe (baseline)"}
     page.table(["words", "Kendall tau", "p-value", "sign accuracy", "positive words", "negative words",
@@ -119,7 +128,8 @@ def _agreement_section(page: Page, root: Path, ag: Agreement) -> None:
         page.image(fig4, "probe error vs generation frequency")
         if fr:
             page.text(f"Spearman rho(error, count) = {fr['spearman_error_vs_count']:.3f} (p = {fr['p_value']:.2g}) "
-                      f"over {fr['n_prompts']} greedy generations of {fr['new_tokens']} tokens; "
+                      f"over {fr['n_prompts']} {fr.get('completions', 'greedy generations')} "
+                      f"({fr['new_tokens']} new tokens); "
                       f"{fr['words_generated']} of the scored words were generated at least once.", muted=True)
     page.heading("Token table: predicted vs true feedback (strongest lexicon words)")
     page.table(["word", "lexicon valence", "probe prediction"],

@@ -52,6 +52,49 @@ def substitute_words(lexicon: dict[str, float], min_valence: float) -> tuple[lis
     return pos, neu, neg
 
 
+def substitute(window: Sequence[str], j: int, word: str) -> tuple[str, list[int]]:
+    """The window's words joined by spaces with word ``j``'s letters replaced by ``word`` (punctuation around it
+    kept), and the character span of ``word`` in the result."""
+    core = re.sub(r"[^A-Za-z']", "", window[j])
+    prefix, _, suffix = window[j].partition(core) if core else ("", "", "")
+    left = " ".join(window[:j])
+    left = left + " " if left else ""
+    start = len(left) + len(prefix)
+    text = left + prefix + word + suffix + (" " if j + 1 < len(window) else "") + " ".join(window[j + 1:])
+    return text, [start, start + len(word)]
+
+
+def word_contexts(texts: Sequence[str], words: Sequence[str], *, per_word: int, window_words: int, seed: int = 0,
+                  exclude: set[int] = frozenset()) -> dict[str, list[tuple[str, list[int]]]]:
+    """Up to ``per_word`` real passages per word: a window of ``window_words`` words around an occurrence of the
+    word (as a whole word, any case) in ``texts`` (indices in ``exclude`` skipped), with the word's character
+    span; occurrences drawn at random (seeded) when there are more. Words found nowhere are absent."""
+    wanted = set(words)
+    found: dict[str, list[tuple[int, int]]] = {}
+    for ti, text in enumerate(texts):
+        if ti in exclude:
+            continue
+        ws = text.replace("<br />", " ").split()
+        for i, w in enumerate(ws):
+            core = re.sub(r"[^a-z']", "", w.lower())
+            if core in wanted and re.sub(r"[^A-Za-z']", "", w).lower() == core:
+                found.setdefault(core, []).append((ti, i))
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[str, list[int]]]] = {}
+    for word in sorted(found):
+        hits = found[word]
+        picks = hits if len(hits) <= per_word else rng.sample(hits, per_word)
+        ctxs = []
+        for ti, i in picks:
+            ws = texts[ti].replace("<br />", " ").split()
+            lo = max(0, i - window_words // 2)
+            window = ws[lo:lo + window_words]
+            core = re.sub(r"[^A-Za-z']", "", window[i - lo])
+            ctxs.append(substitute(window, i - lo, core))
+        out[word] = ctxs
+    return out
+
+
 def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, window_words: int = 40,
                     min_valence: float = 1.5, seed: int = 0, allowed: set[str] | None = None
                     ) -> list[dict[str, Any]]:
@@ -75,15 +118,11 @@ def lexicon_triples(texts: Sequence[str], lexicon: dict[str, float], *, n: int, 
         j = i - lo
         core = re.sub(r"[^A-Za-z']", "", window[j])
         original = core.lower()
-        prefix, _, suffix = window[j].partition(core) if core else ("", "", "")
         variants = {}
         subs = {"positive": rng.choice(pos), "neutral": rng.choice(neu), "negative": rng.choice(neg)}
         for kind, word in subs.items():
-            left = " ".join(window[:j])
-            left = left + " " if left else ""
-            start = len(left) + len(prefix)
-            variants[kind] = {"text": left + prefix + word + suffix + (" " if j + 1 < len(window) else "")
-                              + " ".join(window[j + 1:]), "word": word, "span": [start, start + len(word)]}
+            text, span = substitute(window, j, word)
+            variants[kind] = {"text": text, "word": word, "span": span}
         out.append({"source_text": ti, "original_word": original, "original_valence": lexicon[original],
                     **variants})
         if len(out) >= n:

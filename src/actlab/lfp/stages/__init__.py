@@ -18,11 +18,12 @@ INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "divergence": (("top_k_layers", "layers"), ("finetune",)),
     "sae": (("sae", "data"), ("divergence",)),
     "triples": (("task", "triples", "data"), ()),
-    "deltas": (("dictionary", "delta_position"), ("sae", "triples")),
+    "deltas": (("dictionary", "delta_position", "delta_reduce"), ("sae", "triples")),
     "probes": (("task", "probe_test_fraction", "probe_alpha", "seed"), ("deltas",)),
-    "agreement": (("n_agreement_words", "frequency_prompts", "ablation_new_tokens"), ("probes",)),
+    "agreement": (("n_agreement_words", "frequency_prompts", "ablation_new_tokens", "completions",
+                   "agreement_contexts", "agreement_n_contexts", "agreement_texts", "data"), ("probes",)),
     "features": (("explainer", "task_description", "ablation_prompts", "ablation_new_tokens", "feature_source",
-                  "crosscoder", "delta_position", "strong_inputs"), ("probes",)),
+                  "crosscoder", "delta_position", "strong_inputs", "completions"), ("probes",)),
     "report": ((), ("agreement", "features")),
 }
 

@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ...data import imdb_prefixes
 from ...errors import InputError
 from ...finetune import vader_lexicon
 from ...finetune import words as split_words
 from ...progress import task as progress_task
+from ..completions import complete, prefixes
 from ..outputs import Agreement, Probe, ProbeSummary, Triples, WordSplit
 from ..probes import WORD_REWARD_MAX, agreement, sae_features, xavier_predictions
-from ..triples import AGREEMENT_MIN_VALENCE
+from ..triples import AGREEMENT_MIN_VALENCE, word_contexts
 from .probing import load_dictionaries
 
 if TYPE_CHECKING:
@@ -40,32 +40,41 @@ def training_words(triples: Triples, indices: list[int]) -> set[str]:
     return seen
 
 
-def word_predictions(ctx: Context, probe: Probe, words: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trained and untrained probe outputs per word, each averaged over the agreement templates."""
+def template_contexts(words: list[str]) -> dict[str, list[tuple[str, list[int]]]]:
+    """Each word inside the three neutral agreement templates, with its character span."""
+    return {w: [(tpl.format(w=w), [tpl.index("{w}"), tpl.index("{w}") + len(w)]) for tpl in AGREEMENT_TEMPLATES]
+            for w in words}
+
+
+def word_predictions(ctx: Context, probe: Probe, words: list[str],
+                     contexts: dict[str, list[tuple[str, list[int]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trained and untrained probe outputs per word, each averaged over the word's contexts (read at the word's
+    tokens)."""
     saes, tuned = load_dictionaries(ctx), ctx.model("tuned")
-    trained, untrained = torch.zeros(len(words)), torch.zeros(len(words))
-    for tpl in AGREEMENT_TEMPLATES:
-        texts = [tpl.format(w=w) for w in words]
-        spans = [[tpl.index("{w}"), tpl.index("{w}") + len(w)] for w in words]
-        x = sae_features(tuned, saes, texts, spans, point=ctx.cfg.sae.point)
-        trained += probe.predict(x)
-        z = probe.standardise(x).double().numpy()
-        untrained += torch.from_numpy(xavier_predictions(z, ctx.cfg.seed)).float()
-    return trained / len(AGREEMENT_TEMPLATES), untrained / len(AGREEMENT_TEMPLATES)
+    flat = [(i, text, span) for i, w in enumerate(words) for text, span in contexts[w]]
+    x = sae_features(tuned, saes, [t for _, t, _ in flat], [sp for _, _, sp in flat], point=ctx.cfg.sae.point)
+    owner = torch.tensor([i for i, _, _ in flat])
+    n = torch.zeros(len(words)).index_add_(0, owner, torch.ones(len(flat)))
+    z = probe.standardise(x).double().numpy()
+    trained = torch.zeros(len(words)).index_add_(0, owner, probe.predict(x).float())
+    untrained = torch.zeros(len(words)).index_add_(
+        0, owner, torch.from_numpy(xavier_predictions(z, ctx.cfg.seed)).float())
+    return trained / n, untrained / n
 
 
 def generated_counts(ctx: Context, words: list[str]) -> dict[str, int]:
-    """How often the fine-tuned model generates each word from IMDb prefixes (greedy)."""
+    """How often the fine-tuned model generates each word in its continuations of IMDb prefixes
+    (``completions``: greedy 8-word prefixes by default, the study's sampled 30-token ones in ``paper``)."""
     if ctx.cfg.data is None or ctx.cfg.frequency_prompts <= 0:
         return {}
     tuned = ctx.model("tuned")
-    prompts = imdb_prefixes(ctx.cfg.data, ctx.cfg.frequency_prompts)
+    spec = ctx.cfg.completions
+    prompts = prefixes(ctx.cfg.data, ctx.cfg.frequency_prompts, spec, tuned.tokenizer)
     counts: Counter[str] = Counter()
     with progress_task("generating for word frequencies", total=len(prompts), unit="prompts") as task:
-        for s in range(0, len(prompts), 16):
-            for g in tuned.generate_text(prompts[s:s + 16], max_new_tokens=ctx.cfg.ablation_new_tokens):
-                counts.update(split_words(g))
-            task.advance(len(prompts[s:s + 16]))
+        for g in complete(tuned, prompts, spec, max_new_tokens=ctx.cfg.ablation_new_tokens, seed=ctx.cfg.seed,
+                          advance=task.advance):
+            counts.update(split_words(g))
     return {w: counts.get(w, 0) for w in words}
 
 
@@ -74,7 +83,28 @@ def _frequency(table: list[dict[str, Any]], ctx: Context) -> dict[str, Any]:
     cnts = [r["generated_count"] for r in table]
     rho, pv = spearmanr(cnts, errs) if len(set(cnts)) > 1 else (float("nan"), float("nan"))
     return {"spearman_error_vs_count": float(rho), "p_value": float(pv), "n_prompts": ctx.cfg.frequency_prompts,
+            "completions": ctx.cfg.completions.describe(),
             "new_tokens": ctx.cfg.ablation_new_tokens, "words_generated": sum(1 for c in cnts if c)}
+
+
+def _contexts(ctx: Context, triples: Triples, words: list[str]
+              ) -> tuple[dict[str, list[tuple[str, list[int]]]], dict[str, Any]]:
+    """Where each candidate word is read (``agreement_contexts``): the templates, or real IMDb passages (reviews
+    the triples were cut from excluded); words without a passage drop out of the pool (counted)."""
+    cfg = ctx.cfg
+    if cfg.agreement_contexts == "templates":
+        return template_contexts(words), {"kind": "templates", "per_word": len(AGREEMENT_TEMPLATES)}
+    texts = ctx.texts(cfg.agreement_texts)
+    used = {int(r["source_text"]) for r in triples.rows if "source_text" in r}
+    found = word_contexts(texts, words, per_word=cfg.agreement_n_contexts, window_words=cfg.triples.window_words,
+                          seed=cfg.seed, exclude=used)
+    return found, {"kind": "imdb", "per_word": cfg.agreement_n_contexts, "n_texts": len(texts),
+                   "excluded_triple_sources": len(used), "window_words": cfg.triples.window_words,
+                   "words_without_context": len(set(words) - set(found))}
+
+
+def _mean_count(contexts: dict[str, list[Any]], words: list[str]) -> float:
+    return sum(len(contexts[w]) for w in words) / len(words) if words else 0.0
 
 
 def stage_agreement(ctx: Context) -> dict[str, Any]:
@@ -94,13 +124,16 @@ def stage_agreement(ctx: Context) -> dict[str, Any]:
     else:  # triples from a file or an LLM: no word was substituted, every scoreable word may be held out
         candidates = {w for w, v in lex.items() if w.isalpha() and abs(v) >= AGREEMENT_MIN_VALENCE}
     heldout_pool = sorted(candidates - set(trained_on) - seen)
+    contexts, context_info = _contexts(ctx, triples, heldout_pool + sorted(set(trained_on)))
+    heldout_pool = [w for w in heldout_pool if w in contexts]
     heldout = sorted(rng.sample(heldout_pool, min(n, len(heldout_pool))))
+    trained_on = [w for w in trained_on if w in contexts]
     train_words = sorted(rng.sample(trained_on, min(n, len(trained_on))))
     if len(heldout) < 3:
         raise InputError(f"only {len(heldout)} held-out lexicon words to score; lower triples.heldout_fraction's "
                          "complement or use a larger lexicon")
     words = heldout + train_words
-    pred, base = word_predictions(ctx, probe, words)
+    pred, base = word_predictions(ctx, probe, words, contexts)
     true = [lex[w] for w in words]
     k = len(heldout)
     groups = {"heldout": agreement(pred[:k].tolist(), true[:k]),
@@ -120,7 +153,10 @@ def stage_agreement(ctx: Context) -> dict[str, Any]:
                "note": "held-out words appear in no text the probe was trained on (substitutes, neutral words, "
                        "contexts)"},
         error_definition=f"|probe output - valence / 5| (the per-word reward, max {WORD_REWARD_MAX})",
-        frequency=_frequency(table, ctx) if counts else {}, templates=list(AGREEMENT_TEMPLATES),
+        frequency=_frequency(table, ctx) if counts else {},
+        templates=list(AGREEMENT_TEMPLATES) if ctx.cfg.agreement_contexts == "templates" else [],
+        contexts={**context_info, "per_word_used": {"heldout": _mean_count(contexts, heldout),
+                                                    "train": _mean_count(contexts, train_words)}},
         words=[r for r in table if r["heldout"]], train_words=[r for r in table if not r["heldout"]],
         **{key: v for key, v in groups["heldout"].items() if key in Agreement.__dataclass_fields__})
     result.write(ctx.root)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...data import imdb_prefixes
 from ...errors import InputError
 from ...finetune import lexicon_reward
 from ...progress import task as progress_task
 from ...progress import track
 from ...sae import FeatureEdit, load_sae, overlap, top_examples
+from ..completions import complete, prefixes
 from ..explain import make_explainer
 from ..outputs import Deltas, Dictionaries, Features, LayerChoice, Probe, Triples
 
@@ -69,11 +69,11 @@ def ablation_rewards(ctx: Context, cand: Candidates, related: list[dict[str, Any
     """Mean lexicon reward of the fine-tuned model's continuations of IMDb prefixes: as it is, with the related
     features zero-ablated, and with as many random features of each layer ablated (the baseline)."""
     cfg = ctx.cfg
-    prompts = imdb_prefixes(cfg.data, cfg.ablation_prompts) if cfg.data else []
-    out: dict[str, Any] = {"n_prompts": len(prompts)}
+    tuned = ctx.model("tuned")
+    prompts = prefixes(cfg.data, cfg.ablation_prompts, cfg.completions, tuned.tokenizer) if cfg.data else []
+    out: dict[str, Any] = {"n_prompts": len(prompts), "decoding": cfg.completions.describe()}
     if not prompts:
         return out
-    tuned = ctx.model("tuned")
 
     def mean_reward(which: dict[int, list[int]] | None = None, what: str = "none ablated") -> float:
         with ExitStack() as stack:
@@ -81,10 +81,8 @@ def ablation_rewards(ctx: Context, cand: Candidates, related: list[dict[str, Any
                 stack.enter_context(tuned.edit(FeatureEdit(cand.saes[layer], cand.saes[layer].cfg.hook_point,
                                                            ablate=fs)))
             with progress_task(f"ablation generations ({what})", total=len(prompts), unit="prompts") as task:
-                gens = []
-                for s in range(0, len(prompts), 16):
-                    gens += tuned.generate_text(prompts[s:s + 16], max_new_tokens=cfg.ablation_new_tokens)
-                    task.advance(len(prompts[s:s + 16]))
+                gens = complete(tuned, prompts, cfg.completions, max_new_tokens=cfg.ablation_new_tokens,
+                                seed=cfg.seed, advance=task.advance)
         return sum(lexicon_reward(g) for g in gens) / len(gens)
 
     out["reward_before"] = mean_reward()
@@ -243,9 +241,11 @@ def crosscoder_source(ctx: Context) -> Source:
                        n_negative=2 * ex.contexts, max_length=cfg.sae.max_length, read=read)[0]
 
     def ablate(related: list[dict[str, Any]]) -> dict[str, Any]:
-        prompts = imdb_prefixes(cfg.data, cfg.ablation_prompts) if cfg.data else []
+        prompts = prefixes(cfg.data, cfg.ablation_prompts, cfg.completions, tuned.tokenizer) if cfg.data else []
         out: dict[str, Any] = {"n_prompts": len(prompts), "decoding": "greedy, crosscoder latents zero-ablated "
-                               "in the tuned model (the base model reads the same tokens at each step)"}
+                               "in the tuned model (the base model reads the same tokens at each step)"
+                               + ("; sampling is not supported on this path, so the study's sampled completions "
+                                  "are greedy here" if cfg.completions.sample else "")}
         if not prompts:
             return out
 

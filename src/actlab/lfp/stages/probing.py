@@ -12,7 +12,7 @@ from ...finetune import vader_lexicon
 from ...llm import OpenAIChat
 from ...sae import load_sae
 from ..outputs import Deltas, DeltaSummary, Dictionaries, Probe, ProbeSummary, Triples, WordSplit
-from ..probes import deltas, fit_logistic_probe, fit_regression_probe, sae_features
+from ..probes import deltas, fit_logistic_probe, fit_regression_probe, per_token_deltas, sae_token_codes
 from ..triples import file_triples, lexicon_triples, llm_triples, split_lexicon
 
 if TYPE_CHECKING:
@@ -63,17 +63,22 @@ def stage_deltas(ctx: Context) -> dict[str, Any]:
     saes = load_dictionaries(ctx)
     tuned = ctx.model("tuned")
     use_word = ctx.cfg.delta_position == "word"
-    feats = {}
+    feats, tokens = {}, {}
     for kind in ("positive", "neutral", "negative"):
         texts = [r[kind]["text"] for r in rows]
         spans = [r[kind]["span"] if use_word else None for r in rows]
-        feats[kind] = sae_features(tuned, saes, texts, spans, point=ctx.cfg.sae.point)
-    d = deltas(feats["positive"], feats["neutral"], feats["negative"])
+        tokens[kind] = sae_token_codes(tuned, saes, texts, spans, point=ctx.cfg.sae.point)
+        feats[kind] = torch.stack([c.mean(0) for c in tokens[kind]])  # the probe's inputs either way
+    if ctx.cfg.delta_reduce == "per_token":
+        d = per_token_deltas(tokens["positive"], tokens["neutral"], tokens["negative"])
+    else:
+        d = deltas(feats["positive"], feats["neutral"], feats["negative"])
     ctx.dir("deltas")
     Deltas({"f_pos": feats["positive"], "f_neu": feats["neutral"], "f_neg": feats["negative"],
             **{k: v.float().reshape(-1) for k, v in d.items()}}).write(ctx.root)
     summary = DeltaSummary(len(rows), int(feats["positive"].shape[1]), ctx.cfg.delta_position,
-                           float(d["pos"].mean()), float(d["neg"].mean()), float(d["scale"]), sorted(saes))
+                           float(d["pos"].mean()), float(d["neg"].mean()), float(d["scale"]), sorted(saes),
+                           ctx.cfg.delta_reduce)
     summary.write(ctx.root)
     ctx.log(f"  deltas: mean +{summary.mean_delta_pos:.3f} / {summary.mean_delta_neg:.3f} over "
             f"{summary.n_features} features")
