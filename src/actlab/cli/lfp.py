@@ -28,12 +28,20 @@ def finetune_rl(
     steps: Annotated[int | None, opt("--steps", metavar="N", help="Override the preset's steps.")] = None,
     lr: Annotated[float | None, opt("--lr", metavar="X", help="Override the learning rate.")] = None,
     beta: Annotated[float | None, opt("--beta", metavar="X", help="Override the KL coefficient.")] = None,
+    reward: Annotated[str, opt("--reward", metavar="KIND", help="lexicon (the study's VADER reward) or "
+                               "classifier (a sequence classifier's logit; the study's Appendix B).")] = "lexicon",
+    classifier: Annotated[str | None, opt("--classifier", metavar="MODEL", help="With --reward classifier: an HF "
+                                          "sequence-classification model (hub id or folder), e.g. a DistilBERT "
+                                          "IMDb sentiment model.")] = None,
+    classifier_label: Annotated[str, opt("--classifier-label", metavar="LABEL", help="With --reward classifier: "
+                                         "the label whose logit is the reward (a name or an index).")] = "positive",
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemOpt = None,
 ) -> None:
-    """RL with the VADER-lexicon reward and a KL penalty (GRPO/RLOO; see docs/lfp.md for the PPO deviation)."""
+    """RL with the VADER-lexicon (or a classifier's) reward and a KL penalty (GRPO/RLOO; see docs/lfp.md for the
+    PPO deviation)."""
     from ..configs import build_config
     from ..finetune import RL_PRESETS
     from ..finetune.rl import RLConfig
@@ -42,7 +50,13 @@ def finetune_rl(
     checks.choice(preset, "--preset", list(RL_PRESETS))
     checks.input_file(data, "--data file")
     checks.output_dir(out, "--out folder")
-    overrides = {k: v for k, v in {"method": method, "max_steps": steps, "lr": lr, "beta": beta}.items()
+    checks.choice(reward, "--reward", ("lexicon", "classifier"))
+    if classifier is not None and reward != "classifier":
+        from ..errors import InputError
+
+        raise InputError("--classifier is the model behind --reward classifier; give --reward classifier too")
+    overrides = {k: v for k, v in {"method": method, "max_steps": steps, "lr": lr, "beta": beta, "reward": reward,
+                                   "classifier": classifier, "classifier_label": classifier_label}.items()
                  if v is not None}
     cfg = build_config(RLConfig, {**RL_PRESETS[preset].model_dump(), **overrides}, "RL")  # validated
     from ..data import imdb_prefixes

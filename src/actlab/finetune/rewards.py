@@ -43,3 +43,61 @@ def _text(completion: Any) -> str:
 def lexicon_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
     """TRL reward-function signature: one reward per completion (the prompt is not scored)."""
     return [lexicon_reward(_text(c)) for c in completions]
+
+
+class ClassifierReward:
+    """A sequence classifier's logit for one label as the reward (the study's Appendix B: a DistilBERT IMDb
+    sentiment model, the logit of "positive"). Any Hugging Face sequence-classification model (hub id or folder);
+    ``label`` is a name from its ``config.id2label`` (case-insensitive) or an index. Scores the completion alone
+    (as the lexicon reward does) or ``prompt + completion``. A callable with TRL's reward-function signature."""
+
+    def __init__(self, model: str, label: str | int = "positive", *, text: str = "completion",
+                 batch_size: int = 32, max_length: int = 512, device: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from ..errors import InputError
+
+        if text not in ("completion", "prompt+completion"):
+            raise InputError(f"unknown classifier text {text!r}; valid: completion, prompt+completion")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot load the reward classifier {model!r}: {str(e).splitlines()[0]}") from None
+        self.model.eval()
+        self.device = torch.device(device) if device else torch.device("cpu")
+        self.model.to(self.device)
+        names = {str(v).lower(): int(k) for k, v in (self.model.config.id2label or {}).items()}
+        n = int(self.model.config.num_labels)
+        if isinstance(label, int) or (isinstance(label, str) and label.isdigit()):
+            self.index = int(label)
+            if not 0 <= self.index < n:
+                raise InputError(f"classifier label index {self.index} is out of range 0..{n - 1}")
+        elif label.lower() in names:
+            self.index = names[label.lower()]
+        else:
+            raise InputError(f"the classifier {model!r} has no label {label!r}; its labels: "
+                             f"{', '.join(str(v) for v in self.model.config.id2label.values())} (or an index)")
+        self.label = str(self.model.config.id2label.get(self.index, self.index))
+        self.text, self.batch_size, self.max_length, self.name = text, batch_size, max_length, model
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.__name__ = "classifier_reward"  # TRL names reward functions by __name__
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """The label's logit for each text."""
+        import torch
+
+        out: list[float] = []
+        for s in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(list(texts[s:s + self.batch_size]), return_tensors="pt", padding=True,
+                                 truncation=True, max_length=self.max_length).to(self.device)
+            with torch.no_grad():
+                out += self.model(**enc).logits[:, self.index].float().tolist()
+        return out
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
+        texts = [_text(c) if self.text == "completion" else _text(p) + _text(c)
+                 for p, c in zip(prompts, completions, strict=True)]
+        return self.scores(texts)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..configs import SEED_MAX, StrictConfig
 from ..errors import InputError
@@ -41,6 +41,16 @@ class RLConfig(StrictConfig):
     temperature: float = Field(1.0, gt=0)
     seed: int = Field(0, ge=0, le=SEED_MAX)
     logging_steps: int = Field(1, gt=0)
+    reward: Literal["lexicon", "classifier"] = "lexicon"  # the study's lexicon, or its Appendix B classifier
+    classifier: str | None = None  # reward: classifier - an HF sequence-classification model (hub id or folder)
+    classifier_label: str = "positive"  # the label whose logit is the reward (a name or an index)
+    classifier_text: Literal["completion", "prompt+completion"] = "completion"
+
+    @model_validator(mode="after")
+    def _reward_needs(self) -> RLConfig:
+        if self.reward == "classifier" and not self.classifier:
+            raise ValueError("reward 'classifier' needs classifier (e.g. a DistilBERT IMDb sentiment model)")
+        return self
 
 
 RL_PRESETS: dict[str, RLConfig] = {
@@ -91,8 +101,28 @@ def history_from_trainer(log_history: list[dict[str, Any]], keys: tuple[str, ...
             if any(k in h for k in keys)]
 
 
+def reward_function(cfg: RLConfig) -> Any:
+    """The reward TRL calls: the lexicon's, or a classifier's logit (:class:`ClassifierReward`)."""
+    if cfg.reward == "classifier":
+        import torch
+
+        from .rewards import ClassifierReward
+
+        return ClassifierReward(str(cfg.classifier), cfg.classifier_label, text=cfg.classifier_text,
+                                device="cuda" if torch.cuda.is_available() else None)
+    return lexicon_reward_fn
+
+
+def describe_reward(cfg: RLConfig) -> str:
+    if cfg.reward == "classifier":
+        return (f"the logit of {cfg.classifier_label!r} from the classifier {cfg.classifier} on the "
+                f"{cfg.classifier_text} (the study's Appendix B)")
+    return "the VADER-lexicon reward on the completion (sum of valences / 5, clipped to [-10, 10])"
+
+
 def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Fine-tune ``model`` in place with GRPO/RLOO and the lexicon reward; save it under ``out_dir/model``."""
+    """Fine-tune ``model`` in place with GRPO/RLOO and the lexicon (or classifier) reward; save it under
+    ``out_dir/model``."""
     from datasets import Dataset
 
     out = Path(out_dir)
@@ -111,7 +141,7 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
                      beta=cfg.beta, max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                      **common)
     with third_party_quiet():  # datasets' map bars, the reference model's "Loading weights", TRL's warnings
-        trainer = TrainerCls(model=model.hf, reward_funcs=lexicon_reward_fn, args=args, train_dataset=ds,
+        trainer = TrainerCls(model=model.hf, reward_funcs=reward_function(cfg), args=args, train_dataset=ds,
                              processing_class=model.tokenizer)
     quiet(trainer)
     keys = ("reward", "reward_std", "kl", "loss")
@@ -119,7 +149,7 @@ def train_rl(model: Model, prompts: list[str], cfg: RLConfig, out_dir: str | os.
     model.hf.eval()
     hist = history_from_trainer(trainer.state.log_history, keys)
     model.save(out / "model")
-    summary = {"method": cfg.method, "config": cfg.model_dump(), "history": hist,
+    summary = {"method": cfg.method, "config": cfg.model_dump(), "history": hist, "reward": describe_reward(cfg),
                "deviation": "GRPO/RLOO with a KL penalty (beta) instead of the study's PPO with a value head",
                "model_dir": str(out / "model")}
     write_json(out / "finetune.json", summary)

@@ -58,6 +58,7 @@ class Finetuned(Output):
     method: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     deviation: str | None = None
+    reward: str | None = None  # which reward (RL): the lexicon's or a classifier's
 
 
 @dataclass

@@ -202,7 +202,8 @@ def build_lfp_report(root: Path, cfg: Any) -> Path:
     ft = Finetuned.read(root)
     page.section("Fine-tuning", "finetune")
     if ft:
-        page.text(f"method {ft.method}" + (f"; {ft.deviation}" if ft.deviation else ""))
+        page.text(f"method {ft.method}" + (f"; reward: {ft.reward}" if ft.reward else "")
+                  + (f"; {ft.deviation}" if ft.deviation else ""))
         if (root / "finetune" / "finetune.png").is_file():
             page.image(root / "finetune" / "finetune.png", "reward/KL over steps")
     else:
