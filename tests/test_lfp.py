@@ -442,3 +442,35 @@ def test_paper_settings_through_the_stages(lfp_run, tmp_path, capsys):
     bad.write_text(text + "explainer: {kind: none}\ndelta_reduce: per_token\ndelta_position: input\n")
     code, _, err = run(["lfp", "run", str(bad)], capsys)
     assert code == 2 and "delta_position" in err
+
+
+def test_features_on_the_base_model_too(lfp_run, tmp_path, capsys):
+    """Issue 25 (the study's Appendix B): `features_on_base` trains the same dictionaries on the base model
+    (its activations: the cache says which model wrote it) and explains their features with the same explainer;
+    the report compares the task-related shares. Earlier stages are not re-run."""
+    root, _, _, _ = lfp_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(root / "run", run_dir, ignore=shutil.ignore_patterns("features", "report*"))
+    for stage in ("features", "report"):
+        (run_dir / ".resume" / f"lfp-{stage}.json").unlink(missing_ok=True)
+    probes_before = (run_dir / "probes" / "probes.json").read_text()
+    data = shared_path("data", "imdb", "imdb_train_sample.csv")
+    with openai_server(_explainer_reply) as (url, _):
+        c = tmp_path / "c.yaml"
+        c.write_text(f"preset: tiny\nrun_dir: {run_dir}\ndata: {data}\nfeatures_on_base: true\n"
+                     f"explainer: {{kind: openai, base_url: '{url}', model: explainer-1, n_features: 4}}\n")
+        code, _, err = run(["lfp", "run", str(c)], capsys)
+    assert code == 0, err[-3000:]
+    assert (run_dir / "probes" / "probes.json").read_text() == probes_before
+    fe = json.loads((run_dir / "features" / "features.json").read_text())
+    b = fe["base"]
+    assert b["model"] == "tinystories-656k" and 0 < b["n_features"] <= 4
+    assert all(f["explanation"].startswith("fires on") for f in b["features"])
+    assert b["related_share"] is None or 0 <= b["related_share"] <= 1
+    manifest = json.loads((run_dir / "features" / "base" / "cache" / "manifest.json").read_text())
+    assert manifest["model"] == "tinystories-656k"
+    assert json.loads((run_dir / "sae" / "cache" / "manifest.json").read_text())["model"] != manifest["model"]
+    for layer, paths in b["dictionaries"].items():
+        assert set(paths) == {"1x", "2x"} and all(p.startswith(str(run_dir / "features" / "base")) for p in
+                                                  paths.values()), layer
+    assert "Appendix B" in (run_dir / "report.html").read_text()

@@ -144,6 +144,7 @@ class LFPConfig(StrictConfig):
     feature_source: Literal["sae_overlap", "crosscoder"] = "sae_overlap"  # the features stage's candidates
     crosscoder: CrosscoderSpec = Field(default_factory=CrosscoderSpec)
     ablation_prompts: int = Field(64, ge=0)
+    features_on_base: bool = False  # the study's Appendix B: dictionaries on the base model too, explained alike
     ablation_new_tokens: int = Field(48, gt=0)
     device: str | None = None
     dtype: str | None = None

@@ -261,3 +261,4 @@ class Features(Output):
     features: list[dict[str, Any]] = field(default_factory=list)
     source: str = "sae_overlap"  # or "crosscoder" (feature_source)
     crosscoder: dict[str, Any] = field(default_factory=dict)  # its summary, when it was the source
+    base: dict[str, Any] = field(default_factory=dict)  # features_on_base: the base model's features, explained

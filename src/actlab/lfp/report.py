@@ -185,10 +185,29 @@ def _features_section(page: Page, fe: Features) -> None:
                      esc("-" if cos is None else f"{cos:.3f}"), esc(f["explanation"]), esc(_quality(f)),
                      esc("yes" if f["related"] else "no"), esc("-" if strong is None else f"{strong:.3f}"),
                      esc(f"{f['firing_rate_all']:.3f}"), snippet])
+    if fe.base:
+        _base_section(page, fe)
     cos_head = "decoder cos (base vs tuned)" if fe.source == "crosscoder" else "cos (other dict.)"
     page.table(["layer", "feature" if fe.source != "crosscoder" else "latent (class)", cos_head, "explanation",
                 "label quality (detection / fuzzing)", "related", "firing (strong feedback)", "firing (all)",
                 "top context"], rows, raw_cells=True)
+
+
+def _base_section(page: Page, fe: Features) -> None:
+    """The study's Appendix B: task-related features in the fine-tuned vs the base model's dictionaries."""
+    b = fe.base
+    page.heading("Task-related features: fine-tuned vs base model (Appendix B)")
+    if b.get("note"):
+        page.text(b["note"], muted=True)
+        return
+    labelled = [f for f in fe.features if f.get("related") is not None]
+    tuned_share = sum(bool(f["related"]) for f in labelled) / len(labelled) if labelled else None
+    page.table(["model", "features explained", "labelled task-related", "share"],
+               [["fine-tuned", len(labelled), sum(bool(f["related"]) for f in labelled), tuned_share],
+                [f"base ({b.get('model')})", b.get("n_features", 0), b.get("n_related", 0), b.get("related_share")]])
+    page.table(["layer", "base feature", "explanation", "related"],
+               [[f["layer"], f["feature"], f["explanation"], "yes" if f["related"] else "no"]
+                for f in b.get("features", [])])
 
 
 def build_lfp_report(root: Path, cfg: Any) -> Path:

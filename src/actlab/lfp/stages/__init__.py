@@ -23,7 +23,8 @@ INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "agreement": (("n_agreement_words", "frequency_prompts", "ablation_new_tokens", "completions",
                    "agreement_contexts", "agreement_n_contexts", "agreement_texts", "data"), ("probes",)),
     "features": (("explainer", "task_description", "ablation_prompts", "ablation_new_tokens", "feature_source",
-                  "crosscoder", "delta_position", "strong_inputs", "completions"), ("probes",)),
+                  "crosscoder", "delta_position", "strong_inputs", "completions", "features_on_base", "sae"),
+                 ("probes",)),
     "report": ((), ("agreement", "features")),
 }
 

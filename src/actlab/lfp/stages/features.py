@@ -276,6 +276,40 @@ def crosscoder_source(ctx: Context) -> Source:
                   examples, ablate, summary)
 
 
+def base_features(ctx: Context, explainer: Any) -> dict[str, Any]:
+    """The study's Appendix B comparison: dictionaries trained on the *base* model at the same layers (into
+    ``features/base``), their features chosen the same way (both widths agree) and explained by the same
+    explainer, so the share of task-related features can be read fine-tuned vs base. Without an explainer
+    there are no labels for the base model (the probe reads the tuned model's dictionaries), so only the
+    dictionaries are trained and the output says so."""
+    from .models import train_dictionaries
+
+    cfg, ex = ctx.cfg, ctx.cfg.explainer
+    layers = ctx.read(LayerChoice, "divergence").layers
+    base_model = ctx.model("base")
+    dicts, metrics = train_dictionaries(ctx, base_model, layers, ctx.dir("features") / "base")
+    out: dict[str, Any] = {"model": base_model.name, "folder": "features/base", "dictionaries": dicts,
+                           "metrics": metrics}
+    if explainer is None:
+        out["note"] = ("no explainer: the base model's features cannot be labelled (the probe reads the fine-tuned "
+                       "model's dictionaries), so no related share is reported")
+        return out
+    cand = candidates(ctx, Dictionaries(layers, cfg.sae.point, dicts, metrics), ex.n_features)
+    texts = ctx.texts(ex.n_texts)
+    feats = []
+    for cos, layer, f in track(cand.chosen, "labelling the base model's features", unit="features"):
+        sae = cand.saes[layer]
+        rows = top_examples(base_model, sae, sae.cfg.hook_point, texts, features=[f], k=ex.contexts,
+                            max_length=cfg.sae.max_length)[f]
+        explanation, related = explainer.explain(rows, cfg.task_description) if rows else ("", None)
+        feats.append({"layer": layer, "feature": f, "cos_to_other_dictionary": cos, "explanation": explanation,
+                      "related": related})
+    labelled = [x for x in feats if x["related"] is not None]
+    out.update({"features": feats, "n_features": len(feats), "n_related": sum(bool(x["related"]) for x in feats),
+                "related_share": (sum(bool(x["related"]) for x in labelled) / len(labelled)) if labelled else None})
+    return out
+
+
 def stage_features(ctx: Context) -> dict[str, Any]:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
     x_all = ctx.read(Deltas, "deltas").features()  # the probe's inputs; the SAE candidates' values too
@@ -345,7 +379,8 @@ def stage_features(ctx: Context) -> dict[str, Any]:
             "strong_inputs": strong_rule, "n_strong": int(strong.sum())}
     ablation = src.ablate(related)
     ctx.dir("features")
-    result = Features(label_note, freq, ablation, len(feats), len(related), feats, src.kind, src.summary)
+    base = base_features(ctx, explainer) if cfg.features_on_base else {}
+    result = Features(label_note, freq, ablation, len(feats), len(related), feats, src.kind, src.summary, base)
     result.write(ctx.root)
     ctx.log(f"  {len(related)}/{len(feats)} features labelled related; ablation reward "
             f"{ablation.get('reward_before', float('nan')):.3f} -> {ablation.get('reward_after', float('nan')):.3f} "

@@ -4,6 +4,7 @@ most divergent MLP layers, and the dictionaries trained on the fine-tuned model'
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -82,10 +83,19 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
 def stage_sae(ctx: Context) -> dict[str, Any]:
     spec = ctx.cfg.sae
     layers = ctx.read(LayerChoice, "divergence").layers
-    tuned = ctx.model("tuned")
-    out = ctx.dir("sae")
+    dicts, metrics = train_dictionaries(ctx, ctx.model("tuned"), layers, ctx.dir("sae"))
+    Dictionaries(layers, spec.point, dicts, metrics).write(ctx.root)
+    return {"layers": layers, "metrics": metrics}
+
+
+def train_dictionaries(ctx: Context, model: Model, layers: list[int], out: Path
+                       ) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """The config's dictionaries (``sae``) trained on ``model``'s activations at ``layers``, under ``out``
+    (the activation cache in ``out/cache``, one folder per layer): per layer, each dictionary's folder and
+    metrics. The sae stage runs it on the tuned model; ``features_on_base`` on the base model too."""
+    spec = ctx.cfg.sae
     points = [HookPoint(i, spec.point).name for i in layers]
-    cache_activations(tuned, ctx.texts(spec.n_texts), points, out / "cache", max_length=spec.max_length)
+    cache_activations(model, ctx.texts(spec.n_texts), points, out / "cache", max_length=spec.max_length)
     dicts: dict[str, dict[str, str]] = {}
     metrics: dict[str, Any] = {}
     for i, point in zip(layers, points, strict=True):
@@ -95,7 +105,6 @@ def stage_sae(ctx: Context) -> dict[str, Any]:
         training_curves(run_spec.out / "train_log.jsonl", run_spec.out / "sae_metrics_training.png")
         dicts[str(i)] = {c.name: str(run_spec.out / "saes" / c.name) for c in res.configs}
         metrics[str(i)] = {n: {k: v for k, v in x.items() if k != "density"} for n, x in res.metrics.items()}
-        ctx.log(f"  layer {i}: " + "; ".join(f"{n} EV {x['explained_variance']:.3f} L0 {x['l0']:.1f}"
-                                             for n, x in res.metrics.items()))
-    Dictionaries(layers, spec.point, dicts, metrics).write(ctx.root)
-    return {"layers": layers, "metrics": metrics}
+        ctx.log(f"  {model.name} layer {i}: " + "; ".join(f"{n} EV {x['explained_variance']:.3f} L0 "
+                                                          f"{x['l0']:.1f}" for n, x in res.metrics.items()))
+    return dicts, metrics
