@@ -143,7 +143,8 @@ def test_tiny_pipeline_every_stage(lfp_run):
     assert not fe["frequency"]["self_consistency"]
     assert fe["frequency"]["related_firing_rate_strong"] is not None
     page = (run_dir / "report.html").read_text()
-    for title in ("Parameter divergence per layer", "Probe accuracy", "Agreement with the true feedback",
+    for title in ("Settings against the study", "Parameter divergence per layer", "Probe accuracy",
+                  "Agreement with the true feedback",
                   "Token table", "Feature validation", "PCA of the probe inputs", "untrained probe (baseline)",
                   "Probe error vs how often", "as many random features"):
         assert title in page, title
@@ -220,6 +221,14 @@ def test_paper_preset_has_the_studys_settings(tmp_path):
     rl = cfg.finetune.rl
     assert (rl.batch_size, rl.beta, rl.lr, rl.max_grad_norm) == (64, 0.5, 1e-6, 1.0)
     assert cfg.run_dir == (tmp_path / "r").resolve()
+    # the report's settings table: the paper preset follows the study wherever it can; PPO is named as forced
+    from actlab.lfp.report import study_settings
+
+    rows = {r[0]: r for r in study_settings(cfg, tmp_path)}
+    for name in ("deltas", "agreement contexts", "completions (Table 6)", "dictionaries", "RL batch / KL / lr / "
+                 "grad clip", "layers", "strong inputs (Table 7)"):
+        assert rows[name][3] == "as the study", rows[name]
+    assert rows["RL algorithm"][3].startswith("differs: PPO left TRL")
 
 
 def test_rloo_method_runs(tmp_path, tinystories):

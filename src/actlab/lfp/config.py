@@ -181,7 +181,8 @@ class LFPConfig(StrictConfig):
 PRESETS: dict[str, dict[str, Any]] = {
     # the study's Table 6: 1000 sampled completions of 30-token IMDb prefixes, for Fig. 4 and the ablations
     "paper": {"completions": {"prefix_tokens": 30, "sample": True}, "frequency_prompts": 1000,
-              "ablation_prompts": 1000, "delta_reduce": "per_token", "agreement_contexts": "imdb"},
+              "ablation_prompts": 1000, "delta_reduce": "per_token", "agreement_contexts": "imdb",
+              "strong_inputs": "paper"},
     "tiny": {
         "base_model": "tinystories-656k",
         "finetune": {"method": "rl", "rl": {"batch_size": 16, "num_generations": 4, "beta": 0.1, "lr": 1e-3,

@@ -210,6 +210,69 @@ def _base_section(page: Page, fe: Features) -> None:
                 for f in b.get("features", [])])
 
 
+def study_settings(cfg: Any, root: Path) -> list[list[Any]]:
+    """Each of the study's settings beside this run's: [setting, the study, this run, same?]. Differences are
+    either choices (a preset, a config) or forced (PPO is gone from TRL; a model with fewer layers; a dataset
+    with fewer reviews), and the rows say which."""
+    from ..data import read_texts
+    from ..data.readers import DatasetError
+    from ..finetune.rl import RL_PRESETS
+
+    rows: list[list[Any]] = []
+
+    def row(name: str, study: str, here: str, same: bool, forced: str = "") -> None:
+        rows.append([name, study, here, "as the study" if same else (f"differs: {forced}" if forced else
+                                                                      "differs (config)")])
+
+    if cfg.tuned_model is None and cfg.finetune.method == "rl":
+        rl, st = cfg.finetune.rl, RL_PRESETS["study"]
+        row("RL algorithm", "PPO with a value head", f"{rl.method.upper()} with a KL penalty", False,
+            "PPO left TRL's main package; GRPO/RLOO take a reward function")
+        key = ("batch_size", "beta", "lr", "max_grad_norm")
+        row("RL batch / KL / lr / grad clip", " / ".join(f"{getattr(st, k):g}" for k in key),
+            " / ".join(f"{getattr(rl, k):g}" for k in key), all(getattr(st, k) == getattr(rl, k) for k in key))
+        row("reward", "VADER lexicon (Appendix B: a sentiment classifier)",
+            "VADER lexicon" if rl.reward == "lexicon" else f"classifier {rl.classifier}", True)
+    elif cfg.tuned_model is not None:
+        rows.append(["fine-tuning", "RL with the lexicon reward", f"given: {cfg.tuned_model}", "not run here"])
+    else:
+        row("fine-tuning", "RL with the lexicon reward", "DPO on preference pairs", False)
+    lay = LayerChoice.read(root)
+    n_layers = len(lay.mlp_divergence) if lay else None
+    k = len(lay.layers) if lay else min(cfg.top_k_layers, n_layers or cfg.top_k_layers)
+    few = n_layers is not None and n_layers < 5
+    row("layers", "the 5 most divergent MLP layers",
+        f"given: {cfg.layers}" if cfg.layers is not None else f"the {k} most divergent MLP layers",
+        cfg.layers is None and (k == 5 or few), f"the model has {n_layers} layers" if few else "")
+    sae = cfg.sae
+    row("dictionaries", "1x and 2x, L1 0.001, lr 0.001, batch 32, tied, raw activations",
+        f"{' and '.join(f'{e:g}x' for e in sae.expansions)}, L1 {sae.l1_coefficient:g}, lr {sae.train.lr:g}, "
+        f"batch {sae.train.batch_size}, {'tied' if sae.tied else 'untied'}, "
+        f"{'normalised' if sae.train.normalize_activations else 'raw'} activations",
+        sae.expansions == [1.0, 2.0] and sae.l1_coefficient == 1e-3 and sae.train.lr == 1e-3
+        and sae.train.batch_size == 32 and sae.tied and not sae.train.normalize_activations)
+    row("deltas", "per-token, averaged", "per-token, averaged" if cfg.delta_reduce == "per_token" else
+        "codes averaged over the word's tokens, then the norm", cfg.delta_reduce == "per_token")
+    row("agreement contexts", "real IMDb passages", "real IMDb passages" if cfg.agreement_contexts == "imdb"
+        else "three neutral templates", cfg.agreement_contexts == "imdb")
+    comp = cfg.completions
+    row("completions (Table 6)", "1000 sampled continuations of 30-token IMDb prefixes",
+        f"{cfg.frequency_prompts} (frequency) / {cfg.ablation_prompts} (ablation) {comp.describe()}",
+        cfg.frequency_prompts == cfg.ablation_prompts == 1000 and comp.prefix_tokens == 30 and comp.sample)
+    row("strong inputs (Table 7)", "predicted delta > 3", "predicted delta > 3" if cfg.strong_inputs == "paper"
+        else "top 20% |prediction|", cfg.strong_inputs == "paper")
+    if cfg.data is not None:
+        try:
+            n_data = len(read_texts(cfg.data))
+        except (OSError, DatasetError):  # the report still draws without the count
+            n_data = None
+        if n_data is not None:
+            need = max(sae.n_texts, 4 * cfg.triples.n, 200)
+            row("IMDb reviews", "25,000 (the IMDb training split)", f"{n_data:,} in {Path(str(cfg.data)).name}",
+                n_data >= 25000, f"the data holds fewer; the run uses up to {min(need, n_data):,} of them")
+    return rows
+
+
 def build_lfp_report(root: Path, cfg: Any) -> Path:
     root = Path(root)
     page = Page("Learned Feedback Patterns", f"base {cfg.base_model}; fine-tuned {cfg.tuned_model or 'by this run'}; "
@@ -218,6 +281,10 @@ def build_lfp_report(root: Path, cfg: Any) -> Path:
     if warnings:
         page.section("Warnings", "warnings")
         page.html("<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
+    page.section("Settings against the study", "settings")
+    page.text("Where this run follows the study and where it differs: a choice of the config (the tiny preset "
+              "scales everything down to run on a CPU) or forced (named).", muted=True)
+    page.table(["setting", "the study", "this run", ""], study_settings(cfg, root))
     ft = Finetuned.read(root)
     page.section("Fine-tuning", "finetune")
     if ft:
