@@ -28,6 +28,7 @@ import torch
 from ..distributions import kl_from_logits
 from ..hooks.directions import ProjectOut
 from ..hooks.points import HookPoint, parse_layers
+from ..progress import info as progress_info
 from .extraction import collect
 from .prompts import PromptStyle, char_to_token, eoi_suffix, read_positions, token_spans
 
@@ -106,7 +107,7 @@ def refusal_study(model: Model, direction: torch.Tensor, layer: int, position: i
                   train: tuple[Sequence[str], Sequence[str]], val: tuple[Sequence[str], Sequence[str]],
                   style: PromptStyle, positions: str, phrases: Sequence[str], subsets: Sequence[str] = (),
                   rounds: int = 1, harmfulness: bool = False, max_new_tokens: int = 32, batch_size: int = 16,
-                  rate_after: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  rate_after: float | None = None, log: Callable[[str], None] = progress_info) -> dict[str, Any]:
     """Run the requested experiments (module docstring) for ``direction`` (read at ``resid_pre`` of ``layer``,
     position ``position`` of the ``positions`` policy). ``train``/``val``: (harmful, harmless) prompts,
     already formatted. Returns a JSON-ready dict."""
