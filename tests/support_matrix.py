@@ -37,6 +37,9 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
              "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 256,
                       "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
                       "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}}}
+# Gemma-4 with per-layer inputs (the E-models' per-layer embeddings, a third write after the MLP) is refused with
+# that reason (tests/test_models_derive.py); the matrix validates the architecture without them.
+NO_PER_LAYER_INPUTS = {"gemma4", "gemma4_text"}
 # Vision / audio towers of multimodal checkpoints: small too (only the fields each sub-config takes).
 SMALL_TOWER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
                "image_size": 28, "patch_size": 14, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -66,15 +69,22 @@ def tiny_config(model_type: str):
 
     cls = CONFIG_MAPPING[model_type]
     kw = {**_small(cls), **REALISTIC.get(model_type, {})}
+    cfg = None
     for _ in range(4):  # a validator that refuses a small value names the field: leave that one at its default
         try:
-            return _with_towers(cls, kw)
+            cfg = _with_towers(cls, kw)
+            break
         except Exception as e:
             named = [k for k in kw if k in str(e)]
             if not named:
                 raise
             kw = {k: v for k, v in kw.items() if k not in named}
-    return _with_towers(cls, kw)
+    cfg = cfg if cfg is not None else _with_towers(cls, kw)
+    if model_type in NO_PER_LAYER_INPUTS:
+        for c in (cfg, getattr(cfg, "text_config", None)):
+            if c is not None and hasattr(c, "hidden_size_per_layer_input"):
+                c.hidden_size_per_layer_input = 0
+    return cfg
 
 
 def _with_towers(cls: type, kw: dict):
@@ -117,6 +127,9 @@ def _randomise(model: torch.nn.Module) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if "weight" in name else 0.0))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        for name, b in model.named_buffers():  # per-layer output scalars (Gemma-4's layer_scalar): not 1
+            if name.endswith("layer_scalar") and b.is_floating_point():
+                b.copy_(0.5 + torch.rand(b.shape, generator=g))
 
 
 MAX_PARAMS = 20_000_000
@@ -177,7 +190,8 @@ def check(model_type: str) -> Result:
     fam = m.adapter.family
     try:
         _equalities(m)
-        extra = [_kv_cache(m), _patching(m), _tuned_lens(m), _orthogonalisation(m), _attention_internals(m)]
+        extra = [_kv_cache(m), _prefix_reuse(m), _patching(m), _tuned_lens(m), _orthogonalisation(m),
+                 _attention_internals(m)]
     except Exception as e:
         return Result(model_type, "failing", fam, _first_line(e))
     how = "parallel" if m.parallel else "sequential"
@@ -265,6 +279,35 @@ def _patching(m) -> str:
     if not _close(got, want, 1e-4):
         raise AssertionError("patching resid_mid and mlp_out of layer 0 != the source prompt's logits")
     return "patching exact"
+
+
+@torch.no_grad()
+def _prefix_reuse(m) -> str:
+    """The A/B sweep's path: the prompts' tokens before the end of instruction run once and their KV cache is
+    shared by every steering cell (ragged rows, left padding) - equal to steering each cell from the boundary on
+    over the whole prompts."""
+    from actlab.hooks.additions import Add
+    from actlab.hooks.points import HookPoint
+    from actlab.hooks.positions import eoi_start
+    from actlab.steering.prefix import cell_logits
+
+    eoi = [7, 8, 9]
+    rows = [[1, *PROBE, *eoi, 12], [1, *OTHER[:4], *eoi, 14, 15]]
+    starts = [int(eoi_start(torch.tensor([r]), eoi)[0]) for r in rows]
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    cell = {HookPoint(0, "resid_post"): 2 * v, HookPoint(m.n_layers - 1, "resid_pre"): -v}
+    got = cell_logits(m, rows, starts, [{}, cell], batch_size=2, cells_per_batch=2)
+    w = max(map(len, rows))
+    ids = torch.zeros(len(rows), w, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(rows):
+        ids[b, w - len(r):], mask[b, w - len(r):] = torch.tensor(r), 1
+    with m.edit(Add(dict(cell), 1.0, positions="from_eoi", eoi_ids=eoi)):
+        ref = m.last_logits(ids, mask)
+    plain = m.last_logits(ids, mask)
+    if not (_close(got[:, 1], ref, 2e-5) and _close(got[:, 0], plain, 2e-5)):
+        raise AssertionError("cells sharing the prompts' prefix cache != steering each cell on whole prompts")
+    return "sweep prefix reuse exact"
 
 
 @torch.no_grad()

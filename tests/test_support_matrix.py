@@ -306,3 +306,51 @@ def test_a_scaled_residual_branch_is_measured_and_hooks_see_what_the_stream_rece
             m.capture("blocks.1.resid_post", dtype=None) as patched:
         m(input_ids=ids, use_cache=False)
     torch.testing.assert_close(patched["blocks.1.resid_post"], src["blocks.1.resid_post"], atol=1e-5, rtol=1e-5)
+
+
+def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_refused():
+    """Gemma-4 multiplies each block's output by its own `layer_scalar` (random here, as checkpoints ship it):
+    the derived adapter names the scalar, resid_post = scalar x (resid_mid + mlp_out) at every layer with each
+    layer's own scalar, captures equal transformers' hidden states, and steering resid_post by v moves the next
+    block's input by exactly v. With per-layer inputs (a third write after the MLP) the refusal says so."""
+    import actlab
+    from actlab.errors import UnsupportedArchitectureError
+    from actlab.hooks.additions import Add
+    from support_matrix import _randomise, tiny_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = tiny_config("gemma4_text")
+        hf = tf.AutoModelForCausalLM.from_config(cfg)
+    _randomise(hf)
+    scalars = [float(layer.layer_scalar) for layer in hf.model.layers]
+    assert all(abs(s - 1) > 1e-3 for s in scalars) and len(set(scalars)) == len(scalars)
+    m = actlab.wrap(hf.eval(), None)
+    assert m.adapter.resid_scale == "layer_scalar" and m.block_scale(1) == pytest.approx(scalars[1])
+    points = [f"blocks.{i}.{k}" for i in range(m.n_layers) for k in ("resid_mid", "mlp_out", "resid_post")]
+    a = _captures(m, points)
+    ids = torch.tensor([[5, 17, 33, 9, 61, 42, 77]])
+    with torch.no_grad():
+        hs = hf(input_ids=ids, output_hidden_states=True).hidden_states
+    for i in range(m.n_layers):
+        p = f"blocks.{i}."
+        torch.testing.assert_close(scalars[i] * (a[p + "resid_mid"] + a[p + "mlp_out"]), a[p + "resid_post"],
+                                   atol=1e-5, rtol=1e-5)
+        if i < m.n_layers - 1:  # the last hidden state is after the final norm
+            torch.testing.assert_close(a[p + "resid_post"][:1].float(), hs[i + 1].float(), atol=1e-5, rtol=1e-5)
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), m.capture("blocks.1.resid_pre", dtype=torch.float64) as clean:
+        m(input_ids=ids, use_cache=False)
+    with torch.no_grad(), m.edit(Add({"blocks.0.resid_post": v}, 1.0, positions="all")), \
+            m.capture("blocks.1.resid_pre", dtype=torch.float64) as moved:
+        m(input_ids=ids, use_cache=False)
+    torch.testing.assert_close(moved["blocks.1.resid_pre"] - clean["blocks.1.resid_pre"],
+                               v.double().expand_as(clean["blocks.1.resid_pre"]), atol=1e-4, rtol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg.hidden_size_per_layer_input = 8
+        ple = tf.AutoModelForCausalLM.from_config(cfg)
+    _randomise(ple)
+    with pytest.raises(UnsupportedArchitectureError, match="per-layer-input branch") as e:
+        actlab.wrap(ple.eval(), None)
+    assert len(str(e.value).splitlines()) == 1

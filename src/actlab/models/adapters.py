@@ -71,6 +71,10 @@ class ArchAdapter:
     # values, so attn_out and mlp_out still sum into the stream. Derived adapters measure them.
     attn_scale: float | None = None
     mlp_scale: float | None = None
+    # A block that multiplies its whole output by a per-layer scalar attribute (Gemma-4's ``layer_scalar``):
+    # resid_post = scalar x (resid_mid + mlp_out). The stream is rescaled at every layer, so attn_out and
+    # mlp_out no longer sum into resid_post; Model.block_scale(i) reads the scalar. Derived adapters find it.
+    resid_scale: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""

@@ -20,6 +20,7 @@ load-time validation (:mod:`actlab.models.validate`) then checks the result like
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -230,6 +231,22 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
                        mlp_c + _rank(list(lin), MLP_WORDS), readers, tol, False)
         if roles:
             outs = outs_all
+    resid_scale = None
+    if roles is None:  # a block that rescales its whole output by a scalar of its own (Gemma-4's layer_scalar)
+        for attr, value in _block_scalars(block):
+            for free in (False, True):
+                roles = _solve(x_in, x_out / value, ins, outs, attn_c, mlp_c, readers, tol, free)
+                if roles:
+                    resid_scale = attr
+                    break
+            if roles:
+                break
+    if roles is None and "per_layer_input" in inspect.signature(block.forward).parameters:
+        raise UnsupportedArchitectureError(
+            f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}) adds a per-layer-input branch "
+            "(Gemma-3n / Gemma-4 E-models: per-layer embeddings gated into the stream after the MLP), a third write "
+            "that attn_out and mlp_out do not cover, so steering and ablation could not be exact; checkpoints "
+            "without per-layer inputs (hidden_size_per_layer_input 0) load. Register an adapter (docs/adapters.md)")
     if roles is None:
         raise UnsupportedArchitectureError(
             f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
@@ -258,8 +275,18 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         attn_proj=attn_proj if roles["attn"] in (attn_mod, attn_proj) else None, pos_embed=pos[0] if pos else None,
         attn_core=attn_mod if _uses_interface(children[attn_mod]) else None, attn_o=attn_proj,
         logit_scale=scale, derived=True, router=router, project_out=project_out, attn_scale=roles["attn_scale"],
-        mlp_scale=roles["mlp_scale"],
+        mlp_scale=roles["mlp_scale"], resid_scale=resid_scale,
     )
+
+
+def _block_scalars(block: nn.Module) -> list[tuple[str, float]]:
+    """One-element floating tensors held by the block itself (not its sub-blocks), with their values: candidate
+    output scales (Gemma-4's ``layer_scalar``)."""
+    out = []
+    for name, t in [*block.named_buffers(recurse=False), *block.named_parameters(recurse=False)]:
+        if t.is_floating_point() and t.numel() == 1 and float(t.detach().abs()) > 0:
+            out.append((name, float(t.detach().double())))
+    return out
 
 
 def _in_every(layers: nn.ModuleList, path: str | None) -> bool:

@@ -220,6 +220,14 @@ class Model:
         s = a.attn_scale if field == "attn" else a.mlp_scale if field == "mlp_out" else None
         return 1.0 if s is None else float(s)
 
+    def block_scale(self, layer: int) -> float:
+        """The scalar layer ``layer`` multiplies its output by (1 unless the adapter names one: resid_post =
+        scale x (resid_mid + mlp_out))."""
+        attr = self.adapter.resid_scale
+        if attr is None:
+            return 1.0
+        return float(getattr(self.module("block", layer), attr))
+
     @property
     def n_experts(self) -> int:
         """Experts per mixture-of-experts block (the router's output width)."""

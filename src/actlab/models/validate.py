@@ -2,7 +2,8 @@
 
 On a short probe input: the lens at the last layer must reproduce the logits, and layer 0 must decompose
 as resid_mid = resid_pre + attn_out (sequential) and resid_post = resid_mid + mlp_out (parallel:
-resid_post = resid_pre + attn_out + mlp_out). A mislabelled module (say, a Gemma-2 post-norm taken for the
+resid_post = resid_pre + attn_out + mlp_out; a block that rescales its output, Gemma-4: resid_post =
+scalar x (resid_mid + mlp_out)). A mislabelled module (say, a Gemma-2 post-norm taken for the
 pre-MLP norm) fails here instead of silently corrupting results.
 """
 
@@ -62,8 +63,10 @@ def validate_model(model: Model) -> dict[str, float]:
     checks = {
         "lens(last resid_post) == logits": (model.unembed(acts[HookPoint(last, "resid_post")].to(model.dtype)),
                                             out.logits.float().cpu()),
-        "resid_post == resid_mid + mlp_out": (acts["blocks.0.resid_mid"] + acts["blocks.0.mlp_out"],
-                                              acts["blocks.0.resid_post"]),
+        "resid_post == resid_mid + mlp_out" if model.adapter.resid_scale is None else
+        f"resid_post == {model.adapter.resid_scale} x (resid_mid + mlp_out)": (
+            model.block_scale(0) * (acts["blocks.0.resid_mid"] + acts["blocks.0.mlp_out"]),
+            acts["blocks.0.resid_post"]),
     }
     if not model.parallel:
         checks["resid_mid == resid_pre + attn_out"] = (acts["blocks.0.resid_pre"] + acts["blocks.0.attn_out"],
