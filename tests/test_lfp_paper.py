@@ -68,3 +68,14 @@ def test_token_prefixes_and_seeded_sampling(tinystories):
     assert "sampled" in spec.describe() and "30-token" in spec.describe()
     words = prefixes(IMDB, 2, CompletionSpec(), tok)
     assert all(len(w.split()) == 8 for w in words)
+
+
+def test_a_csv_field_holding_unicode_line_separators_stays_one_row(tmp_path):
+    """IMDb reviews hold U+0085 (a Windows-1252 ellipsis) inside quoted fields; str.splitlines broke one of the
+    shared sample's 5,000 reviews into two rows (5,001 texts). The csv module reads the file's own newlines."""
+    from actlab.data import read_texts
+
+    p = tmp_path / "r.csv"
+    p.write_text('id,text\n1,"Wait\x85 what\u2028next"\n2,"two\nlines"\n3,plain\n', encoding="utf-8")
+    assert read_texts(p) == ["Wait\x85 what\u2028next", "two\nlines", "plain"]
+    assert len(read_texts(IMDB)) == 5000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -96,7 +97,9 @@ def csv_rows(path: str | os.PathLike[str], keys: Sequence[str], *, what: str = "
     header has (a clear error lists the columns otherwise)."""
     p = existing_file(path, what)
     text = read_text(p)
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    # not str.splitlines: it also breaks at U+0085 / U+2028 and friends, which IMDb reviews hold inside quoted
+    # fields (one review became two rows); the csv module wants the text with its own newlines untouched
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = reader.fieldnames or []
     key = next((k for k in keys if k in cols), None)
     if key is None:

@@ -243,7 +243,7 @@ def study_settings(cfg: Any, root: Path) -> list[list[Any]]:
     few = n_layers is not None and n_layers < 5
     row("layers", "the 5 most divergent MLP layers",
         f"given: {cfg.layers}" if cfg.layers is not None else f"the {k} most divergent MLP layers",
-        cfg.layers is None and (k == 5 or few), f"the model has {n_layers} layers" if few else "")
+        cfg.layers is None and k == 5, f"the model has {n_layers} layers" if few and cfg.layers is None else "")
     sae = cfg.sae
     row("dictionaries", "1x and 2x, L1 0.001, lr 0.001, batch 32, tied, raw activations",
         f"{' and '.join(f'{e:g}x' for e in sae.expansions)}, L1 {sae.l1_coefficient:g}, lr {sae.train.lr:g}, "
