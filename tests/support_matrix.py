@@ -289,8 +289,9 @@ def _prefix_reuse(m) -> str:
     from actlab.hooks.additions import Add
     from actlab.hooks.points import HookPoint
     from actlab.hooks.positions import eoi_start
-    from actlab.steering.prefix import cell_logits
+    from actlab.steering.prefix import cell_logits, prefix_reuse_exact
 
+    reuse = prefix_reuse_exact(m)
     eoi = [7, 8, 9]
     rows = [[1, *PROBE, *eoi, 12], [1, *OTHER[:4], *eoi, 14, 15]]
     starts = [int(eoi_start(torch.tensor([r]), eoi)[0]) for r in rows]
@@ -307,7 +308,7 @@ def _prefix_reuse(m) -> str:
     plain = m.last_logits(ids, mask)
     if not (_close(got[:, 1], ref, 2e-5) and _close(got[:, 0], plain, 2e-5)):
         raise AssertionError("cells sharing the prompts' prefix cache != steering each cell on whole prompts")
-    return "sweep prefix reuse exact"
+    return "sweep prefix reuse exact" if reuse else "sweep exact (prefix cache not reusable here: whole prompts)"
 
 
 @torch.no_grad()

@@ -354,3 +354,56 @@ def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_re
     with pytest.raises(UnsupportedArchitectureError, match="per-layer-input branch") as e:
         actlab.wrap(ple.eval(), None)
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_multimodal_wrapper_gives_the_hooks_its_token_ids_and_padding():
+    """Gemma-3's multimodal model hands its language model embeddings and ready-made 4-D masks: the hooks read
+    the ids and the 2-D mask from the wrapper's own call, so `positions='last'` on a right-padded batch reads each
+    row's last real token and `from_eoi` finds the end of instruction (found by the support matrix's sweep check:
+    it read the padding before)."""
+    import actlab
+    from actlab.hooks.additions import Add
+    from support_matrix import _randomise, tiny_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = tf.AutoModelForCausalLM.from_config(tiny_config("gemma3"))
+    _randomise(hf)
+    m = actlab.wrap(hf.eval(), None)
+    rows = [[1, 5, 17, 33, 7, 8, 9, 12], [1, 8, 3, 7, 8, 9]]
+    ids = torch.tensor([rows[0], rows[1] + [0, 0]])
+    mask = torch.tensor([[1] * 8, [1] * 6 + [0, 0]])
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with m.edit(Add({"blocks.0.resid_post": v}, 2.0, positions="from_eoi", eoi_ids=[7, 8, 9])), \
+                m.capture("blocks.1.resid_post", positions="last", dtype=torch.float64) as batched:
+            m(input_ids=ids, attention_mask=mask, use_cache=False)
+        for b, r in enumerate(rows):
+            with m.edit(Add({"blocks.0.resid_post": v}, 2.0, positions="from_eoi", eoi_ids=[7, 8, 9])), \
+                    m.capture("blocks.1.resid_post", positions="last", dtype=torch.float64) as one:
+                m(input_ids=torch.tensor([r]), use_cache=False)
+            torch.testing.assert_close(batched["blocks.1.resid_post"][b], one["blocks.1.resid_post"][0],
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefix_cache_that_does_not_reproduce_whole_prompts_falls_back(monkeypatch):
+    """The sweep checks once per model that a shared prefix cache reproduces whole prompts; where it does not
+    (here: a cache deliberately computed on other tokens) it evaluates whole prompts, with the same numbers."""
+    import actlab.steering.prefix as prefix
+    from actlab.hooks.additions import Add
+    from actlab.hooks.points import HookPoint
+    from tiny_models import tiny_model
+
+    m = tiny_model("llama")
+    real = prefix._prefix_cache
+    monkeypatch.setattr(prefix, "_prefix_cache", lambda model, ids, mask, k: real(model, (ids + 1) % 60, mask, k))
+    assert not prefix.prefix_reuse_exact(m)
+    rows = [[1, 11, 12, 13, 7, 8, 9, 14], [1, 15, 7, 8, 9, 16, 17]]
+    starts = [4, 2]
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = prefix.cell_logits(m, rows, starts, [{HookPoint(1, "resid_pre"): v}], batch_size=2, cells_per_batch=1)
+    ids, mask = prefix.pad_rows(rows, 0, "left")
+    with torch.no_grad(), m.edit(Add({HookPoint(1, "resid_pre"): v}, 1.0, positions="from_eoi", eoi_ids=[7, 8, 9])):
+        ref = m.last_logits(ids, mask)
+    torch.testing.assert_close(got[:, 0], ref, atol=1e-4, rtol=1e-4)
+    prefix._EXACT.pop(m.hf, None)

@@ -160,7 +160,7 @@ class Capture:
 
     # -- context protocol --------------------------------------------------------------------------
     def __enter__(self) -> Activations:
-        session = HookSession(self.model.base)
+        session = HookSession(self.model.base, getattr(self.model, "hf", None))
         try:
             for p in self.points:
                 plan = read_plan(self.model, p)

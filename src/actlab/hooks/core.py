@@ -67,6 +67,26 @@ class _StateTracker:
         except (TypeError, ValueError):
             self._sig = None
         self._handle = base.register_forward_pre_hook(self._pre, with_kwargs=True)
+        self._root_handle: Any = None
+        self._root_ids: torch.Tensor | None = None
+        self._root_mask: torch.Tensor | None = None
+
+    def watch_root(self, root: nn.Module | None, base: nn.Module) -> None:
+        """Also read the token ids and the 2-D attention mask the whole model was called with: a multimodal
+        wrapper hands its language model ``inputs_embeds`` only (image features merged in) and, some of them
+        (Gemma-3/4), masks it already turned into 4-D ones - so the base never sees the ids ``from_eoi``
+        positions look for, nor which tokens are padding (``positions='last'`` would read a right-padded row's
+        padding)."""
+        if root is None or root is base or self._root_handle is not None:
+            return
+
+        def root_pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+            self._root_ids = ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+            am = kwargs.get("attention_mask")
+            self._root_mask = am if isinstance(am, torch.Tensor) and am.dim() == 2 else None
+
+        self._root_handle = root.register_forward_pre_hook(root_pre, with_kwargs=True)
 
     def _arg(self, args: tuple, kwargs: dict, name: str) -> Any:
         if name in kwargs:
@@ -88,6 +108,8 @@ class _StateTracker:
             return
         batch, seq = int(ref.shape[0]), int(ref.shape[1])
         am = self._arg(args, kwargs, "attention_mask")
+        if not (isinstance(am, torch.Tensor) and am.dim() == 2) and self._root_mask is not None:
+            am = self._root_mask  # the wrapper's own 2-D mask (it passed the base prepared 4-D masks)
         if isinstance(am, torch.Tensor) and am.dim() == 2 and am.shape[0] == batch and am.shape[1] >= seq:
             mask = am[:, am.shape[1] - seq:].bool()
             past = int(am.shape[1] - seq)
@@ -97,10 +119,14 @@ class _StateTracker:
             cache = kv_cache(kwargs, lambda name: self._arg(args, kwargs, name))
             if cache is not None:
                 past = int(cache.get_seq_length())
+        if ids is None and self._root_ids is not None and tuple(self._root_ids.shape) == (batch, seq):
+            ids = self._root_ids  # the wrapper's ids, position for position (image tokens are placeholders)
         self.state = ForwardState(batch=batch, seq=seq, past_len=past, mask=mask, input_ids=ids)
 
     def remove(self) -> None:
         self._handle.remove()
+        if self._root_handle is not None:
+            self._root_handle.remove()
 
 
 # transformers renamed the KV-cache argument ``past_key_values`` -> ``cache`` in 5.24; accept every spelling.
@@ -119,11 +145,12 @@ def kv_cache(kwargs: dict[str, Any], lookup: Callable[[str], Any] | None = None)
 _TRACKERS: weakref.WeakKeyDictionary[nn.Module, _StateTracker] = weakref.WeakKeyDictionary()
 
 
-def _acquire_tracker(base: nn.Module) -> _StateTracker:
+def _acquire_tracker(base: nn.Module, root: nn.Module | None = None) -> _StateTracker:
     tr = _TRACKERS.get(base)
     if tr is None:
         tr = _StateTracker(base)
         _TRACKERS[base] = tr
+    tr.watch_root(root, base)
     tr.users += 1
     return tr
 
@@ -244,12 +271,13 @@ def _attention_run(module: nn.Module, site: str, x: torch.Tensor) -> torch.Tenso
 class HookSession:
     """Adds handlers to sites of one model and removes every one of them on exit.
 
-    ``base`` is the module owning the decoder layers; its inputs give each forward's :class:`ForwardState`.
+    ``base`` is the module owning the decoder layers; its inputs give each forward's :class:`ForwardState`
+    (``root``, the whole model, gives the token ids when a multimodal wrapper hands the base embeddings only).
     Use as a context manager, or call :meth:`close` yourself (a handle-returning variant for long-lived use).
     """
 
-    def __init__(self, base: nn.Module):
-        self.base = base
+    def __init__(self, base: nn.Module, root: nn.Module | None = None):
+        self.base, self.root = base, root
         self._added: list[tuple[_Dispatcher, Handler]] = []
         self._tracker: _StateTracker | None = None
 
@@ -268,7 +296,7 @@ class HookSession:
         if where not in ("in", "out", *ATTN_SITES):
             raise ValueError(f"where must be 'in', 'out' or an attention site {ATTN_SITES}, not {where!r}")
         if self._tracker is None:
-            self._tracker = _acquire_tracker(self.base)
+            self._tracker = _acquire_tracker(self.base, self.root)
         sites = _DISPATCHERS.setdefault(module, {})
         disp = sites.get(where)
         if disp is None:

@@ -121,7 +121,7 @@ class Edits:
                 raise InputError(f"model.edit() takes interventions (Steer, ProjectOut, FeatureEdit, Replace...), "
                                  f"not {type(iv).__name__}")
         built = [iv.edits(target) for iv in self.interventions]  # validate everything before installing
-        session = HookSession(target.base)
+        session = HookSession(target.base, getattr(target, "hf", None))
         try:
             for edits in built:
                 for e in edits:

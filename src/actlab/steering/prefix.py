@@ -20,6 +20,7 @@ one prefix cache.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,40 @@ def pad_rows(rows: Sequence[Sequence[int]], pad: int, side: str) -> tuple[torch.
         ids[b, sl] = torch.tensor(list(r), dtype=torch.long)
         mask[b, sl] = 1
     return ids, mask
+
+
+_EXACT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def prefix_reuse_exact(model: Model) -> bool:
+    """Whether this model reproduces whole prompts from a shared prefix cache (checked once per model on two
+    ragged probe rows, a few tokens each; remembered). Some wrappers build their attention masks themselves
+    and mishandle the padding hole a batch of ragged suffixes leaves (Gemma-3's multimodal checkpoints, found
+    by the support matrix): those evaluate whole prompts instead, with the same numbers."""
+    key = model.hf
+    if key in _EXACT:
+        return bool(_EXACT[key])
+    _EXACT[key] = True  # the probe itself runs the shared path
+    v = model.vocab_size
+    rows = [[(3 + 7 * i) % v for i in range(9)], [(5 + 11 * i) % v for i in range(6)]]
+    pad = getattr(model.tokenizer, "pad_token_id", None) or 0
+    try:
+        with torch.no_grad():
+            shared = torch.cat([t for _, t in iter_cell_logits(model, rows, [5, 3], [{}], batch_size=2,
+                                                               cells_per_batch=1)])[:, 0]
+            ids, mask = pad_rows(rows, pad, "left")
+            plain = model.last_logits(ids.to(model.device), mask.to(model.device)).float().cpu()
+        ok = bool(torch.allclose(shared, plain, rtol=1e-3, atol=1e-3 * (1 + float(plain.abs().max()))))
+    except Exception:
+        _EXACT.pop(key, None)
+        raise
+    _EXACT[key] = ok
+    if not ok:
+        from ..progress import info
+
+        info(f"{model.name}: a shared prefix cache does not reproduce whole prompts with this model (largest "
+             f"logit difference {float((shared - plain).abs().max()):.3g}); evaluating whole prompts instead")
+    return ok
 
 
 def _reusable(cache: object) -> bool:
@@ -223,7 +258,7 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
     last = HookPoint(model.n_layers - 1, "resid_post")
     k = min(cells_per_batch, len(edits))
     groups = _groups(edits, k)
-    use_prefix = all(s > 0 for s in starts) and any(c.ablate is None for c in edits)
+    use_prefix = all(s > 0 for s in starts) and any(c.ablate is None for c in edits) and prefix_reuse_exact(model)
     stop = len(rows) if stop_row is None else min(stop_row, len(rows))
     for s0 in range(first_row, stop, batch_size):
         sl = slice(s0, min(s0 + batch_size, stop))
