@@ -27,7 +27,7 @@ SMALL = {
     "kv_lora_rank": 16, "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 64, "rotary_dim": 4,
     "attention_types": [[["global", "local"], 1]], "vocab_size_per_layer_input": 256,
-    "hidden_size_per_layer_input": 8, "n_group": 1, "topk_group": 1,
+    "hidden_size_per_layer_input": 8, "n_group": 1, "topk_group": 1, "num_kv_shared_layers": 0,
 }
 # Per type: values real checkpoints ship where the tiny default would hide a behaviour (IBM Granite 3.x scales
 # each residual branch by 0.22; the default 1.0 would not exercise the scaled-branch derivation).
@@ -36,7 +36,17 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
              # DBRX names its widths its own way and nests attention / MoE settings (DBRX-Instruct's clip_qkv: 8)
              "dbrx": {"d_model": 64, "n_heads": 4, "n_layers": 2, "max_seq_len": 256,
                       "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
-                      "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}}}
+                      "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}},
+             # defaults that do not build at 2 layers: Cohere-compass's default config has no rope parameters
+             # for its own layer type; Moshi's decoder leaves the audio vocabulary unset; LFM2-MoE interleaves
+             # short convolutions with attention (so it is a hybrid)
+             "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default",
+                                                                           "rope_theta": 10000.0}}},
+             "moshi": {"audio_vocab_size": 64}, "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+             # LongCat-Flash counts layers in pairs (num_layers) and adds 256 zero-compute experts by default;
+             # BLT hashes byte n-grams into a 500,002-row table
+             "longcat_flash": {"num_layers": 1, "zero_expert_num": 2},
+             "blt": {"encoder_hash_byte_group_vocab": 512}}
 # Gemma-4 with per-layer inputs (the E-models' per-layer embeddings, a third write after the MLP) is refused with
 # that reason (tests/test_models_derive.py); the matrix validates the architecture without them.
 NO_PER_LAYER_INPUTS = {"gemma4", "gemma4_text"}
@@ -69,6 +79,12 @@ def tiny_config(model_type: str):
 
     cls = CONFIG_MAPPING[model_type]
     kw = {**_small(cls), **REALISTIC.get(model_type, {})}
+    if model_type in NO_PER_LAYER_INPUTS:
+        no_ple = {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0}
+        kw = {k: no_ple.get(k, v) for k, v in kw.items()}
+        sub = (getattr(cls, "sub_configs", None) or {}).get("text_config")
+        if isinstance(sub, type) and "text_config" in _accepted(cls) and "text_config" not in kw:
+            kw["text_config"] = {**_small(sub), **{k: v for k, v in no_ple.items() if k in _accepted(sub)}}
     cfg = None
     for _ in range(4):  # a validator that refuses a small value names the field: leave that one at its default
         try:
@@ -159,7 +175,9 @@ def check(model_type: str) -> Result:
         return Result(model_type, "refused", "-", "post-LayerNorm encoder architecture used as a decoder: the "
                       "residual stream is re-normalised inside each block")
     if model_type in REFUSED:
-        return Result(model_type, "refused", "-", "recurrent / state-space: no attention + MLP residual blocks")
+        return Result(model_type, "refused", "-", "recurrent in depth (two modules applied in loops), no stack of "
+                      "layers" if model_type == "hrm_text" else
+                      "recurrent / state-space: no attention + MLP residual blocks")
     try:
         cfg = tiny_config(model_type)
     except Exception as e:
@@ -183,6 +201,9 @@ def check(model_type: str) -> Result:
         m = Model.wrap(hf, None, validate=True, name=model_type)
     except UnsupportedArchitectureError as e:
         hybrid = " is a hybrid:" in str(e)
+        if " uses hyper-connections " in str(e):
+            return Result(model_type, "refused", "-", "hyper-connections: " + str(e).split(": each layer ")[-1]
+                          .split(";")[0])
         return Result(model_type, "refused" if hybrid else "failing", "-",
                       "hybrid: " + str(e).split(" is a hybrid: ")[-1].split(";")[0] if hybrid else _first_line(e))
     except Exception as e:

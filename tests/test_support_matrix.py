@@ -106,8 +106,13 @@ def test_an_odd_layout_is_refused_in_one_line_not_hooked_wrongly():
 
 
 def test_refusals_name_the_reason():
-    for mt, words in (("mamba", "recurrent"), ("bart", "encoder-decoder"), ("jamba", "hybrid"),
-                      ("qwen3_next", "hybrid")):
+    cases = [("mamba", "recurrent"), ("bart", "encoder-decoder"), ("jamba", "hybrid"), ("qwen3_next", "hybrid"),
+             ("hrm_text", "recurrent in depth")]
+    if "deepseek_v4" in tf.CONFIG_MAPPING:  # several residual streams per token (transformers 5.x)
+        cases.append(("deepseek_v4", "hyper-connections"))
+    for mt, words in cases:
+        if mt not in tf.CONFIG_MAPPING:
+            continue
         r = check(mt)
         assert r.status == "refused" and words in r.detail, (mt, r)
 

@@ -37,7 +37,8 @@ ATTN_WORDS = ("attn", "attention", "mixer", "self_attn", "temporal")
 MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "experts", "ff", "channel")
 # Recurrent / state-space families: their blocks have no attention sub-block of this shape. Hybrids are
 # tried (their attention layers may validate) but layer 0 is often a recurrent one.
-REFUSED = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma", "reformer"}
+REFUSED = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma", "reformer",
+           "hrm_text"}  # HRM: two modules applied in loops (recurrent in depth), no stack of layers
 # What marks a recurrent / state-space / linear-attention mixer inside a hybrid model's layer: a child name
 # with one of these words (between underscores), or a class name with one of these parts.
 RECURRENT_NAMES = re.compile(r"(^|_)(mamba|ssm|conv|linear_attn|rwkv|recurrent|deltanet|gated_delta)(_|$|\d)")
@@ -50,6 +51,9 @@ def refusal(config: Any) -> str:
     mt = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
         return f"model_type={mt!r} is an encoder-decoder model; actlab reads decoder-only causal LMs"
+    if mt == "hrm_text":
+        return (f"model_type={mt!r} is recurrent in depth (the Hierarchical Reasoning Model applies two modules in "
+                "loops): there is no stack of layers whose residual stream actlab could name")
     return (f"model_type={mt!r} is a recurrent / state-space model: its blocks have no attention and MLP "
             "sub-blocks of the residual form actlab reads")
 
@@ -178,6 +182,12 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     block = layers[0]
     children = dict(block.named_children())
     _refuse_hybrid(layers, mt)
+    hc = [f"{n}: {type(c).__name__}" for n, c in children.items() if "HyperConnection" in type(c).__name__]
+    if hc:
+        raise UnsupportedArchitectureError(
+            f"model_type={mt!r} uses hyper-connections ({', '.join(hc)}): each layer mixes several residual streams "
+            "per token, not one residual stream of d_model that attention and MLP add to; register an adapter "
+            "that names the stream to read (docs/adapters.md)")
     inner = {f"{c}.{k}": m for c, cm in children.items() for k, m in cm.named_modules() if k and _linear_like(m)}
     inner.update({c: m for c, m in children.items() if _linear_like(m)})
     last = layers[n - 1]
