@@ -355,7 +355,7 @@ def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_re
                                v.double().expand_as(clean["blocks.1.resid_pre"]), atol=1e-4, rtol=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg.hidden_size_per_layer_input = 8
+        cfg.hidden_size_per_layer_input, cfg.vocab_size_per_layer_input = 8, cfg.vocab_size
         ple = tf.AutoModelForCausalLM.from_config(cfg)
     _randomise(ple)
     with pytest.raises(UnsupportedArchitectureError, match="per-layer-input branch") as e:
