@@ -1,8 +1,9 @@
 """The support matrix: for every causal-LM model type the installed transformers registers, a tiny random model
 built from that type's own config class, and what actlab makes of it - ``validated`` (the adapter, hand-written
 or derived, passes the load-time validation; captured resid_post equals ``output_hidden_states``; steering
-through actlab equals a hand-written forward hook; the lens at the last layer equals the logits), ``refused``
-with its one-line reason, or ``failing``. ``python tests/support_matrix.py --write`` regenerates the table in
+through actlab equals a hand-written forward hook; the lens at the last layer equals the logits), ``partial``
+(blocks that do not decompose: the same checks at the block outputs only), ``refused`` with its one-line
+reason, or ``failing``. ``python tests/support_matrix.py --write`` regenerates the table in
 docs/support.md; ``tests/test_support_matrix.py`` holds that table equal to fresh results."""
 
 from __future__ import annotations
@@ -209,6 +210,15 @@ def check(model_type: str) -> Result:
     except Exception as e:
         return Result(model_type, "failing", "-", f"wrap: {_first_line(e)}")
     fam = m.adapter.family
+    if m.adapter.blocks_only:  # the stream between blocks only: what a block-level adapter must still get right
+        try:
+            _equalities(m)
+            extra = [_kv_cache(m), _prefix_reuse(m), _block_patching(m), _tuned_lens(m)]
+        except Exception as e:
+            return Result(model_type, "failing", fam, _first_line(e))
+        why = ("per-layer inputs" if "per-layer-input" in m.adapter.blocks_only else
+               "the residual is rescaled inside the block")
+        return Result(model_type, "partial", fam, f"block outputs only ({why}); " + "; ".join(extra))
     try:
         _equalities(m)
         extra = [_kv_cache(m), _prefix_reuse(m), _patching(m), _tuned_lens(m), _orthogonalisation(m),
@@ -333,6 +343,22 @@ def _prefix_reuse(m) -> str:
 
 
 @torch.no_grad()
+def _block_patching(m) -> str:
+    """Patching at the block outputs: another prompt's resid_post of layer 0 (every position) written into this
+    run gives exactly that prompt's logits."""
+    from actlab.hooks.interventions import Replace
+
+    a, b = _ids(m), _ids(m, OTHER)
+    with m.capture("blocks.0.resid_post", dtype=None) as src:
+        want = m.hf(input_ids=a, use_cache=False).logits
+    with m.edit(Replace("blocks.0.resid_post", lambda x: src["blocks.0.resid_post"].to(x.dtype))):
+        got = m.hf(input_ids=b, use_cache=False).logits
+    if not _close(got, want, 1e-4):
+        raise AssertionError("patching resid_post of layer 0 != the source prompt's logits")
+    return "patching exact"
+
+
+@torch.no_grad()
 def _kv_cache(m) -> str:
     """Steered greedy generation with the KV cache (prefix reused) equals the same steering recomputed on the
     whole sequence at every step."""
@@ -435,9 +461,10 @@ def table(results: list[Result]) -> str:
     """The generated part of docs/support.md."""
     import transformers
 
-    counts = {s: sum(r.status == s for r in results) for s in ("validated", "refused", "failing")}
+    counts = {s: sum(r.status == s for r in results) for s in ("validated", "partial", "refused", "failing")}
     lines = [BEGIN, "", f"transformers {transformers.__version__}: {len(results)} causal-LM model types; "
-             f"{counts['validated']} validated, {counts['refused']} refused, {counts['failing']} failing.", "",
+             f"{counts['validated']} validated, {counts['partial']} partial (block outputs only), "
+             f"{counts['refused']} refused, {counts['failing']} failing.", "",
              "| model type | status | adapter | detail |", "|---|---|---|---|"]
     for r in results:
         detail = r.detail.replace("|", "/")

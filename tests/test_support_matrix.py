@@ -147,6 +147,10 @@ def test_info_says_which_adapter_and_what_was_validated(tmp_path, capsys):
     assert "lens(last resid_post) == logits" in out and "rel. error" in out
     code, out, _ = run(["info", "stories260k"], capsys)
     assert code == 0 and "hand-written (llama" in out
+    folder = _saved_tiny("doge", tmp_path / "tiny-doge")  # blocks that do not decompose: said at first sight
+    code, out, err = run(["info", str(folder)], capsys)
+    assert code == 0, err[-2000:]
+    assert "BLOCK OUTPUTS ONLY" in out and "hidden_states[1]" in out
 
 
 def test_the_toolkit_works_through_a_derived_adapter(tmp_path):
@@ -313,13 +317,15 @@ def test_a_scaled_residual_branch_is_measured_and_hooks_see_what_the_stream_rece
     torch.testing.assert_close(patched["blocks.1.resid_post"], src["blocks.1.resid_post"], atol=1e-5, rtol=1e-5)
 
 
-def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_refused():
+def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_read_at_block_outputs():
     """Gemma-4 multiplies each block's output by its own `layer_scalar` (random here, as checkpoints ship it):
     the derived adapter names the scalar, resid_post = scalar x (resid_mid + mlp_out) at every layer with each
     layer's own scalar, captures equal transformers' hidden states, and steering resid_post by v moves the next
-    block's input by exactly v. With per-layer inputs (a third write after the MLP) the refusal says so."""
+    block's input by exactly v. With per-layer inputs (a third write after the MLP) the model is read at its
+    block outputs only: validated against its own hidden states, and every sub-block point (and so the
+    ablation) refused in one line with the reason."""
     import actlab
-    from actlab.errors import UnsupportedArchitectureError
+    from actlab.errors import HookPointError
     from actlab.hooks.additions import Add
     from support_matrix import _randomise, tiny_config
 
@@ -358,9 +364,15 @@ def test_a_block_that_rescales_its_output_is_derived_and_per_layer_inputs_are_re
         cfg.hidden_size_per_layer_input, cfg.vocab_size_per_layer_input = 8, cfg.vocab_size
         ple = tf.AutoModelForCausalLM.from_config(cfg)
     _randomise(ple)
-    with pytest.raises(UnsupportedArchitectureError, match="per-layer-input branch") as e:
-        actlab.wrap(ple.eval(), None)
+    p = actlab.wrap(ple.eval(), None)  # block outputs only: validated against its own hidden states
+    assert "per-layer-input branch" in p.adapter.blocks_only and "resid_post 0 == hidden_states[1]" in p.validation
+    with pytest.raises(HookPointError, match="block outputs only") as e, p.capture("blocks.0.mlp_out"):
+        pass
     assert len(str(e.value).splitlines()) == 1
+    from actlab.steering.ablation import ablate
+
+    with pytest.raises(HookPointError, match="block outputs only"):
+        ablate(p, torch.ones(p.d_model))
 
 
 def test_a_multimodal_wrapper_gives_the_hooks_its_token_ids_and_padding():

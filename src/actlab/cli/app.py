@@ -65,6 +65,8 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
     a = m.adapter
     how = ("derived from its module tree and a probe forward (docs/support.md)" if a.derived
            else f"hand-written ({a.family}, docs/adapters.md)")
+    if a.blocks_only:
+        how += f"; BLOCK OUTPUTS ONLY: {a.blocks_only}"
     checked = "; ".join(f"{k} (rel. error {v:.1e})" for k, v in m.validation.items()) or "not run"
     try:
         d_mlp: object = m.d_mlp

@@ -138,10 +138,17 @@ def _out_weight(module: nn.Module) -> torch.Tensor:
     return w if isinstance(module, nn.Linear) else w.T
 
 
+def _missing(target: HookTarget, field: str, p: HookPoint) -> HookPointError:
+    why = getattr(getattr(target, "adapter", None), "blocks_only", None)
+    if why:
+        return HookPointError(f"{p.name}: this model is read at its block outputs only - {why}")
+    return HookPointError(f"{p.name}: this model has no {field!r} module to hook")
+
+
 def _need(target: HookTarget, site: Site, p: HookPoint) -> Resolved:
     r = resolve(target, site, p)
     if r is None:
-        raise HookPointError(f"{p.name}: this model has no {site.field!r} module to hook")
+        raise _missing(target, site.field, p)
     return r
 
 
@@ -160,7 +167,7 @@ def read_plan(target: HookTarget, p: HookPoint) -> ReadPlan:
     if direct is not None:
         return ReadPlan(direct)
     if k.composite is None:
-        raise HookPointError(f"{p.name}: this model has no {k.read.field!r} module to hook")
+        raise _missing(target, k.read.field, p)
     base, part = k.composite
     return ReadPlan(None, HookPoint(p.layer, base), _need(target, part, p))
 

@@ -38,9 +38,9 @@ class ArchAdapter:
     model_types: tuple[str, ...]
     base: str
     layers: str
-    attn: str
+    attn: str | None  # None only with blocks_only
     mlp: str | None
-    mlp_out: str
+    mlp_out: str | None  # None only with blocks_only
     mlp_down: str | None  # None: no single linear map writes the MLP output (a mixture of experts)
     mlp_norm: str | None
     final_norm: str
@@ -75,6 +75,12 @@ class ArchAdapter:
     # resid_post = scalar x (resid_mid + mlp_out). The stream is rescaled at every layer, so attn_out and
     # mlp_out no longer sum into resid_post; Model.block_scale(i) reads the scalar. Derived adapters find it.
     resid_scale: str | None = None
+    # Block outputs only: why the blocks could not be decomposed into attention and MLP writes (a residual
+    # rescaled inside the block, a third branch...). Then only the stream between blocks is hooked (embed,
+    # resid_pre, resid_post, final_norm: capture, steering, patching, the lens); every sub-block point is
+    # refused with this reason. Derived adapters set it; load-time validation then checks every layer's
+    # output against the model's own hidden states.
+    blocks_only: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""

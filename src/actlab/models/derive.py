@@ -251,18 +251,22 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
                     break
             if roles:
                 break
-    if roles is None and "per_layer_input" in inspect.signature(block.forward).parameters:
-        raise UnsupportedArchitectureError(
-            f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}) adds a per-layer-input branch "
-            "(Gemma-3n / Gemma-4 E-models: per-layer embeddings gated into the stream after the MLP), a third write "
-            "that attn_out and mlp_out do not cover, so steering and ablation could not be exact; checkpoints "
-            "without per-layer inputs (hidden_size_per_layer_input 0) load. Register an adapter (docs/adapters.md)")
-    if roles is None:
-        raise UnsupportedArchitectureError(
-            f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
-            "as resid_post = resid_pre + attention + MLP through any of its children (a recurrent, hybrid or "
-            "post-norm block?); register an adapter: actlab.register_adapter(actlab.ArchAdapter(...)) "
-            "(see docs/adapters.md)")
+    if roles is None:  # the stream between blocks is still there: block outputs only (with the reason)
+        if "per_layer_input" in inspect.signature(block.forward).parameters:
+            why = ("it adds a per-layer-input branch (Gemma-3n / Gemma-4 E-models: per-layer embeddings gated into "
+                   "the stream after the MLP), a third write that attn_out and mlp_out would not cover")
+        else:
+            why = (f"decoder layer 0 ({type(block).__name__}, children {names}) does not decompose as resid_post = "
+                   "resid_pre + attention + MLP through any of its children (the residual itself is rescaled or "
+                   "interpolated inside the block)")
+        final_norm, scale, project_out = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out, tol, mt)
+        return ArchAdapter(
+            family=f"derived:{mt}", model_types=(mt,), base=base_path, layers=layers_path, attn=None, mlp=None,
+            mlp_out=None, mlp_down=None, mlp_norm=None, final_norm=final_norm,
+            softcap_attr="final_logit_softcapping" if getattr(config, "final_logit_softcapping", None) else None,
+            logit_scale=scale, derived=True, project_out=project_out,
+            blocks_only=f"model_type={mt!r}: {why}; only the stream between blocks is hooked (embed, resid_pre, "
+                        "resid_post, final_norm)")
     attn_mod = _owner(roles["attn"], names, ATTN_WORDS, children)
     mlp_mod = _owner(roles["mlp_out"], names, MLP_WORDS, children)
     mlp_target = outs.get(roles["mlp_out"] if "." in roles["mlp_out"] else mlp_mod)

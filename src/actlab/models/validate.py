@@ -48,6 +48,8 @@ def probe_batch(model: Model, n_tokens: int = 8) -> dict[str, torch.Tensor]:
 def validate_model(model: Model) -> dict[str, float]:
     """Check the adapter on a probe; returns the relative errors, raises AdapterValidationError on mismatch."""
     batch = probe_batch(model)
+    if model.adapter.blocks_only:
+        return _validate_blocks(model, batch)
     last = model.n_layers - 1
     pts = [*parse_points("blocks.0.resid_pre,blocks.0.attn_out,blocks.0.resid_mid,blocks.0.mlp_out,"
                          "blocks.0.resid_post", model.n_layers), HookPoint(last, "resid_post")]
@@ -80,4 +82,37 @@ def validate_model(model: Model) -> dict[str, float]:
                 f"(relative error {rel:.2e} > {tol:.0e}). The module paths in its ArchAdapter are wrong for "
                 "this model (see docs/adapters.md)"
             )
+    return errors
+
+
+@torch.no_grad()
+def _validate_blocks(model: Model, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Block outputs only (the blocks did not decompose): every layer's captured output must equal the model's
+    own ``hidden_states[i + 1]`` (a wrongly found layer list fails here) and the lens at the last layer the
+    logits."""
+    n = model.n_layers
+    pts = [HookPoint(i, "resid_post") for i in range(n)]
+    was_training = model.hf.training
+    model.hf.eval()
+    try:
+        with model.capture(pts, positions="all", dtype=torch.float64, device="cpu") as acts:
+            out = model(**batch, use_cache=False, output_hidden_states=True)
+    finally:
+        model.hf.train(was_training)
+    tol = _tol(model.dtype)
+    hs = getattr(out, "hidden_states", None)
+    checks = {"lens(last resid_post) == logits": (model.unembed(acts[pts[-1]].to(model.dtype)),
+                                                  out.logits.float().cpu())}
+    if hs is not None and len(hs) == n + 1:
+        for i in range(n - 1):  # the last hidden state is after the final norm
+            checks[f"resid_post {i} == hidden_states[{i + 1}]"] = (acts[pts[i]], hs[i + 1].double().cpu())
+    errors: dict[str, float] = {}
+    for what, (got, want) in checks.items():
+        ok, rel = _close(got.cpu(), want.cpu(), tol)
+        errors[what] = rel
+        if not ok:
+            raise AdapterValidationError(
+                f"adapter {model.adapter.family!r} does not fit {model.name!r}: {what} fails on a probe input "
+                f"(relative error {rel:.2e} > {tol:.0e}); its blocks could not be decomposed either "
+                f"({model.adapter.blocks_only}). Register an adapter (see docs/adapters.md)")
     return errors

@@ -115,22 +115,22 @@ def prefix_reuse_exact(model: Model) -> bool:
     v = model.vocab_size
     rows = [[(3 + 7 * i) % v for i in range(9)], [(5 + 11 * i) % v for i in range(6)]]
     pad = getattr(model.tokenizer, "pad_token_id", None) or 0
-    try:
-        with torch.no_grad():
+    ids, mask = pad_rows(rows, pad, "left")
+    with torch.no_grad():
+        plain = model.last_logits(ids.to(model.device), mask.to(model.device)).float().cpu()
+        try:
             shared = torch.cat([t for _, t in iter_cell_logits(model, rows, [5, 3], [{}], batch_size=2,
                                                                cells_per_batch=1)])[:, 0]
-            ids, mask = pad_rows(rows, pad, "left")
-            plain = model.last_logits(ids.to(model.device), mask.to(model.device)).float().cpu()
-        ok = bool(torch.allclose(shared, plain, rtol=1e-3, atol=1e-3 * (1 + float(plain.abs().max()))))
-    except Exception:
-        _EXACT.pop(key, None)
-        raise
+            why = f"largest logit difference {float((shared - plain).abs().max()):.3g}"
+            ok = bool(torch.allclose(shared, plain, rtol=1e-3, atol=1e-3 * (1 + float(plain.abs().max()))))
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:  # a cache that cannot be cropped
+            why, ok = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}", False
     _EXACT[key] = ok
     if not ok:
         from ..progress import info
 
-        info(f"{model.name}: a shared prefix cache does not reproduce whole prompts with this model (largest "
-             f"logit difference {float((shared - plain).abs().max()):.3g}); evaluating whole prompts instead")
+        info(f"{model.name}: a shared prefix cache does not reproduce whole prompts with this model ({why}); "
+             "evaluating whole prompts instead")
     return ok
 
 
