@@ -14,6 +14,11 @@ module tree and from one probe forward, never from names alone.
 4. **Final norm**: a norm child of ``base`` (or of the root) for which unembedding the last layer's output
    through it reproduces the logits, up to one scalar (a logit scale, as Cohere and Granite have), recorded.
 
+A block that rescales its whole output by a scalar attribute of its own (Gemma-4's ``layer_scalar``) is solved
+with that scalar divided out (``resid_scale``). A block that still does not decompose, but whose output the
+final norm reads (step 4), gets a **block-outputs-only** adapter (``blocks_only``: the reason): only the stream
+between blocks is hooked, and validation checks every layer against the model's hidden states.
+
 Whatever cannot be matched raises :class:`UnsupportedArchitectureError` naming the part, never a guess; the
 load-time validation (:mod:`actlab.models.validate`) then checks the result like any hand-written adapter.
 """
@@ -259,7 +264,15 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
             why = (f"decoder layer 0 ({type(block).__name__}, children {names}) does not decompose as resid_post = "
                    "resid_pre + attention + MLP through any of its children (the residual itself is rescaled or "
                    "interpolated inside the block)")
-        final_norm, scale, project_out = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out, tol, mt)
+        try:
+            final_norm, scale, project_out = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out,
+                                                         tol, mt)
+        except UnsupportedArchitectureError:  # nor is the stream between blocks what the final norm reads
+            raise UnsupportedArchitectureError(
+                f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
+                "as resid_post = resid_pre + attention + MLP through any of its children, and no final norm turns "
+                "the last layer's output into the logits (a recurrent, hybrid or post-norm block?); register an "
+                "adapter: actlab.register_adapter(actlab.ArchAdapter(...)) (see docs/adapters.md)") from None
         return ArchAdapter(
             family=f"derived:{mt}", model_types=(mt,), base=base_path, layers=layers_path, attn=None, mlp=None,
             mlp_out=None, mlp_down=None, mlp_norm=None, final_norm=final_norm,
