@@ -19,17 +19,21 @@ from tiny_models import FAMILIES, tiny_hf_model
 def test_support_matrix_equals_the_docs_table():
     """Every model type keeps the status the table records (a type that validated and stops validating fails
     this test; so does one that starts to, until the table is regenerated: `python tests/support_matrix.py
-    --write`). With another transformers version the table does not apply; then only: no crash, and at least
-    the hand-written families validate."""
+    --write`). With another transformers version (a fresh machine installs the newest) the table still binds
+    where it can: every type it lists as validated (or partial) that this version also has must still be, so a
+    new transformers release that breaks a supported architecture fails CI; new types and improvements pass."""
     version, table = parse_table(DOC.read_text(encoding="utf-8"))
     results = run_all()
     got = {r.model_type: r.status for r in results}
-    counts = {s: sum(v == s for v in got.values()) for s in ("validated", "refused", "failing")}
+    counts = {s: sum(v == s for v in got.values()) for s in ("validated", "partial", "refused", "failing")}
     print(counts)
     if version != tf.__version__:
-        hand = {"llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox", "opt"} & set(got)
-        assert all(got[t] == "validated" for t in hand), {t: got[t] for t in hand}
-        pytest.skip(f"docs/support.md was generated with transformers {version}, this is {tf.__version__}")
+        rank = {"validated": 2, "partial": 1}
+        worse = {t: (table[t], s) for t, s in got.items() if t in table and rank.get(table[t], 0) > rank.get(s, 0)}
+        assert not worse, (f"transformers {tf.__version__}: types the table (made with {version}) supports no "
+                           f"longer are (table, now): {worse}")
+        assert counts["validated"] > 80
+        return
     changed = {t: (table.get(t), s) for t, s in got.items() if table.get(t) != s}
     assert not changed, f"status changed (table, now) - regenerate docs/support.md if intended: {changed}"
     assert set(table) == set(got)
