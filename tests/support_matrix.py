@@ -320,7 +320,7 @@ def _prefix_reuse(m) -> str:
     from actlab.hooks.additions import Add
     from actlab.hooks.points import HookPoint
     from actlab.hooks.positions import eoi_start
-    from actlab.steering.prefix import cell_logits, prefix_reuse_exact
+    from actlab.steering.prefix import cell_logits, pad_rows, prefix_reuse_exact
 
     reuse = prefix_reuse_exact(m)
     eoi = [7, 8, 9]
@@ -329,11 +329,7 @@ def _prefix_reuse(m) -> str:
     v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     cell = {HookPoint(0, "resid_post"): 2 * v, HookPoint(m.n_layers - 1, "resid_pre"): -v}
     got = cell_logits(m, rows, starts, [{}, cell], batch_size=2, cells_per_batch=2)
-    w = max(map(len, rows))
-    ids = torch.zeros(len(rows), w, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(rows):
-        ids[b, w - len(r):], mask[b, w - len(r):] = torch.tensor(r), 1
+    ids, mask = pad_rows(rows, 0, "left")
     with m.edit(Add(dict(cell), 1.0, positions="from_eoi", eoi_ids=eoi)):
         ref = m.last_logits(ids, mask)
     plain = m.last_logits(ids, mask)

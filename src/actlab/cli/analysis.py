@@ -34,6 +34,16 @@ compare_app = typer.Typer(help="Compare steering vectors across layers and model
 OutDir = Annotated[Path, opt("--out", metavar="DIR", help="Run folder (JSON, PNG, run.json).")]
 
 
+def _check_labels(labels: list[str] | None, n: int, what: str, one: str) -> None:
+    """--label names, when given: one plain name per item."""
+    from ..errors import InputError
+
+    if labels and len(labels) != n:
+        raise InputError(f"{len(labels)} --label names for {n} {what}; give one per {one} (or none)")
+    for name in labels or []:
+        checks.plain_name(name, "--label")
+
+
 @compare_app.command("vectors")
 def compare_vectors(
     vectors: Annotated[list[Path], typer.Argument(help="Vector files (.safetensors).", metavar="VECTOR...",
@@ -46,17 +56,13 @@ def compare_vectors(
     force: Annotated[bool, opt("--force", help="Compare even when hook point / positions / family differ.")] = False,
 ) -> None:
     """Layer x layer cosine heatmaps, cross-model cosine per layer (with --vs), and a normalised PCA."""
-    from ..errors import InputError
     from ..jobs import vector_comparison
     from ..steering.vector import SteeringVector
 
     for v in [*vectors, *(versus or [])]:
         checks.input_file(v, "vector file")
     checks.output_dir(out, "--out folder")
-    if labels and len(labels) != len(vectors):
-        raise InputError(f"{len(labels)} --label names for {len(vectors)} vectors; give one per vector (or none)")
-    for name in labels or []:
-        checks.plain_name(name, "--label")
+    _check_labels(labels, len(vectors), "vectors", "vector")
     loaded = [SteeringVector.load(v).check_values(f"the vector in {str(v)!r}") for v in vectors]
     others = [SteeringVector.load(v).check_values(f"the vector in {str(v)!r}") for v in versus or []]
     names = list(labels) if labels else [p.stem for p in vectors]
@@ -96,17 +102,13 @@ def compare_behaviours(
 ) -> None:
     """Several behaviours on two models in one run: a vector per behaviour and model, the per-layer cosine
     between the two models' vectors of each behaviour, and the cosines between behaviours within each model."""
-    from ..errors import InputError
     from ..jobs.compare import behaviour_comparison
     from ..steering.prompts import check_read_policy
 
     for f in data:
         checks.input_file(f, "--data file")
     checks.output_dir(out, "--out folder")
-    if labels and len(labels) != len(data):
-        raise InputError(f"{len(labels)} --label names for {len(data)} --data files; give one per file (or none)")
-    for name in labels or []:
-        checks.plain_name(name, "--label")
+    _check_labels(labels, len(data), "--data files", "file")
     checks.layer_syntax(layers)
     if positions is not None:
         check_read_policy(positions)

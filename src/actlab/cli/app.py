@@ -103,15 +103,11 @@ def _lens_mix(source: str | None, point: str | None, scale: float, position: str
     if positions == "generated":
         raise InputError("--positions generated mixes nothing in the lens's one forward over the prompt; use auto, "
                          "all or from_eoi")
-    pos: int | str = position
-    if position != "mean":
-        try:
-            pos = int(position)
-        except ValueError:
-            raise InputError(f"--mix-position must be a token index (e.g. -1) or 'mean', not {position!r}") from None
     from ..steering.apply import Mix
+    from .steer import mix_position
 
-    return Mix(source, point, scale, position=pos, positions=positions, chat=chat)
+    return Mix(source, point, scale, position=mix_position(position, "--mix-position"), positions=positions,
+               chat=chat)
 
 
 @app.command()

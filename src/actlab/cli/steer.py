@@ -323,12 +323,7 @@ def mix(
             raise InputError("--concept names what --sweep-layers looks for; give --sweep-layers too")
         checks.point_syntax(point)
     checks.finite(scale, "--scale")
-    pos: int | str = position
-    if position != "mean":
-        try:
-            pos = int(position)
-        except ValueError:
-            raise InputError(f"--position must be a token index (e.g. -1) or 'mean', not {position!r}") from None
+    pos = mix_position(position, "--position")
     _steer_positions(positions)
     checks.positive(max_new_tokens, "--max-new-tokens")
     checks.output_dir(out, "--out folder")
@@ -351,6 +346,18 @@ def mix(
     console.print(table)
     if out:
         wrote(out / "mix.json")
+
+
+def mix_position(position: str, what: str) -> int | str:
+    """The source token activation mixing reads: an index over its tokens, or 'mean'."""
+    if position == "mean":
+        return position
+    try:
+        return int(position)
+    except ValueError:
+        from ..errors import InputError
+
+        raise InputError(f"{what} must be a token index (e.g. -1) or 'mean', not {position!r}") from None
 
 
 def _mix_sweep(m: Any, source: str, kind: str, prompts: list[str], layers: str, scale: float, position: int | str,

@@ -61,7 +61,6 @@ def validate_model(model: Model) -> dict[str, float]:
     finally:
         model.hf.train(was_training)
     tol = _tol(model.dtype)
-    errors: dict[str, float] = {}
     checks = {
         "lens(last resid_post) == logits": (model.unembed(acts[HookPoint(last, "resid_post")].to(model.dtype)),
                                             out.logits.float().cpu()),
@@ -73,15 +72,21 @@ def validate_model(model: Model) -> dict[str, float]:
     if not model.parallel:
         checks["resid_mid == resid_pre + attn_out"] = (acts["blocks.0.resid_pre"] + acts["blocks.0.attn_out"],
                                                        acts["blocks.0.resid_mid"])
+    return _checked(model, checks, tol, ". The module paths in its ArchAdapter are wrong for this model (see "
+                                        "docs/adapters.md)")
+
+
+def _checked(model: Model, checks: dict[str, tuple[torch.Tensor, torch.Tensor]], tol: float, hint: str
+             ) -> dict[str, float]:
+    """Each check's relative error; the first one past ``tol`` raises, naming it (``hint`` ends the message)."""
+    errors: dict[str, float] = {}
     for what, (got, want) in checks.items():
         ok, rel = _close(got.cpu(), want.cpu(), tol)
         errors[what] = rel
         if not ok:
             raise AdapterValidationError(
                 f"adapter {model.adapter.family!r} does not fit {model.name!r}: {what} fails on a probe input "
-                f"(relative error {rel:.2e} > {tol:.0e}). The module paths in its ArchAdapter are wrong for "
-                "this model (see docs/adapters.md)"
-            )
+                f"(relative error {rel:.2e} > {tol:.0e}){hint}")
     return errors
 
 
@@ -106,13 +111,5 @@ def _validate_blocks(model: Model, batch: dict[str, torch.Tensor]) -> dict[str, 
     if hs is not None and len(hs) == n + 1:
         for i in range(n - 1):  # the last hidden state is after the final norm
             checks[f"resid_post {i} == hidden_states[{i + 1}]"] = (acts[pts[i]], hs[i + 1].double().cpu())
-    errors: dict[str, float] = {}
-    for what, (got, want) in checks.items():
-        ok, rel = _close(got.cpu(), want.cpu(), tol)
-        errors[what] = rel
-        if not ok:
-            raise AdapterValidationError(
-                f"adapter {model.adapter.family!r} does not fit {model.name!r}: {what} fails on a probe input "
-                f"(relative error {rel:.2e} > {tol:.0e}); its blocks could not be decomposed either "
-                f"({model.adapter.blocks_only}). Register an adapter (see docs/adapters.md)")
-    return errors
+    return _checked(model, checks, tol, f"; its blocks could not be decomposed either ({model.adapter.blocks_only})."
+                                        " Register an adapter (see docs/adapters.md)")

@@ -150,13 +150,6 @@ def induce_scores(model: Model, texts: Sequence[str], style: PromptStyle,
     return torch.cat(parts).mean(0).tolist()
 
 
-def refusal_class(text: str, phrases: Sequence[str] = REFUSAL_PHRASES) -> str:
-    """``refusal``, ``refuse_then_comply`` or ``comply`` (:func:`actlab.steering.refusal_study.refusal_class`)."""
-    from .refusal_study import refusal_class as classify
-
-    return classify(text, phrases)
-
-
 def refusal_rate(texts: Sequence[str], phrases: Sequence[str]) -> float:
     return sum(is_refusal(t, phrases) for t in texts) / max(len(texts), 1)
 
@@ -297,7 +290,7 @@ def refusal_pipeline(
         "actlab_version": __version__, "purpose": "refusal", "scores": {k: best[k] for k in
                                                                          ("kl", "bypass", "induce")},
     })
-    from .refusal_study import class_counts, refusal_study
+    from .refusal_study import class_counts, refusal_class, refusal_study
 
     gens = [{"prompt": p, "before": b, "after": a, "class_before": refusal_class(b, phrases),
              "class_after": refusal_class(a, phrases)}
@@ -312,7 +305,8 @@ def refusal_pipeline(
             model, d, best["layer"], best["eoi_position"], train=(texts_h, texts_n), val=(vh, vn), style=style,
             positions=cfg.positions, phrases=phrases, subsets=cfg.subsets, rounds=cfg.rounds,
             harmfulness=cfg.harmfulness, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-            rate_after=best["refusal_rate_ablated"], log=log)
+            rate_after=best["refusal_rate_ablated"], clean_harmless=clean_n, clean_harmful_score=base_harmful,
+            log=log)
     if out is not None:
         write_refusal_outputs(result, out, cfg, base_harmful, base_harmless)
     return result

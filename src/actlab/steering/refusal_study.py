@@ -107,10 +107,14 @@ def refusal_study(model: Model, direction: torch.Tensor, layer: int, position: i
                   train: tuple[Sequence[str], Sequence[str]], val: tuple[Sequence[str], Sequence[str]],
                   style: PromptStyle, positions: str, phrases: Sequence[str], subsets: Sequence[str] = (),
                   rounds: int = 1, harmfulness: bool = False, max_new_tokens: int = 32, batch_size: int = 16,
-                  rate_after: float | None = None, log: Callable[[str], None] = progress_info) -> dict[str, Any]:
+                  rate_after: float | None = None, clean_harmless: torch.Tensor | None = None,
+                  clean_harmful_score: float | None = None, log: Callable[[str], None] = progress_info
+                  ) -> dict[str, Any]:
     """Run the requested experiments (module docstring) for ``direction`` (read at ``resid_pre`` of ``layer``,
     position ``position`` of the ``positions`` policy). ``train``/``val``: (harmful, harmless) prompts,
-    already formatted. Returns a JSON-ready dict."""
+    already formatted. ``clean_harmless`` (the harmless validation prompts' next-token logits) and
+    ``clean_harmful_score`` (the harmful ones' mean refusal score), unedited, are computed when not given (the
+    pipeline has them). Returns a JSON-ready dict."""
     from .refusal import _last_logits, _refusal_logodds, refusal_rate, refusal_token_ids
 
     special = style.add_special_tokens()
@@ -131,7 +135,7 @@ def refusal_study(model: Model, direction: torch.Tensor, layer: int, position: i
         return read_positions(model, t, positions, style)[position]
 
     out: dict[str, Any] = {"layer": layer, "position": position, "positions": positions}
-    clean_n = _last_logits(model, vn, style, batch_size)
+    clean_n = clean_harmless if clean_harmless is not None else _last_logits(model, vn, style, batch_size)
     if subsets:
         rows = []
         for spec in subsets:
@@ -181,8 +185,8 @@ def refusal_study(model: Model, direction: torch.Tensor, layer: int, position: i
             "n_harmful": len(h_set), "n_harmless": len(n_set), "n_harmful_refused": len(refused_h),
             "n_harmless_answered": len(answered_n), "norm": float(harm.norm()), "cos_with_refusal": _cos(harm,
                                                                                                           direction),
-            "ablated": effects, "clean_refusal_score": float(_refusal_logodds(
-                _last_logits(model, vh, style, batch_size), ref_ids).mean())}
+            "ablated": effects, "clean_refusal_score": clean_harmful_score if clean_harmful_score is not None
+            else float(_refusal_logodds(_last_logits(model, vh, style, batch_size), ref_ids).mean())}
         out["harmfulness_direction"] = harm
         log(f"  harmfulness direction ({out['harmfulness']['grouping']}): cos with refusal "
             f"{out['harmfulness']['cos_with_refusal']:.3f}; refusal rate with it ablated "
