@@ -76,3 +76,11 @@ def test_rl_with_the_classifier_reward(tiny_classifier, tmp_path, capsys):
     code, _, err = run(["finetune", "rl", "tinystories-656k", "--data", str(data), "--out", str(tmp_path / "bad"),
                         "--classifier", str(path)], capsys)
     assert code == 2 and "--reward classifier" in err
+    code, _, err = run(["finetune", "rl", "tinystories-656k", "--data", str(data), "--out", str(tmp_path / "none"),
+                        "--reward", "classifier", "--classifier", str(tmp_path / "missing"),
+                        "--classifier-label", "POSITIVE"], capsys)
+    assert code == 2 and "cannot load the reward classifier" in err and "loading tinystories" not in err
+    assert not (tmp_path / "none" / "run.json").exists()  # refused before the policy model loads or a run starts
+    code, _, err = run(["finetune", "rl", "tinystories-656k", "--data", str(data), "--out", str(tmp_path / "none"),
+                        "--reward", "classifier", "--classifier", str(path), "--classifier-label", "joy"], capsys)
+    assert code == 2 and "NEGATIVE, POSITIVE" in err and not (tmp_path / "none" / "run.json").exists()

@@ -59,6 +59,10 @@ def finetune_rl(
                                    "classifier": classifier, "classifier_label": classifier_label}.items()
                  if v is not None}
     cfg = build_config(RLConfig, {**RL_PRESETS[preset].model_dump(), **overrides}, "RL")  # validated
+    if cfg.reward == "classifier":
+        from ..finetune.rewards import check_classifier
+
+        check_classifier(str(cfg.classifier), cfg.classifier_label)  # before the policy model loads
     from ..data import imdb_prefixes
     from ..jobs.common import FromFile
 

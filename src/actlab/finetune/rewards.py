@@ -45,6 +45,31 @@ def lexicon_reward_fn(prompts: Sequence[Any], completions: Sequence[Any], **_: A
     return [lexicon_reward(_text(c)) for c in completions]
 
 
+def check_classifier(model: str, label: str | int = "positive") -> int:
+    """The index of ``label`` in a sequence classifier's labels, from its config alone (cheap: run it before
+    loading anything else, so a wrong name or label fails in the first second)."""
+    from transformers import AutoConfig
+
+    from ..errors import InputError
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the reward classifier {model!r}: {str(e).splitlines()[0]}") from None
+    id2label = getattr(config, "id2label", None) or {}
+    n = int(getattr(config, "num_labels", len(id2label)))
+    if isinstance(label, int) or (isinstance(label, str) and label.isdigit()):
+        index = int(label)
+        if not 0 <= index < n:
+            raise InputError(f"classifier label index {index} is out of range 0..{n - 1}")
+        return index
+    names = {str(v).lower(): int(k) for k, v in id2label.items()}
+    if label.lower() not in names:
+        raise InputError(f"the classifier {model!r} has no label {label!r}; its labels: "
+                         f"{', '.join(str(v) for v in id2label.values())} (or an index)")
+    return names[label.lower()]
+
+
 class ClassifierReward:
     """A sequence classifier's logit for one label as the reward (the study's Appendix B: a DistilBERT IMDb
     sentiment model, the logit of "positive"). Any Hugging Face sequence-classification model (hub id or folder);
@@ -60,6 +85,7 @@ class ClassifierReward:
 
         if text not in ("completion", "prompt+completion"):
             raise InputError(f"unknown classifier text {text!r}; valid: completion, prompt+completion")
+        self.index = check_classifier(model, label)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model)
@@ -68,17 +94,6 @@ class ClassifierReward:
         self.model.eval()
         self.device = torch.device(device) if device else torch.device("cpu")
         self.model.to(self.device)
-        names = {str(v).lower(): int(k) for k, v in (self.model.config.id2label or {}).items()}
-        n = int(self.model.config.num_labels)
-        if isinstance(label, int) or (isinstance(label, str) and label.isdigit()):
-            self.index = int(label)
-            if not 0 <= self.index < n:
-                raise InputError(f"classifier label index {self.index} is out of range 0..{n - 1}")
-        elif label.lower() in names:
-            self.index = names[label.lower()]
-        else:
-            raise InputError(f"the classifier {model!r} has no label {label!r}; its labels: "
-                             f"{', '.join(str(v) for v in self.model.config.id2label.values())} (or an index)")
         self.label = str(self.model.config.id2label.get(self.index, self.index))
         self.text, self.batch_size, self.max_length, self.name = text, batch_size, max_length, model
         if self.tokenizer.pad_token is None:
