@@ -362,13 +362,20 @@ def _kv_cache(m) -> str:
 
     ids = _ids(m)[:, :5]
     v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(4))
-    with m.edit(Add({"blocks.0.resid_post": v}, 3.0, positions="all")):
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
         cached = m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
         seq = ids
         for _ in range(4):
             nxt = m.hf(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
-    if not torch.equal(cached, seq[0, ids.shape[1]:]):
+        return cached, seq[0, ids.shape[1]:]
+
+    with m.edit(Add({"blocks.0.resid_post": v}, 3.0, positions="all")):
+        cached, whole = both()
+    if not torch.equal(cached, whole):
+        if not torch.equal(*both()):  # the model's own cache already disagrees (Moshi on transformers 4.x)
+            return "KV cache not checked: this transformers' own cached generation != recomputed, unsteered"
         raise AssertionError("steered generation with the KV cache != recomputed without it")
     return "steered generation with KV cache exact"
 

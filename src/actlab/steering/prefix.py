@@ -280,7 +280,8 @@ def iter_cell_logits(model: Model, rows: Sequence[Sequence[int]], starts: Sequen
                 kw["logits_to_keep"] = 1
             if b.cache is not None:
                 assert b.positions is not None and b.prefix_mask is not None
-                kw.update({model.cache_argument: b.cache}, position_ids=b.positions.to(dev),
+                # a copy per forward: some models shift the ids in place (XGLM on transformers 4.x adds its offset)
+                kw.update({model.cache_argument: b.cache}, position_ids=b.positions.to(dev, copy=True),
                           attention_mask=torch.cat([b.prefix_mask, b.mask], 1).to(dev))
             else:
                 kw["attention_mask"] = b.mask.to(dev)
