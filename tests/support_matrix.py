@@ -47,7 +47,34 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
              # LongCat-Flash counts layers in pairs (num_layers) and adds 256 zero-compute experts by default;
              # BLT hashes byte n-grams into a 500,002-row table
              "longcat_flash": {"num_layers": 1, "zero_expert_num": 2},
-             "blt": {"encoder_hash_byte_group_vocab": 512}}
+             "blt": {"encoder_hash_byte_group_vocab": 512},
+             # dots.3-note: per-layer MLA settings for its sliding layers (not small), grouped routing, and
+             # vision / audio adapters whose widths must equal the text width
+             "dots3_note": {
+                 "text_config": {"vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2,
+                                 "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 8,
+                                 "intermediate_size": 128, "max_position_embeddings": 256,
+                                 "moe_intermediate_size": 64, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                 "n_shared_experts": 1, "kv_lora_rank": 16, "q_lora_rank": 32,
+                                 "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "pad_token_id": 0,
+                                 "bos_token_id": 1, "eos_token_id": 2, "n_group": 2, "topk_group": 1,
+                                 "layer_types": ["indexed_attention", "indexed_attention"],
+                                 "mlp_layer_types": ["dense", "sparse"]},
+                 "vision_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                   "intermediate_size": 64, "patch_size": 14, "mlp_layer_types": ["dense"],
+                                   "adapter_in_dim": 32, "adapter_out_dim": 64},
+                 "audio_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "intermediate_size": 64, "adapter_input_size": 32, "adapter_out_dim": 64,
+                                  "downsample_hidden_size": 32}},
+             # Gemma-4 unified: the vision embedder's own widths (3840 by default, 29M parameters); the
+             # assistants (drafters) take a Gemma-4 text config without per-layer inputs
+             "gemma4_unified": {"vision_config": {"patch_size": 14, "mm_embed_dim": 32, "mm_posemb_size": 64,
+                                                  "output_proj_dims": 32}},
+             "gemma4_assistant": {"text_config": {"model_type": "gemma4_text", "hidden_size_per_layer_input": 0,
+                                                  "vocab_size_per_layer_input": 0}},
+             "gemma4_unified_assistant": {"text_config": {"model_type": "gemma4_text"}},
+             # Kolibri-1.1 (transformers >= 5.25): its indexer has at most as many heads as a key head serves
+             "kolibri1_1": {"index_num_heads": 2}}
 # Gemma-4 with per-layer inputs (the E-models' per-layer embeddings, a third write after the MLP) is refused with
 # that reason (tests/test_models_derive.py); the matrix validates the architecture without them.
 NO_PER_LAYER_INPUTS = {"gemma4", "gemma4_text"}
@@ -170,7 +197,7 @@ def check(model_type: str) -> Result:
 
     from actlab.errors import UnsupportedArchitectureError
     from actlab.models import Model
-    from actlab.models.derive import REFUSED
+    from actlab.models.derive import REFUSED, refusal
 
     if model_type in POST_LN:
         return Result(model_type, "refused", "-", "post-LayerNorm encoder architecture used as a decoder: the "
@@ -185,6 +212,10 @@ def check(model_type: str) -> Result:
         return Result(model_type, "failing", "-", f"config: {_first_line(e)}")
     if getattr(cfg, "is_encoder_decoder", False):
         return Result(model_type, "refused", "-", "encoder-decoder")
+    why = refusal(cfg)  # refused from the config alone, before any weights (AltUp's parallel streams, drafters)
+    if why:
+        kind = "speculative-decoding drafter" if "speculative-decoding drafter" in why else "parallel streams"
+        return Result(model_type, "refused", "-", f"{kind}: " + why.split(": ", 1)[-1].split(";")[0])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -201,10 +232,23 @@ def check(model_type: str) -> Result:
     try:
         m = Model.wrap(hf, None, validate=True, name=model_type)
     except UnsupportedArchitectureError as e:
+        if "the probe forward failed" in str(e):  # a tiny config transformers' own code cannot run is not ours
+            try:
+                with torch.no_grad():
+                    hf(input_ids=torch.tensor([PROBE]) % int(hf.get_input_embeddings().weight.shape[0]),
+                       use_cache=False)
+            except Exception as e2:
+                return Result(model_type, "failing", "-",
+                              f"forward: transformers' own forward fails ({_first_line(e2)})")
         hybrid = " is a hybrid:" in str(e)
         if " uses hyper-connections " in str(e):
             return Result(model_type, "refused", "-", "hyper-connections: " + str(e).split(": each layer ")[-1]
                           .split(";")[0])
+        if " is recurrent in depth: " in str(e):
+            return Result(model_type, "refused", "-", "recurrent in depth: " + str(e).split(" in depth: ")[-1]
+                          .split(";")[0])
+        if "stacks (" in str(e):
+            return Result(model_type, "refused", "-", "several stacks: " + str(e).split(": ", 1)[-1].split(";")[0])
         return Result(model_type, "refused" if hybrid else "failing", "-",
                       "hybrid: " + str(e).split(" is a hybrid: ")[-1].split(";")[0] if hybrid else _first_line(e))
     except Exception as e:
@@ -217,6 +261,7 @@ def check(model_type: str) -> Result:
         except Exception as e:
             return Result(model_type, "failing", fam, _first_line(e))
         why = ("per-layer inputs" if "per-layer-input" in m.adapter.blocks_only else
+               "several sub-layers per layer" if "several sub-layers" in m.adapter.blocks_only else
                "the residual is rescaled inside the block")
         return Result(model_type, "partial", fam, f"block outputs only ({why}); " + "; ".join(extra))
     try:
@@ -301,14 +346,15 @@ def _patching(m) -> str:
     from actlab.hooks.interventions import Replace
 
     a, b = _ids(m), _ids(m, OTHER)
-    pts = ["blocks.0.resid_mid", "blocks.0.mlp_out"]
+    layer = m.n_layers - 1 if m.adapter.carried_state else 0  # see _block_patching
+    pts = [f"blocks.{layer}.resid_mid", f"blocks.{layer}.mlp_out"]
     with m.capture(pts, dtype=None) as src:
         want = m.hf(input_ids=a, use_cache=False).logits
     edits = [Replace(p, lambda x, v=src[p]: v.to(x.dtype)) for p in pts]
     with m.edit(*edits):
         got = m.hf(input_ids=b, use_cache=False).logits
     if not _close(got, want, 1e-4):
-        raise AssertionError("patching resid_mid and mlp_out of layer 0 != the source prompt's logits")
+        raise AssertionError(f"patching resid_mid and mlp_out of layer {layer} != the source prompt's logits")
     return "patching exact"
 
 
@@ -345,12 +391,17 @@ def _block_patching(m) -> str:
     from actlab.hooks.interventions import Replace
 
     a, b = _ids(m), _ids(m, OTHER)
-    with m.capture("blocks.0.resid_post", dtype=None) as src:
+    # a model that carries a second state between layers (said at load) is patched where nothing follows
+    point = f"blocks.{m.n_layers - 1 if m.adapter.carried_state else 0}.resid_post"
+    with m.capture(point, dtype=None) as src:
         want = m.hf(input_ids=a, use_cache=False).logits
-    with m.edit(Replace("blocks.0.resid_post", lambda x: src["blocks.0.resid_post"].to(x.dtype))):
+    with m.edit(Replace(point, lambda x: src[point].to(x.dtype))):
         got = m.hf(input_ids=b, use_cache=False).logits
     if not _close(got, want, 1e-4):
-        raise AssertionError("patching resid_post of layer 0 != the source prompt's logits")
+        raise AssertionError(f"patching {point} != the source prompt's logits")
+    if m.adapter.carried_state:
+        return (f"patching exact at the last layer (earlier layers pass {m.adapter.carried_state} on, which "
+                "patching the residual leaves alone)")
     return "patching exact"
 
 

@@ -67,6 +67,8 @@ def info(model: ModelArg, dtype: DtypeOpt = None, device: DeviceOpt = None, gguf
            else f"hand-written ({a.family}, docs/adapters.md)")
     if a.blocks_only:
         how += f"; BLOCK OUTPUTS ONLY: {a.blocks_only}"
+    if a.carried_state:
+        how += f"; CARRIED STATE: {m.carried_note()}"
     checked = "; ".join(f"{k} (rel. error {v:.1e})" for k, v in m.validation.items()) or "not run"
     try:
         d_mlp: object = m.d_mlp

@@ -81,6 +81,11 @@ class ArchAdapter:
     # refused with this reason. Derived adapters set it; load-time validation then checks every layer's
     # output against the model's own hidden states.
     blocks_only: str | None = None
+    # A second tensor each layer returns and the next layer takes (Zaya's prev_router_hidden_states: the MoE
+    # router reads the previous layer's router state): a state carried beside the residual stream. Every hook
+    # point still reads and writes the residual exactly; patching a layer's residual does not patch this state,
+    # so the patched run is not the source run from there on (said at load and by `actlab info`).
+    carried_state: str | None = None
 
     def is_parallel(self, config: Any) -> bool:
         """Whether attention and MLP read the same residual (GPT-NeoX/Pythia, GPT-J)."""
@@ -190,12 +195,11 @@ def check_config(config: Any) -> ArchAdapter | None:
     mt = getattr(config, "model_type", None)
     if mt in ADAPTERS:
         return get_adapter(config)
-    from .derive import REFUSED
+    from .derive import refusal
 
-    if getattr(config, "is_encoder_decoder", False) or mt in REFUSED:
-        from .derive import refusal
-
-        raise UnsupportedArchitectureError(refusal(config))
+    why = refusal(config)
+    if why:
+        raise UnsupportedArchitectureError(why)
     return None
 
 

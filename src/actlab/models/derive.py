@@ -51,16 +51,28 @@ RECURRENT_CLASSES = ("Mamba", "SSM", "Ssm", "ShortConv", "Conv1d", "Rwkv", "Recu
                      "DeltaAttention", "LinearAttention", "Lightning")
 
 
-def refusal(config: Any) -> str:
-    """Why a model type is refused before loading (encoder-decoder or recurrent)."""
+def refusal(config: Any) -> str | None:
+    """Why a model type is refused before loading (encoder-decoder, recurrent, several parallel residual streams);
+    None when it is not."""
     mt = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
         return f"model_type={mt!r} is an encoder-decoder model; actlab reads decoder-only causal LMs"
     if mt == "hrm_text":
         return (f"model_type={mt!r} is recurrent in depth (the Hierarchical Reasoning Model applies two modules in "
                 "loops): there is no stack of layers whose residual stream actlab could name")
-    return (f"model_type={mt!r} is a recurrent / state-space model: its blocks have no attention and MLP "
-            "sub-blocks of the residual form actlab reads")
+    if mt in REFUSED:
+        return (f"model_type={mt!r} is a recurrent / state-space model: its blocks have no attention and MLP "
+                "sub-blocks of the residual form actlab reads")
+    if str(mt).endswith("_assistant") and getattr(config, "backbone_hidden_size", None):
+        return (f"model_type={mt!r} is a speculative-decoding drafter: it reads another model's hidden states "
+                f"(backbone_hidden_size={config.backbone_hidden_size}) and KV cache, not token ids; load the model it "
+                "drafts for")
+    altup = getattr(text_config_of(config), "altup_num_inputs", None)
+    if isinstance(altup, int) and altup > 1:
+        return (f"model_type={mt!r} uses AltUp (altup_num_inputs={altup}): each layer carries {altup} parallel "
+                "copies of the residual stream that it predicts and corrects, not one stream of d_model that "
+                "attention and MLP add to; register an adapter that names the stream to read (docs/adapters.md)")
+    return None
 
 
 def text_config_of(config: Any) -> Any:
@@ -93,10 +105,26 @@ def _linear_like(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear) or (type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor))
 
 
+def _nested(name: str) -> bool:
+    """A module inside an element of a ModuleList (``model.layers.0.self_attn``): not a stack of layers."""
+    return any(part.isdigit() for part in name.split("."))
+
+
+def _stacks(hf_model: nn.Module) -> list[str]:
+    """Paths of the ModuleLists of layers (one class, with children) that are not inside another list."""
+    return [name for name, m in hf_model.named_modules()
+            if isinstance(m, nn.ModuleList) and len(m) and name and not _nested(name)
+            and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks", "layer") and len({type(x) for x in m}) == 1
+            and any(True for _ in m[0].children())]
+
+
 def find_layers(hf_model: nn.Module, n: int) -> str:
-    """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class."""
+    """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class (not one inside a
+    layer); else the one stack of layers whose length divides ``n`` (LongCat-Flash counts two sub-layers per
+    decoder layer in num_hidden_layers)."""
     lists = [(name, m) for name, m in hf_model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) == n and name and any(True for _ in m[0].children())]
+             if isinstance(m, nn.ModuleList) and len(m) == n and name and not _nested(name)
+             and any(True for _ in m[0].children())]
     found = [(name, m) for name, m in lists if len({type(x) for x in m}) == 1]
     if not found and lists:
         name, m = min(lists, key=lambda x: x[0].count("."))
@@ -104,6 +132,9 @@ def find_layers(hf_model: nn.Module, n: int) -> str:
             f"{type(hf_model).__name__} is a hybrid: its decoder layers ({name}) are of different classes "
             f"({sorted({type(x).__name__ for x in m})}); register an adapter (see docs/adapters.md)")
     if not found:
+        stacks = [s for s in _stacks(hf_model) if n % len(hf_model.get_submodule(s)) == 0]
+        if len(stacks) == 1:
+            return stacks[0]
         raise UnsupportedArchitectureError(
             f"{type(hf_model).__name__}: no list of {n} decoder layers (an nn.ModuleList of num_hidden_layers "
             "blocks of one class) was found in its module tree; register an adapter: "
@@ -155,6 +186,47 @@ def _recording(mods: dict[str, nn.Module], rec: dict[str, dict[str, torch.Tensor
             h.remove()
 
 
+class _Calls:
+    """What the probe forward saw of the layer list: calls per layer, and the name of a second tensor a layer
+    returns that the next layer takes as input (a state carried beside the residual stream), if any."""
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n
+        self.extra: list[torch.Tensor] = []  # layer 0's outputs after the first
+        self.carried: str | None = None
+
+
+@contextmanager
+def _layer_calls(layers: nn.ModuleList) -> Iterator[_Calls]:
+    calls = _Calls(len(layers))
+    handles = []
+
+    def count(i: int):
+        def fn(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            calls.counts[i] += 1
+            if i == 1 and calls.counts[1] == 1 and calls.extra:
+                sig = inspect.signature(type(_m).forward).parameters
+                names = [p for p in sig if p != "self"]
+                given = {**{names[k]: a for k, a in enumerate(args) if k < len(names)}, **kwargs}
+                calls.carried = next((k for k, v in given.items() if k != names[0]
+                                      and any(v is t for t in calls.extra)), None)
+        return fn
+
+    def out0(_m: nn.Module, _args: Any, out: Any) -> None:
+        if not calls.extra and isinstance(out, (tuple, list)):
+            calls.extra = [t for t in out[1:] if isinstance(t, torch.Tensor)]
+
+    try:
+        for i, layer in enumerate(layers):
+            handles.append(layer.register_forward_pre_hook(count(i), with_kwargs=True))
+        if len(layers) > 1:
+            handles.append(layers[0].register_forward_hook(out0))
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _close(a: torch.Tensor | None, b: torch.Tensor | None, tol: float = 1e-4) -> bool:
     if a is None or b is None or a.shape != b.shape:
         return False
@@ -176,14 +248,23 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     docstring); raises :class:`UnsupportedArchitectureError` naming what could not be matched."""
     config = hf_model.config
     mt = getattr(config, "model_type", type(hf_model).__name__)
-    if getattr(config, "is_encoder_decoder", False) or mt in REFUSED:
-        raise UnsupportedArchitectureError(refusal(config))
+    why = refusal(config)
+    if why:
+        raise UnsupportedArchitectureError(why)
     n = n_layers_of(config)
     if n is None:
+        stacks = _stacks(hf_model)
+        if len(stacks) > 1:
+            raise UnsupportedArchitectureError(
+                f"model_type={mt!r}: its layers form {len(stacks)} stacks ({', '.join(stacks)}), not one stack "
+                "through which a residual stream runs from the embedding to the logits (byte-level or multi-scale "
+                "models: one stack reads patches, another bytes); register an adapter for the stack to read "
+                "(docs/adapters.md)")
         raise UnsupportedArchitectureError(f"model_type={mt!r}: its config names no layer count")
     layers_path = find_layers(hf_model, n)
     base_path = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
     layers = hf_model.get_submodule(layers_path)
+    n = len(layers)  # the stack found may group the config's layers (LongCat-Flash: two sub-layers per layer)
     block = layers[0]
     children = dict(block.named_children())
     _refuse_hybrid(layers, mt)
@@ -209,13 +290,21 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     was = hf_model.training
     hf_model.eval()
     try:
-        with _recording(mods, rec):
+        with _recording(mods, rec), _layer_calls(layers) as calls:
             out = hf_model(input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], use_cache=False)
     except Exception as e:
         raise UnsupportedArchitectureError(f"model_type={mt!r}: the probe forward failed ({type(e).__name__}: "
                                            f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
     finally:
         hf_model.train(was)
+    looped = {i: c for i, c in enumerate(calls.counts) if c > 1}
+    if looped:
+        i, c = next(iter(looped.items()))
+        raise UnsupportedArchitectureError(
+            f"model_type={mt!r} is recurrent in depth: decoder layer {i} runs {c} times in one forward "
+            f"({len(looped)} of its {n} layers are applied in loops), so a layer index names no single point of "
+            "the residual stream; register an adapter for one unrolled pass (docs/adapters.md)")
+    carried = calls.carried
     x_in, x_out = rec.get("__block__", {}).get("in"), rec.get("__block__", {}).get("out")
     if x_in is None or x_out is None or x_in.shape != x_out.shape:
         raise UnsupportedArchitectureError(f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}) does not "
@@ -260,6 +349,10 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         if "per_layer_input" in inspect.signature(block.forward).parameters:
             why = ("it adds a per-layer-input branch (Gemma-3n / Gemma-4 E-models: per-layer embeddings gated into "
                    "the stream after the MLP), a third write that attn_out and mlp_out would not cover")
+        elif any(isinstance(children[c], nn.ModuleList) for c in names):
+            why = (f"decoder layer 0 ({type(block).__name__}) holds several sub-layers per layer (ModuleLists "
+                   f"{[c for c in names if isinstance(children[c], nn.ModuleList)]}: LongCat-Flash runs two attention "
+                   "+ MLP pairs and a shortcut MoE in each layer), not one attention and one MLP write")
         else:
             why = (f"decoder layer 0 ({type(block).__name__}, children {names}) does not decompose as resid_post = "
                    "resid_pre + attention + MLP through any of its children (the residual itself is rescaled or "
@@ -277,7 +370,7 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
             family=f"derived:{mt}", model_types=(mt,), base=base_path, layers=layers_path, attn=None, mlp=None,
             mlp_out=None, mlp_down=None, mlp_norm=None, final_norm=final_norm,
             softcap_attr="final_logit_softcapping" if getattr(config, "final_logit_softcapping", None) else None,
-            logit_scale=scale, derived=True, project_out=project_out,
+            logit_scale=scale, derived=True, project_out=project_out, carried_state=carried,
             blocks_only=f"model_type={mt!r}: {why}; only the stream between blocks is hooked (embed, resid_pre, "
                         "resid_post, final_norm)")
     attn_mod = _owner(roles["attn"], names, ATTN_WORDS, children)
@@ -302,7 +395,7 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         attn_proj=attn_proj if roles["attn"] in (attn_mod, attn_proj) else None, pos_embed=pos[0] if pos else None,
         attn_core=attn_mod if _uses_interface(children[attn_mod]) else None, attn_o=attn_proj,
         logit_scale=scale, derived=True, router=router, project_out=project_out, attn_scale=roles["attn_scale"],
-        mlp_scale=roles["mlp_scale"], resid_scale=resid_scale,
+        mlp_scale=roles["mlp_scale"], resid_scale=resid_scale, carried_state=carried,
     )
 
 

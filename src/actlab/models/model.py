@@ -129,7 +129,20 @@ class Model:
             from .validate import validate_model
 
             m.validation = validate_model(m)
+        if m.adapter.carried_state:
+            from ..progress import info
+
+            info(f"{m.name}: {m.carried_note()}")
         return m
+
+    def carried_note(self) -> str | None:
+        """What patching leaves out on a model whose layers pass a second state to the next layer (None when
+        they pass only the residual stream)."""
+        c = self.adapter.carried_state
+        if not c:
+            return None
+        return (f"each layer also passes {c!r} to the next layer, beside the residual stream; hook points read and "
+                f"write the residual exactly, but patching a layer's residual does not patch {c!r}")
 
     def save(self, out_dir: str | os.PathLike[str], *, dtype: str | torch.dtype | None = "checkpoint") -> Path:
         """Save the model (e.g. an orthogonalised or fine-tuned copy) and its tokenizer in standard HF format,
