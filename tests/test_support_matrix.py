@@ -511,7 +511,8 @@ def test_a_prefix_cache_that_does_not_reproduce_whole_prompts_falls_back(monkeyp
     prefix._EXACT.pop(m.hf, None)
 
 
-@pytest.mark.parametrize("model_type", ["starcoder2", "stablelm", "nemotron", "bloom", "qwen2_moe", "qwen3_moe"])
+@pytest.mark.parametrize("model_type", ["starcoder2", "stablelm", "nemotron", "bloom", "falcon", "qwen2_moe",
+                                        "qwen3_moe"])
 def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_reads(model_type, tmp_path):
     """GGUF where transformers can read the architecture and actlab derives the adapter: a tiny random model
     written as GGUF (llama.cpp's layout, tests/gguf_write.py; SmolLM2's real tokenizer, its first 1,024 tokens),
@@ -532,6 +533,8 @@ def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_r
             setattr(cfg, width, getattr(type(cfg)(), width))
     if model_type == "qwen3_moe":  # nor for Qwen3-MoE's renormalised top-k: it assumes True (as shipped)
         cfg.norm_topk_prob = True
+    if model_type == "falcon":  # nor for Falcon's MLP width: 4 x hidden (as shipped)
+        cfg.ffn_hidden_size = 4 * cfg.hidden_size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = tf.AutoModelForCausalLM.from_config(cfg)
