@@ -417,7 +417,7 @@ def _kv_cache(m) -> str:
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         cached = m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
         seq = ids
-        for _ in range(4):
+        for _ in range(len(cached)):  # generation stops early at an end-of-sequence token
             nxt = m.hf(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
         return cached, seq[0, ids.shape[1]:]
