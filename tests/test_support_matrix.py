@@ -512,9 +512,10 @@ def test_a_prefix_cache_that_does_not_reproduce_whole_prompts_falls_back(monkeyp
 
 
 @pytest.mark.parametrize("model_type", ["starcoder2", "stablelm", "nemotron", "bloom", "falcon", "qwen2_moe",
-                                        "qwen3_moe"])
+                                        "qwen3_moe", "qwen2", "phi3"])
 def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_reads(model_type, tmp_path):
-    """GGUF where transformers can read the architecture and actlab derives the adapter: a tiny random model
+    """GGUF where transformers can read the architecture and actlab derives the adapter (and two hand-written
+    families besides Llama, which the shared SmolLM2 file covers): a tiny random model
     written as GGUF (llama.cpp's layout, tests/gguf_write.py; SmolLM2's real tokenizer, its first 1,024 tokens),
     loaded through actlab's own GGUF path (file alone: tokenizer from the metadata), validates at load and reads
     exactly what the original model gives - logits and every layer's hidden state."""
@@ -542,7 +543,10 @@ def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_r
     hf.eval()
     path = write_gguf(hf, tmp_path / f"tiny-{model_type}.gguf", src, vocab=1024)
     m = actlab.load_model(str(path), cache_gguf=False)
-    assert m.source["kind"] == "gguf" and m.adapter.derived and m.adapter.family == f"derived:{model_type}"
+    from actlab.models import ADAPTERS
+
+    assert m.source["kind"] == "gguf" and m.adapter.derived == (model_type not in ADAPTERS)
+    assert m.adapter.family == (f"derived:{model_type}" if m.adapter.derived else ADAPTERS[model_type].family)
     assert "lens(last resid_post) == logits" in m.validation
     ids = m.tokenizer("Once upon a time there was", return_tensors="pt")["input_ids"]
     points = [f"blocks.{i}.resid_post" for i in range(m.n_layers - 1)]
