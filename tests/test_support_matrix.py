@@ -512,7 +512,7 @@ def test_a_prefix_cache_that_does_not_reproduce_whole_prompts_falls_back(monkeyp
 
 
 @pytest.mark.parametrize("model_type", ["starcoder2", "stablelm", "nemotron", "bloom", "falcon", "qwen2_moe",
-                                        "qwen3_moe", "qwen2", "phi3"])
+                                        "qwen3_moe", "qwen2", "qwen3", "phi3"])
 def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_reads(model_type, tmp_path):
     """GGUF where transformers can read the architecture and actlab derives the adapter (and two hand-written
     families besides Llama, which the shared SmolLM2 file covers): a tiny random model
@@ -536,6 +536,8 @@ def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_r
         cfg.norm_topk_prob = True
     if model_type == "falcon":  # nor for Falcon's MLP width: 4 x hidden (as shipped)
         cfg.ffn_hidden_size = 4 * cfg.hidden_size
+    if model_type == "qwen3":  # nor for Qwen3's head width: 128 (as shipped)
+        cfg.head_dim = 128
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = tf.AutoModelForCausalLM.from_config(cfg)
