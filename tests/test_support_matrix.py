@@ -179,8 +179,9 @@ def test_a_state_carried_beside_the_residual_is_found_and_said():
 
 def test_a_layer_stack_that_groups_the_configs_layers_is_found():
     """LongCat-Flash counts two attention + MLP pairs per decoder layer in num_hidden_layers: the stack is the
-    one list of layers whose length divides it (not the ModuleList of attentions inside layer 0, which has that
-    length), read at its block outputs."""
+    one list of layers each holding num_hidden_layers / len sub-layers (not the ModuleList of attentions inside
+    layer 0, which has the config's length), read at its block outputs. A lone list that does not group them is
+    no stack of layers."""
     if "longcat_flash" not in tf.CONFIG_MAPPING:
         pytest.skip(f"transformers {tf.__version__} has no LongCat-Flash")
     from actlab.models import Model
@@ -198,6 +199,13 @@ def test_a_layer_stack_that_groups_the_configs_layers_is_found():
     assert m.adapter.layers == "model.layers" and m.n_layers == 2 and len(hf.model.layers[0].self_attn) == 2
     assert "several sub-layers per layer" in m.adapter.blocks_only
     assert set(m.validation) >= {"resid_post 0 == hidden_states[1]", "lens(last resid_post) == logits"}
+    from actlab.errors import UnsupportedArchitectureError
+    from actlab.models.derive import find_layers
+
+    with pytest.raises(UnsupportedArchitectureError):  # 3 does not group 2 layers of pairs
+        find_layers(hf, 3)
+    with pytest.raises(UnsupportedArchitectureError):  # 2 layers of pairs are not 8 layers
+        find_layers(hf, 8)
 
 
 def _saved_tiny(model_type: str, folder):

@@ -118,10 +118,18 @@ def _stacks(hf_model: nn.Module) -> list[str]:
             and any(True for _ in m[0].children())]
 
 
+def _groups_layers(stack: nn.ModuleList, n: int) -> bool:
+    """Whether each element of ``stack`` holds ``n / len(stack)`` sub-layers (a ModuleList of that length):
+    a stack that groups the config's ``n`` layers, as LongCat-Flash's does in pairs."""
+    k, rest = divmod(n, len(stack))
+    return k > 1 and rest == 0 and all(any(isinstance(c, nn.ModuleList) and len(c) == k for c in layer.children())
+                                       for layer in stack)
+
+
 def find_layers(hf_model: nn.Module, n: int) -> str:
     """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class (not one inside a
-    layer); else the one stack of layers whose length divides ``n`` (LongCat-Flash counts two sub-layers per
-    decoder layer in num_hidden_layers)."""
+    layer); else the one stack of layers that groups them, each layer holding ``n / len`` sub-layers
+    (LongCat-Flash counts two attention + MLP pairs per decoder layer in num_hidden_layers)."""
     lists = [(name, m) for name, m in hf_model.named_modules()
              if isinstance(m, nn.ModuleList) and len(m) == n and name and not _nested(name)
              and any(True for _ in m[0].children())]
@@ -132,7 +140,7 @@ def find_layers(hf_model: nn.Module, n: int) -> str:
             f"{type(hf_model).__name__} is a hybrid: its decoder layers ({name}) are of different classes "
             f"({sorted({type(x).__name__ for x in m})}); register an adapter (see docs/adapters.md)")
     if not found:
-        stacks = [s for s in _stacks(hf_model) if n % len(hf_model.get_submodule(s)) == 0]
+        stacks = [s for s in _stacks(hf_model) if _groups_layers(hf_model.get_submodule(s), n)]
         if len(stacks) == 1:
             return stacks[0]
         raise UnsupportedArchitectureError(
