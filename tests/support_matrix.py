@@ -214,8 +214,7 @@ def check(model_type: str) -> Result:
         return Result(model_type, "refused", "-", "encoder-decoder")
     why = refusal(cfg)  # refused from the config alone, before any weights (AltUp's parallel streams, drafters)
     if why:
-        kind = "speculative-decoding drafter" if "speculative-decoding drafter" in why else "parallel streams"
-        return Result(model_type, "refused", "-", f"{kind}: " + why.split(": ", 1)[-1].split(";")[0])
+        return Result(model_type, "refused", "-", _reason(why) or why.split(";")[0])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -240,17 +239,8 @@ def check(model_type: str) -> Result:
             except Exception as e2:
                 return Result(model_type, "failing", "-",
                               f"forward: transformers' own forward fails ({_first_line(e2)})")
-        hybrid = " is a hybrid:" in str(e)
-        if " uses hyper-connections " in str(e):
-            return Result(model_type, "refused", "-", "hyper-connections: " + str(e).split(": each layer ")[-1]
-                          .split(";")[0])
-        if " is recurrent in depth: " in str(e):
-            return Result(model_type, "refused", "-", "recurrent in depth: " + str(e).split(" in depth: ")[-1]
-                          .split(";")[0])
-        if "stacks (" in str(e):
-            return Result(model_type, "refused", "-", "several stacks: " + str(e).split(": ", 1)[-1].split(";")[0])
-        return Result(model_type, "refused" if hybrid else "failing", "-",
-                      "hybrid: " + str(e).split(" is a hybrid: ")[-1].split(";")[0] if hybrid else _first_line(e))
+        reason = _reason(str(e))
+        return Result(model_type, "refused" if reason else "failing", "-", reason or _first_line(e))
     except Exception as e:
         return Result(model_type, "failing", "-", f"wrap: {_first_line(e)}")
     fam = m.adapter.family
@@ -273,6 +263,30 @@ def check(model_type: str) -> Result:
     how = "parallel" if m.parallel else "sequential"
     moe = f"; MoE router {m.adapter.router}" if m.adapter.router else ""
     return Result(model_type, "validated", fam, f"{how}{moe}; " + "; ".join(extra))
+
+
+# What a derivation's or the config's refusal says (a marker in the message), the label the table gives it, and
+# where the reason starts in the message; the reason runs to its first ';'.
+REASONS = [(" is a hybrid: ", "hybrid", " is a hybrid: "),
+           (" uses hyper-connections ", "hyper-connections", ": each layer "),
+           (" is recurrent in depth: ", "recurrent in depth", " in depth: "),
+           ("stacks (", "several stacks", ": "),
+           ("speculative-decoding drafter", "speculative-decoding drafter", ": "),
+           (" uses AltUp ", "parallel streams", ": ")]
+
+
+def _reason(message: str) -> str | None:
+    """The table's detail for a refusal with a known reason ("LABEL: reason"); None for anything else."""
+    for marker, label, start in REASONS:
+        if marker in message:
+            return f"{label}: " + message.split(start, 1)[-1].split(";")[0]
+    return None
+
+
+def _patched_layer(m) -> int:
+    """Where the patching checks patch: layer 0, or the last layer on a model that carries a second state between
+    layers (said at load), where nothing follows."""
+    return m.n_layers - 1 if m.adapter.carried_state else 0
 
 
 PROBE, OTHER = (5, 17, 33, 9, 61, 42, 77), (8, 3, 21, 11, 50, 6, 90)  # token ids of the checks' prompts
@@ -346,7 +360,7 @@ def _patching(m) -> str:
     from actlab.hooks.interventions import Replace
 
     a, b = _ids(m), _ids(m, OTHER)
-    layer = m.n_layers - 1 if m.adapter.carried_state else 0  # see _block_patching
+    layer = _patched_layer(m)
     pts = [f"blocks.{layer}.resid_mid", f"blocks.{layer}.mlp_out"]
     with m.capture(pts, dtype=None) as src:
         want = m.hf(input_ids=a, use_cache=False).logits
@@ -391,8 +405,7 @@ def _block_patching(m) -> str:
     from actlab.hooks.interventions import Replace
 
     a, b = _ids(m), _ids(m, OTHER)
-    # a model that carries a second state between layers (said at load) is patched where nothing follows
-    point = f"blocks.{m.n_layers - 1 if m.adapter.carried_state else 0}.resid_post"
+    point = f"blocks.{_patched_layer(m)}.resid_post"
     with m.capture(point, dtype=None) as src:
         want = m.hf(input_ids=a, use_cache=False).logits
     with m.edit(Replace(point, lambda x: src[point].to(x.dtype))):

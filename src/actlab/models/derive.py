@@ -110,12 +110,19 @@ def _nested(name: str) -> bool:
     return any(part.isdigit() for part in name.split("."))
 
 
+def _layer_lists(hf_model: nn.Module) -> Iterator[tuple[str, nn.ModuleList]]:
+    """The ModuleLists that could hold decoder layers: not inside another list's element, elements with
+    children."""
+    for name, m in hf_model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) and name and not _nested(name) \
+                and any(True for _ in m[0].children()):
+            yield name, m
+
+
 def _stacks(hf_model: nn.Module) -> list[str]:
-    """Paths of the ModuleLists of layers (one class, with children) that are not inside another list."""
-    return [name for name, m in hf_model.named_modules()
-            if isinstance(m, nn.ModuleList) and len(m) and name and not _nested(name)
-            and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks", "layer") and len({type(x) for x in m}) == 1
-            and any(True for _ in m[0].children())]
+    """Paths of the lists of layers (named as layer stacks, one class) that are not inside another list."""
+    return [name for name, m in _layer_lists(hf_model)
+            if name.rsplit(".", 1)[-1] in ("layers", "h", "blocks", "layer") and len({type(x) for x in m}) == 1]
 
 
 def _groups_layers(stack: nn.ModuleList, n: int) -> bool:
@@ -130,9 +137,7 @@ def find_layers(hf_model: nn.Module, n: int) -> str:
     """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class (not one inside a
     layer); else the one stack of layers that groups them, each layer holding ``n / len`` sub-layers
     (LongCat-Flash counts two attention + MLP pairs per decoder layer in num_hidden_layers)."""
-    lists = [(name, m) for name, m in hf_model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) == n and name and not _nested(name)
-             and any(True for _ in m[0].children())]
+    lists = [(name, m) for name, m in _layer_lists(hf_model) if len(m) == n]
     found = [(name, m) for name, m in lists if len({type(x) for x in m}) == 1]
     if not found and lists:
         name, m = min(lists, key=lambda x: x[0].count("."))
