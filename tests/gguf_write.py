@@ -18,7 +18,41 @@ from typing import Any
 import numpy as np
 import torch
 
-GGUF_ARCH = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+# model type -> llama.cpp's architecture name (transformers maps them back). Mistral is llama.cpp's "llama"; the
+# file is named as llama.cpp's converter names it ("Mistral 7B ..."), which transformers reads as Llama (only a
+# general.name of exactly "mistral" would make it Mistral, and then the gguf package has no "mistral" tensor map)
+GGUF_ARCH = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "gemma3_text": "gemma3", "gemma4_text": "gemma4",
+             "gpt_oss": "gpt-oss", "minimax_m2": "minimax-m2", "mistral": "llama"}
+# model type -> the key of transformers' GGUF config mapping, where it differs
+CONFIG_KEY = {"gemma3_text": "gemma3", "gemma4_text": "gemma4"}
+# GPT-2's Conv1D weights are stored transposed (llama.cpp's converter transposes them; the reader transposes back)
+GPT2_TRANSPOSED = ("attn_qkv.weight", "ffn_down.weight", "ffn_up.weight", "attn_output.weight")
+
+
+def _llama_cpp_only(model_type: str, hf_name: str, t: torch.Tensor) -> dict[str, np.ndarray]:
+    """Tensors llama.cpp's converter writes under names transformers' reader does not map back (gpt-oss's
+    experts: the fused, interleaved gate/up projection split into stacked gate and up tensors, each expert's
+    matrices transposed to llama.cpp's [out, in] order, the biases beside them)."""
+    w = t.detach().float().numpy()
+    if model_type != "gpt_oss" or ".mlp.experts." not in hf_name:
+        return {}
+    bid = hf_name.split(".layers.")[1].split(".")[0]
+    if hf_name.endswith("gate_up_proj"):  # [experts, d_model, 2 x inner], gate and up interleaved
+        return {f"blk.{bid}.ffn_gate_exps.weight": np.ascontiguousarray(w[:, :, ::2].swapaxes(1, 2)),
+                f"blk.{bid}.ffn_up_exps.weight": np.ascontiguousarray(w[:, :, 1::2].swapaxes(1, 2))}
+    if hf_name.endswith("gate_up_proj_bias"):
+        return {f"blk.{bid}.ffn_gate_exps.bias": np.ascontiguousarray(w[:, ::2]),
+                f"blk.{bid}.ffn_up_exps.bias": np.ascontiguousarray(w[:, 1::2])}
+    if hf_name.endswith("down_proj_bias"):
+        return {f"blk.{bid}.ffn_down_exps.bias": w}
+    return {}
+
+
+def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's query/key row order for Llama-style rotary embeddings (pairs interleaved per head); the
+    reader's ``_reverse_permute_weights`` undoes it."""
+    return np.ascontiguousarray(w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+                                .swapaxes(1, 2).reshape(w.shape))
 
 
 def _to_gguf_layout(model_type: str, gguf_name: str, w: np.ndarray, config) -> np.ndarray:
@@ -27,8 +61,15 @@ def _to_gguf_layout(model_type: str, gguf_name: str, w: np.ndarray, config) -> n
         return np.ascontiguousarray(w[:, :half] if ".ffn_gate_exps." in gguf_name else w[:, half:])
     if "ffn_gate_inp_shexp" in gguf_name:  # the shared expert's gate: a vector in GGUF, (1, d_model) in HF
         return np.ascontiguousarray(w.reshape(-1))
-    if model_type == "nemotron" and gguf_name.endswith("norm.weight"):
-        return w + 1
+    if model_type in ("nemotron", "gemma2", "gemma3_text") and gguf_name.endswith("norm.weight"):
+        return w + 1  # llama.cpp stores these norms' (1 + weight) scale
+    if model_type == "gpt_oss" and gguf_name.endswith("ffn_down_exps.weight"):  # [experts, inner, d_model]
+        return np.ascontiguousarray(w.swapaxes(1, 2))
+    if model_type == "gpt2" and gguf_name.endswith(GPT2_TRANSPOSED):
+        return np.ascontiguousarray(w.T)
+    if model_type in ("llama", "mistral") and (".attn_q." in gguf_name or ".attn_k." in gguf_name):
+        heads = config.num_attention_heads if ".attn_q." in gguf_name else config.num_key_value_heads
+        return _rope_permute(w, heads)
     if model_type == "bloom" and "attn_qkv" in gguf_name:
         n_head, d = config.n_head, config.hidden_size
         # checkpoint rows: [head, (q|k|v), head_dim]; GGUF rows: [(q|k|v), head, head_dim]
@@ -59,14 +100,17 @@ def write_gguf(hf_model: torch.nn.Module, path: Path, tokenizer_from: Path, voca
     mt = config.model_type
     arch = GGUF_ARCH.get(mt, mt)
     if "processor" in inspect.signature(get_gguf_hf_weights_map).parameters:  # transformers 5
-        mapping = get_gguf_hf_weights_map(hf_model, TENSOR_PROCESSORS.get(arch, TensorProcessor)())
+        mapping = get_gguf_hf_weights_map(hf_model, TENSOR_PROCESSORS.get(arch, TensorProcessor)(),
+                                          model_type="llama" if mt == "mistral" else None)
     else:
-        mapping = get_gguf_hf_weights_map(hf_model)
+        mapping = get_gguf_hf_weights_map(hf_model, model_type="llama" if mt == "mistral" else None)
     names: dict[str, list[str]] = {}
     for g, hf in mapping.items():
         names.setdefault(hf, []).append(g)  # a fused expert tensor is two GGUF tensors (gate, up)
     writer = gguf.GGUFWriter(str(path), arch)
-    for key, attr in GGUF_CONFIG_MAPPING[mt].items():
+    if mt == "mistral":
+        writer.add_name("Mistral Tiny")
+    for key, attr in GGUF_CONFIG_MAPPING[CONFIG_KEY.get(mt, mt)].items():
         value = getattr(config, attr, None) if attr else None
         if isinstance(value, bool) or value is None:
             continue
@@ -87,9 +131,17 @@ def write_gguf(hf_model: torch.nn.Module, path: Path, tokenizer_from: Path, voca
         array = kind[0] == gguf.GGUFValueType.ARRAY
         writer.add_key_value(name, value, kind[0], sub_type=kind[-1] if array else None)
     written = set()
+    tied = hf_model.get_output_embeddings().weight is hf_model.get_input_embeddings().weight
     for name, t in hf_model.state_dict().items():
+        if tied and name == "lm_head.weight":  # llama.cpp writes no output tensor for tied embeddings
+            continue
         if name not in names:
-            raise KeyError(f"{mt}: no GGUF name for {name}")
+            extra = _llama_cpp_only(mt, name, t)
+            if not extra:
+                raise KeyError(f"{mt}: no GGUF name for {name}")
+            for g, w in extra.items():
+                writer.add_tensor(g, w)
+            continue
         for g in names[name]:
             if g in written:  # tied weights
                 continue

@@ -29,6 +29,9 @@ SMALL = {
     "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "sliding_window": 64, "rotary_dim": 4,
     "attention_types": [[["global", "local"], 1]], "vocab_size_per_layer_input": 256,
     "hidden_size_per_layer_input": 8, "n_group": 1, "topk_group": 1, "num_kv_shared_layers": 0,
+    # hybrids' Mamba-2 mixers (heads x head width = 2 x hidden; the scan's state and chunk small)
+    "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_d_ssm": 128, "mamba_d_state": 16, "mamba_chunk_size": 16,
+    "linear_num_heads": 4, "linear_head_dim": 16,  # Kimi-Linear's delta-attention heads
 }
 # Per type: values real checkpoints ship where the tiny default would hide a behaviour (IBM Granite 3.x scales
 # each residual branch by 0.22; the default 1.0 would not exercise the scaled-branch derivation).
@@ -39,11 +42,14 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
                       "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
                       "ffn_config": {"ffn_hidden_size": 128, "moe_num_experts": 4, "moe_top_k": 2}},
              # defaults that do not build at 2 layers: Cohere-compass's default config has no rope parameters
-             # for its own layer type; Moshi's decoder leaves the audio vocabulary unset; LFM2-MoE interleaves
-             # short convolutions with attention (so it is a hybrid)
+             # for its own layer type; Moshi's decoder leaves the audio vocabulary unset; LFM2 and LFM2-MoE
+             # interleave short convolutions with attention as shipped (a hybrid; LFM2's default is all attention)
              "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default",
                                                                            "rope_theta": 10000.0}}},
              "moshi": {"audio_vocab_size": 64}, "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+             "lfm2": {"layer_types": ["conv", "full_attention"]},
+             # Zamba2's default stack is 54 layers (its shared attention block every 6th): 4, two of them hybrid
+             "zamba2": {"num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"]},
              # LongCat-Flash counts layers in pairs (num_layers) and adds 256 zero-compute experts by default;
              # BLT hashes byte n-grams into a 500,002-row table
              "longcat_flash": {"num_layers": 1, "zero_expert_num": 2},
@@ -247,12 +253,13 @@ def check(model_type: str) -> Result:
     if m.adapter.blocks_only:  # the stream between blocks only: what a block-level adapter must still get right
         try:
             _equalities(m)
-            extra = [_kv_cache(m), _prefix_reuse(m), _block_patching(m), _tuned_lens(m)]
+            extra = [_padding(m), _kv_cache(m), _prefix_reuse(m), _block_patching(m), _tuned_lens(m)]
         except Exception as e:
             return Result(model_type, "failing", fam, _first_line(e))
         why = ("per-layer inputs" if "per-layer-input" in m.adapter.blocks_only else
                "several sub-layers per layer" if "several sub-layers" in m.adapter.blocks_only else
-               "the residual is rescaled inside the block")
+               "hybrid: " + m.adapter.blocks_only.split("a hybrid: ", 1)[1].split(";")[0].split(" (")[0]
+               if "a hybrid: " in m.adapter.blocks_only else "the residual is rescaled inside the block")
         return Result(model_type, "partial", fam, f"block outputs only ({why}); " + "; ".join(extra))
     try:
         _equalities(m)
@@ -399,6 +406,27 @@ def _prefix_reuse(m) -> str:
 
 
 @torch.no_grad()
+def _padding(m) -> str:
+    """Batched = unbatched: a left-padded row's block outputs equal the same prompt's run alone (a recurrent
+    mixer must not carry the padding into its state)."""
+    short, long = _ids(m)[:, :4], _ids(m, OTHER)
+    mask = torch.ones(2, long.shape[1], dtype=torch.long)
+    mask[0, :3] = 0
+    pts = [f"blocks.{i}.resid_post" for i in range(m.n_layers)]
+    with m.capture(pts, dtype=torch.float64) as both:  # the wrapper derives position_ids from the mask
+        m(torch.cat([torch.cat([torch.zeros_like(long[:, :3]), short], 1), long]), mask, use_cache=False)
+    for row, alone_ids in ((0, short), (1, long)):
+        with m.capture(pts, dtype=torch.float64) as alone:
+            m(alone_ids, torch.ones_like(alone_ids), use_cache=False)
+        for p in pts:  # captures hold each row's tokens from index 0 (padding moved to the end)
+            want = alone[p][0]  # float32 kernels batch differently (reference scans; 2e-4 over Zamba2's 54
+            # layers): 1e-3 of the largest value, as at load (padding that leaks changes far more)
+            if float((both[p][row, :alone_ids.shape[1]] - want).abs().max()) > 1e-3 * (1 + float(want.abs().max())):
+                raise AssertionError(f"{p} of a left-padded row != the prompt alone (batched != unbatched)")
+    return "left-padded batch = each prompt alone"
+
+
+@torch.no_grad()
 def _block_patching(m) -> str:
     """Patching at the block outputs: another prompt's resid_post of layer 0 (every position) written into this
     run gives exactly that prompt's logits."""
@@ -435,6 +463,10 @@ def _kv_cache(m) -> str:
             seq = torch.cat([seq, nxt], 1)
         return cached, seq[0, ids.shape[1]:]
 
+    try:
+        m.generate(ids, max_new_tokens=2, do_sample=False)
+    except Exception as e:  # transformers' own generation fails for this tiny config (an all-recurrent hybrid)
+        return f"KV cache not checked: transformers' own generation fails ({type(e).__name__})"
     with m.edit(Add({"blocks.0.resid_post": v}, 3.0, positions="all")):
         cached, whole = both()
     if not torch.equal(cached, whole):

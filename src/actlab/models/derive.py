@@ -17,7 +17,10 @@ module tree and from one probe forward, never from names alone.
 A block that rescales its whole output by a scalar attribute of its own (Gemma-4's ``layer_scalar``) is solved
 with that scalar divided out (``resid_scale``). A block that still does not decompose, but whose output the
 final norm reads (step 4), gets a **block-outputs-only** adapter (``blocks_only``: the reason): only the stream
-between blocks is hooked, and validation checks every layer against the model's hidden states.
+between blocks is hooked, and validation checks every layer against the model's hidden states. A **hybrid**
+(a recurrent / state-space / convolution / linear-attention mixer in some layer, or layers that differ) goes
+there directly, after one more check: a left-padded prompt must give the same layer outputs as the prompt alone
+(some implementations carry the padding into the recurrent state; those are refused with the difference).
 
 Whatever cannot be matched raises :class:`UnsupportedArchitectureError` naming the part, never a guess; the
 load-time validation (:mod:`actlab.models.validate`) then checks the result like any hand-written adapter.
@@ -40,8 +43,8 @@ from .adapters import ArchAdapter
 
 ATTN_WORDS = ("attn", "attention", "mixer", "self_attn", "temporal")
 MLP_WORDS = ("mlp", "feed_forward", "ffn", "moe", "experts", "ff", "channel")
-# Recurrent / state-space families: their blocks have no attention sub-block of this shape. Hybrids are
-# tried (their attention layers may validate) but layer 0 is often a recurrent one.
+# Recurrent / state-space families (every layer recurrent; refused from the config). Hybrids - some layers
+# recurrent - are read at their block outputs where left padding does not leak (``_refuse_padding_leak``).
 REFUSED = {"mamba", "mamba2", "falcon_mamba", "rwkv", "xlstm", "recurrent_gemma", "reformer",
            "hrm_text"}  # HRM: two modules applied in loops (recurrent in depth), no stack of layers
 # What marks a recurrent / state-space / linear-attention mixer inside a hybrid model's layer: a child name
@@ -135,15 +138,11 @@ def _groups_layers(stack: nn.ModuleList, n: int) -> bool:
 
 def find_layers(hf_model: nn.Module, n: int) -> str:
     """Path of the decoder layer list: the outermost ModuleList of ``n`` modules of one class (not one inside a
-    layer); else the one stack of layers that groups them, each layer holding ``n / len`` sub-layers
-    (LongCat-Flash counts two attention + MLP pairs per decoder layer in num_hidden_layers)."""
+    layer), or of several classes (a hybrid's attention and recurrent layers); else the one stack of layers that
+    groups them, each layer holding ``n / len`` sub-layers (LongCat-Flash counts two attention + MLP pairs per
+    decoder layer in num_hidden_layers)."""
     lists = [(name, m) for name, m in _layer_lists(hf_model) if len(m) == n]
-    found = [(name, m) for name, m in lists if len({type(x) for x in m}) == 1]
-    if not found and lists:
-        name, m = min(lists, key=lambda x: x[0].count("."))
-        raise UnsupportedArchitectureError(
-            f"{type(hf_model).__name__} is a hybrid: its decoder layers ({name}) are of different classes "
-            f"({sorted({type(x).__name__ for x in m})}); register an adapter (see docs/adapters.md)")
+    found = [(name, m) for name, m in lists if len({type(x) for x in m}) == 1] or lists  # a hybrid mixes classes
     if not found:
         stacks = [s for s in _stacks(hf_model) if _groups_layers(hf_model.get_submodule(s), n)]
         if len(stacks) == 1:
@@ -223,6 +222,15 @@ def _layer_calls(layers: nn.ModuleList) -> Iterator[_Calls]:
                 given = {**{names[k]: a for k, a in enumerate(args) if k < len(names)}, **kwargs}
                 calls.carried = next((k for k, v in given.items() if k != names[0]
                                       and any(v is t for t in calls.extra)), None)
+            if i == 1 and calls.counts[1] == 1 and not calls.carried:  # a second stream the model feeds every
+                # layer beside the residual (Zamba's original_hidden_states: the embeddings, for its shared block)
+                sig = inspect.signature(type(_m).forward).parameters
+                names = [p for p in sig if p != "self"]
+                given = {**{names[k]: a for k, a in enumerate(args) if k < len(names)}, **kwargs}
+                first = given.get(names[0]) if names else None
+                if isinstance(first, torch.Tensor):
+                    calls.carried = next((k for k, v in given.items() if k != names[0] and isinstance(v, torch.Tensor)
+                                          and v.shape == first.shape and v.is_floating_point()), None)
         return fn
 
     def out0(_m: nn.Module, _args: Any, out: Any) -> None:
@@ -280,8 +288,9 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     n = len(layers)  # the stack found may group the config's layers (LongCat-Flash: two sub-layers per layer)
     block = layers[0]
     children = dict(block.named_children())
-    _refuse_hybrid(layers, mt)
-    hc = [f"{n}: {type(c).__name__}" for n, c in children.items() if "HyperConnection" in type(c).__name__]
+    hybrid = _hybrid(layers)
+    hc = [f"{n}: {type(c).__name__}" for n, c in children.items()
+          if "HyperConnection" in type(c).__name__ or "hyper_connection" in n]
     if hc:
         raise UnsupportedArchitectureError(
             f"model_type={mt!r} uses hyper-connections ({', '.join(hc)}): each layer mixes several residual streams "
@@ -335,12 +344,12 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
     readers = _rank(norms, ("post_attention", "pre_feedforward", "ln_2", "norm")) + \
         _rank([c for c in names if c not in norms], MLP_WORDS)
     roles = None
-    for free in (False, True):  # plain sums first; then one scale per branch (scaled residual branches)
+    for free in (False, True) if not hybrid else ():  # plain sums first; then one scale per branch
         roles = _solve(x_in, x_out, ins, outs, attn_c, mlp_c, readers, tol, free)
         if roles:
             break
-    if roles is None:  # a sub-block that adds the residual itself (BLOOM's attention, MPT's MLP): its output
-        # projection's output is what the stream receives
+    if roles is None and not hybrid:  # a sub-block that adds the residual itself (BLOOM's attention, MPT's
+        # MLP): its output projection's output is what the stream receives
         lin = {k: v["out"].reshape(x_in.shape) for k, v in ((k[2:], v) for k, v in rec.items() if k.startswith("i:"))
                if "out" in v and v["out"].numel() == x_in.numel() and v["out"].shape[-1] == x_in.shape[-1]}
         outs_all = {**outs, **lin}
@@ -349,7 +358,7 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
         if roles:
             outs = outs_all
     resid_scale = None
-    if roles is None:  # a block that rescales its whole output by a scalar of its own (Gemma-4's layer_scalar)
+    if roles is None and not hybrid:  # a block that rescales its whole output by a scalar (Gemma-4's layer_scalar)
         for attr, value in _block_scalars(block):
             for free in (False, True):
                 roles = _solve(x_in, x_out / value, ins, outs, attn_c, mlp_c, readers, tol, free)
@@ -359,7 +368,10 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
             if roles:
                 break
     if roles is None:  # the stream between blocks is still there: block outputs only (with the reason)
-        if "per_layer_input" in inspect.signature(block.forward).parameters:
+        if hybrid:
+            _refuse_padding_leak(hf_model, ids, mt, hybrid)
+            why = f"a hybrid: {hybrid}"
+        elif "per_layer_input" in inspect.signature(block.forward).parameters:
             why = ("it adds a per-layer-input branch (Gemma-3n / Gemma-4 E-models: per-layer embeddings gated into "
                    "the stream after the MLP), a third write that attn_out and mlp_out would not cover")
         elif any(isinstance(children[c], nn.ModuleList) for c in names):
@@ -374,6 +386,11 @@ def derive_adapter(hf_model: nn.Module, *, tol: float = 1e-4) -> ArchAdapter:
             final_norm, scale, project_out = _final_norm(hf_model, norm_cands, rec["__last__"].get("out"), out,
                                                          tol, mt)
         except UnsupportedArchitectureError:  # nor is the stream between blocks what the final norm reads
+            if hybrid:
+                raise UnsupportedArchitectureError(
+                    f"model_type={mt!r} is a hybrid: {hybrid}, and no final norm turns the last layer's output into "
+                    "the logits (the stream between its layers is not the one its head reads); register an adapter "
+                    "(docs/adapters.md)") from None
             raise UnsupportedArchitectureError(
                 f"model_type={mt!r}: decoder layer 0 ({type(block).__name__}, children {names}) does not decompose "
                 "as resid_post = resid_pre + attention + MLP through any of its children, and no final norm turns "
@@ -504,21 +521,55 @@ def _router(layers: nn.ModuleList, mlp: str, config: Any) -> str | None:
     return None
 
 
-def _refuse_hybrid(layers: nn.ModuleList, mt: str) -> None:
-    """A hybrid (some layers recurrent / state-space / linear attention, or layers whose sub-blocks differ in
-    name) gets a clear refusal: one derived adapter cannot name every layer's attention and MLP."""
+def _hybrid(layers: nn.ModuleList) -> str | None:
+    """Why the layers form a hybrid (some recurrent / state-space / linear-attention, or layers whose sub-blocks
+    differ), or None: one set of sub-block names cannot cover every layer, so a hybrid is read at its block
+    outputs (the residual stream between layers is still one stream)."""
     names = [tuple(n for n, _ in layer.named_children()) for layer in layers]
     for i, layer in enumerate(layers):
         for n, c in layer.named_children():
             if RECURRENT_NAMES.search(n.lower()) or any(w in type(c).__name__ for w in RECURRENT_CLASSES):
-                raise UnsupportedArchitectureError(
-                    f"model_type={mt!r} is a hybrid: decoder layer {i} holds a recurrent / state-space / "
-                    f"linear-attention mixer ({n}: {type(c).__name__}), not an attention + MLP residual block; "
-                    "register an adapter for its attention layers (see docs/adapters.md)")
+                return (f"decoder layer {i} holds a recurrent / state-space / linear-attention mixer "
+                        f"({n}: {type(c).__name__}), not an attention + MLP residual block")
+    if len({type(x) for x in layers}) > 1:
+        return f"its decoder layers are of different classes ({sorted({type(x).__name__ for x in layers})})"
     if len(set(names)) > 1:
-        raise UnsupportedArchitectureError(
-            f"model_type={mt!r} is a hybrid: its decoder layers differ in their sub-blocks ({names[0]} vs "
-            f"{next(x for x in names if x != names[0])}); register an adapter (see docs/adapters.md)")
+        return (f"its decoder layers differ in their sub-blocks ({names[0]} vs "
+                f"{next(x for x in names if x != names[0])})")
+    return None
+
+
+@torch.no_grad()
+def _refuse_padding_leak(hf_model: nn.Module, ids: torch.Tensor, mt: str, hybrid: str) -> None:
+    """A hybrid's recurrent mixers must leave a left-padded row equal to the same prompt alone (batched =
+    unbatched, as actlab pads every batch on the left); an implementation that lets the padding into the
+    recurrent state or the convolution is refused with the measured difference. The tolerance (1e-3 of the
+    largest value in float32, 3e-2 in half precision) is above the rounding a deep stack accumulates when a batch
+    of two runs other kernels (2e-4 over Zamba2's 54 layers) and far below what padding that leaks changes."""
+    from .model import position_ids_from_mask
+
+    alone = ids[None, :4]  # a batch of two rows: this prompt left-padded by 3 beside a full 7-token row
+    batch = torch.stack([torch.cat([torch.zeros_like(ids[:3]), ids[:4]]), ids.flip(0)])
+    mask = torch.ones_like(batch)
+    mask[0, :3] = 0
+    was = hf_model.training
+    hf_model.eval()
+    try:
+        a = hf_model(input_ids=alone, attention_mask=torch.ones_like(alone), use_cache=False,
+                     output_hidden_states=True).hidden_states
+        b = hf_model(input_ids=batch, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                     use_cache=False, output_hidden_states=True).hidden_states
+    finally:
+        hf_model.train(was)
+    tol = 1e-3 if a[0].dtype in (torch.float32, torch.float64) else 3e-2
+    for i, (x, y) in enumerate(zip(a[1:], b[1:], strict=True)):
+        d = float((x[0].double() - y[0, 3:].double()).abs().max())
+        if d > tol * (1 + float(x.abs().max())):
+            raise UnsupportedArchitectureError(
+                f"model_type={mt!r} is a hybrid: {hybrid}, and left padding changes its outputs (layer {i}: a "
+                f"left-padded prompt differs from the prompt alone by {d:.3g}: transformers' implementation "
+                "carries the padding into the recurrent state), so batched runs would not equal single prompts; "
+                "register an adapter for it (docs/adapters.md)")
 
 
 def _owner(role: str, names: list[str], words: tuple[str, ...], children: dict[str, nn.Module]) -> str:

@@ -255,6 +255,21 @@ def _dtype_kwarg() -> str:
     return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
+def _check_all_weights_read(gguf_path: Path, model: Any, info: dict[str, Any]) -> None:
+    """Refuse a GGUF model whose weights transformers' reader did not all find: it would leave them at their random
+    initialisation (one log line, then a model that runs and validates - it is self-consistent - and is wrong).
+    Seen with gpt-oss files in llama.cpp's layout: the reader maps no GGUF name to the fused expert projections."""
+    missing = sorted(set(info.get("missing_keys") or ()))
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        bad = missing or mismatched
+        raise ModelNotFoundError(
+            f"cannot read GGUF file {str(gguf_path)!r} as {model.config.model_type!r}: transformers' GGUF reader "
+            f"found no weights for {len(bad)} parameter(s) ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}),"
+            " which would stay randomly initialised; this transformers cannot read this architecture's GGUF layout"
+            " - load the original (safetensors) checkpoint instead")
+
+
 def _load_gguf(folder: Path, gguf_path: Path, dt: Any, model_kwargs: dict[str, Any], use_cache: bool,
                source: dict[str, Any]) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,11 +284,13 @@ def _load_gguf(folder: Path, gguf_path: Path, dt: Any, model_kwargs: dict[str, A
     kw = dict(model_kwargs)
     device_map = kw.pop("device_map", None)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name, **kw)
+        model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name,
+                                                           output_loading_info=True, **kw)
     except Exception as e:  # gguf readers raise struct/Value/Key errors on damaged files
         raise ModelNotFoundError(f"cannot read GGUF file {str(gguf_path)!r} (truncated, corrupt or an "
                                  f"architecture transformers cannot de-quantize): {str(e).splitlines()[0]}"
                                  ) from None
+    _check_all_weights_read(gguf_path, model, info)
     if any((folder / f).exists() for f in _TOKENIZER_FILES):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         source["tokenizer"] = "folder"

@@ -136,13 +136,15 @@ class Model:
         return m
 
     def carried_note(self) -> str | None:
-        """What patching leaves out on a model whose layers pass a second state to the next layer (None when
-        they pass only the residual stream)."""
+        """What patching leaves out on a model whose layers take a second state beside the residual - from the layer
+        before (Zaya's router state) or from the model (Zamba's embeddings) - (None when they take only the
+        residual stream)."""
         c = self.adapter.carried_state
         if not c:
             return None
-        return (f"each layer also passes {c!r} to the next layer, beside the residual stream; hook points read and "
-                f"write the residual exactly, but patching a layer's residual does not patch {c!r}")
+        return (f"each layer also takes {c!r} (from the layer before it or from the model), beside the residual "
+                f"stream; hook points read and write the residual exactly, but patching a layer's residual does not "
+                f"patch {c!r}")
 
     def save(self, out_dir: str | os.PathLike[str], *, dtype: str | torch.dtype | None = "checkpoint") -> Path:
         """Save the model (e.g. an orthogonalised or fine-tuned copy) and its tokenizer in standard HF format,
