@@ -48,8 +48,12 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
                                                                            "rope_theta": 10000.0}}},
              "moshi": {"audio_vocab_size": 64}, "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
              "lfm2": {"layer_types": ["conv", "full_attention"]},
-             # Zamba2's default stack is 54 layers (its shared attention block every 6th): 4, two of them hybrid
+             # Zamba2's default stack is 54 layers (its shared attention block every 6th), Zamba's 76: 4 and 6, two of
+             # them hybrid; Qwen3-Next / Qwen3.5 at 2 layers would be linear attention only (no KV cache to check)
              "zamba2": {"num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"]},
+             "zamba": {"num_hidden_layers": 6, "attn_layer_period": 3, "attn_layer_offset": 2},
+             **{t: {"layer_types": ["linear_attention", "full_attention"]}
+                for t in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")},
              # LongCat-Flash counts layers in pairs (num_layers) and adds 256 zero-compute experts by default;
              # BLT hashes byte n-grams into a 500,002-row table
              "longcat_flash": {"num_layers": 1, "zero_expert_num": 2},
@@ -345,11 +349,23 @@ def _equalities(m) -> None:
 
 
 @torch.no_grad()
+def _word_tokenizer(n: int):
+    """A word-level tokenizer over ``t0 .. t{n-1}`` (token ``ti`` is id ``i``): text for the tiny models, which
+    have no tokenizer of their own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(n)}, unk_token="t3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", unk_token="t3")
+
+
 def _tuned_lens(m) -> str:
     """An untrained tuned lens is the logit lens at every layer (identity translators through the same final
-    norm and unembedding)."""
+    norm and unembedding); training it through this adapter (every layer's resid_pre, gradients through the
+    final norm and unembedding) lowers its KL to the model's output."""
     import actlab
-    from actlab.tuned_lens import TunedLens
+    from actlab.tuned_lens import TunedLens, train_tuned_lens
 
     ids = _ids(m)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -357,7 +373,19 @@ def _tuned_lens(m) -> str:
     tuned = actlab.logit_lens(m, batch, points="resid_post", top_k=3, lens=TunedLens.for_model(m))
     if not (torch.equal(plain.top_ids, tuned.top_ids) and torch.allclose(plain.top_probs, tuned.top_probs)):
         raise AssertionError("an untrained tuned lens != the logit lens")
-    return "tuned lens = logit lens untrained"
+    g = torch.Generator().manual_seed(2)
+    n = min(m.vocab_size, 256)
+    texts = [" ".join(f"t{int(t)}" for t in torch.randint(4, n, (int(k),), generator=g))
+             for k in torch.randint(5, 10, (8,), generator=g)]
+    was, m.tokenizer = m.tokenizer, _word_tokenizer(n)
+    try:
+        _, history = train_tuned_lens(m, texts, steps=6, batch_size=4, max_length=12, lr=1e-2)
+    finally:
+        m.tokenizer = was
+    first, last = history[0]["kl"], history[-1]["kl"]
+    if not last < first:
+        raise AssertionError(f"training the tuned lens did not lower its KL ({first:.4g} -> {last:.4g})")
+    return "tuned lens = logit lens untrained, training lowers its KL"
 
 
 @torch.no_grad()

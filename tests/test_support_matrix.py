@@ -174,8 +174,8 @@ def test_a_second_stream_fed_to_every_layer_is_said():
     if "zamba" not in tf.CONFIG_MAPPING:
         pytest.skip(f"transformers {tf.__version__} has no Zamba")
     r = check("zamba")
-    if r.detail.startswith("build:"):
-        pytest.skip(f"transformers {tf.__version__} cannot build Zamba's tiny config ({r.detail})")
+    if r.detail.startswith(("config:", "build:", "forward:")):
+        pytest.skip(f"transformers {tf.__version__} cannot build or run Zamba's tiny config ({r.detail[:80]})")
     assert r.status == "partial" and "original_hidden_states" in r.detail, r
 
 
