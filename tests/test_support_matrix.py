@@ -4,6 +4,7 @@ hand-written one where both exist; an odd layout is refused in one clear line, n
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 
@@ -642,29 +643,45 @@ def test_gguf_files_of_derived_architectures_load_and_read_what_the_checkpoint_r
         assert torch.allclose(acts[p], want.hidden_states[i + 1], atol=1e-5), p
 
 
-def test_a_gguf_whose_weights_transformers_cannot_all_read_is_refused(tmp_path):
-    """gpt-oss in llama.cpp's layout (experts' gate and up de-interleaved into stacked tensors, with biases):
-    transformers' reader maps no GGUF name to the fused expert projection and its biases, so it would leave them
-    randomly initialised (and, where the MLP width equals the model width as in gpt-oss-20b, read the down
-    projections transposed) - a model that runs, validates (it is self-consistent) and is wrong. actlab refuses
-    it, naming the parameters (the architectures above load: the check is no blanket refusal)."""
+# model type -> (config values as shipped, how many parameters transformers' reader leaves unread, the first)
+GGUF_UNREADABLE = {
+    # experts' fused gate/up projection and biases; head width 64 and MLP width = model width as in gpt-oss-20b
+    "gpt_oss": ({"head_dim": 64, "intermediate_size": 64}, 6, "model.layers.0.mlp.experts.down_proj_bias"),
+    # Gemma-4 without per-layer inputs (the large checkpoints): the reader has no key saying so, builds the
+    # per-layer-input branch from config defaults and finds no weights for it; head widths as shipped
+    "gemma4_text": ({"head_dim": 256, "global_head_dim": 512}, 9, "model.embed_tokens_per_layer.weight"),
+}
+
+
+@pytest.mark.parametrize("model_type", list(GGUF_UNREADABLE))
+def test_a_gguf_whose_weights_transformers_cannot_all_read_is_refused(model_type, tmp_path):
+    """transformers' GGUF reader leaves a parameter it finds no tensor for at its random initialisation (one log
+    line): a model that runs, validates (it is self-consistent) and is wrong. gpt-oss in llama.cpp's layout
+    (experts' gate and up de-interleaved into stacked tensors, with biases): no GGUF name maps to the fused expert
+    projection (and where the MLP width equals the model width, as in gpt-oss-20b, the down projections would be
+    read transposed); Gemma-4 without per-layer inputs: a random per-layer-input branch would be added to every
+    layer. actlab refuses both, naming the parameters (the architectures above load: the check is no blanket
+    refusal)."""
     import actlab
     from actlab.errors import ModelNotFoundError
     from conftest import SMOLLM_DIR
     from gguf_write import write_gguf
 
-    if "gpt_oss" not in tf.CONFIG_MAPPING or Version(tf.__version__).major < 5:
-        pytest.skip("gpt-oss's fused experts: transformers 5")
+    if model_type not in tf.CONFIG_MAPPING or Version(tf.__version__).major < 5:
+        pytest.skip(f"{model_type} as transformers 5 builds it")
     from support_matrix import _randomise, tiny_config
 
-    cfg = tiny_config("gpt_oss")
-    cfg.vocab_size, cfg.head_dim, cfg.intermediate_size = 1024, 64, cfg.hidden_size  # as shipped: 64, = hidden
+    shipped, count, first = GGUF_UNREADABLE[model_type]
+    cfg = tiny_config(model_type)
+    cfg.vocab_size = 1024
+    for k, v in shipped.items():
+        setattr(cfg, k, v)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = tf.AutoModelForCausalLM.from_config(cfg)
     _randomise(hf)
     src = shared_path("models", SMOLLM_DIR, "SmolLM2-135M-Instruct.Q4_1.gguf")
-    path = write_gguf(hf.eval(), tmp_path / "tiny-gpt_oss.gguf", src, vocab=1024)
-    with pytest.raises(ModelNotFoundError, match=r"found no weights for 6 parameter\(s\) "
-                                                 r"\(model\.layers\.0\.mlp\.experts\.down_proj_bias.*randomly"):
+    path = write_gguf(hf.eval(), tmp_path / f"tiny-{model_type}.gguf", src, vocab=1024)
+    with pytest.raises(ModelNotFoundError, match=rf"found no weights for {count} parameter\(s\) "
+                                                 rf"\({re.escape(first)}.*randomly"):
         actlab.load_model(str(path), cache_gguf=False)
