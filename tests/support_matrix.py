@@ -49,11 +49,13 @@ REALISTIC = {"granite": {"residual_multiplier": 0.22}, "granitemoe": {"residual_
              "moshi": {"audio_vocab_size": 64}, "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
              "lfm2": {"layer_types": ["conv", "full_attention"]},
              # Zamba2's default stack is 54 layers (its shared attention block every 6th), Zamba's 76: 4 and 6, two of
-             # them hybrid; Qwen3-Next / Qwen3.5 at 2 layers would be linear attention only (no KV cache to check)
+             # them hybrid; hybrids at 2 layers would often be recurrent only (no attention KV cache to check)
              "zamba2": {"num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"]},
              "zamba": {"num_hidden_layers": 6, "attn_layer_period": 3, "attn_layer_offset": 2},
              **{t: {"layer_types": ["linear_attention", "full_attention"]}
-                for t in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")},
+                for t in ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text", "kimi_linear", "bailing_hybrid")},
+             "granitemoehybrid": {"layer_types": ["mamba", "attention"]}, "bamba": {"attn_layer_indices": [1]},
+             "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1},
              # LongCat-Flash counts layers in pairs (num_layers) and adds 256 zero-compute experts by default;
              # BLT hashes byte n-grams into a 500,002-row table
              "longcat_flash": {"num_layers": 1, "zero_expert_num": 2},
