@@ -264,8 +264,8 @@ def check(model_type: str) -> Result:
             return Result(model_type, "failing", fam, _first_line(e))
         why = ("per-layer inputs" if "per-layer-input" in m.adapter.blocks_only else
                "several sub-layers per layer" if "several sub-layers" in m.adapter.blocks_only else
-               "hybrid: " + m.adapter.blocks_only.split("a hybrid: ", 1)[1].split(";")[0].split(" (")[0]
-               if "a hybrid: " in m.adapter.blocks_only else "the residual is rescaled inside the block")
+               "hybrid: recurrent or linear-attention layers" if "a hybrid: " in m.adapter.blocks_only else
+               "the residual is rescaled inside the block")
         return Result(model_type, "partial", fam, f"block outputs only ({why}); " + "; ".join(extra))
     try:
         _equalities(m)
@@ -432,7 +432,7 @@ def _prefix_reuse(m) -> str:
     plain = m.last_logits(ids, mask)
     if not (_close(got[:, 1], ref, 2e-5) and _close(got[:, 0], plain, 2e-5)):
         raise AssertionError("cells sharing the prompts' prefix cache != steering each cell on whole prompts")
-    return "sweep prefix reuse exact" if reuse else "sweep exact (prefix cache not reusable here: whole prompts)"
+    return "sweep prefix reuse exact" if reuse else "sweep exact (whole prompts: no reusable prefix cache)"
 
 
 @torch.no_grad()
