@@ -99,11 +99,11 @@ def write_gguf(hf_model: torch.nn.Module, path: Path, tokenizer_from: Path, voca
     config = hf_model.config
     mt = config.model_type
     arch = GGUF_ARCH.get(mt, mt)
+    as_type = "llama" if mt == "mistral" else None  # the gguf package's tensor map for llama.cpp's "llama"
     if "processor" in inspect.signature(get_gguf_hf_weights_map).parameters:  # transformers 5
-        mapping = get_gguf_hf_weights_map(hf_model, TENSOR_PROCESSORS.get(arch, TensorProcessor)(),
-                                          model_type="llama" if mt == "mistral" else None)
+        mapping = get_gguf_hf_weights_map(hf_model, TENSOR_PROCESSORS.get(arch, TensorProcessor)(), model_type=as_type)
     else:
-        mapping = get_gguf_hf_weights_map(hf_model, model_type="llama" if mt == "mistral" else None)
+        mapping = get_gguf_hf_weights_map(hf_model, model_type=as_type)
     names: dict[str, list[str]] = {}
     for g, hf in mapping.items():
         names.setdefault(hf, []).append(g)  # a fused expert tensor is two GGUF tensors (gate, up)

@@ -198,6 +198,18 @@ def _build(tf, cfg):
         return tf.AutoModelForCausalLM.from_config(cfg)
 
 
+def tiny_model(model_type: str) -> torch.nn.Module:
+    """The model type's tiny random model as the matrix checks it (``tiny_config``, eager attention where taken,
+    weights randomised, eval mode; transformers' warnings silenced)."""
+    import transformers as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = _build(tf, tiny_config(model_type))
+    _randomise(hf)
+    return hf.eval()
+
+
 def _first_line(e: BaseException) -> str:
     s = " ".join(str(e).split())
     return f"{type(e).__name__}: {s[:200]}"
@@ -350,7 +362,6 @@ def _equalities(m) -> None:
         raise AssertionError("steering resid_post 0 != a hand-written hook on layer 0")
 
 
-@torch.no_grad()
 def _word_tokenizer(n: int):
     """A word-level tokenizer over ``t0 .. t{n-1}`` (token ``ti`` is id ``i``): text for the tiny models, which
     have no tokenizer of their own."""
@@ -362,7 +373,7 @@ def _word_tokenizer(n: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", unk_token="t3")
 
 
-def _tuned_lens(m) -> str:
+def _tuned_lens(m) -> str:  # not under no_grad: it trains
     """An untrained tuned lens is the logit lens at every layer (identity translators through the same final
     norm and unembedding); training it through this adapter (every layer's resid_pre, gradients through the
     final norm and unembedding) lowers its KL to the model's output."""

@@ -147,15 +147,11 @@ def test_hybrids_are_read_at_their_block_outputs_and_refused_where_padding_leaks
 
     from actlab.errors import HookPointError, UnsupportedArchitectureError
     from actlab.models import Model
-    from support_matrix import _build, _padding, _randomise, tiny_config
+    from support_matrix import _padding, tiny_model
 
     if "lfm2_moe" not in tf.CONFIG_MAPPING:
         pytest.skip(f"transformers {tf.__version__} has no LFM2-MoE")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = _build(tf, tiny_config("lfm2_moe"))
-    _randomise(hf)
-    hf.eval()
+    hf = tiny_model("lfm2_moe")
     m = Model.wrap(hf, None, name="lfm2_moe")
     assert m.adapter.derived and "a hybrid: decoder layer 0 holds a recurrent" in m.adapter.blocks_only
     assert "resid_post 0 == hidden_states[1]" in m.validation and "lens(last resid_post) == logits" in m.validation
@@ -203,13 +199,9 @@ def test_a_state_carried_beside_the_residual_is_found_and_said():
         pytest.skip(f"transformers {tf.__version__} has no Zaya")
     from actlab.hooks.interventions import Replace
     from actlab.models import Model
-    from support_matrix import OTHER, _build, _ids, _randomise, tiny_config
+    from support_matrix import OTHER, _build, _ids, tiny_config, tiny_model
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = _build(tf, tiny_config("zaya"))
-    _randomise(hf)
-    hf.eval()
+    hf = tiny_model("zaya")
     m = Model.wrap(hf, None, name="zaya")
     assert m.adapter.carried_state == "prev_router_hidden_states"
     assert "patching a layer's residual does not patch 'prev_router_hidden_states'" in m.carried_note()
