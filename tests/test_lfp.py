@@ -483,3 +483,21 @@ def test_features_on_the_base_model_too(lfp_run, tmp_path, capsys):
         assert set(paths) == {"1x", "2x"} and all(p.startswith(str(run_dir / "features" / "base")) for p in
                                                   paths.values()), layer
     assert "Appendix B" in (run_dir / "report.html").read_text()
+
+
+def test_a_fine_tuning_that_barely_moved_the_model_is_warned(tmp_path):
+    """The paper preset's lr 1e-6 on TinyStories-656K ends at KL 2.5e-6 per token: the report must say the
+    patterns below describe a model close to the base. Read from the last tenth of the logged steps."""
+    from actlab.lfp.outputs import Finetuned
+    from actlab.lfp.report import BARELY_TUNED_KL, lfp_warnings
+
+    def warned(kls: list[float]) -> bool:
+        Finetuned(method="grpo", history=[{"step": i, "kl": k} for i, k in enumerate(kls)]).write(tmp_path)
+        return any("barely moved" in w for w in lfp_warnings(tmp_path))
+
+    assert warned([0.0] * 18 + [2e-6, 3e-6])
+    assert not warned([0.0] * 18 + [0.02, 0.023])  # the tiny preset's curve: KL 0 at the first steps only
+    assert not warned([0.0] * 19 + [2 * BARELY_TUNED_KL])  # 20 steps: the last tenth is two steps, mean = limit
+    assert warned([0.0] * 18 + [BARELY_TUNED_KL, 0.0])
+    Finetuned(method="dpo", history=[{"step": 1, "loss": 0.6}]).write(tmp_path)  # no KL logged: nothing said
+    assert not any("barely moved" in w for w in lfp_warnings(tmp_path))

@@ -61,9 +61,24 @@ def _frequency_plot(words: list[dict[str, Any]], out: Path) -> Path | None:
     return save_figure(fig, out)
 
 
+# per-token KL of the fine-tuned policy to the base under which the fine-tuning is said to have barely moved it
+# (the paper preset's lr 1e-6 on TinyStories-656K for 200 steps ends at 2.5e-6; the tiny preset at ~0.02)
+BARELY_TUNED_KL = 1e-3
+
+
 def lfp_warnings(root: Path) -> list[str]:
     """What the data says a reader must know before trusting the tables below."""
     out = []
+    ft = Finetuned.read(root)
+    kls = [h["kl"] for h in (ft.history if ft else []) if isinstance(h.get("kl"), (int, float))]
+    if kls:
+        tail = kls[-max(1, len(kls) // 10):]  # the last tenth of the logged steps
+        kl = sum(tail) / len(tail)
+        if kl < BARELY_TUNED_KL:
+            out.append(f"the fine-tuning barely moved the model: its KL to the base is {kl:.2g} per token over the "
+                       f"last {len(tail)} logged step(s) (below {BARELY_TUNED_KL:g}), so the tables below describe "
+                       "a model close to the base, not a learned feedback pattern (raise finetune.rl.lr or "
+                       "max_steps)")
     dic = Dictionaries.read(root)
     for layer, ms in (dic.metrics if dic else {}).items():
         for name, m in ms.items():
