@@ -189,3 +189,23 @@ def test_bad_steering_input():
         steer(m, far, 1.0)
     with pytest.raises(InputError, match="no layer 0"):
         steer(m, v, 1.0, layers=[0])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_ablation_in_float64_equals_orthogonalisation_to_round_off(family):
+    """Issue 25 defect: the direction was made unit in float32 whatever the model's dtype (1.7e-6 on a float64
+    model), so hook ablation and the baked copy differed by more than round-off. In float64 they agree to 1e-12
+    and the direction is gone from the stream to 1e-12."""
+    m = tiny_model(family)
+    m.hf.double()
+    r = torch.randn(m.d_model, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    ids = _ids(2, 7, 9)
+    with torch.no_grad():
+        with ablate(m, r), m.capture("resid_post", dtype=None) as acts:
+            hooked = m(input_ids=ids).logits
+        baked = orthogonalize(m, r)(input_ids=ids).logits
+    assert hooked.dtype == torch.float64 and all(x.dtype == torch.float64 for x in acts.values())
+    ru = r / r.norm()
+    for name, x in acts.items():
+        assert float((x @ ru).abs().max()) < 1e-12, name
+    assert float((baked - hooked).abs().max()) < 1e-12
