@@ -125,6 +125,13 @@ def test_tiny_pipeline_every_stage(lfp_run):
     assert substituted <= set(split["train"]) and not substituted & set(split["heldout"])
     assert not {w["word"] for w in ag["words"]} & substituted and all(w["heldout"] for w in ag["words"])
     assert {w["word"] for w in ag["train_words"]} <= substituted
+    # issue 25 defect ("certain" was held out yet stood in training passages): scan every text the probe was
+    # trained on - substitutes, neutral words and the passages around them - for each scored held-out word
+    fitted = json.loads((run_dir / "probes" / "probes.json").read_text())["train_triples"]
+    trained_texts = " ".join(triples[i][k]["text"].lower() for i in fitted for k in ("positive", "neutral", "negative"))
+    leaked = [w["word"] for w in ag["words"] if re.search(rf"(?<![a-z']){re.escape(w['word'])}(?![a-z'])",
+                                                          trained_texts)]
+    assert fitted and not leaked, leaked
     assert set(ag["groups"]) == {"heldout", "train", "untrained_baseline"}
     assert ag["kendall_tau"] == ag["groups"]["heldout"]["kendall_tau"] and "kendall_tau_negative" in ag
     assert ag["frequency"]["n_prompts"] == 24 and all("generated_count" in w for w in ag["words"])
