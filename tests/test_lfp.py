@@ -508,3 +508,22 @@ def test_a_fine_tuning_that_barely_moved_the_model_is_warned(tmp_path):
     assert warned([0.0] * 18 + [BARELY_TUNED_KL, 0.0])
     Finetuned(method="dpo", history=[{"step": 1, "loss": 0.6}]).write(tmp_path)  # no KL logged: nothing said
     assert not any("barely moved" in w for w in lfp_warnings(tmp_path))
+
+
+def test_too_little_data_for_fig4_or_the_strong_inputs_is_warned(tmp_path):
+    """Issue 25: Fig. 4 could be drawn from one generated word and the strong-input firing rates from a handful of
+    inputs without a word; the report warns below 10 generated lexicon words / 20 strong inputs, not above."""
+    from actlab.lfp.outputs import Agreement, Features
+    from actlab.lfp.report import lfp_warnings
+
+    def said(gen: int, strong: int) -> tuple[bool, bool]:
+        Agreement(frequency={"words_generated": gen}).write(tmp_path)
+        Features(frequency={"n_strong": strong, "strong_inputs": "|prediction| > 3"}).write(tmp_path)
+        ws = lfp_warnings(tmp_path)
+        return any("Fig. 4" in w and f"on {gen} generated" in w for w in ws), \
+            any(f"rest on {strong} input" in w for w in ws)
+
+    assert said(1, 3) == (True, True)
+    assert said(9, 19) == (True, True)
+    assert said(10, 20) == (False, False)
+    assert said(60, 30) == (False, False)  # the paper preset on TinyStories-656K
