@@ -171,10 +171,33 @@ def test_changed_settings_are_refused_with_one_message(tmp_path, capsys, change)
     base = ["steer", "sweep", TINY, "--vector", str(vec), "--data", str(ab), "--limit", "4", "--out",
             str(tmp_path / "s")]
     assert run([*base, "--layers", "1-2", "--multipliers", "-3,0,3"], capsys)[0] == 0
+    before = (tmp_path / "s" / "run.json").read_text()
     code, _, err = run([*base, *change.split()], capsys)
     if change.startswith("--layers 1-3"):  # another layer is another vector: the sweep's fingerprint changed
         assert code == 2 and "with other settings: vector_sha256" in err and "--overwrite" in err
+        # the folder still holds the first sweep's results: its record is not turned into a failed run
+        assert (tmp_path / "s" / "run.json").read_text() == before and json.loads(before)["status"] == "ok"
+        assert "refused, run.json left as it was" in (tmp_path / "s" / "run.log").read_text()
     else:  # the same vector and questions: finished cells are reused, new ones computed
         assert code == 0, err
         cells = json.loads((tmp_path / "s" / "sweep.json").read_text())["cells"]
         assert len(cells) == 10
+
+
+def test_a_refused_resume_after_recorded_work_ends_refused_not_failed(tmp_path):
+    """When the attempt recorded something before its resume record refused it, run.json says ``refused`` with
+    the reason and keeps the earlier attempt under ``previous``; any other error still ends ``failed``."""
+    from actlab.errors import ResumeRefused
+    from actlab.runs import Resume, Run
+
+    with Run(tmp_path, "job", {"a": 1}):
+        Resume(tmp_path, "job", {"a": 1}).mark("step")
+    with pytest.raises(ResumeRefused), Run(tmp_path, "job", {"a": 2}) as r:
+        r.results["cached"] = 3
+        Resume(tmp_path, "job", {"a": 2})
+    rec = json.loads((tmp_path / "run.json").read_text())
+    assert rec["status"] == "refused" and "other settings: a (1 -> 2)" in rec["results"]["error"]
+    assert rec["previous"][-1]["status"] == "ok"
+    with pytest.raises(RuntimeError), Run(tmp_path, "job", {"a": 2}):
+        raise RuntimeError("boom")
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"

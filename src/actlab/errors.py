@@ -33,6 +33,10 @@ class InputError(ActlabError):
     """A prompt, batch or position specification is unusable."""
 
 
+class ResumeRefused(InputError):
+    """A folder's resume record was written under other settings: nothing ran, the folder is left as it was."""
+
+
 def choices_hint(bad: str, valid: Iterable[str], *, limit: int = 12) -> str:
     """Return ' Did you mean X? Valid: a, b, ...' for an error message."""
     valid = list(valid)

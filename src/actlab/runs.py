@@ -267,7 +267,9 @@ class Run:
     ``run.json`` holds the command, its config, the seed, library versions, the git revision of actlab when
     available, the interventions applied to the model, start and end time, duration, and the status
     (``running`` while it runs, then ``ok``, ``failed`` with the error's first line, or ``interrupted``). A
-    run re-entered in the same folder (resuming) keeps the earlier attempts under ``previous``.
+    run re-entered in the same folder (resuming) keeps the earlier attempts under ``previous``. An attempt that
+    the folder's resume record refuses (other settings) leaves ``run.json`` as it was when it recorded nothing,
+    else ends ``refused``: the folder's results are not a failed run's.
 
     >>> with Run(out, "steer sweep", config) as run:
     ...     run.add_interventions(edits.records())
@@ -289,6 +291,7 @@ class Run:
         self.started: str | None = None
         self._t0 = 0.0
         self._previous: list[dict[str, Any]] = []
+        self._before: str | None = None  # run.json as the folder held it, put back when a resume is refused
 
     def child(self, name: str, what: str = "name") -> Path:
         """A path inside the run folder for a name from a config (cannot leave the folder)."""
@@ -335,7 +338,8 @@ class Run:
         old = self.path / self.FILE
         if old.is_file():
             try:
-                prev = json.loads(old.read_text(encoding="utf-8"))
+                self._before = old.read_text(encoding="utf-8")
+                prev = json.loads(self._before)
             except (OSError, ValueError):
                 prev = None
             if isinstance(prev, dict):
@@ -382,11 +386,20 @@ class Run:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        from .errors import ResumeRefused
+
         try:
             if exc_type is None:
                 self.finish("ok")
             elif issubclass(exc_type, KeyboardInterrupt):
                 self.finish("interrupted")
+            elif isinstance(exc, ResumeRefused):
+                # the folder holds another run's results: not a failure of that run
+                if self._before is not None and not self.results and not self.interventions:
+                    write_text(self.path / self.FILE, self._before)  # nothing was recorded: left as it was
+                    self._note(f"refused, run.json left as it was: {str(exc).splitlines()[0][:300]}")
+                    return
+                self.finish("refused", str(exc))
             else:
                 self.finish("failed", f"{exc_type.__name__}: {exc}")
             self._note(f"finished: {self.status}" + (f" ({self.results['error']})" if self.results.get("error")
@@ -449,7 +462,7 @@ class Resume:
 
     def __init__(self, folder: str | os.PathLike[str], job: str, settings: dict[str, Any], *, overwrite: bool = False,
                  allow_changed: bool = False, file: str | None = None):
-        from .errors import InputError
+        from .errors import ResumeRefused
 
         self.folder, self.job = Path(folder), job
         self.settings = json.loads(json.dumps(settings, default=_json_default))
@@ -473,7 +486,7 @@ class Resume:
         if old is not None:
             self.changed = settings_differences(old.get("settings"), self.settings)
             if self.changed and not allow_changed:
-                raise InputError(
+                raise ResumeRefused(
                     f"{self.folder} was written by '{job}' with other settings: {'; '.join(self.changed[:4])}"
                     f"{' ...' if len(self.changed) > 4 else ''}; pass --overwrite to start again, or choose another "
                     "folder")
