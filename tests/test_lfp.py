@@ -105,6 +105,9 @@ def test_tiny_pipeline_every_stage(lfp_run):
     assert (run_dir / "finetune" / "model" / "model.safetensors").is_file()
     layers = json.loads((run_dir / "divergence" / "layers.json").read_text())
     assert layers["layers"] == [0, 1]  # TinyStories-656K has 2 layers: k = min(5, 2)
+    div = json.loads((run_dir / "divergence" / "divergence.json").read_text())  # the run's own fine-tune by name,
+    assert (div["model_a"], div["model_b"]) == ("tinystories-656k", "fine-tuned (finetune/model)")  # not "model"
+    assert "fine-tuned (finetune/model) layer 0: 1x EV" in (run_dir / "run.log").read_text()
     dic = json.loads((run_dir / "sae" / "dictionaries.json").read_text())
     assert set(dic["dictionaries"]["0"]) == {"1x", "2x"}
     for ms in dic["metrics"].values():

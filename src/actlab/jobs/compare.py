@@ -342,18 +342,20 @@ def vocab_projection(model: ModelLike, vector: VectorLike, out: str | os.PathLik
     return result
 
 
-def write_divergence(out: str | os.PathLike[str], a: Any, b: Any, *, top_k: int = 5, rank_by: str = "layer"
-                     ) -> dict[str, Any]:
-    """Compute the parameter divergence of two loaded models and write ``divergence.json`` + ``.png``."""
+def write_divergence(out: str | os.PathLike[str], a: Any, b: Any, *, top_k: int = 5, rank_by: str = "layer",
+                     names: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Compute the parameter divergence of two loaded models and write ``divergence.json`` + ``.png``
+    (``names``: how to call the two models there, by default their names)."""
     div = parameter_divergence(a, b)
     top = div.top_layers(top_k, rank_by=rank_by)
-    result = {"kind": "divergence", "model_a": a.name, "model_b": b.name, "top_k": top_k, "rank_by": rank_by,
+    name_a, name_b = names or (a.name, b.name)
+    result = {"kind": "divergence", "model_a": name_a, "model_b": name_b, "top_k": top_k, "rank_by": rank_by,
               **div.to_dict(), "top_layers": top,
               "rule": f"the {top_k} layers with the largest L2 norm of the difference of their "
                       f"{'parameters' if rank_by == 'layer' else rank_by + ' parameters'}; unchanged layers are "
                       "never listed"}
     divergence_plot(div, Path(out) / "divergence.png", top_k=top_k, rank_by=rank_by,
-                    title=f"parameter divergence per layer: {a.name} vs {b.name}")
+                    title=f"parameter divergence per layer: {name_a} vs {name_b}")
     write_json(Path(out) / "divergence.json", result)
     return result
 

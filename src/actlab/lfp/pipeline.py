@@ -73,6 +73,13 @@ class Context:
             return self.cfg.tuned_model
         return str(self.need("finetune", self.root / "finetune" / "model"))
 
+    def label(self, which: str) -> str:
+        """How logs and outputs call the ``base`` or ``tuned`` model (this run's own fine-tune by its folder:
+        loaded from ``finetune/model``, its name alone would be "model")."""
+        if which == "base":
+            return self.cfg.base_model
+        return self.cfg.tuned_model or "fine-tuned (finetune/model)"
+
     def model(self, which: str) -> Any:
         name = self.cfg.base_model if which == "base" else self.tuned_name()
         if name not in self._models:

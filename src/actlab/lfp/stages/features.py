@@ -287,7 +287,7 @@ def base_features(ctx: Context, explainer: Any) -> dict[str, Any]:
     cfg, ex = ctx.cfg, ctx.cfg.explainer
     layers = ctx.read(LayerChoice, "divergence").layers
     base_model = ctx.model("base")
-    dicts, metrics = train_dictionaries(ctx, base_model, layers, ctx.dir("features") / "base")
+    dicts, metrics = train_dictionaries(ctx, base_model, layers, ctx.dir("features") / "base", ctx.label("base"))
     out: dict[str, Any] = {"model": base_model.name, "folder": "features/base", "dictionaries": dicts,
                            "metrics": metrics}
     if explainer is None:

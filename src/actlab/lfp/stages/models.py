@@ -62,7 +62,7 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
                          f"({base.n_layers} layers) vs {type(tuned.hf).__name__} ({tuned.n_layers} layers)")
     out = ctx.dir("divergence")
     k = min(ctx.cfg.top_k_layers, base.n_layers)
-    res = write_divergence(out, base, tuned, top_k=k, rank_by="mlp")
+    res = write_divergence(out, base, tuned, top_k=k, rank_by="mlp", names=(ctx.label("base"), ctx.label("tuned")))
     layers = sorted(res["top_layers"])
     if not layers:
         raise InputError("the fine-tuned model's MLP parameters equal the base model's: nothing was learned to "
@@ -83,12 +83,12 @@ def stage_divergence(ctx: Context) -> dict[str, Any]:
 def stage_sae(ctx: Context) -> dict[str, Any]:
     spec = ctx.cfg.sae
     layers = ctx.read(LayerChoice, "divergence").layers
-    dicts, metrics = train_dictionaries(ctx, ctx.model("tuned"), layers, ctx.dir("sae"))
+    dicts, metrics = train_dictionaries(ctx, ctx.model("tuned"), layers, ctx.dir("sae"), ctx.label("tuned"))
     Dictionaries(layers, spec.point, dicts, metrics).write(ctx.root)
     return {"layers": layers, "metrics": metrics}
 
 
-def train_dictionaries(ctx: Context, model: Model, layers: list[int], out: Path
+def train_dictionaries(ctx: Context, model: Model, layers: list[int], out: Path, label: str
                        ) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
     """The config's dictionaries (``sae``) trained on ``model``'s activations at ``layers``, under ``out``
     (the activation cache in ``out/cache``, one folder per layer): per layer, each dictionary's folder and
@@ -105,6 +105,6 @@ def train_dictionaries(ctx: Context, model: Model, layers: list[int], out: Path
         training_curves(run_spec.out / "train_log.jsonl", run_spec.out / "sae_metrics_training.png")
         dicts[str(i)] = {c.name: str(run_spec.out / "saes" / c.name) for c in res.configs}
         metrics[str(i)] = {n: {k: v for k, v in x.items() if k != "density"} for n, x in res.metrics.items()}
-        ctx.log(f"  {model.name} layer {i}: " + "; ".join(f"{n} EV {x['explained_variance']:.3f} L0 "
+        ctx.log(f"  {label} layer {i}: " + "; ".join(f"{n} EV {x['explained_variance']:.3f} L0 "
                                                           f"{x['l0']:.1f}" for n, x in res.metrics.items()))
     return dicts, metrics
