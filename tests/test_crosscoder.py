@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from actlab.crosscoder import CrosscoderConfig, PairedReader, analyse, latent_scaling, load_crosscoder, scaling_beta
 from actlab.crosscoder.model import Crosscoder
 from actlab.sae import TrainConfig
 from actlab.sae.train import Trainer
 from conftest import shared_path
+from two_process import train_in_two_processes
 
 POINT = "blocks.1.resid_post"
 
@@ -248,31 +247,9 @@ def _stream(x: torch.Tensor, bs: int):
     return make
 
 
-def _worker(rank, world, port, out, x):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        tr = Trainer(_CC, _TRAIN)
-        tr.fit(_stream(x, 64))
-        if rank == 0:
-            torch.save([{k: v.detach().clone() for k, v in s.state_dict().items()} for s in tr.saes], out)
-        dist.barrier()  # no rank tears its group down while another still talks
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_train_the_crosscoder_one_process_trains():
     x = _data()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"cc_ddp_{os.getpid()}.pt"
-    mp.start_processes(_worker, args=(2, port, str(out), x), nprocs=2, join=True, start_method="spawn")
-    ddp = torch.load(out, weights_only=True)
-    out.unlink()
+    ddp = train_in_two_processes(_CC, _TRAIN, _stream, x, 64)
     tr = Trainer(_CC, _TRAIN)
     tr.fit(_stream(x, 64))
     for cc, state in zip(tr.saes, ddp, strict=True):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from actlab.errors import InputError
 from actlab.hooks import count_hooks
@@ -33,6 +30,7 @@ from actlab.sae import (
 from actlab.sae.train import skip
 from conftest import shared_path
 from tiny_models import tiny_model
+from two_process import train_in_two_processes
 
 
 def _data(n=4096, d=16, seed=0):
@@ -160,37 +158,14 @@ def test_nan_loss_names_step_and_checkpoint(tmp_path):
         train_saes([SAEConfig(16, 32)], make, tcfg, out_dir=tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # a ReLU dictionary with resampling, and a TopK one whose dead features train through the auxiliary loss
 _DDP_SAES = [SAEConfig(16, 32, l1_coefficient=1e-3), SAEConfig(16, 64, architecture="topk", k=2)]
 _DDP_TRAIN = TrainConfig(steps=25, batch_size=128, lr=2e-3, seed=0, resample_every=10, dead_steps=2)
 
 
-def _ddp_worker(rank, world, port, out, x):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        tr = Trainer(_DDP_SAES, _DDP_TRAIN)
-        tr.fit(_stream(x, 128))
-        if rank == 0:
-            torch.save([{k: v.detach().clone() for k, v in s.state_dict().items()} for s in tr.saes], out)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_process_gloo_matches_single_process(tmp_path):
+def test_two_process_gloo_matches_single_process():
     x = _data(seed=2)
-    out = tmp_path / "ddp.pt"
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(out), x), nprocs=2, join=True, start_method="spawn")
-    ddp = torch.load(out, weights_only=True)
+    ddp = train_in_two_processes(_DDP_SAES, _DDP_TRAIN, _stream, x, 128)
     tr = Trainer(_DDP_SAES, _DDP_TRAIN)
     rows: list[dict] = []
     tr.fit(_stream(x, 128), rows.append)
