@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..sae.dictionary import dead_latents_loss
 
 ARCHITECTURES = ("batchtopk", "l1")
 
@@ -177,11 +178,8 @@ class Crosscoder(nn.Module):
             aux = torch.zeros((), device=x.device)
             if self.cfg.architecture == "batchtopk" and dead is not None and aux_coefficient > 0 and bool(dead.any()):
                 idx = dead.nonzero()[:, 0]
-                ka = min(aux_k or max(self.cfg.d_in // 2, 1), len(idx))
-                vals, j = act[:, idx].topk(ka, dim=-1)
-                codes = torch.zeros(x.shape[0], len(idx), device=x.device, dtype=act.dtype).scatter(-1, j, vals)
-                aux = sum((codes @ w[idx] - e.detach()).pow(2).sum(-1).mean()
-                          for w, e in zip(self.W_dec, errs, strict=True))
+                aux = dead_latents_loss(act[:, idx], [w[idx] for w in self.W_dec], errs,
+                                        aux_k or max(self.cfg.d_in // 2, 1))
                 total = total + aux_coefficient * aux
             total.backward()
         with torch.no_grad():

@@ -29,6 +29,17 @@ ARCHITECTURES = ("relu", "topk", "jumprelu")
 TRAINABLE = ("relu", "topk")  # JumpReLU dictionaries (e.g. Gemma Scope) are loaded for inference
 
 
+def dead_latents_loss(acts: torch.Tensor, decoders: list[torch.Tensor], errors: list[torch.Tensor], k: int
+                      ) -> torch.Tensor:
+    """The auxiliary loss of Gao et al. (2024) that trains dead latents: the reconstruction error (each
+    output's ``errors``, not differentiated) rebuilt from each row's top ``k`` dead latents (``acts``: their
+    activations, ``[n, n_dead]``; ``decoders``: their decoder rows per output), squared, summed over outputs.
+    Shared by SAEs, crosscoders (one decoder per model) and transcoders."""
+    vals, j = acts.topk(min(k, acts.shape[-1]), dim=-1)
+    codes = torch.zeros_like(acts).scatter(-1, j, vals)
+    return sum((codes @ w - e.detach()).pow(2).sum(-1).mean() for w, e in zip(decoders, errors, strict=True))
+
+
 @dataclass
 class SAEConfig:
     """Shape and sparsity of one dictionary (training hyper-parameters live in :class:`TrainConfig`)."""
@@ -153,11 +164,8 @@ class SparseAutoencoder(nn.Module):
                  ) -> torch.Tensor:
         """Squared error (normalised space) of ``err`` reconstructed from the top ``aux_k`` dead features."""
         idx = dead.nonzero()[:, 0]
-        k = min(aux_k or max(self.cfg.d_in // 2, 1), len(idx))
         pre = (x * self.input_scale - self.b_dec) @ self.W_enc[:, idx] + self.b_enc[idx]
-        vals, j = torch.relu(pre).topk(k, dim=-1)
-        codes = torch.zeros_like(pre).scatter(-1, j, vals)
-        return (codes @ self.W_dec[idx] - err).pow(2).sum(-1).mean()
+        return dead_latents_loss(torch.relu(pre), [self.W_dec[idx]], [err], aux_k or max(self.cfg.d_in // 2, 1))
 
     # -- the trainer's protocol (shared with crosscoders) ------------------------------------------------------
     def train_gradients(self, x: torch.Tensor, l1_scale: float = 1.0, *, dead: torch.Tensor | None = None,

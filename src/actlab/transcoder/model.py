@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..sae.dictionary import dead_latents_loss
 
 
 @dataclass
@@ -124,10 +125,7 @@ class Transcoder(nn.Module):
             total, aux = mse, torch.zeros((), device=rows.device)
             if dead is not None and aux_coefficient > 0 and bool(dead.any()):
                 idx = dead.nonzero()[:, 0]
-                ka = min(aux_k or max(self.cfg.d_out // 2, 1), len(idx))
-                vals, j = act[:, idx].topk(ka, dim=-1)
-                codes = torch.zeros(rows.shape[0], len(idx), device=rows.device, dtype=act.dtype).scatter(-1, j, vals)
-                aux = (codes @ self.W_dec[idx] - err.detach()).pow(2).sum(-1).mean()
+                aux = dead_latents_loss(act[:, idx], [self.W_dec[idx]], [err], aux_k or max(self.cfg.d_out // 2, 1))
                 total = total + aux_coefficient * aux
             total.backward()
         on = f.detach() > 0
