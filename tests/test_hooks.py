@@ -304,3 +304,27 @@ def test_unknown_architecture_error():
     with pytest.raises(actlab.errors.UnsupportedArchitectureError,
                        match=r"(?s)bert.*does not decompose.*register_adapter"):
         actlab.wrap(hf, None)
+
+
+def test_a_point_that_holds_nothing_says_why():
+    """A requested point with no entry raises a KeyError that names it and why (no forward ran; the forward ran
+    but never reached its module), instead of a bare KeyError - or a silent absence in a loop over keys."""
+    m = tiny_model("llama")
+    ids = torch.tensor([[1, 2, 3]])
+    with m.capture(["blocks.0.resid_post"]) as acts:
+        pass
+    with pytest.raises(KeyError, match=r"blocks\.0\.resid_post was captured but holds nothing: no forward ran"):
+        acts["blocks.0.resid_post"]
+    mlp = m.layers[1].mlp
+    real = mlp.forward
+    mlp.forward = lambda x: torch.zeros_like(x)  # a layer whose MLP module is bypassed: its hooks never fire
+    try:
+        with torch.no_grad(), m.capture(["blocks.0.mlp_out", "blocks.1.mlp_hidden"]) as acts:
+            m(input_ids=ids)
+    finally:
+        mlp.forward = real
+    assert acts["blocks.0.mlp_out"].shape[-1] == m.d_model and "blocks.1.mlp_hidden" not in acts
+    with pytest.raises(KeyError, match=r"1 forward call\(s\) reached other points but not this one"):
+        acts[HookPoint(1, "mlp_hidden")]
+    with pytest.raises(KeyError, match=r"^'nope'$"):  # a point never requested: the plain KeyError
+        acts["nope"]

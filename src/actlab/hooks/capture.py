@@ -41,13 +41,17 @@ class Activations(dict):
         self.positions = positions
         self.lengths = lengths
         self.grads: dict[str, torch.Tensor] = {}  # filled with grad=True after backward()
+        self.missing: dict[str, str] = {}  # requested points that hold nothing, with why
 
     @staticmethod
     def _key(k: Any) -> Any:
         return k.name if isinstance(k, HookPoint) else k
 
     def __getitem__(self, k: Any) -> torch.Tensor:
-        return super().__getitem__(self._key(k))
+        key = self._key(k)
+        if key in self.missing and not super().__contains__(key):
+            raise KeyError(f"{key} was captured but holds nothing: {self.missing[key]}")
+        return super().__getitem__(key)
 
     def __contains__(self, k: object) -> bool:
         return super().__contains__(self._key(k))
@@ -199,6 +203,11 @@ class Capture:
             parts = [c[p.name] for c in self._calls if p.name in c]
             if parts:
                 self.result[p.name] = _cat_padded(parts, pad_dim)
+            elif not self._calls:
+                self.result.missing[p.name] = "no forward ran inside the capture"
+            else:
+                self.result.missing[p.name] = (f"{len(self._calls)} forward call(s) reached other points but not "
+                                               "this one (its module did not run, or the forward stopped first)")
             if self.grad:
                 gparts = [c.get("\0grads", {}).get(p.name) for c in self._calls if p.name in c]
                 if gparts and all(g is not None for g in gparts):
