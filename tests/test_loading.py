@@ -84,6 +84,36 @@ def test_gguf_file_alone_gets_a_fixed_tokenizer(tmp_path, monkeypatch):
     assert any((tmp_path / "cache" / "gguf").iterdir())
 
 
+def test_gguf_load_parses_the_file_once(tmp_path, monkeypatch):
+    """A first GGUF load used to parse the file's metadata once per reader transformers opened (config, weights,
+    tokenizer) and to build gguf's tensor-name map once per module; inside `shared_reads` one reader per file and
+    one map per (architecture, layers) serve them all, and both names are put back after (even on an error)."""
+    import gguf as gguf_pkg
+
+    real_reader, real_map = gguf_pkg.GGUFReader, gguf_pkg.get_tensor_name_map
+    opened: list[str] = []
+
+    class Counting(real_reader):
+        def __init__(self, path, mode="r"):
+            opened.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf_pkg, "GGUFReader", Counting)
+    monkeypatch.setenv("ACTLAB_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m").mkdir()
+    src = shared_path("models", SMOLLM_DIR, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    (tmp_path / "m" / src.name).symlink_to(src)  # alone: the tokenizer is read from the file too
+    m = actlab.load_model(str(tmp_path / "m" / src.name), validate=False)
+    assert m.source["tokenizer"] == "gguf" and len(opened) == 1, opened
+    assert gguf_pkg.GGUFReader is Counting and gguf_pkg.get_tensor_name_map is real_map
+    with pytest.raises(RuntimeError), gguf.shared_reads():
+        assert gguf_pkg.get_tensor_name_map(gguf_pkg.MODEL_ARCH.LLAMA, 2) is \
+            gguf_pkg.get_tensor_name_map(gguf_pkg.MODEL_ARCH.LLAMA, 2)
+        raise RuntimeError
+    assert gguf_pkg.GGUFReader is Counting and gguf_pkg.get_tensor_name_map is real_map
+    monkeypatch.setattr(gguf_pkg, "GGUFReader", real_reader)
+
+
 def test_fix_tokenizer_reports_changes():
     class Tok:
         bos_token = eos_token = pad_token = unk_token = None

@@ -283,21 +283,22 @@ def _load_gguf(folder: Path, gguf_path: Path, dt: Any, model_kwargs: dict[str, A
         return model, AutoTokenizer.from_pretrained(cached)
     kw = dict(model_kwargs)
     device_map = kw.pop("device_map", None)
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name,
-                                                           output_loading_info=True, **kw)
-    except Exception as e:  # gguf readers raise struct/Value/Key errors on damaged files
-        raise ModelNotFoundError(f"cannot read GGUF file {str(gguf_path)!r} (truncated, corrupt or an "
-                                 f"architecture transformers cannot de-quantize): {str(e).splitlines()[0]}"
-                                 ) from None
-    _check_all_weights_read(gguf_path, model, info)
-    if any((folder / f).exists() for f in _TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        source["tokenizer"] = "folder"
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_path.name)
-        source["tokenizer"] = "gguf"
-        source["tokenizer_fixes"] = gguf_mod.fix_tokenizer(tokenizer, gguf_path)
+    with gguf_mod.shared_reads():  # the file's metadata parsed once, not once per reader transformers opens
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_path.name,
+                                                               output_loading_info=True, **kw)
+        except Exception as e:  # gguf readers raise struct/Value/Key errors on damaged files
+            raise ModelNotFoundError(f"cannot read GGUF file {str(gguf_path)!r} (truncated, corrupt or an "
+                                     f"architecture transformers cannot de-quantize): {str(e).splitlines()[0]}"
+                                     ) from None
+        _check_all_weights_read(gguf_path, model, info)
+        if any((folder / f).exists() for f in _TOKENIZER_FILES):
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            source["tokenizer"] = "folder"
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_path.name)
+            source["tokenizer"] = "gguf"
+            source["tokenizer_fixes"] = gguf_mod.fix_tokenizer(tokenizer, gguf_path)
     if cached is not None:
         gguf_mod.save_to_cache(cached, model, tokenizer, {"gguf_file": str(gguf_path), "dtype": str(dt)})
         source["gguf_cache"] = str(cached)
