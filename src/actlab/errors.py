@@ -34,7 +34,8 @@ class InputError(ActlabError):
 
 
 class ResumeRefused(InputError):
-    """A folder's resume record was written under other settings: nothing ran, the folder is left as it was."""
+    """A folder's resume record was written under other settings: the job will not mix its results with them
+    (the run record then keeps the folder's earlier run; see :class:`actlab.runs.Run`)."""
 
 
 def choices_hint(bad: str, valid: Iterable[str], *, limit: int = 12) -> str:

@@ -52,7 +52,7 @@ def check_gguf(path: Path) -> None:
                                  f"(version {version}; supported: 1, 2, 3)")
 
 
-_SHARED = threading.Lock()  # one shared_reads at a time: it swaps two attributes of the gguf package
+_SHARED = threading.RLock()  # one thread's loads at a time: shared_reads swaps two attributes of the gguf package
 
 
 @contextmanager
