@@ -66,19 +66,28 @@ def _frequency_plot(words: list[dict[str, Any]], out: Path) -> Path | None:
 BARELY_TUNED_KL = 1e-3
 
 
+def barely_moved(history: list[dict[str, Any]]) -> str | None:
+    """A warning when an RL fine-tuning's KL to the base over its last tenth of logged steps stays below
+    :data:`BARELY_TUNED_KL` per token; None otherwise (or when no KL was logged, as with DPO)."""
+    kls = [h["kl"] for h in history if isinstance(h.get("kl"), (int, float))]
+    if not kls:
+        return None
+    tail = kls[-max(1, len(kls) // 10):]
+    kl = sum(tail) / len(tail)
+    if kl >= BARELY_TUNED_KL:
+        return None
+    return (f"the fine-tuning barely moved the model: its KL to the base is {kl:.2g} per token over the last "
+            f"{len(tail)} logged step(s) (below {BARELY_TUNED_KL:g}), so the tables below describe a model close to "
+            "the base, not a learned feedback pattern (raise finetune.rl.lr or max_steps)")
+
+
 def lfp_warnings(root: Path) -> list[str]:
     """What the data says a reader must know before trusting the tables below."""
     out = []
     ft = Finetuned.read(root)
-    kls = [h["kl"] for h in (ft.history if ft else []) if isinstance(h.get("kl"), (int, float))]
-    if kls:
-        tail = kls[-max(1, len(kls) // 10):]  # the last tenth of the logged steps
-        kl = sum(tail) / len(tail)
-        if kl < BARELY_TUNED_KL:
-            out.append(f"the fine-tuning barely moved the model: its KL to the base is {kl:.2g} per token over the "
-                       f"last {len(tail)} logged step(s) (below {BARELY_TUNED_KL:g}), so the tables below describe "
-                       "a model close to the base, not a learned feedback pattern (raise finetune.rl.lr or "
-                       "max_steps)")
+    moved = barely_moved(ft.history) if ft else None
+    if moved:
+        out.append(moved)
     dic = Dictionaries.read(root)
     for layer, ms in (dic.metrics if dic else {}).items():
         for name, m in ms.items():

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 def stage_finetune(ctx: Context) -> dict[str, Any]:
     from ..pipeline import metrics_line
+    from ..report import barely_moved
 
     cfg = ctx.cfg
     if cfg.tuned_model:
@@ -52,6 +53,8 @@ def stage_finetune(ctx: Context) -> dict[str, Any]:
     training_history(res["history"], keys, out / "finetune.png")
     last = res["history"][-1] if res["history"] else {}
     ctx.log(f"  fine-tuned with {ft.method}: " + (metrics_line(last) if last else "nothing logged"))
+    if moved := barely_moved(res["history"]):
+        ctx.log(f"  warning: {moved}")
     return {"method": ft.method, "last": last}
 
 
