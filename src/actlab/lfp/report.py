@@ -77,7 +77,7 @@ def barely_moved(history: list[dict[str, Any]]) -> str | None:
     if kl >= BARELY_TUNED_KL:
         return None
     return (f"the fine-tuning barely moved the model: its KL to the base is {kl:.2g} per token over the last "
-            f"{len(tail)} logged step(s) (below {BARELY_TUNED_KL:g}), so the tables below describe a model close to "
+            f"{len(tail)} logged step(s) (below {BARELY_TUNED_KL:g}), so the results describe a model close to "
             "the base, not a learned feedback pattern (raise finetune.rl.lr or max_steps)")
 
 
