@@ -145,8 +145,9 @@ def lfp_run(config: ConfigArg,
 
 @lfp_app.command("preset")
 def lfp_preset(
-    name: Annotated[str, typer.Argument(help="tiny (a CPU, about a minute) or paper (the study's settings; a "
-                                             "GPU).", metavar="NAME", show_default=False)],
+    name: Annotated[str, typer.Argument(help="tiny (a CPU, under a minute) or paper (the study's settings: "
+                                             "a GPU for its models; ~5 min on a CPU with tinystories-656k).",
+                                        metavar="NAME", show_default=False)],
     run_dir: Annotated[str, opt("--run-dir", metavar="DIR", help="Run folder to write into the config.")]
     = "runs/lfp",
     data: Annotated[str | None, opt("--data", metavar="PATH", help="Text dataset (IMDb CSV).")] = None,
