@@ -199,8 +199,10 @@ def test_rerun_skips_and_unreachable_explainer_keeps_earlier_stages(lfp_run, cap
     none = root / "none_rerun.yaml"
     none.write_text(cfg.read_text().split("explainer:")[0] + "explainer: {kind: none, n_features: 8}\n")
     assert run(["lfp", "features", str(none)], capsys)[0] == 0
+    record = (run_dir / "run.json").read_text()
     code, _, err = run(["lfp", "run", str(cfg)], capsys)
     assert code == 2 and "'features' stage" in err and "explainer" in err and "--force" in err
+    assert (run_dir / "run.json").read_text() == record  # refused, nothing run: the folder's record as it was
     code, _, err = run(["lfp", "run", str(none)], capsys)  # everything done: skipped, the report redrawn
     assert code == 0 and err.count("done earlier, skipped") == 8 and "drawn again" in err
     code, _, err = run(["lfp", "run", str(none)], capsys)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..data import read_texts
-from ..errors import InputError
+from ..errors import InputError, ResumeRefused
 from ..models import load_model
 from ..models.placement import placement
 from ..progress import info as progress_info
@@ -162,8 +162,8 @@ def run_pipeline(cfg: LFPConfig, *, force: bool = False, log: Log = progress_inf
                     log(f"[{stage}] made from other results before: drawn again")
                     results[stage] = run_stage(cfg, stage, log=log, ctx=ctx)
                     continue
-                if changed:
-                    raise InputError(f"the '{stage}' stage in {ctx.root} was run with other settings: "
+                if changed:  # the folder's results stay theirs: its run record is not turned into a failure
+                    raise ResumeRefused(f"the '{stage}' stage in {ctx.root} was run with other settings: "
                                      f"{'; '.join(changed[:3])}; run it again (actlab lfp {stage} CONFIG), pass "
                                      "--force to re-run every stage, or choose another run_dir")
                 log(f"[{stage}] done earlier, skipped")
